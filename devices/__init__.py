@@ -1,0 +1,1 @@
+"""Target device profiles (TOML), installed as the package edgeprune.profiles; see edgeprune.devices."""

@@ -1,0 +1,82 @@
+"""``edgeprune compress``: the whole pipeline in one command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgeprune.cli import bench, export, nnr, prune, simplify
+from edgeprune.cli.common import (
+    compose,
+    data_options,
+    emit,
+    force_option,
+    json_option,
+    load_artifact,
+    make_context,
+    model_options,
+    prepare_output_dir,
+)
+from edgeprune.errors import EdgepruneError
+from edgeprune.examples import EXAMPLES, build_example
+from edgeprune.pipeline import STAGE_ORDER, run_pipeline, select_stages
+
+_STAGE_CLI = (prune, simplify, export, nnr, bench)
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("--example", type=click.Choice(sorted(EXAMPLES)), help="Use an embedded example model and dataset instead of MODEL.")
+@model_options
+@data_options
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), default="out", help="Output directory.")
+@force_option
+@click.option("--target", default="host", help="Device profile to benchmark on (see `edgeprune devices`).")
+@click.option("--stages", help=f"Comma-separated stages to run (default all: {','.join(STAGE_ORDER)}).")
+@click.option("--skip", help="Comma-separated stages to skip.")
+@json_option
+@compose(*(m.compress_options for m in _STAGE_CLI))
+@click.pass_context
+def compress(ctx: click.Context, model: str | None, example: str | None, out_dir: str, force: bool, target: str,
+             stages: str | None, skip: str | None, as_json: bool, **kwargs: Any) -> None:
+    """Run load -> prune -> simplify -> quantize -> encode -> export -> bench and write a report.
+
+    \b
+    Examples:
+      edgeprune compress --example lenet5 -o out/
+      edgeprune compress model.pt --arch edgeprune.models:lenet5 --arch-kwargs '{"input_size": 8}' \\
+          --data digits --target rpi3 -o out/
+      edgeprune compress model.pt2 --data ./fashion-mnist --skip bench --json -o out/
+    """
+    chosen = select_stages(stages, skip)
+    options = dict(m.options_from(kwargs) for m in _STAGE_CLI)
+    out = prepare_output_dir(Path(out_dir), force)
+    progress_ctx = make_context(ctx, out, kwargs.get("seed", 0), options, target)
+    if example:
+        if model:
+            raise EdgepruneError("give either MODEL or --example, not both", "drop one of them")
+        art = build_example(example, seed=kwargs.get("seed", 0), data_spec=kwargs.get("data"), progress=progress_ctx.progress)
+    elif model:
+        art = load_artifact(kwargs, model)
+    else:
+        raise EdgepruneError("no model given", "pass a checkpoint path or --example lenet5")
+    if art.data is not None:
+        art.meta["data"] = art.data.name
+    report = run_pipeline(art, progress_ctx, chosen)
+    files = report.write(out)
+    result = report.to_dict()
+    result["report_files"] = {k: str(v) for k, v in files.items()}
+    summary = _summary(report, out)
+    emit(ctx, result, as_json, summary)
+
+
+def _summary(report, out: Path) -> str:  # noqa: ANN001 - Report
+    lines = [f"wrote {out}/ :"]
+    for s in report.stages:
+        acc = f"acc {100 * s.accuracy:.2f} %" if s.accuracy is not None else ""
+        size = f"{s.size_bytes / 1024:.1f} KiB" if s.size_bytes else ""
+        lines.append(f"  {s.name:<9} {size:>12} {acc:>14}  ({s.seconds:.1f} s)")
+    lines.append(f"report: {out / 'report.md'}")
+    return "\n".join(lines)

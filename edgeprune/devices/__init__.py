@@ -1,0 +1,1 @@
+"""Device profiles, transports (local/ssh/adb) and the bench stage."""

@@ -1,0 +1,1 @@
+"""Channel-coupling analysis of traced models (see edgeprune.graph.analyze)."""

@@ -1,0 +1,1 @@
+"""MPEG-NNR bitstreams with a DeepCABAC-style CABAC coder (C core)."""

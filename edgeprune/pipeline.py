@@ -1,0 +1,84 @@
+"""The compress pipeline: stage order, timing, common measurements, report assembly.
+
+Python API::
+
+    from edgeprune.pipeline import run_pipeline
+    report = run_pipeline(artifact, ctx)            # all stages
+    report = run_pipeline(artifact, ctx, ["simplify", "export"])
+
+Each stage is ``run(artifact, ctx) -> dict`` in its own module (see ``STAGE_RUNNERS``). The
+pipeline measures what every stage would otherwise repeat - wall time, parameters, non-zero
+parameters, MACs and test accuracy of the float model - and stores the stage's own numbers beside
+them. Standard keys a stage may return: ``accuracy`` (of the artefact it produced, when that is not
+the float model), ``size_bytes`` (its main file), ``files`` are taken from ``artifact.files``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from edgeprune.artifact import Artifact, StageContext
+from edgeprune.errors import EdgepruneError
+from edgeprune.metrics import count_macs, count_params, evaluate
+from edgeprune.report import Report, StageRecord
+
+STAGE_ORDER: tuple[str, ...] = ("load", "prune", "simplify", "quantize", "encode", "export", "bench")
+
+STAGE_RUNNERS: dict[str, str] = {
+    "prune": "edgeprune.prune.stage:run",
+    "simplify": "edgeprune.simplify.stage:run",
+    "quantize": "edgeprune.quant:run_stage",
+    "encode": "edgeprune.nnr.stage:run",
+    "export": "edgeprune.export.stage:run",
+    "bench": "edgeprune.devices.stage:run",
+}
+
+# Stages whose output is a new float model: the pipeline re-measures size and accuracy after them.
+MODEL_CHANGING = {"load", "prune", "simplify"}
+
+
+def select_stages(stages: str | None, skip: str | None) -> list[str]:
+    """Resolve ``--stages a,b`` / ``--skip c`` into an ordered list (load always runs)."""
+    chosen = list(STAGE_ORDER) if not stages else [s.strip() for s in stages.split(",") if s.strip()]
+    skipped = {s.strip() for s in (skip or "").split(",") if s.strip()}
+    unknown = [s for s in [*chosen, *skipped] if s not in STAGE_ORDER]
+    if unknown:
+        raise EdgepruneError(f"unknown stage {unknown[0]!r}", f"choose from {', '.join(STAGE_ORDER)}")
+    if "load" in skipped:
+        raise EdgepruneError("the load stage cannot be skipped", "remove 'load' from --skip")
+    return [s for s in STAGE_ORDER if (s in chosen or s == "load") and s not in skipped]
+
+
+def stage_runner(name: str) -> Callable[[Artifact, StageContext], dict[str, Any]]:
+    module_name, _, attr = STAGE_RUNNERS[name].partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def run_pipeline(art: Artifact, ctx: StageContext, stages: Sequence[str] = STAGE_ORDER) -> Report:
+    """Run ``stages`` in order on ``art``; return the report (also kept in ``art.extras['report']``)."""
+    report = Report(meta={**art.meta, "target": ctx.target, "seed": ctx.seed, "stages": list(stages)})
+    art.extras["report"] = report
+    for name in stages:
+        start = time.perf_counter()
+        if ctx.progress:
+            ctx.progress.print(f"[bold]{name}[/bold] ...")
+        stage_metrics = {} if name == "load" else dict(stage_runner(name)(art, ctx) or {})
+        seconds = time.perf_counter() - start
+        record = StageRecord(name=name, seconds=seconds, metrics=stage_metrics)
+        if name in MODEL_CHANGING:
+            record.params = count_params(art.model)
+            record.nonzero_params = count_params(art.model, nonzero=True)
+            record.macs = count_macs(art.model, art.example_input)
+            record.size_bytes = stage_metrics.pop("size_bytes", 4 * record.params)
+            if art.data is not None:
+                record.accuracy = evaluate(art.model, art.data.loader("test", 256))["accuracy"]
+        else:
+            record.size_bytes = stage_metrics.pop("size_bytes", None)
+            record.accuracy = stage_metrics.pop("accuracy", None)
+        record.files = {k: str(v) for k, v in art.files.items() if k not in report.all_files()}
+        report.add(record)
+        ctx.log.info("%s done in %.2fs: %s", name, seconds, stage_metrics)
+    return report

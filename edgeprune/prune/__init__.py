@@ -1,0 +1,1 @@
+"""Structured pruning: SeReNe and the L1-magnitude baseline."""

@@ -1,0 +1,1 @@
+"""Function-preserving simplification of pruned models: BN folding, constant folding, channel removal."""

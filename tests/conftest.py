@@ -1,0 +1,40 @@
+"""Shared fixtures: small real data, trained example models, a CLI runner in a temp dir."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgeprune.data import DataBundle, load_data
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def digits() -> DataBundle:
+    """scikit-learn's digits split with seed 0 (1,258 train / 180 val / 359 test, 1x8x8)."""
+    return load_data("digits", seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_lenet5(digits):
+    """The embedded example's LeNet-5, trained once per test session (~6 s)."""
+    from edgeprune.examples import build_example
+
+    return build_example("lenet5", seed=0)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def cli():
+    from edgeprune.cli import cli as group
+
+    return group
