@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import json
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +48,13 @@ def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
     try:
         shape = tuple(int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
-        raise CheckpointError(f"invalid input shape {text!r}", "write it as comma-separated integers, e.g. 1,3,32,32") from None
+        raise CheckpointError(
+            f"invalid input shape {text!r}", "write it as comma-separated integers, e.g. 1,3,32,32"
+        ) from None
     if len(shape) < 2 or any(v <= 0 for v in shape):
-        raise CheckpointError(f"invalid input shape {text!r}", "give batch and at least one more positive dimension, e.g. 1,3,32,32")
+        raise CheckpointError(
+            f"invalid input shape {text!r}", "give batch and at least one more positive dimension, e.g. 1,3,32,32"
+        )
     return shape
 
 
@@ -123,7 +128,9 @@ def save_model(model: nn.Module, example_input: torch.Tensor, dest: str | Path) 
     dest = Path(dest)
     program = export_program(model, example_input)
     with atomic_path(dest) as tmp:
-        torch.export.save(program, tmp, extra_files={"edgeprune.json": json.dumps({"input_shape": list(example_input.shape)})})
+        torch.export.save(
+            program, tmp, extra_files={"edgeprune.json": json.dumps({"input_shape": list(example_input.shape)})}
+        )
     return dest
 
 
@@ -147,21 +154,29 @@ def export_program(model: nn.Module, example_input: torch.Tensor) -> torch.expor
 def build_arch(arch: str, arch_kwargs: str | dict | None) -> nn.Module:
     """Instantiate ``package.module:factory`` with keyword arguments from JSON."""
     if ":" not in arch:
-        raise CheckpointError(f"invalid --arch {arch!r}", "write it as package.module:factory, e.g. edgeprune.models:lenet5")
+        raise CheckpointError(
+            f"invalid --arch {arch!r}", "write it as package.module:factory, e.g. edgeprune.models:lenet5"
+        )
     module_name, _, attr = arch.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except ImportError as exc:
-        raise CheckpointError(f"cannot import {module_name!r} for --arch: {exc}", "install the package or fix PYTHONPATH") from None
+        raise CheckpointError(
+            f"cannot import {module_name!r} for --arch: {exc}", "install the package or fix PYTHONPATH"
+        ) from None
     except AttributeError:
-        raise CheckpointError(f"{module_name!r} has no attribute {attr!r}", "check the factory name in --arch") from None
+        raise CheckpointError(
+            f"{module_name!r} has no attribute {attr!r}", "check the factory name in --arch"
+        ) from None
     kwargs = _parse_kwargs(arch_kwargs)
     try:
         model = factory(**kwargs)
     except TypeError as exc:
         raise CheckpointError(f"cannot build {arch} with {kwargs}: {exc}", "fix --arch-kwargs") from None
     if not isinstance(model, nn.Module):
-        raise CheckpointError(f"{arch} returned a {type(model).__name__}, not an nn.Module", "point --arch at a model factory")
+        raise CheckpointError(
+            f"{arch} returned a {type(model).__name__}, not an nn.Module", "point --arch at a model factory"
+        )
     return model
 
 
@@ -173,9 +188,11 @@ def _parse_kwargs(arch_kwargs: str | dict | None) -> dict[str, Any]:
     try:
         kwargs = json.loads(arch_kwargs)
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"--arch-kwargs is not valid JSON: {exc.msg}", 'write e.g. \'{"num_classes": 10}\'') from None
+        raise CheckpointError(
+            f"--arch-kwargs is not valid JSON: {exc.msg}", "write e.g. '{\"num_classes\": 10}'"
+        ) from None
     if not isinstance(kwargs, dict):
-        raise CheckpointError("--arch-kwargs must be a JSON object", 'write e.g. \'{"num_classes": 10}\'')
+        raise CheckpointError("--arch-kwargs must be a JSON object", "write e.g. '{\"num_classes\": 10}'")
     return kwargs
 
 
@@ -186,13 +203,18 @@ def _sniff(path: Path) -> str:
             head = f.read(2)
         if head[:1] == b"\x80":  # legacy (non-zip) torch.save / raw pickle
             return "pickle"
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (unknown or truncated format)", "re-save it with torch.save or torch.export.save")
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (unknown or truncated format)",
+            "re-save it with torch.save or torch.export.save",
+        )
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
             bad = zf.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise CheckpointError(f"{path} is a corrupt archive: {exc}", "re-save the model; the file may be truncated") from None
+        raise CheckpointError(
+            f"{path} is a corrupt archive: {exc}", "re-save the model; the file may be truncated"
+        ) from None
     if bad is not None:
         raise CheckpointError(f"{path} is corrupt (bad CRC in {bad})", "re-save the model; the file may be damaged")
     if any(n.endswith("serialized_exported_program.json") or "/models/" in n and n.endswith(".json") for n in names):
@@ -209,7 +231,9 @@ def _load_exported(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
     try:
         program = torch.export.load(path, extra_files=extra)
     except Exception as exc:  # torch.export.load raises assorted types on damaged archives
-        raise CheckpointError(f"cannot load exported program {path}: {str(exc).splitlines()[0][:200]}", "re-export the model") from None
+        raise CheckpointError(
+            f"cannot load exported program {path}: {str(exc).splitlines()[0][:200]}", "re-export the model"
+        ) from None
     shape = None
     if extra["edgeprune.json"]:
         shape = tuple(json.loads(extra["edgeprune.json"]).get("input_shape", ())) or None
@@ -237,16 +261,26 @@ def _load_torchscript(path: Path, input_shape: tuple[int, ...] | None) -> nn.Mod
     try:
         scripted = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # the TorchScript loader raises RuntimeError subclasses with long C++ traces
-        raise CheckpointError(f"cannot load TorchScript archive {path}: {str(exc).splitlines()[0][:200]}", "re-save the model with torch.jit.save") from None
+        raise CheckpointError(
+            f"cannot load TorchScript archive {path}: {str(exc).splitlines()[0][:200]}",
+            "re-save the model with torch.jit.save",
+        ) from None
     if input_shape is None:
-        raise CheckpointError(f"{path} is TorchScript, which does not record its input shape", "pass --input-shape, e.g. 1,3,32,32")
+        raise CheckpointError(
+            f"{path} is TorchScript, which does not record its input shape", "pass --input-shape, e.g. 1,3,32,32"
+        )
     from torch._export.converter import TS2EPConverter
 
     example = torch.zeros(input_shape)
     try:
-        program = TS2EPConverter(scripted, (example,)).convert()
+        with warnings.catch_warnings():  # one "num_batches_tracked is never used" warning per BN layer
+            warnings.simplefilter("ignore", UserWarning)
+            program = TS2EPConverter(scripted, (example,)).convert()
     except Exception as exc:  # conversion failures come from deep inside torch
-        raise CheckpointError(f"cannot convert TorchScript {path} to a graph: {str(exc).splitlines()[0][:200]}", "save a state_dict and pass --arch instead") from None
+        raise CheckpointError(
+            f"cannot convert TorchScript {path} to a graph: {str(exc).splitlines()[0][:200]}",
+            "save a state_dict and pass --arch instead",
+        ) from None
     return as_graph_module(program)
 
 
@@ -264,7 +298,9 @@ def _load_pickle(path: Path, trust: bool) -> Any:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path} is corrupt or truncated: {first[:200]}", "re-save the model") from None
     except (AttributeError, ModuleNotFoundError) as exc:
-        raise CheckpointError(f"{path} needs code that is not importable: {exc}", "install the package that defines the model") from None
+        raise CheckpointError(
+            f"{path} needs code that is not importable: {exc}", "install the package that defines the model"
+        ) from None
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -290,11 +326,14 @@ def _load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Pat
             parts.append(f"missing {len(missing)} key(s) e.g. {missing[0]!r}")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} key(s) e.g. {unexpected[0]!r}")
-        raise CheckpointError(f"{path} does not match the architecture: {', '.join(parts)}", "check --arch and --arch-kwargs")
+        raise CheckpointError(
+            f"{path} does not match the architecture: {', '.join(parts)}", "check --arch and --arch-kwargs"
+        )
     for k, v in expected.items():
         if tuple(state[k].shape) != tuple(v.shape):
             raise CheckpointError(
-                f"{path} does not match the architecture: {k!r} has shape {list(state[k].shape)}, the model expects {list(v.shape)}",
+                f"{path} does not match the architecture: {k!r} has shape {list(state[k].shape)}, "
+                f"the model expects {list(v.shape)}",
                 "check --arch-kwargs (e.g. num_classes, in_channels)",
             )
     model.load_state_dict(state)

@@ -191,9 +191,14 @@ def _unpickle(file: Path) -> dict:
 class _SafeUnpickler(pickle.Unpickler):
     """Unpickles only numpy arrays and builtins: a dataset file must not be able to run code."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
 
     def find_class(self, module: str, name: str):  # noqa: ANN201
         if (module, name) in self.ALLOWED:
@@ -218,10 +223,12 @@ def _cifar_dir(path: Path):  # noqa: ANN202 - internal tuple
         classes = list(meta.get("fine_label_names", [str(i) for i in range(100)]))
     else:
         return None
+
     def arrays(batch_list: list[dict]) -> tuple[np.ndarray, np.ndarray]:
         x = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batch_list])
         y = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batch_list])
         return x.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, y
+
     return arrays(batches), arrays([test]), classes
 
 
@@ -282,8 +289,10 @@ def _split(
     axes = (0,) + tuple(range(2, x.ndim))
     mean = x_train.mean(axis=axes, keepdims=True)
     std = x_train.std(axis=axes, keepdims=True) + 1e-6
+
     def ds(a: np.ndarray, b: np.ndarray) -> TensorDataset:
         return TensorDataset(torch.from_numpy(((a - mean) / std).astype(np.float32)), torch.from_numpy(b))
+
     num_classes = int(max(y.max(), y_test.max())) + 1
     return DataBundle(
         name=name,

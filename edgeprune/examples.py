@@ -57,6 +57,10 @@ def build_example(name: str, seed: int = 0, data_spec: str | None = None, progre
     example_input = data.test.tensors[0][:1].clone()
     data.check_fits(tuple(example_input.shape))
     baseline = evaluate(model, data.loader("test", 256))
-    meta = {"example": name, "description": example.description, "input_shape": list(example_input.shape),
-            "trained_test_accuracy": baseline["accuracy"]}
+    meta = {
+        "example": name,
+        "description": example.description,
+        "input_shape": list(example_input.shape),
+        "trained_test_accuracy": baseline["accuracy"],
+    }
     return Artifact(model=model.eval(), example_input=example_input, data=data, meta=meta)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,3 +62,34 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
+
+
+@contextlib.contextmanager
+def atomic_directory(dest: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a fresh hidden work directory that replaces ``dest`` only if the block succeeds.
+
+    A failed or interrupted run removes its work directory and leaves an existing ``dest``
+    untouched, so ``--force`` never destroys old results for a run that did not finish.
+    Raises :class:`OutputExistsError` up front when ``dest`` holds files and ``force`` is false.
+    """
+    from edgeprune.errors import OutputExistsError
+
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise OutputExistsError(f"{dest} exists and is not a directory", "choose another -o")
+    if dest.exists() and any(dest.iterdir()) and not force:
+        raise OutputExistsError(f"{dest} already contains results", "pass --force to overwrite, or choose another -o")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        yield work
+        if dest.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            os.replace(dest, trash / "old")
+            os.replace(work, dest)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(work, dest)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)

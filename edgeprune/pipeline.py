@@ -16,6 +16,7 @@ the float model), ``size_bytes`` (its main file), ``files`` are taken from ``art
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -78,7 +79,8 @@ def run_pipeline(art: Artifact, ctx: StageContext, stages: Sequence[str] = STAGE
         else:
             record.size_bytes = stage_metrics.pop("size_bytes", None)
             record.accuracy = stage_metrics.pop("accuracy", None)
-        record.files = {k: str(v) for k, v in art.files.items() if k not in report.all_files()}
+        # Relative names: the run writes into a work directory that is renamed into place at the end.
+        record.files = {k: os.path.relpath(v, ctx.out_dir) for k, v in art.files.items() if k not in report.all_files()}
         report.add(record)
         ctx.log.info("%s done in %.2fs: %s", name, seconds, stage_metrics)
     return report

@@ -30,8 +30,11 @@ class Progress:
         if total is None and hasattr(items, "__len__"):
             total = len(items)  # type: ignore[arg-type]
         columns = (
-            TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("[bold blue]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
         )
         with RichProgress(*columns, console=self.console, transient=True) as bar:
             task = bar.add_task(description, total=total)

@@ -46,7 +46,11 @@ class Report:
         return {
             "edgeprune": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpu": platform.machine()},
+            "machine": {
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "cpu": platform.machine(),
+            },
             "meta": self.meta,
             "stages": [asdict(s) for s in self.stages],
         }
@@ -80,8 +84,10 @@ class Report:
 
     def write(self, out_dir: Path) -> dict[str, Path]:
         """Write report.json, report.md and the plots into ``out_dir``; return their paths."""
-        paths = {"report_json": write_json(out_dir / "report.json", self.to_dict()),
-                 "report_md": write_text(out_dir / "report.md", self.to_markdown())}
+        paths = {
+            "report_json": write_json(out_dir / "report.json", self.to_dict()),
+            "report_md": write_text(out_dir / "report.md", self.to_markdown()),
+        }
         paths.update(self.plot(out_dir))
         return paths
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ def compose(*decorators: Callable) -> Callable:
 
 model_options = compose(
     click.option("--arch", help="Architecture for a state_dict checkpoint, as package.module:factory."),
-    click.option("--arch-kwargs", help='JSON keyword arguments for --arch, e.g. \'{"num_classes": 10}\'.'),
+    click.option("--arch-kwargs", help="JSON keyword arguments for --arch, e.g. '{\"num_classes\": 10}'."),
     click.option("--trust-checkpoint", is_flag=True, help="Allow unpickling a whole model object (it can run code)."),
     click.option("--input-shape", help="Model input shape, e.g. 1,3,32,32 (needed for TorchScript and state_dicts)."),
 )
@@ -71,21 +70,10 @@ def progress_for(ctx: click.Context) -> Progress:
     return Progress(enabled=not obj.get("quiet", False))
 
 
-def make_context(ctx: click.Context, out_dir: Path, seed: int, options: dict[str, Any] | None = None,
-                 target: str = "host") -> StageContext:
+def make_context(
+    ctx: click.Context, out_dir: Path, seed: int, options: dict[str, Any] | None = None, target: str = "host"
+) -> StageContext:
     return StageContext(out_dir=out_dir, options=options or {}, target=target, seed=seed, progress=progress_for(ctx))
-
-
-def prepare_output_dir(out_dir: Path, force: bool) -> Path:
-    """Refuse to mix new results into an existing non-empty directory unless --force."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputExistsError(f"{out_dir} exists and is not a directory", "choose another -o")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not force:
-            raise OutputExistsError(f"{out_dir} already contains results", "pass --force to overwrite, or choose another -o")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
 
 
 def refuse_existing_file(path: Path, force: bool) -> None:

@@ -17,10 +17,10 @@ from edgeprune.cli.common import (
     load_artifact,
     make_context,
     model_options,
-    prepare_output_dir,
 )
 from edgeprune.errors import EdgepruneError
 from edgeprune.examples import EXAMPLES, build_example
+from edgeprune.fileio import atomic_directory
 from edgeprune.pipeline import STAGE_ORDER, run_pipeline, select_stages
 
 _STAGE_CLI = (prune, simplify, export, nnr, bench)
@@ -28,7 +28,9 @@ _STAGE_CLI = (prune, simplify, export, nnr, bench)
 
 @click.command(context_settings={"show_default": True})
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
-@click.option("--example", type=click.Choice(sorted(EXAMPLES)), help="Use an embedded example model and dataset instead of MODEL.")
+@click.option(
+    "--example", type=click.Choice(sorted(EXAMPLES)), help="Use an embedded example model and dataset instead of MODEL."
+)
 @model_options
 @data_options
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), default="out", help="Output directory.")
@@ -39,8 +41,18 @@ _STAGE_CLI = (prune, simplify, export, nnr, bench)
 @json_option
 @compose(*(m.compress_options for m in _STAGE_CLI))
 @click.pass_context
-def compress(ctx: click.Context, model: str | None, example: str | None, out_dir: str, force: bool, target: str,
-             stages: str | None, skip: str | None, as_json: bool, **kwargs: Any) -> None:
+def compress(
+    ctx: click.Context,
+    model: str | None,
+    example: str | None,
+    out_dir: str,
+    force: bool,
+    target: str,
+    stages: str | None,
+    skip: str | None,
+    as_json: bool,
+    **kwargs: Any,
+) -> None:
     """Run load -> prune -> simplify -> quantize -> encode -> export -> bench and write a report.
 
     \b
@@ -52,24 +64,27 @@ def compress(ctx: click.Context, model: str | None, example: str | None, out_dir
     """
     chosen = select_stages(stages, skip)
     options = dict(m.options_from(kwargs) for m in _STAGE_CLI)
-    out = prepare_output_dir(Path(out_dir), force)
-    progress_ctx = make_context(ctx, out, kwargs.get("seed", 0), options, target)
-    if example:
-        if model:
-            raise EdgepruneError("give either MODEL or --example, not both", "drop one of them")
-        art = build_example(example, seed=kwargs.get("seed", 0), data_spec=kwargs.get("data"), progress=progress_ctx.progress)
-    elif model:
-        art = load_artifact(kwargs, model)
-    else:
+    if example and model:
+        raise EdgepruneError("give either MODEL or --example, not both", "drop one of them")
+    if not example and not model:
         raise EdgepruneError("no model given", "pass a checkpoint path or --example lenet5")
-    if art.data is not None:
-        art.meta["data"] = art.data.name
-    report = run_pipeline(art, progress_ctx, chosen)
-    files = report.write(out)
+    out = Path(out_dir)
+    with atomic_directory(out, force) as work_dir:
+        stage_ctx = make_context(ctx, work_dir, kwargs.get("seed", 0), options, target)
+        if example:
+            art = build_example(
+                example, seed=kwargs.get("seed", 0), data_spec=kwargs.get("data"), progress=stage_ctx.progress
+            )
+        else:
+            art = load_artifact(kwargs, model)
+        if art.data is not None:
+            art.meta["data"] = art.data.name
+        report = run_pipeline(art, stage_ctx, chosen)
+        files = report.write(work_dir)
     result = report.to_dict()
-    result["report_files"] = {k: str(v) for k, v in files.items()}
-    summary = _summary(report, out)
-    emit(ctx, result, as_json, summary)
+    result["output_dir"] = str(out)
+    result["report_files"] = sorted(p.name for p in files.values())
+    emit(ctx, result, as_json, _summary(report, out))
 
 
 def _summary(report, out: Path) -> str:  # noqa: ANN001 - Report

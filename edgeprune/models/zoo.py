@@ -66,7 +66,9 @@ class VGGCifar(nn.Module):
                 c = v
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(c, 512), nn.ReLU(inplace=True), nn.Linear(512, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(c, 512), nn.ReLU(inplace=True), nn.Linear(512, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)))
@@ -119,7 +121,7 @@ class ResNetCifar(nn.Module):
         self.bn1 = nn.BatchNorm2d(widths[0])
         blocks: list[nn.Module] = []
         c = widths[0]
-        for stage, (n, w) in enumerate(zip(blocks_per_stage, widths)):
+        for stage, (n, w) in enumerate(zip(blocks_per_stage, widths, strict=True)):
             for i in range(n):
                 stride = 2 if (stage > 0 and i == 0) else 1
                 blocks.append(BasicBlock(c, w, stride, shortcut))
@@ -143,10 +145,14 @@ class InvertedResidual(nn.Module):
         hidden = cin * expand
         self.use_res = stride == 1 and cin == cout
         self.block = nn.Sequential(
-            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.Conv2d(cin, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
             nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,7 +169,9 @@ class MobileNetV2Like(nn.Module):
         super().__init__()
         c = 32
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU6(inplace=True)
+            nn.Conv2d(in_channels, c, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU6(inplace=True),
         ]
         for t, cout, n, s in settings:
             for i in range(n):
