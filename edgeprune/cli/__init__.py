@@ -73,3 +73,7 @@ for _module in STAGE_MODULES:
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="edgeprune")
+
+
+if __name__ == "__main__":
+    main()
