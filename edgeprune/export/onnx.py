@@ -1,0 +1,138 @@
+"""ONNX export (fp32) and INT8 QDQ quantisation with onnxruntime, plus reading INT8 weights back.
+
+* fp32: ``torch.onnx.export`` (the dynamo exporter) to **one self-contained file** (``external_data=False``:
+  copying one file to a device is simpler), opset :data:`OPSET`, an optional dynamic batch axis, then
+  ``onnxslim`` (constant folding, dead-node removal). Opset 18 is the oldest the dynamo exporter can
+  target (lower ones fail in the version converter), and onnxruntime supports it since 1.14.
+* INT8: ``onnxruntime.quantization.quantize_static`` in **QDQ** format (QOperator was measured 8x slower
+  on x86), per-channel symmetric int8 weights, uint8 activations calibrated on real samples. It is run
+  on the model exported from :func:`edgeprune.quant.with_quantized_weights`, whose weights are exact
+  multiples of our scales, so onnxruntime's ``max|w|/127`` quantiser reproduces our levels exactly;
+  :func:`read_int8_weights` reads them back so that this is checked, not assumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from edgeprune.errors import ExportError
+from edgeprune.fileio import atomic_path
+from edgeprune.quant import first_line
+
+OPSET = 18
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+_ORT_WEIGHT_SUFFIX = "_quantized"
+
+
+def failing_op(exc: BaseException) -> str:
+    """The aten op an exporter complained about, as ' (op aten.xxx)', or '' when it names none."""
+    match = re.search(r"aten[.:]{1,2}[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?", str(exc))
+    return f" (op {match.group(0)})" if match else ""
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence exporters' progress chatter on stdout/stderr and the root logger (``--json`` keeps stdout)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def export_fp32(model: nn.Module, example_input: torch.Tensor, dest: Path, opset: int = OPSET,
+                dynamic_batch: bool = True) -> Path:
+    """Export ``model`` to a simplified, self-contained fp32 ONNX file at ``dest`` (atomically)."""
+    import onnxslim
+
+    example = example_input[:1].expand(2, *example_input.shape[1:]).contiguous() if dynamic_batch else example_input[:1]
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=1 << 16)},) if dynamic_batch else None
+    with atomic_path(dest) as tmp:
+        try:
+            with _quiet():
+                torch.onnx.export(model.eval(), (example,), str(tmp), input_names=[INPUT_NAME],
+                                  output_names=[OUTPUT_NAME], opset_version=opset, dynamic_shapes=dynamic,
+                                  external_data=False, verbose=False)
+        except Exception as exc:  # the exporter raises assorted types; all mean "cannot export this model"
+            raise ExportError(f"cannot export the model to ONNX{failing_op(exc)}: {first_line(exc)}",
+                              "replace the unsupported operation, or use --format tflite") from None
+        with _quiet():
+            slim = onnxslim.slim(onnx.load(str(tmp)))
+        onnx.checker.check_model(slim)
+        onnx.save(slim, str(tmp))
+    return dest
+
+
+class _BatchReader:
+    """onnxruntime ``CalibrationDataReader`` over the calibration batch, in chunks."""
+
+    def __init__(self, batch: torch.Tensor, chunk: int = 32) -> None:
+        self._chunks = iter([{INPUT_NAME: c.numpy()} for c in batch.split(chunk)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._chunks, None)
+
+
+def quantize_int8(snapped_fp32: Path, dest: Path, calibration: torch.Tensor, method: str = "minmax",
+                  percentile: float = 99.99) -> Path:
+    """Static QDQ INT8 ONNX from an fp32 ONNX of the weight-snapped model, calibrated on real samples."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    calibrate = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method]
+    with atomic_path(dest) as tmp, _quiet():
+        quantize_static(str(snapped_fp32), str(tmp), _BatchReader(calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=calibrate,
+                        extra_options={"WeightSymmetric": True, "CalibPercentile": percentile})
+    return dest
+
+
+def read_int8_weights(path: Path) -> dict[str, np.ndarray]:
+    """INT8 weight levels in a QDQ ONNX file, keyed by the original initializer (= state_dict) name."""
+    model = onnx.load(str(path))
+    initializers = {i.name: i for i in model.graph.initializer}
+    levels: dict[str, np.ndarray] = {}
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in initializers:
+            continue
+        values = numpy_helper.to_array(initializers[node.input[0]])
+        if values.dtype == np.int8:
+            levels[node.input[0].removesuffix(_ORT_WEIGHT_SUFFIX)] = values
+    return levels
+
+
+def run_session(path: Path, inputs: torch.Tensor, threads: int = 1, chunk: int = 256) -> np.ndarray:
+    """Outputs of the ONNX model on ``inputs`` (onnxruntime CPU, ``threads`` intra-op threads)."""
+    session = make_session(path, threads)
+    batch_fixed = session.get_inputs()[0].shape[0] == 1
+    step = 1 if batch_fixed else chunk
+    outs = [session.run(None, {INPUT_NAME: c.numpy()})[0] for c in inputs.split(step)]
+    return np.concatenate(outs)
+
+
+def make_session(path: Path, threads: int = 1):  # noqa: ANN201 - onnxruntime.InferenceSession
+    """An onnxruntime CPU session pinned to ``threads`` threads (the benchmark and verification setup)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ExportError(f"onnxruntime cannot load {path.name}: {first_line(exc)}", "re-export the model") from None

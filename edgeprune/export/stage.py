@@ -1,0 +1,196 @@
+"""The export stage: fp32 and INT8 ONNX / TFLite, each verified in its own runtime on the test split.
+
+Files (``art.files`` keys): ``model.onnx`` (onnx_fp32), ``model_int8.onnx`` (onnx_int8), ``model.tflite``
+(tflite_fp32), ``model_int8.tflite`` (tflite_int8). For every file the stage reports its size, export
+time, test accuracy in its runtime, and max |output - torch fp32 output|; for the INT8 files also the
+number of weight levels that differ from the reference (model.nnr when encoded, else the quantize
+stage's levels), which must be 0.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeprune import quant
+from edgeprune.artifact import Artifact, StageContext
+from edgeprune.errors import ExportError
+from edgeprune.export import onnx as onnx_export
+from edgeprune.export import tflite as tflite_export
+from edgeprune.export.verify import LevelCheck, compare_levels, match_by_content
+
+FORMATS = ("onnx", "tflite")
+FILE_NAMES = {"onnx_fp32": "model.onnx", "onnx_int8": "model_int8.onnx",
+              "tflite_fp32": "model.tflite", "tflite_int8": "model_int8.tflite"}
+
+
+@dataclass
+class ExportOptions:
+    """Options of the export stage (``edgeprune export`` / ``compress --export-format ...``)."""
+
+    formats: tuple[str, ...] = FORMATS
+    int8: bool = True
+    opset: int = onnx_export.OPSET
+    dynamic_batch: bool = True
+    nhwc: bool = False
+    verify_samples: int = 1000
+    threads: int = 1
+
+
+def parse_formats(text: str | None) -> tuple[str, ...]:
+    """``"onnx,tflite"`` -> ("onnx", "tflite"), rejecting unknown names."""
+    chosen = tuple(dict.fromkeys(f.strip().lower() for f in (text or ",".join(FORMATS)).split(",") if f.strip()))
+    unknown = [f for f in chosen if f not in FORMATS]
+    if unknown or not chosen:
+        raise ExportError(f"unknown export format {unknown[0] if unknown else text!r}",
+                          f"choose from {', '.join(FORMATS)} (comma-separated)")
+    return chosen
+
+
+@dataclass
+class _Verification:
+    inputs: torch.Tensor
+    labels: torch.Tensor | None
+    reference: np.ndarray
+
+    def measure(self, outputs: np.ndarray) -> dict[str, float | None]:
+        accuracy = None if self.labels is None else float((outputs.argmax(1) == self.labels.numpy()).mean())
+        return {"accuracy": accuracy, "max_abs_diff": float(np.abs(outputs - self.reference).max())}
+
+
+def _verification_set(art: Artifact, samples: int) -> _Verification:
+    if art.data is not None:
+        x, y = art.data.test.tensors
+        x, y = x[:samples], y[:samples]
+    else:  # no data: compare outputs on the example input only (no accuracy)
+        x, y = art.example_input[:1], None
+    with torch.no_grad():
+        reference = art.model.eval()(x).numpy()
+    return _Verification(x, y, reference)
+
+
+def _reference_levels(art: Artifact, qw: quant.QuantizedWeights) -> tuple[str, dict[str, np.ndarray]]:
+    """Levels the files must carry: those decoded from model.nnr if the encode stage wrote it."""
+    nnr_path = art.files.get("nnr")
+    if nnr_path is not None:
+        from edgeprune.nnr import read_int8_levels
+
+        return "model.nnr", read_int8_levels(nnr_path)
+    return "quantize stage", {name: t.levels for name, t in qw.tensors.items()}
+
+
+def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
+    """Write, verify and measure every requested file (see the module docstring)."""
+    opts: ExportOptions = ctx.options_for("export", ExportOptions)
+    formats = parse_formats(",".join(opts.formats))
+    if "tflite" in formats:
+        tflite_export.require_litert_torch()  # fail before writing anything
+    qw: quant.QuantizedWeights | None = None
+    if opts.int8:
+        if "quant" not in art.extras:
+            quant.run_stage(art, ctx)
+        qw = art.extras["quant"]
+    calibration = quant.calibration_inputs(art, ctx.options_for("quantize", quant.QuantOptions).calibration_samples) \
+        if opts.int8 else None
+    verification = _verification_set(art, opts.verify_samples)
+    rows: list[dict[str, Any]] = []
+    checks: dict[str, LevelCheck] = {}
+    reference_name, reference = _reference_levels(art, qw) if qw is not None else ("", {})
+    with tempfile.TemporaryDirectory(prefix="edgeprune-export-") as scratch:
+        snapped = quant.with_quantized_weights(art.model, qw) if qw is not None else None
+        if "onnx" in formats:
+            rows.append(_onnx_fp32(art, ctx, opts, verification))
+            if snapped is not None:
+                row, checks["onnx_int8"] = _onnx_int8(art, ctx, opts, verification, snapped, calibration,
+                                                      reference, Path(scratch))
+                rows.append(row)
+        if "tflite" in formats:
+            rows.append(_tflite_fp32(art, ctx, opts, verification))
+            if snapped is not None:
+                row, checks["tflite_int8"] = _tflite_int8(art, ctx, opts, verification, snapped, calibration,
+                                                          reference)
+                rows.append(row)
+    return _summarise(rows, checks, reference_name, qw, art, opts)
+
+
+def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    value = fn(*args, **kwargs)
+    return value, time.perf_counter() - start
+
+
+def _row(art: Artifact, key: str, runtime: str, precision: str, seconds: float, measured: dict) -> dict[str, Any]:
+    path = art.files[key]
+    return {"file": path.name, "runtime": runtime, "precision": precision, "size_bytes": path.stat().st_size,
+            "export_s": round(seconds, 3), **measured}
+
+
+def _onnx_fp32(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Verification) -> dict[str, Any]:
+    dest = ctx.out_dir / FILE_NAMES["onnx_fp32"]
+    _, seconds = _timed(onnx_export.export_fp32, art.model, art.example_input, dest, opts.opset, opts.dynamic_batch)
+    art.files["onnx_fp32"] = dest
+    outputs = onnx_export.run_session(dest, ver.inputs, opts.threads)
+    return _row(art, "onnx_fp32", "onnxruntime", "fp32", seconds, ver.measure(outputs))
+
+
+def _onnx_int8(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Verification, snapped: torch.nn.Module,
+               calibration: torch.Tensor, reference: dict[str, np.ndarray], scratch: Path
+               ) -> tuple[dict[str, Any], LevelCheck]:
+    dest = ctx.out_dir / FILE_NAMES["onnx_int8"]
+    qopts: quant.QuantOptions = ctx.options_for("quantize", quant.QuantOptions)
+    start = time.perf_counter()
+    snapped_onnx = onnx_export.export_fp32(snapped, art.example_input, scratch / "snapped.onnx", opts.opset,
+                                           opts.dynamic_batch)
+    onnx_export.quantize_int8(snapped_onnx, dest, calibration, qopts.calibration, qopts.percentile)
+    seconds = time.perf_counter() - start
+    art.files["onnx_int8"] = dest
+    check = compare_levels(reference, onnx_export.read_int8_weights(dest))
+    outputs = onnx_export.run_session(dest, ver.inputs, opts.threads)
+    row = _row(art, "onnx_int8", "onnxruntime", "int8", seconds, ver.measure(outputs))
+    row["weight_mismatches"] = check.mismatches
+    return row, check
+
+
+def _tflite_fp32(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Verification) -> dict[str, Any]:
+    dest = ctx.out_dir / FILE_NAMES["tflite_fp32"]
+    _, seconds = _timed(tflite_export.export_fp32, art.model, art.example_input, dest, opts.nhwc)
+    art.files["tflite_fp32"] = dest
+    outputs = tflite_export.run_interpreter(dest, ver.inputs, opts.threads, opts.nhwc)
+    return _row(art, "tflite_fp32", "litert", "fp32", seconds, ver.measure(outputs))
+
+
+def _tflite_int8(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Verification, snapped: torch.nn.Module,
+                 calibration: torch.Tensor, reference: dict[str, np.ndarray]) -> tuple[dict[str, Any], LevelCheck]:
+    dest = ctx.out_dir / FILE_NAMES["tflite_int8"]
+    _, seconds = _timed(tflite_export.export_int8, snapped, art.example_input, calibration, dest, opts.nhwc)
+    art.files["tflite_int8"] = dest
+    check = match_by_content(reference, tflite_export.read_int8_weights(dest))
+    outputs = tflite_export.run_interpreter(dest, ver.inputs, opts.threads, opts.nhwc)
+    row = _row(art, "tflite_int8", "litert", "int8", seconds, ver.measure(outputs))
+    row["weight_mismatches"] = check.mismatches
+    return row, check
+
+
+def _summarise(rows: list[dict[str, Any]], checks: dict[str, LevelCheck], reference_name: str,
+               qw: quant.QuantizedWeights | None, art: Artifact, opts: ExportOptions) -> dict[str, Any]:
+    """The report numbers: the per-file table plus the headline keys (INT8 accuracy, main file size)."""
+    result: dict[str, Any] = {"exports": rows, "onnx_opset": opts.opset if "onnx" in opts.formats else None}
+    for row in rows:
+        stem = f"{row['runtime']}_{row['precision']}"
+        result[f"accuracy_{stem}"] = row["accuracy"]
+        result[f"max_abs_diff_{stem}"] = row["max_abs_diff"]
+    if qw is not None:
+        result["weight_reference"] = reference_name
+        result["weight_mismatches"] = sum(c.mismatches for c in checks.values())
+        result["weight_check"] = {key: c.as_dict() for key, c in checks.items()}
+    main = next((r for r in reversed(rows) if r["precision"] == ("int8" if qw is not None else "fp32")), None)
+    if main is not None:
+        result["size_bytes"] = main["size_bytes"]
+        result["accuracy"] = main["accuracy"]
+    return result
