@@ -1,0 +1,284 @@
+"""Benchmark model files on a device profile through its transport.
+
+One session per call: connect (with retries), check the free space, create a private run directory
+on the device, copy the harness (``runtime_bench``, for devices with Python) or make sure the cached
+``benchmark_model`` binary is there (Android), then for each model push it, run it with a time limit,
+parse the result and delete the model again. Whatever happens, the run directory is removed before
+returning; only the content-addressed ``benchmark_model`` cache stays, on purpose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import posixpath
+import shlex
+import sys
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import runtime_bench
+from edgeprune.devices.profiles import DeviceProfile
+from edgeprune.devices.transport import (
+    CommandTimeout,
+    NoSpace,
+    Transport,
+    default_workdir,
+    open_transport,
+    with_retries,
+)
+from edgeprune.errors import DeviceError
+from runtime_bench.__main__ import HARNESS_ERROR_EXIT
+from runtime_bench.harness import ONNX_RUNTIMES, TFLITE_RUNTIMES
+from runtime_bench.parsers import ParseError, parse_benchmark_model
+
+log = logging.getLogger("edgeprune.devices")
+
+# Free space demanded beyond the files themselves: logs, the runtime's scratch files, the pid file.
+SPACE_MARGIN_BYTES = 4 << 20
+
+
+@dataclass
+class BenchOptions:
+    """How to benchmark; ``None`` means "use the device profile's value"."""
+
+    threads: int | None = None
+    runs: int = 100
+    warmup: int = 10
+    timeout_s: float | None = None
+    benchmark_binary: str | None = None
+    retries: int = 3
+    retry_backoff_s: float = 0.5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model to benchmark: ``key`` names it in the results (e.g. "tflite_int8")."""
+
+    key: str
+    path: Path
+
+
+def _harness_files() -> list[tuple[Path, str]]:
+    """The runtime_bench package as (host file, path relative to the run directory)."""
+    package = Path(runtime_bench.__file__).parent
+    return [(f, f"runtime_bench/{f.name}") for f in sorted(package.glob("*.py"))]
+
+
+class DeviceSession:
+    """A connected transport plus the private run directory that is always removed at the end."""
+
+    def __init__(self, profile: DeviceProfile, options: BenchOptions, transport: Transport | None = None) -> None:
+        self.profile = profile
+        self.options = options
+        self.transport = transport or open_transport(profile)
+        self.workdir = default_workdir(profile)
+        self.run_dir = posixpath.join(self.workdir, f"run-{uuid.uuid4().hex[:12]}")
+        self.pid_file = posixpath.join(self.run_dir, ".pid")
+
+    def retrying(self, action: Callable[[], Any]) -> Any:
+        """Run ``action``, reconnecting and retrying when the link drops or the device is not up yet."""
+        return with_retries(action, self.options.retries, recover=self.transport.reconnect,
+                            backoff_s=self.options.retry_backoff_s)
+
+    def __enter__(self) -> DeviceSession:
+        self.retrying(self.transport.connect)
+        try:
+            self.retrying(lambda: self.transport.make_dir(self.run_dir))
+        except BaseException:
+            self.transport.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.retrying(lambda: self.transport.remove(self.run_dir))
+        except DeviceError as error:
+            log.warning("could not remove %s on %s: %s", self.run_dir, self.profile.name, error)
+        finally:
+            self.transport.close()
+
+    def require_space(self, needed: int) -> None:
+        free = self.retrying(lambda: self.transport.free_bytes(self.run_dir))
+        if free < needed + SPACE_MARGIN_BYTES:
+            raise NoSpace(f"{self.profile.name} has {free / (1 << 20):.1f} MiB free in {self.workdir} but the "
+                          f"benchmark needs {(needed + SPACE_MARGIN_BYTES) / (1 << 20):.1f} MiB",
+                          "free space on the device or set workdir in the profile to a larger disk")
+
+    def push(self, local: Path, remote: str) -> None:
+        """Copy one file; a dropped link is retried from scratch (the device deletes partial files)."""
+        self.retrying(lambda: self.transport.push(local, remote))
+
+    def run(self, command: str, timeout: float) -> Any:
+        return self.retrying(lambda: self.transport.run(command, timeout, self.run_dir, self.pid_file))
+
+
+def _tool_error(profile: DeviceProfile, tool: str, model: str, result: Any) -> DeviceError:
+    """Translate a failed benchmark command into the reason and fix a user can act on."""
+    if result.exit_code == 127:
+        return DeviceError(f"{tool} was not found on {profile.name} ({result.last_error_line()})",
+                           f"install it on the device or set the profile's "
+                           f"{'python' if tool == 'python' else 'benchmark_binary'}")
+    if result.exit_code == 126:
+        return DeviceError(f"{tool} is not executable on {profile.name} ({result.last_error_line()})",
+                           f"use a build for {profile.arch or 'this device'} and a workdir that allows "
+                           "executables (not /sdcard)")
+    return DeviceError(f"benchmarking {model} on {profile.name} failed: {result.last_error_line()}",
+                       "see the message above; --debug shows the device's full output")
+
+
+def _common_row(model: ModelFile, threads: int, options: BenchOptions) -> dict[str, Any]:
+    return {"model": model.key, "file": model.path.name, "size_bytes": model.path.stat().st_size,
+            "threads": threads, "runs": options.runs}
+
+
+class _PythonHarness:
+    """Devices with Python: copy runtime_bench and run ``python3 -m runtime_bench run``."""
+
+    tool = "runtime_bench"
+
+    def __init__(self, session: DeviceSession) -> None:
+        self.session = session
+
+    def prepare(self) -> None:
+        self.session.retrying(lambda: self.session.transport.make_dir(
+            posixpath.join(self.session.run_dir, "runtime_bench")))
+        for local, relative in _harness_files():
+            self.session.push(local, posixpath.join(self.session.run_dir, relative))
+
+    def payload_bytes(self) -> int:
+        return sum(f.stat().st_size for f, _ in _harness_files())
+
+    def command(self, remote_model: str, runtime: str, threads: int) -> str:
+        p, o = self.session.profile, self.session.options
+        python = p.python or (sys.executable if p.transport == "local" else "python3")
+        args = ["-m", "runtime_bench", "run", remote_model, "--runtime", runtime, "--threads", str(threads),
+                "--warmup", str(o.warmup), "--runs", str(o.runs), "--seed", str(o.seed)]
+        pin = f"taskset {p.affinity} " if p.affinity else ""
+        return f"env PYTHONPATH=. {pin}{shlex.quote(python)} " + " ".join(shlex.quote(a) for a in args)
+
+    def parse(self, model: ModelFile, result: Any) -> dict[str, Any]:
+        p = self.session.profile
+        if result.exit_code == HARNESS_ERROR_EXIT:
+            reason = json.loads(result.stdout or "{}").get("error", result.last_error_line())
+            raise DeviceError(f"runtime_bench on {p.name} cannot run {model.path.name}: {reason}", p.setup or
+                              "install numpy and a runtime on the device")
+        if result.exit_code != 0:
+            if "No module named 'numpy'" in result.stderr:
+                raise DeviceError(f"numpy is missing on {p.name}", p.setup or "pip install numpy on the device")
+            raise _tool_error(p, "python", model.path.name, result)
+        try:
+            return json.loads(result.stdout.strip().splitlines()[-1])
+        except (json.JSONDecodeError, IndexError) as exc:
+            raise DeviceError(f"runtime_bench on {p.name} printed no result for {model.path.name}",
+                              "run `python3 -m runtime_bench run MODEL` on the device to see why") from exc
+
+
+class _BenchmarkModelTool:
+    """Android: TFLite's native benchmark_model, pushed once and cached under its content hash."""
+
+    tool = "benchmark_model"
+
+    def __init__(self, session: DeviceSession) -> None:
+        self.session = session
+        p, o = session.profile, session.options
+        configured = o.benchmark_binary or p.benchmark_binary
+        if not configured:
+            raise DeviceError(f"{p.name} benchmarks with TFLite's benchmark_model, and no binary was given",
+                              "pass --benchmark-binary PATH (an android_aarch64 build of "
+                              "tensorflow/lite/tools/benchmark:benchmark_model) or set benchmark_binary")
+        self.local = Path(configured).expanduser()
+        if not self.local.is_file():
+            raise DeviceError(f"benchmark_model binary {self.local} does not exist", "check --benchmark-binary")
+        digest = hashlib.sha256(self.local.read_bytes()).hexdigest()[:16]
+        self.remote = posixpath.join(session.workdir, "bin", f"benchmark_model-{digest}")
+
+    def payload_bytes(self) -> int:
+        return self.local.stat().st_size
+
+    def prepare(self) -> None:
+        t = self.session.transport
+        if self.session.retrying(lambda: t.exists(self.remote, executable=True)):
+            return
+        # Upload beside the cache entry and rename: a broken-off push never poisons the cache.
+        partial = posixpath.join(self.session.run_dir, "benchmark_model.part")
+        self.session.retrying(lambda: t.make_dir(posixpath.dirname(self.remote)))
+        self.session.push(self.local, partial)
+        self.session.retrying(lambda: t.check(
+            f"chmod 755 {shlex.quote(partial)} && mv -f {shlex.quote(partial)} {shlex.quote(self.remote)}",
+            what="installing benchmark_model"))
+
+    def command(self, remote_model: str, runtime: str, threads: int) -> str:
+        p, o = self.session.profile, self.session.options
+        args = [f"--graph={remote_model}", f"--num_threads={threads}", f"--warmup_runs={o.warmup}",
+                f"--num_runs={o.runs}", *p.benchmark_args]
+        pin = f"taskset {p.affinity} " if p.affinity else ""
+        return f"{pin}{shlex.quote(self.remote)} " + " ".join(shlex.quote(a) for a in args)
+
+    def parse(self, model: ModelFile, result: Any) -> dict[str, Any]:
+        p = self.session.profile
+        if result.exit_code in (126, 127):
+            # A cached binary that cannot run (wrong architecture) must not be reused next time.
+            self.session.retrying(lambda: self.session.transport.remove(self.remote))
+            raise _tool_error(p, "benchmark_model", model.path.name, result)
+        try:
+            parsed = parse_benchmark_model(result.stdout + "\n" + result.stderr)
+        except ParseError as exc:
+            raise DeviceError(f"benchmark_model on {p.name} failed for {model.path.name}: {exc}",
+                              "check the model and the binary's version") from exc
+        if result.exit_code != 0:
+            raise _tool_error(p, "benchmark_model", model.path.name, result)
+        return {**parsed, "runtime": "litert", "runtime_version": "benchmark_model"}
+
+
+def benchmark_files(profile: DeviceProfile, models: Iterable[ModelFile], options: BenchOptions,
+                    transport: Transport | None = None,
+                    progress: Callable[[Iterable[ModelFile]], Iterable[ModelFile]] = iter) -> list[dict[str, Any]]:
+    """Benchmark ``models`` on ``profile``; one result row per model (skipped formats say why)."""
+    models = list(models)
+    threads = options.threads or profile.threads
+    timeout = options.timeout_s or profile.timeout_s
+    for m in models:
+        if not m.path.is_file():
+            raise DeviceError(f"model file {m.path} does not exist", "check the path")
+    runnable = [m for m in models if profile.runs_format(m.path.suffix)]
+    rows: dict[str, dict[str, Any]] = {
+        m.key: {**_common_row(m, threads, options), "median_ms": None,
+                "skipped": f"{profile.name} has no runtime for {m.path.suffix} files"}
+        for m in models if m not in runnable}
+    if runnable:
+        with DeviceSession(profile, options, transport) as session:
+            harness = (_PythonHarness if profile.harness == "python" else _BenchmarkModelTool)(session)
+            session.require_space(harness.payload_bytes() + max(m.path.stat().st_size for m in runnable))
+            harness.prepare()
+            for model in progress(runnable):
+                rows[model.key] = _benchmark_one(session, harness, model, threads, timeout)
+    return [rows[m.key] for m in models]
+
+
+def _benchmark_one(session: DeviceSession, harness: Any, model: ModelFile, threads: int,
+                   timeout: float) -> dict[str, Any]:
+    profile = session.profile
+    remote = posixpath.join(session.run_dir, model.path.name)
+    family = ONNX_RUNTIMES if model.path.suffix == ".onnx" else TFLITE_RUNTIMES
+    runtime = next(r for r in profile.runtimes if r in family)
+    session.push(model.path, remote)
+    try:
+        result = session.run(harness.command(remote, runtime, threads), timeout)
+    except CommandTimeout as exc:
+        raise CommandTimeout(f"benchmarking {model.path.name} on {profile.name} exceeded its {timeout:g} s limit "
+                             "and was killed", "raise --timeout or lower --runs") from exc
+    parsed = harness.parse(model, result)
+    session.retrying(lambda: session.transport.remove(remote))
+    keep = ("runtime", "runtime_version", "median_ms", "p90_ms", "mean_ms", "std_ms", "min_ms", "max_ms",
+            "init_ms", "first_run_ms", "peak_rss_mb")
+    row = {**_common_row(model, threads, session.options), "tool": harness.tool,
+           **{k: parsed.get(k) for k in keep}}
+    if row["median_ms"] is None and row["mean_ms"] is not None:
+        row["median_ms"], row["statistic"] = row["mean_ms"], "mean (this benchmark_model prints no median)"
+    return row
