@@ -1,20 +1,145 @@
-"""CLI for the bench stage (see edgeprune.cli for the COMMANDS / compress_options / options_from contract)."""
+"""CLI of the bench stage: ``edgeprune bench``, ``edgeprune devices`` and the ``compress --bench-*`` options.
+
+The same option set is declared once (:func:`_bench_option_set`) and added twice: unprefixed to
+``edgeprune bench`` (``--threads``) and with a ``bench-`` prefix to ``edgeprune compress``
+(``--bench-threads``), where ``--threads`` would be ambiguous between stages.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
-COMMANDS: list[click.Command] = []
+from edgeprune.cli.common import compose, emit, force_option, json_option, refuse_existing_file
+from edgeprune.devices.bench import BenchOptions, ModelFile, benchmark_files
+from edgeprune.devices.profiles import list_profiles, load_profile, search_paths
+from edgeprune.devices.stage import headline_latency
+from edgeprune.devices.transport import check_reachable
+from edgeprune.fileio import write_json
+
+# (option suffix, BenchOptions field, click keyword arguments)
+_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("threads", "threads", {"type": click.IntRange(min=1), "help": "Runtime threads (default: the profile's)."}),
+    ("runs", "runs", {"type": click.IntRange(min=1), "help": "Timed runs per model [default: 100]."}),
+    ("warmup", "warmup", {"type": click.IntRange(min=0), "help": "Untimed warm-up runs [default: 10]."}),
+    ("timeout", "timeout_s", {"type": click.FloatRange(min=0, min_open=True),
+                              "help": "Seconds allowed per model before it is killed (default: the profile's)."}),
+    ("retries", "retries", {"type": click.IntRange(min=1),
+                            "help": "Attempts for connecting and transfers when the link drops [default: 3]."}),
+)
+_BINARY_HELP = "Host path of TFLite's benchmark_model for Android targets (pushed once, cached on the device)."
 
 
-def compress_options(f: Callable) -> Callable:
-    """Options this stage adds to `edgeprune compress`."""
-    return f
+def _bench_option_set(prefix: str) -> Callable:
+    decorators = [click.option(f"--{prefix}{name}", f"{prefix.replace('-', '_')}{name}", default=None, **kw)
+                  for name, _, kw in _OPTIONS]
+    decorators.append(click.option("--benchmark-binary", type=click.Path(dir_okay=False), help=_BINARY_HELP))
+    return compose(*decorators)
+
+
+def _options(kwargs: dict[str, Any], prefix: str) -> BenchOptions | None:
+    """Pop the bench options (named ``prefix + name``) from ``kwargs``; None when none was given."""
+    given = {field: kwargs.pop(f"{prefix}{name}", None) for name, field, _ in _OPTIONS}
+    given["benchmark_binary"] = kwargs.pop("benchmark_binary", None)
+    given = {k: v for k, v in given.items() if v is not None}
+    return BenchOptions(**given) if given else None
+
+
+compress_options = _bench_option_set("bench-")
 
 
 def options_from(kwargs: dict[str, Any]) -> tuple[str, Any]:
     """Pop this stage's options from `kwargs`; return (stage name, options object or None for defaults)."""
-    return "bench", None
+    return "bench", _options(kwargs, "bench_")
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    lines = [f"{'model':<16} {'runtime':<22} {'median ms':>10} {'p90 ms':>9} {'mean ms':>9} {'init ms':>9}"]
+    for r in rows:
+        if r.get("skipped"):
+            lines.append(f"{r['model']:<16} skipped: {r['skipped']}")
+            continue
+        runtime = f"{r.get('runtime')} {r.get('runtime_version') or ''}".strip()
+        lines.append(f"{r['model']:<16} {runtime:<22} {ms(r.get('median_ms')):>10} {ms(r.get('p90_ms')):>9} "
+                     f"{ms(r.get('mean_ms')):>9} {ms(r.get('init_ms')):>9}")
+    return "\n".join(lines)
+
+
+@click.command("bench", context_settings={"show_default": True})
+@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--target", default="host", help="Device profile name or .toml path (see `edgeprune devices`).")
+@_bench_option_set("")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
+@force_option
+@json_option
+@click.pass_context
+def bench(ctx: click.Context, models: tuple[str, ...], target: str, output: str | None, force: bool,
+          as_json: bool, **kwargs: Any) -> None:
+    """Time .tflite / .onnx models on a device (the host, a Pi over SSH, a phone over ADB).
+
+    \b
+    Examples:
+      edgeprune bench out/model_int8.tflite out/model_int8.onnx
+      edgeprune bench model_int8.tflite --target rpi3 --threads 4 --runs 100
+      edgeprune bench model_int8.tflite --target xiaomi-mi9 --benchmark-binary ./benchmark_model
+      edgeprune bench model.tflite --target ./my-pi.toml --json
+    """
+    if output:
+        refuse_existing_file(Path(output), force)
+    profile = load_profile(target)
+    options = _options(kwargs, "") or BenchOptions()
+    names = [Path(m).name for m in models]
+    files = [ModelFile(name if names.count(name) == 1 else m, Path(m)) for name, m in zip(names, models, strict=True)]
+    rows = benchmark_files(profile, files, options)
+    result = {"target": profile.name, "device": profile.description, "results": rows,
+              "latency_ms": headline_latency(rows, profile)}
+    if output:
+        write_json(output, result)
+    emit(ctx, result, as_json, f"{profile.name} ({profile.description}):\n{_table(rows)}")
+
+
+@click.command("devices")
+@click.argument("names", nargs=-1)
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Try to reach each target (connect and run `uname -m`).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Seconds to wait for each target when checking.")
+@json_option
+@click.pass_context
+def devices(ctx: click.Context, names: tuple[str, ...], check: bool, timeout: float, as_json: bool) -> None:
+    """List the device profiles (or only NAMES) and check which targets are reachable.
+
+    Built-in profiles are in the package; add your own .toml files to ~/.config/edgeprune/devices
+    or to a directory named in $EDGEPRUNE_DEVICES (a profile may `extends = "rpi3"` and change only
+    [ssh] host).
+
+    \b
+    Examples:
+      edgeprune devices
+      edgeprune devices rpi3 xiaomi-mi9 --timeout 2
+      edgeprune devices --no-check --json
+    """
+    profiles = [load_profile(n) for n in names] if names else list_profiles()
+    rows = []
+    for p in profiles:
+        row = {"name": p.name, "transport": p.transport, "address": p.address, "runtimes": list(p.runtimes),
+               "threads": p.threads, "description": p.description, "source": p.source}
+        if check:
+            status = check_reachable(p, timeout)
+            row.update(reachable=status.reachable, detail=status.detail)
+        rows.append(row)
+    lines = [f"{'name':<20} {'transport':<9} {'address':<28} {'runtimes':<26} status"]
+    for r in rows:
+        status = ("reachable" if r["reachable"] else f"unreachable: {r['detail']}") if check else "-"
+        lines.append(f"{r['name']:<20} {r['transport']:<9} {r['address']:<28} {','.join(r['runtimes']):<26} {status}")
+    lines.append("profiles are read from: " + ", ".join(str(p) for p in search_paths()))
+    emit(ctx, {"devices": rows}, as_json, "\n".join(lines))
+
+
+COMMANDS: list[click.Command] = [bench, devices]

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
 
+from edgeprune.devices.profiles import DeviceProfile
 from edgeprune.devices.transport import (
     AuthFailed,
     CommandResult,
@@ -49,7 +51,23 @@ def adb_binary(configured: str = "") -> str:
 
 
 class AdbTransport(Transport):
-    """Commands go through ``adb -H host -P port -s serial ...``."""
+    """Commands go through ``adb -H host -P port -s serial ...``.
+
+    ``start_server=False`` (used by ``edgeprune devices``) reports a missing adb server instead of
+    starting one, so merely listing targets never leaves a background daemon behind.
+    """
+
+    def __init__(self, profile: DeviceProfile, start_server: bool = True) -> None:
+        super().__init__(profile)
+        self.start_server = start_server
+
+    def _server_running(self) -> bool:
+        a = self.profile.adb
+        try:
+            with socket.create_connection((a.server_host, a.server_port), timeout=2.0):
+                return True
+        except OSError:
+            return False
 
     def _base(self) -> list[str]:
         a = self.profile.adb
@@ -71,6 +89,9 @@ class AdbTransport(Transport):
 
     def connect(self) -> None:
         a = self.profile.adb
+        if not self.start_server and not self._server_running():
+            raise Unreachable(f"no adb server is running at {a.server_host}:{a.server_port}",
+                              f"start it with `adb -P {a.server_port} start-server`")
         if a.connect:
             base = self._base()[:5]  # without -s: `adb connect` takes the address as its argument
             done = self._adb(["connect", a.serial], a.connect_timeout_s, base)

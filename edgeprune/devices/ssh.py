@@ -77,8 +77,7 @@ class SshTransport(Transport):
             client.close()
             raise Unreachable(f"cannot reach {self.profile.name} at {self._where()}: "
                               f"{getattr(exc, 'strerror', None) or exc}",
-                              "check that the device is on, the address is right and sshd runs "
-                              "(`edgeprune devices` checks every target)") from exc
+                              "check that the device is on, the address is right and sshd runs") from exc
         self.client = client
 
     def close(self) -> None:

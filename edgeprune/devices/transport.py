@@ -11,6 +11,7 @@ can help: :class:`Unreachable` and :class:`ConnectionLost` can, the others canno
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shlex
 import shutil
@@ -224,8 +225,11 @@ def default_workdir(profile: DeviceProfile) -> str:
     return profile.workdir or str(Path(tempfile.gettempdir()) / "edgeprune-bench")
 
 
-def open_transport(profile: DeviceProfile) -> Transport:
-    """The (unconnected) transport named by ``profile.transport``."""
+def open_transport(profile: DeviceProfile, start_server: bool = True) -> Transport:
+    """The (unconnected) transport named by ``profile.transport``.
+
+    ``start_server`` only matters for ADB: whether a missing adb server may be started.
+    """
     if profile.transport == "ssh":
         from edgeprune.devices.ssh import SshTransport
 
@@ -233,5 +237,27 @@ def open_transport(profile: DeviceProfile) -> Transport:
     if profile.transport == "adb":
         from edgeprune.devices.adb import AdbTransport
 
-        return AdbTransport(profile)
+        return AdbTransport(profile, start_server=start_server)
     return LocalTransport(profile)
+
+
+@dataclass
+class Reachability:
+    reachable: bool
+    detail: str
+
+
+def check_reachable(profile: DeviceProfile, timeout_s: float = 5.0) -> Reachability:
+    """Connect to the device and run ``uname -m``; never raises (``edgeprune devices``)."""
+    quick = dataclasses.replace(
+        profile, ssh=dataclasses.replace(profile.ssh, connect_timeout_s=timeout_s),
+        adb=dataclasses.replace(profile.adb, connect_timeout_s=timeout_s))
+    transport = open_transport(quick, start_server=False)
+    try:
+        with transport:
+            result = transport.execute("uname -m", timeout_s)
+    except DeviceError as exc:
+        return Reachability(False, str(exc))
+    if result.exit_code != 0:
+        return Reachability(False, f"`uname -m` failed: {result.last_error_line()}")
+    return Reachability(True, f"up ({result.stdout.strip()})")
