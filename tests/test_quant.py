@@ -1,0 +1,160 @@
+"""INT8 quantisation: the level/scale rule, BatchNorm folding, calibration and the quantize stage."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from torch import nn
+
+from edgeprune.artifact import Artifact, StageContext
+from edgeprune.checkpoint import load_model, save_model
+from edgeprune.data import DataBundle
+from edgeprune.errors import DataError, GraphError
+from edgeprune.metrics import evaluate
+from edgeprune.models import mobilenetv2_like, resnet20
+from edgeprune.quant import (
+    QuantOptions,
+    calibrate_activations,
+    load_quantized,
+    quantize_tensor,
+    quantize_weights,
+    run_stage,
+    to_deploy_graph,
+    with_quantized_weights,
+)
+
+
+def test_levels_and_scale_follow_the_documented_rule():
+    w = np.array([[127.0, 2.5, -2.5, 0.5, -127.0], [0, 0, 0, 0, 0], [1.0, -0.5, 0.25, 0.0, 0.0]], np.float32)
+    qt = quantize_tensor(w)
+    assert qt.levels.dtype == np.int8 and qt.scale.dtype == np.float32 and qt.axis == 0
+    np.testing.assert_array_equal(qt.scale, np.float32([1.0, 1.0, 1.0 / 127]))
+    # rint rounds half to even: 2.5 -> 2, -2.5 -> -2, 0.5 -> 0 (what torch.round / onnxruntime do)
+    np.testing.assert_array_equal(qt.levels[0], [127, 2, -2, 0, -127])
+    np.testing.assert_array_equal(qt.levels[1], 0)  # an all-zero (pruned) row: scale 1.0, no division by 0
+    np.testing.assert_array_equal(qt.levels[2], [127, -64, 32, 0, 0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(1, 3)),
+              elements=st.floats(-8, 8, width=32)))
+def test_dequantised_weights_are_within_half_a_step(w):
+    qt = quantize_tensor(w)
+    assert np.abs(qt.levels.astype(int)).max() <= 127
+    err = np.abs(qt.dequantize() - w).reshape(w.shape[0], -1).max(axis=1)
+    assert np.all(err <= qt.scale / 2 * (1 + 1e-5) + 1e-7)
+    nonzero_rows = np.abs(w.reshape(w.shape[0], -1)).max(axis=1) > 1e-30
+    # every non-zero row uses the full grid: its largest magnitude maps to +-127
+    assert np.all(np.abs(qt.levels.reshape(w.shape[0], -1)).max(axis=1)[nonzero_rows] == 127)
+
+
+def _randomise_batchnorm(model: nn.Module) -> nn.Module:
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("factory", [resnet20, mobilenetv2_like])
+def test_batchnorm_folding_keeps_outputs_and_names(factory):
+    torch.manual_seed(0)
+    model = _randomise_batchnorm(factory(in_channels=1))
+    x = torch.randn(4, 1, 8, 8)
+    deploy, folded = to_deploy_graph(model, x[:1])
+    assert folded == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        assert torch.allclose(deploy(x), model(x), atol=1e-5)
+    ops = {str(n.target) for n in deploy.graph.nodes if n.op == "call_function"}
+    assert not any("batch_norm" in op for op in ops)
+    state = deploy.state_dict()
+    assert not any("running_mean" in k or ".bn" in k for k in state)
+    # the conv keeps its parameter name and gains a bias next to it
+    first_conv = "conv1" if factory is resnet20 else "features.0"
+    assert f"{first_conv}.weight" in state and f"{first_conv}.bias" in state
+    assert set(quantize_weights(deploy).tensors) == {k for k, v in state.items() if v.dim() > 1}
+
+
+def test_plain_module_and_exported_graph_give_the_same_levels(tmp_path, trained_lenet5):
+    model = trained_lenet5.model
+    save_model(model, trained_lenet5.example_input, tmp_path / "m.pt2")
+    graph_module = load_model(tmp_path / "m.pt2").model
+    plain, graph = quantize_weights(model), quantize_weights(graph_module)
+    assert list(plain.tensors) == list(graph.tensors) == ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"]
+    for name in plain.tensors:
+        np.testing.assert_array_equal(plain.tensors[name].levels, graph.tensors[name].levels)
+        np.testing.assert_array_equal(plain.tensors[name].scale, graph.tensors[name].scale)
+
+
+def test_calibration_ranges(trained_lenet5, digits):
+    deploy, _ = to_deploy_graph(trained_lenet5.model, trained_lenet5.example_input)
+    batch = digits.calibration_batch(64)
+    minmax = calibrate_activations(deploy, batch, "minmax")
+    assert minmax["input"] == (float(batch.min()), float(batch.max()))
+    relu_ranges = [r for name, r in minmax.items() if name.startswith("relu")]
+    assert relu_ranges and all(low == 0.0 for low, _ in relu_ranges)
+    clipped = calibrate_activations(deploy, batch, "percentile", percentile=99.0)
+    assert clipped.keys() == minmax.keys()
+    assert all(clipped[k][1] <= minmax[k][1] and clipped[k][0] >= minmax[k][0] for k in minmax)
+    assert any(clipped[k][1] < minmax[k][1] for k in minmax)
+    with pytest.raises(DataError, match="unknown calibration method 'kl'"):
+        calibrate_activations(deploy, batch, "kl")
+
+
+def test_quantize_stage_on_real_data(tmp_path, trained_lenet5):
+    art = copy.deepcopy(trained_lenet5)
+    fp32 = evaluate(art.model, art.data.loader("test", 256))["accuracy"]
+    result = run_stage(art, StageContext(out_dir=tmp_path, options={"quantize": QuantOptions(calibration_samples=32)}))
+    quant = art.extras["quant"]
+    assert result["quantized_tensors"] == 4 and result["quantized_values"] == quant.num_values
+    assert result["weight_sqnr_db"] > 35
+    assert abs(result["accuracy"] - fp32) <= 0.01
+    assert quant.calibration == {"method": "minmax", "samples": 32, "percentile": 99.99}
+    assert art.files["quant"] == tmp_path / "quant.npz"
+    reloaded = load_quantized(art.files["quant"])
+    for name, qt in quant.tensors.items():
+        np.testing.assert_array_equal(reloaded.tensors[name].levels, qt.levels)
+        np.testing.assert_array_equal(reloaded.tensors[name].scale, qt.scale)
+    # the snapped model computes with exactly levels * scale
+    snapped = with_quantized_weights(art.model, quant)
+    snapped_weight = snapped.state_dict()["conv1.weight"].numpy()
+    np.testing.assert_array_equal(snapped_weight, quant.tensors["conv1.weight"].dequantize())
+
+
+def test_calibration_data_of_the_wrong_shape_is_refused(tmp_path, trained_lenet5, digits):
+    wrong = DataBundle("wide", *(torch.utils.data.TensorDataset(torch.zeros(20, 1, 6, 6), torch.zeros(20).long())
+                                 for _ in range(3)), num_classes=10, classes=[str(i) for i in range(10)])
+    art = Artifact(model=copy.deepcopy(trained_lenet5.model), example_input=trained_lenet5.example_input, data=wrong)
+    with pytest.raises(DataError, match=r"calibration data has samples of shape \[1, 6, 6\] but the model expects "
+                                        r"\[1, 8, 8\]"):
+        run_stage(art, StageContext(out_dir=tmp_path))
+    art.data = None
+    with pytest.raises(DataError, match="INT8 calibration needs real data"):
+        run_stage(art, StageContext(out_dir=tmp_path))
+    assert not any(tmp_path.iterdir())
+
+
+class _DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # Python control flow on a tensor value: not traceable
+            return self.fc(x.flatten(1))
+        return -self.fc(x.flatten(1))
+
+
+def test_untraceable_model_is_a_graph_error(tmp_path, digits):
+    art = Artifact(model=_DataDependent().eval(), example_input=digits.test.tensors[0][:1], data=digits)
+    with pytest.raises(GraphError, match="cannot trace the model for quantisation/export"):
+        run_stage(art, StageContext(out_dir=tmp_path))
