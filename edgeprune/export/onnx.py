@@ -37,9 +37,22 @@ _ORT_WEIGHT_SUFFIX = "_quantized"
 
 
 def failing_op(exc: BaseException) -> str:
-    """The aten op an exporter complained about, as ' (op aten.xxx)', or '' when it names none."""
-    match = re.search(r"aten[.:]{1,2}[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?", str(exc))
+    """The torch op an exporter complained about, as ' (op aten.xxx)', or '' when it names none."""
+    match = re.search(r"(?:aten|prims)[.:]{1,2}[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?", str(exc))
     return f" (op {match.group(0)})" if match else ""
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line of an exporter's error: the root cause from its "Exception summary" when it prints one.
+
+    torch.onnx's first line is a generic "Failed to convert ..." with terminal colour codes; the line
+    that names the missing function comes after the summary heading.
+    """
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if ln.strip()]
+    if "## Exception summary" in lines[:-1]:
+        cause = lines[lines.index("## Exception summary") + 1]
+        return re.sub(r"^<class '[^']+'>:\s*", "", cause)[:240]
+    return first_line(exc)
 
 
 @contextlib.contextmanager
@@ -68,7 +81,7 @@ def export_fp32(model: nn.Module, example_input: torch.Tensor, dest: Path, opset
                                   output_names=[OUTPUT_NAME], opset_version=opset, dynamic_shapes=dynamic,
                                   external_data=False, verbose=False)
         except Exception as exc:  # the exporter raises assorted types; all mean "cannot export this model"
-            raise ExportError(f"cannot export the model to ONNX{failing_op(exc)}: {first_line(exc)}",
+            raise ExportError(f"cannot export the model to ONNX{failing_op(exc)}: {describe_failure(exc)}",
                               "replace the unsupported operation, or use --format tflite") from None
         with _quiet():
             slim = onnxslim.slim(onnx.load(str(tmp)))

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import ExportError
-from edgeprune.export.onnx import _quiet, failing_op
+from edgeprune.export.onnx import _quiet, describe_failure, failing_op
 from edgeprune.fileio import atomic_path
 from edgeprune.quant import first_line, trace
 
@@ -43,7 +43,8 @@ _TO_TORCH_LAYOUT = {
 def require_litert_torch() -> ModuleType:
     """Import litert-torch or fail with what to install."""
     try:
-        import litert_torch
+        with _quiet():  # its import logs warnings about optional CUDA kernels of torchao
+            import litert_torch
     except ImportError:
         raise ExportError("TFLite export needs litert-torch, which is not installed", INSTALL_HINT) from None
     return litert_torch
@@ -59,7 +60,8 @@ def _convert(module: nn.Module, example: torch.Tensor, dest: Path, quant_config:
         except ExportError:
             raise
         except Exception as exc:  # litert-torch/MLIR raise many types; all mean "cannot lower this model"
-            raise ExportError(f"litert-torch cannot convert the model to TFLite{failing_op(exc)}: {first_line(exc)}",
+            raise ExportError(f"litert-torch cannot convert the model to TFLite{failing_op(exc)}: "
+                              f"{describe_failure(exc)}",
                               "replace the unsupported operation, or pass --format onnx") from None
     return dest
 
@@ -99,7 +101,7 @@ def export_int8(snapped_model: nn.Module, example_input: torch.Tensor, calibrati
                     prepared(chunk.permute(0, 2, 3, 1).contiguous() if nhwc else chunk)
             converted = convert_pt2e(prepared, fold_quantize=False)
     except Exception as exc:  # torchao raises assorted types for graphs it cannot annotate
-        raise ExportError(f"PT2E INT8 quantisation failed{failing_op(exc)}: {first_line(exc)}",
+        raise ExportError(f"PT2E INT8 quantisation failed{failing_op(exc)}: {describe_failure(exc)}",
                           "export fp32 TFLite only (omit --int8) or use --format onnx") from None
     return _convert(converted, example, dest, QuantConfig(pt2e_quantizer=quantizer))
 
