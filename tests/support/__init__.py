@@ -1,0 +1,1 @@
+"""Test support: real loopback peers (sshd, an ADB device), fault injection and device stand-ins."""
