@@ -1,0 +1,229 @@
+"""What simplify will do, decided before the graph is touched: folds, dead channels, constants.
+
+Everything is computed in float64 from the traced model:
+
+1. BatchNorm that directly follows a Conv/Linear (its only user) is folded into that layer.
+2. A group channel is *dead* when every producer row writing it is exactly zero after folding
+   (``abs().amax() == 0``; a zero *sum* is not enough). Dead channels of prunable groups are
+   candidates for removal; a tensor never loses all of its channels.
+3. The constant a dead channel carries into each consumer is *measured* on the real model - it
+   has passed through the actual BN, activation, pooling, padding... - on two different inputs
+   and at a second resolution where the model allows one. A channel whose value is not the same
+   everywhere a consumer needs it to be is refused (kept), never approximated.
+4. The constants are folded into each consumer: Linear and unpadded convs get a bias change;
+   zero-padded convs get a border-correction kernel (see ``SimplifyOptions.padded_constants``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx
+
+from edgeprune.graph import ChannelGraph
+from edgeprune.graph.coupling import BATCH_NORM, ChannelVector, LayerInfo, op_name
+from edgeprune.graph.trace import TracedModel, run_graph
+from edgeprune.simplify.options import SimplifyOptions
+
+UNIFORM_RTOL = 1e-12
+
+
+@dataclass
+class LayerPlan:
+    """The new parameters of one Conv/Linear call site (float64, before slicing)."""
+
+    info: LayerInfo
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    folded_bn: str | None = None
+    delta: torch.Tensor | None = None  # bias change from removed constant inputs
+    border: torch.Tensor | None = None  # correction kernel (O, 1, *k) for a zero-padded conv
+
+
+@dataclass
+class Plan:
+    traced: TracedModel
+    graph: ChannelGraph
+    layers: dict[str, LayerPlan]
+    removed: set[int]
+    refused: dict[int, str] = field(default_factory=dict)
+    dead: set[int] = field(default_factory=set)
+
+    def kept_positions(self, node_name: str) -> list[int] | None:
+        """Channel positions of a tensor that survive (None when it has no channel axis)."""
+        vector = self.graph.analysis.vectors.get(node_name)
+        if not isinstance(vector, ChannelVector):
+            return None
+        find = self.graph.analysis.find
+        return [i for i, a in enumerate(vector.atoms) if find(a) not in self.removed]
+
+    def removed_positions(self, node_name: str) -> list[int]:
+        vector = self.graph.analysis.vectors.get(node_name)
+        if not isinstance(vector, ChannelVector):
+            return []
+        find = self.graph.analysis.find
+        return [i for i, a in enumerate(vector.atoms) if find(a) in self.removed]
+
+
+def make_plan(traced: TracedModel, graph: ChannelGraph, options: SimplifyOptions,
+              probe_inputs: list[torch.Tensor]) -> Plan:
+    """Decide folds and removals; ``probe_inputs`` (float64) are used to measure constants."""
+    layers = _fold_batchnorm(traced, graph, options)
+    plan = Plan(traced, graph, layers, removed=set())
+    plan.dead = _dead_classes(plan)
+    prunable = {cls for g in graph.groups if g.prunable for cls in g.classes}
+    plan.removed = plan.dead & prunable
+    _keep_one_channel_per_tensor(plan)
+    probes = []
+    for x in probe_inputs:
+        try:
+            probes.append(run_graph(traced, x, dtype=torch.float64))
+        except Exception:  # noqa: BLE001 - a traced graph specialised to one shape rejects other resolutions
+            if not probes:
+                raise
+
+    constants = _measure_constants(plan, probes, options)
+    for cls in plan.refused:
+        plan.removed.discard(cls)
+    _fold_constants(plan, constants)
+    return plan
+
+
+def _fold_batchnorm(traced: TracedModel, graph: ChannelGraph, options: SimplifyOptions) -> dict[str, LayerPlan]:
+    """Per call site: the (possibly BN-folded) weight and bias in float64."""
+    ana = graph.analysis
+    sites_per_weight: dict[str, int] = {}
+    for info in ana.layers.values():
+        sites_per_weight[info.weight] = sites_per_weight.get(info.weight, 0) + 1
+    layers = {
+        name: LayerPlan(
+            info, traced.tensors[info.weight].detach().double(),
+            None if info.bias is None else traced.tensors[info.bias].detach().double(),
+        )
+        for name, info in ana.layers.items()
+    }
+    if not options.fold_batchnorm:
+        return layers
+    for node in traced.graph.nodes:
+        if node.op != "call_function" or op_name(node) not in BATCH_NORM:
+            continue
+        src = node.args[0]
+        plan = layers.get(src.name)
+        if plan is None or len(src.users) != 1 or sites_per_weight[plan.info.weight] != 1:
+            continue
+        stats = _bn_stats(traced, node)
+        if stats is None:
+            continue
+        gamma, beta, mean, var, eps = stats
+        scale = gamma / torch.sqrt(var + eps)
+        shape = (-1,) + (1,) * (plan.weight.dim() - 1)
+        bias = plan.bias if plan.bias is not None else torch.zeros_like(mean)
+        plan.weight = plan.weight * scale.reshape(shape)
+        plan.bias = (bias - mean) * scale + beta
+        plan.folded_bn = node.name
+    return layers
+
+
+def _bn_stats(traced: TracedModel, node: fx.Node) -> tuple[torch.Tensor, ...] | None:
+    """(gamma, beta, mean, var, eps) of an eval-mode BN node in float64, or None if not foldable."""
+    args = node.args
+    if op_name(node) == "batch_norm":
+        if args[5]:  # training-mode BN computes batch statistics
+            return None
+        eps = args[7]
+    else:
+        eps = args[6]
+    mean, var = traced.tensor_of(args[3]), traced.tensor_of(args[4])
+    if mean is None or var is None:
+        return None
+    gamma = traced.tensor_of(args[1]) if args[1] is not None else torch.ones_like(mean)
+    beta = traced.tensor_of(args[2]) if args[2] is not None else torch.zeros_like(mean)
+    if gamma is None or beta is None:
+        return None
+    return gamma.double(), beta.double(), mean.double(), var.double(), float(eps)
+
+
+def _dead_classes(plan: Plan) -> set[int]:
+    """Classes whose every producer row (after BN folding) is exactly zero."""
+    ana = plan.graph.analysis
+    row_alive: dict[str, torch.Tensor] = {}
+    for lp in plan.layers.values():
+        row_alive[lp.info.weight] = lp.weight.reshape(lp.weight.shape[0], -1).abs().amax(1) != 0
+    alive: set[int] = set()
+    for e in ana.entries:
+        if e.role == "producer" and bool(row_alive[e.name][e.index]):
+            alive.add(ana.find(e.atom))
+    return {ana.find(a) for a in range(len(ana.parent))} - alive
+
+
+def _keep_one_channel_per_tensor(plan: Plan) -> None:
+    """Zero-channel tensors break exporters and runtimes: keep one channel where all would go."""
+    ana = plan.graph.analysis
+    for vector in ana.vectors.values():
+        for v in vector if isinstance(vector, tuple) else (vector,):
+            if isinstance(v, ChannelVector) and v.atoms and all(ana.find(a) in plan.removed for a in v.atoms):
+                plan.removed.discard(ana.find(v.atoms[0]))
+
+
+def _measure_constants(plan: Plan, probes: list[dict[str, Any]],
+                       options: SimplifyOptions) -> dict[str, dict[int, float]]:
+    """Per consumer call site: input position -> the constant a removed channel delivers there.
+
+    Linear inputs need one value per feature, the same for every input; conv inputs need one
+    value per channel, the same at every position, for every input and resolution. Channels that
+    fail are recorded in ``plan.refused``.
+    """
+    ana = plan.graph.analysis
+    constants: dict[str, dict[int, float]] = {}
+    for name, lp in plan.layers.items():
+        if lp.info.depthwise:
+            continue
+        positions = plan.removed_positions(lp.info.input_node)
+        if not positions:
+            continue
+        vector = ana.vectors[lp.info.input_node]
+        per_position: dict[int, float] = {}
+        for p in positions:
+            cls = ana.find(vector.atoms[p])
+            samples = [probe[lp.info.input_node][:, p] for probe in probes if lp.info.input_node in probe]
+            value = _constant(samples, spatial=lp.info.kind == "conv")
+            if value is None:
+                plan.refused.setdefault(cls, f"its value entering {lp.info.module or name} is not constant")
+                continue
+            if (lp.info.kind == "conv" and any(lp.info.padding) and float(value) != 0.0
+                    and options.padded_constants == "refuse"):
+                plan.refused.setdefault(cls, f"non-zero constant into zero-padded {lp.info.module or name}")
+                continue
+            per_position[p] = value
+        constants[name] = per_position
+    return constants
+
+
+def _constant(samples: list[torch.Tensor], spatial: bool) -> float | None:
+    """The one value every sample holds (conv: at every position too), or None if they differ."""
+    flat = [s.reshape(s.shape[0], -1) if spatial else s.reshape(s.shape[0], 1) for s in samples]
+    reference = float(flat[0][0, 0])
+    scale = 1.0 + abs(reference)
+    for f in flat:
+        if float((f - reference).abs().max()) > UNIFORM_RTOL * scale:
+            return None
+    return reference
+
+
+def _fold_constants(plan: Plan, constants: dict[str, dict[int, float]]) -> None:
+    """Turn each consumer's removed constant inputs into a bias change or a border kernel."""
+    for name, per_position in constants.items():
+        lp = plan.layers[name]
+        removed = [p for p in plan.removed_positions(lp.info.input_node) if p in per_position]
+        if not removed:
+            continue
+        values = torch.tensor([per_position[p] for p in removed], dtype=torch.float64)
+        columns = lp.weight[:, removed]  # (O, R, *k)
+        contribution = columns * values.reshape((1, -1) + (1,) * (columns.dim() - 2))
+        if lp.info.kind == "conv" and any(lp.info.padding):
+            if bool(values.ne(0).any()):
+                lp.border = contribution.sum(1, keepdim=True)
+        else:
+            lp.delta = contribution.reshape(contribution.shape[0], -1).sum(1)
