@@ -1,42 +1,143 @@
 """Supervised training loop shared by the example models, fine-tuning and the pruners.
 
-``fit`` runs plain epochs of SGD/Adam with a cosine learning-rate schedule and reports the
-validation loss/accuracy per epoch. ``step_hooks`` are called after every optimizer step (the
-pruners use them to apply the SeReNe shrink and re-apply masks); ``epoch_hooks`` after every
-epoch with the validation metrics.
+``fit`` runs epochs of SGD/Adam under a per-step learning-rate schedule and reports the
+validation loss/accuracy per epoch. Pruners plug in through three kinds of hooks:
+
+* ``output_hooks(outputs)`` run after the forward pass and *before* ``loss.backward()`` - SeReNe
+  measures its sensitivities there, at the pre-step weights w^t;
+* ``step_hooks()`` run after every optimizer step - the decoupled SeReNe shrink and the masks;
+* ``epoch_hooks(epoch, metrics)`` run after every epoch with the validation metrics - the plateau
+  detector and threshold search; a hook returning True ends training.
+
+Determinism: the data order of epoch e is a permutation drawn from ``seed + e`` alone, so a run
+resumed from a checkpoint, and a run split over several processes, see the same batches.
+
+Data parallelism: launched by ``torchrun`` (WORLD_SIZE > 1) the loop joins the process group
+(gloo, CPU) and wraps the model in DistributedDataParallel. Every global batch is split between
+the processes and the loss is scaled so that DDP's gradient average equals the single-process
+batch mean; validation runs on every process, so epoch hooks take the same decisions everywhere.
+Only rank 0 shows progress and writes checkpoints.
+
+Checkpoint/resume: with ``checkpoint`` set, the model, optimizer, schedule, history, RNG state
+and every object in ``state`` (masks, plateau detector, ...) are written atomically after every
+epoch; ``resume=True`` continues from that file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from edgeprune.data import DataBundle
+from edgeprune.errors import EdgepruneError
+from edgeprune.fileio import atomic_path
 from edgeprune.metrics import evaluate
 from edgeprune.progress import QUIET, Progress
+
+LR_SCHEDULES = ("cosine", "constant", "step")
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 10
     lr: float = 0.05
-    optimizer: str = "sgd"  # "sgd" (momentum 0.9, nesterov) or "adam"
+    optimizer: str = "sgd"  # "sgd" (momentum, nesterov) or "adam"
     weight_decay: float = 5e-4
     batch_size: int = 64
     seed: int = 0
+    momentum: float = 0.9
+    lr_schedule: str = "cosine"  # cosine to 0 over all steps, constant, or step (x0.1 at 50 % and 75 %)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise EdgepruneError(
+                f"unknown optimizer {self.optimizer!r}", f"choose one of {', '.join(OPTIMIZERS)}"
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise EdgepruneError(
+                f"unknown learning-rate schedule {self.lr_schedule!r}",
+                f"choose one of {', '.join(LR_SCHEDULES)}",
+            )
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise EdgepruneError(
+                "epochs, batch size and learning rate must be positive",
+                "e.g. --epochs 20 --lr 0.01 --batch-size 64",
+            )
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+    return torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay
+    )
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        progress = min(step / max(steps, 1), 1.0)
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if cfg.lr_schedule == "step":
+            return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size); joins torchrun's process group (gloo) when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all processes (identity without a process group)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def epoch_batches(
+    data: DataBundle, cfg: TrainConfig, epoch: int, rank: int, world: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """This process's share of every global batch of epoch ``epoch``, and the global batch size."""
+    x, y = data.train.tensors
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed + epoch))
+    for start in range(0, len(x), cfg.batch_size):
+        batch = order[start : start + cfg.batch_size]
+        if len(batch) < world:  # every process must take part in every step
+            continue
+        mine = batch.tensor_split(world)[rank]
+        yield x[mine], y[mine], len(batch)
 
 
 def fit(
@@ -45,27 +146,108 @@ def fit(
     cfg: TrainConfig,
     progress: Progress = QUIET,
     step_hooks: tuple[Callable[[], None], ...] = (),
-    epoch_hooks: tuple[Callable[[int, dict[str, float]], None], ...] = (),
+    epoch_hooks: tuple[Callable[[int, dict[str, float]], bool | None], ...] = (),
+    output_hooks: tuple[Callable[[torch.Tensor], None], ...] = (),
+    optimizer: torch.optim.Optimizer | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    state: dict[str, Stateful] | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``model`` in place; return per-epoch validation metrics."""
+    """Train ``model`` in place; return per-epoch validation metrics (see the module docstring)."""
+    rank, world = init_distributed()
     torch.manual_seed(cfg.seed)
-    optimizer = make_optimizer(model, cfg)
-    steps = max(1, cfg.epochs * len(data.loader("train", cfg.batch_size)))
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    history = []
-    for epoch in range(cfg.epochs):
+    optimizer = optimizer or make_optimizer(model, cfg)
+    steps_per_epoch = sum(1 for _ in range(0, len(data.train), cfg.batch_size))
+    schedule = make_schedule(optimizer, cfg, cfg.epochs * steps_per_epoch)
+    state = state or {}
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if resume and checkpoint is not None and checkpoint.exists():
+        start_epoch, history = _load_checkpoint(checkpoint, model, optimizer, schedule, cfg, state)
+    train_model = DistributedDataParallel(model) if world > 1 else model
+    show = progress if rank == 0 else QUIET
+    for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        loader = data.loader("train", cfg.batch_size, shuffle=True, seed=cfg.seed + epoch)
-        for x, y in progress.track(loader, f"epoch {epoch + 1}/{cfg.epochs}"):
+        batches = epoch_batches(data, cfg, epoch, rank, world)
+        for x, y, global_n in show.track(batches, f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch):
             optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            outputs = train_model(x)
+            for hook in output_hooks:
+                hook(outputs)
+            # Scaled so that DDP's average over `world` processes is the mean over the global batch.
+            loss = F.cross_entropy(outputs, y, reduction="sum") * (world / global_n)
+            loss.backward()
             optimizer.step()
             schedule.step()
             for hook in step_hooks:
                 hook()
         metrics = evaluate(model, data.loader("val", 256))
         history.append(metrics)
+        stop = False
         for hook in epoch_hooks:
-            hook(epoch, metrics)
+            stop = bool(hook(epoch, metrics)) or stop
+        if checkpoint is not None and rank == 0:
+            _save_checkpoint(checkpoint, epoch, model, optimizer, schedule, cfg, history, state)
+        if stop:
+            break
     model.eval()
     return history
+
+
+def _save_checkpoint(
+    path: Path,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    cfg: TrainConfig,
+    history: list[dict[str, float]],
+    state: dict[str, Stateful],
+) -> None:
+    payload = {
+        "epoch": epoch,
+        "config": asdict(cfg),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "history": history,
+        "rng": torch.get_rng_state(),
+        "state": {name: obj.state_dict() for name, obj in state.items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    cfg: TrainConfig,
+    state: dict[str, Stateful],
+) -> tuple[int, list[dict[str, float]]]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
+        raise EdgepruneError(
+            f"cannot read training checkpoint {path}: {exc}",
+            "delete it to start over, or point --checkpoint elsewhere",
+        ) from None
+    if payload.get("config") != asdict(cfg):
+        raise EdgepruneError(
+            f"training checkpoint {path} was written with different settings",
+            "resume with the same options, or delete the checkpoint to start over",
+        )
+    missing = sorted(set(state) - set(payload["state"]))
+    if missing:
+        raise EdgepruneError(
+            f"training checkpoint {path} lacks the {missing[0]!r} state",
+            "it was written by a different pruning method; delete it to start over",
+        )
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    schedule.load_state_dict(payload["schedule"])
+    torch.set_rng_state(payload["rng"])
+    for name, obj in state.items():
+        obj.load_state_dict(payload["state"][name])
+    return int(payload["epoch"]) + 1, list(payload["history"])

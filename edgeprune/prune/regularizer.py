@@ -1,0 +1,79 @@
+"""The SeReNe update: shrink the incoming weights of insensitive neurons, decoupled from the optimizer.
+
+Per step (the order the paper's rule implies, and the one that does not crash - see the design
+brief §1.4/§6.3):
+
+1. forward with the sensitivity hooks attached;
+2. :meth:`SereneRegularizer.observe` - sensitivity S at the pre-step weights w^t (all-reduced over
+   data-parallel processes, so every process shrinks identically);
+3. ``loss.backward()`` and ``optimizer.step()`` - momentum, Adam moments and weight decay see only
+   the loss gradient;
+4. :meth:`SereneRegularizer.shrink` - for every channel c of every group, all its producer entries
+   w <- w - lambda * w * max(0, 1 - S_c), then the masks (weights and optimizer state).
+
+Biases are not shrunk by default (as in the reference): a channel's bias is what simplify folds
+into the next layer once the channel's weights are gone, so shrinking it buys no removability.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeprune.prune.masks import ChannelMasks
+from edgeprune.prune.sensitivity import SensitivityConfig, SensitivityProbe
+from edgeprune.prune.train import all_reduce_sum
+
+
+class SereneRegularizer:
+    """Owns the sensitivity probe; call :meth:`observe` before backward and :meth:`shrink` after the step."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        masks: ChannelMasks,
+        lmbda: float,
+        config: SensitivityConfig | None = None,
+        shrink_biases: bool = False,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        self.masks = masks
+        self.lmbda = lmbda
+        self.shrink_biases = shrink_biases
+        self.optimizer = optimizer
+        self.probe = SensitivityProbe(model, masks.groups, config)
+        self.sensitivity: dict[Any, torch.Tensor] = {}
+
+    def __enter__(self) -> SereneRegularizer:
+        self.probe.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.probe.__exit__(*exc)
+
+    def observe(self, outputs: torch.Tensor) -> None:
+        """Measure S on this batch (an ``output_hooks`` entry of :func:`edgeprune.prune.train.fit`)."""
+        if self.lmbda == 0:
+            return
+        site_sums, count = self.probe.measure(outputs)
+        names = sorted(site_sums)
+        # One all-reduce for all sites and the sample count: sums over the global batch.
+        flat = torch.cat([site_sums[n] for n in names] + [torch.tensor([float(count)])])
+        flat = all_reduce_sum(flat)
+        sizes = [site_sums[n].numel() for n in names]
+        parts = flat[:-1].split(sizes)
+        self.sensitivity = self.probe.group_sensitivity(
+            dict(zip(names, parts, strict=True)), int(flat[-1].item())
+        )
+
+    @torch.no_grad()
+    def shrink(self) -> None:
+        """Apply the decoupled shrink with the last observed S, then the masks (a ``step_hooks`` entry)."""
+        if self.lmbda != 0 and self.sensitivity:
+            for g in self.masks.groups:
+                factor = 1.0 - self.lmbda * torch.relu(1.0 - self.sensitivity[g.id])
+                for s in [*g.weights, *(g.biases if self.shrink_biases else [])]:
+                    s.tensor.mul_(s.channel_view(factor))
+        self.masks.apply(self.optimizer)

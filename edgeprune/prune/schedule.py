@@ -1,0 +1,184 @@
+"""When to prune and how much: the plateau detector (PWE) and the threshold search (TWT).
+
+The plateau detector follows LOBSTER/SeReNe: after every epoch it is given the validation loss;
+"improvement" means loss < best * (1 + rel_tol) (1 % by default), and a loss strictly below the best
+also snapshots the weights. When the loss has not improved for ``patience`` (PWE) epochs - with
+PWE = 0, after every epoch - it restores the best snapshot, resets itself and fires. The
+regulariser makes the loss creep up, so "fires" reads "the shrink has cost more than 1 % for PWE
+epochs: time to cut what it has shrunk".
+
+The threshold search then finds the largest threshold T such that pruning every channel whose
+score (by default the largest |w| over *all* its producer entries) is below T keeps the validation
+loss <= (1 + TWT) * current loss. Channels, not parameters, are thresholded, so everything pruned
+is removable by simplify. The search bisects over the number of channels in ascending score
+order - the same search as bisecting T over the sorted scores, but exact and bounded by
+log2(#channels) + 1 evaluations (capped by ``max_evaluations``); only counts that were *measured*
+within the bound are ever accepted, so the bound holds even where the loss is not monotone in T.
+At least one channel of every group is always kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.prune.masks import ChannelMasks
+
+SCORES = ("maxabs", "maxabs_relative", "l1", "l1_relative")
+
+
+class PlateauDetector:
+    """Validation-loss plateau detector with patience PWE that restores the best weights when it fires."""
+
+    def __init__(self, patience: int, rel_tol: float = 0.01) -> None:
+        self.patience = patience
+        self.rel_tol = rel_tol
+        self.reset()
+
+    def reset(self) -> None:
+        self.best = math.inf
+        self.bad_epochs = 0
+        self.snapshot: dict[str, torch.Tensor] | None = None
+
+    def update(self, loss: float, model: nn.Module) -> bool:
+        """Feed one epoch's validation loss; True when the plateau fired (weights then restored)."""
+        if not math.isfinite(loss):
+            self.bad_epochs = self.patience
+        elif loss < self.best * (1 + self.rel_tol):
+            self.bad_epochs = 0
+            if loss < self.best:
+                self.best = loss
+                self.snapshot = copy.deepcopy(model.state_dict())
+        else:
+            self.bad_epochs += 1
+        if self.bad_epochs < self.patience:
+            return False
+        if self.snapshot is not None:
+            model.load_state_dict(self.snapshot)
+        self.reset()
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs, "snapshot": self.snapshot}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad_epochs, self.snapshot = state["best"], state["bad_epochs"], state["snapshot"]
+
+
+@dataclass
+class ThresholdResult:
+    threshold: float
+    loss_before: float
+    loss_after: float
+    bound: float
+    evaluations: int
+    pruned: dict[Any, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        return sum(int(v.numel()) for v in self.pruned.values())
+
+
+def channel_candidates(masks: ChannelMasks, score: str) -> list[tuple[float, Any, int]]:
+    """(score, group id, channel) of every live channel that may go, ascending by score.
+
+    ``score`` is ``maxabs`` (the largest |w| of the channel's producer entries) or ``l1`` (their
+    summed |w|), compared across groups as they are or, with the ``_relative`` suffix, divided by
+    the mean over the group's live channels so that layers with different fan-in and weight scale
+    compete fairly. The strongest live channel of each group is never a candidate.
+    """
+    if score not in SCORES:
+        raise EdgepruneError(f"unknown channel score {score!r}", f"choose one of {', '.join(SCORES)}")
+    out = []
+    for g in masks.groups:
+        keep = masks.keep[g.id]
+        if int(keep.sum()) <= 1:
+            continue
+        values = g.channel_scores(score.removesuffix("_relative")).double()
+        if score.endswith("_relative"):
+            values = values / values[keep].mean().clamp_min(1e-30)
+        live = torch.nonzero(keep).flatten()
+        strongest = live[values[live].argmax()]
+        out += [(float(values[c]), g.id, int(c)) for c in live if c != strongest]
+    out.sort(key=lambda t: (t[0], str(t[1]), t[2]))
+    return out
+
+
+def threshold_search(
+    masks: ChannelMasks,
+    measure: Callable[[], dict[str, float]],
+    twt: float,
+    score: str = "maxabs",
+    max_evaluations: int = 16,
+    min_accuracy: float | None = None,
+) -> ThresholdResult:
+    """Find and mark (in ``masks``) the largest set of low-score channels within the loss bound.
+
+    ``measure()`` returns the validation {"loss", "accuracy"} of the model as it currently is;
+    candidate prunings are tried in place and undone. With ``min_accuracy`` a candidate must also
+    keep the validation accuracy at or above it. Weights are left as found: the caller applies the
+    masks (to weights and optimizer state) afterwards.
+    """
+    base = measure()
+    bound = base["loss"] * (1 + twt)
+    candidates = channel_candidates(masks, score)
+    backups = {s.name: s.tensor.detach().clone() for g in masks.groups for s in g.weights}
+    tensors = {s.name: s.tensor for g in masks.groups for s in g.weights}
+    evaluations = 0
+    losses = {0: base["loss"]}
+
+    def acceptable(k: int) -> bool:
+        nonlocal evaluations
+        by_group: dict[Any, list[int]] = {}
+        for _, gid, c in candidates[:k]:
+            by_group.setdefault(gid, []).append(c)
+        for g in masks.groups:
+            if g.id in by_group:
+                for s in g.weights:
+                    s.zero_channels(torch.tensor(by_group[g.id]))
+        result = measure()
+        with torch.no_grad():
+            for name, saved in backups.items():
+                tensors[name].copy_(saved)
+        evaluations += 1
+        losses[k] = result["loss"]
+        return result["loss"] <= bound and (min_accuracy is None or result["accuracy"] >= min_accuracy)
+
+    lo, hi = 0, len(candidates) + 1
+    if candidates and evaluations < max_evaluations:
+        if acceptable(len(candidates)):
+            lo = len(candidates)
+        else:
+            hi = len(candidates)
+    while hi - lo > 1 and evaluations < max_evaluations:
+        mid = (lo + hi) // 2
+        if acceptable(mid):
+            lo = mid
+        else:
+            hi = mid
+    pruned: dict[Any, list[int]] = {}
+    for _, gid, c in candidates[:lo]:
+        pruned.setdefault(gid, []).append(c)
+    for gid, channels in pruned.items():
+        masks.prune(gid, torch.tensor(channels))
+    if lo == 0:
+        threshold = 0.0
+    elif lo < len(candidates):
+        threshold = 0.5 * (candidates[lo - 1][0] + candidates[lo][0])
+    else:
+        threshold = candidates[-1][0]
+    return ThresholdResult(
+        threshold=threshold,
+        loss_before=base["loss"],
+        loss_after=losses[lo],
+        bound=bound,
+        evaluations=evaluations,
+        pruned={k: torch.tensor(v) for k, v in pruned.items()},
+    )
