@@ -1,0 +1,682 @@
+/* edgeprune's CABAC core for MPEG-NNR compressed data units (see cabac.h and
+ * shared/design/nnr-cabac.md section 1 for the bit-level description this follows).
+ *
+ * Layout of the context store (one per tensor, all created fresh with configuration 0):
+ *   sig   [24]  3 * dq_state + class(previous level)      class: 0 zero, 1 negative, 2 positive
+ *   sign  [3]   class(previous level)
+ *   gtx   [2N]  2k + (current level > 0 ? 0 : 1)
+ *   rem   [32]  Exp-Golomb prefix position
+ *   cfg   [1]   "configuration != 0" flags of the estimator signalling
+ *   skip  [1]   row_skip_flag
+ * The order differs from NNCodec's internal store; only the per-bin context choice is normative.
+ */
+#include "cabac.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nnr_tables.h"
+
+#define CTX_SIG 0
+#define CTX_SIGN 24
+#define CTX_GTX 27
+#define CTX_REM(n) (CTX_GTX + 2 * (n))
+#define CTX_CFG(n) (CTX_REM(n) + 32)
+#define CTX_SKIP(n) (CTX_CFG(n) + 1)
+#define CTX_COUNT(n) (CTX_SKIP(n) + 1)
+#define CTX_MAX CTX_COUNT(NNR_MAX_GTX_FLAGS)
+#define SIGNALLED_REM_CONTEXTS 31 /* NNCodec 2.x signals configurations for prefix contexts 0..30 */
+#define MAX_PREFIX 29             /* EG0 prefix bins; enough for |q| < 2^29 */
+
+static const uint8_t DQ_NEXT[8][2] = {{0, 2}, {7, 5}, {1, 3}, {6, 4}, {2, 0}, {5, 7}, {3, 1}, {4, 6}};
+
+static inline int bit_length(uint32_t x) {
+#if defined(__GNUC__) || defined(__clang__)
+    return 32 - __builtin_clz(x);
+#else
+    int n = 0;
+    while (x) {
+        n++;
+        x >>= 1;
+    }
+    return n;
+#endif
+}
+
+static inline int level_class(int32_t prev) { return prev == 0 ? 0 : (prev < 0 ? 1 : 2); }
+
+/* ---------------------------------------------------------------- probability estimator */
+
+typedef struct {
+    int16_t s;      /* log-domain state, sign = MPS */
+    int8_t f;       /* fast part (s = slow + 16 f) */
+    uint8_t sh_f, sh_s;
+} context;
+
+static void ctx_init(context *c, int cfg) {
+    c->sh_f = (uint8_t)(NNR_ESTIMATOR_CONFIGS[cfg][0] + 4);
+    c->sh_s = (uint8_t)NNR_ESTIMATOR_CONFIGS[cfg][1];
+    c->s = NNR_ESTIMATOR_CONFIGS[cfg][2];
+    c->f = (int8_t)NNR_ESTIMATOR_CONFIGS[cfg][3];
+}
+
+static inline void estimator_update(int16_t *s, int8_t *f, int sh_f, int sh_s, int bin) {
+    int d = bin ? 1 : -1;
+    int fast = *f;
+    int slow = *s - 16 * fast;
+    fast += d * (NNR_STEP_CURVE[(16 + ((d * fast) >> 3)) & 31] >> sh_f);
+    slow += d * (NNR_STEP_CURVE[(16 + ((d * slow) >> 7)) & 31] >> sh_s);
+    *f = (int8_t)fast;
+    *s = (int16_t)(slow + 16 * (int8_t)fast);
+}
+
+static inline uint32_t ctx_rlps(const context *c, uint32_t range) {
+    int col = abs(c->s >> 7); /* arithmetic shift: asymmetric for negative states, as in the standard */
+    if (col > 31) col = 31;
+    return NNR_LPS_TABLE[(range & 0xe0) + (uint32_t)col];
+}
+
+static inline int ctx_mps(const context *c) { return c->s >= 0; }
+
+/* ---------------------------------------------------------------- encoder */
+
+typedef struct {
+    uint32_t low, range;
+    int32_t bits_left;
+    uint32_t num_buffered;
+    uint32_t buffered;
+    uint8_t *out;
+    size_t pos, cap;
+} encoder;
+
+static inline void enc_put(encoder *e, uint32_t byte) {
+    if (e->pos < e->cap) e->out[e->pos] = (uint8_t)byte;
+    e->pos++;
+}
+
+static void enc_write_out(encoder *e) {
+    uint32_t lead = e->low >> (24 - e->bits_left);
+    e->bits_left += 8;
+    e->low &= 0xffffffffu >> e->bits_left;
+    if (lead == 0xff) {
+        e->num_buffered++;
+    } else if (e->num_buffered > 0) {
+        uint32_t carry = lead >> 8;
+        enc_put(e, e->buffered + carry);
+        e->buffered = lead & 0xff;
+        while (e->num_buffered > 1) {
+            enc_put(e, (0xff + carry) & 0xff);
+            e->num_buffered--;
+        }
+    } else {
+        e->num_buffered = 1;
+        e->buffered = lead;
+    }
+}
+
+static void enc_start(encoder *e, uint8_t *out, size_t cap) {
+    e->low = 0;
+    e->range = 510;
+    e->bits_left = 23;
+    e->num_buffered = 0;
+    e->buffered = 0;
+    e->out = out;
+    e->pos = 0;
+    e->cap = cap;
+}
+
+static inline void enc_bin(encoder *e, context *c, int bin) {
+    uint32_t rlps = ctx_rlps(c, e->range);
+    e->range -= rlps;
+    if (bin == ctx_mps(c)) {
+        if (e->range < 256) {
+            e->range <<= 1;
+            e->low <<= 1;
+            if (--e->bits_left < 12) enc_write_out(e);
+        }
+    } else {
+        int n = 9 - bit_length(rlps);
+        e->low += e->range;
+        e->range = rlps << n;
+        e->low <<= n;
+        e->bits_left -= n;
+        if (e->bits_left < 12) enc_write_out(e);
+    }
+    estimator_update(&c->s, &c->f, c->sh_f, c->sh_s, bin);
+}
+
+static inline void enc_bypass(encoder *e, uint32_t value, int nbins) {
+    for (int i = nbins - 1; i >= 0; i--) {
+        e->low <<= 1;
+        if ((value >> i) & 1) e->low += e->range;
+        if (--e->bits_left < 12) enc_write_out(e);
+    }
+}
+
+static void enc_finish(encoder *e) {
+    /* terminating bin (value 1) */
+    e->range -= 2;
+    e->low += e->range;
+    e->low <<= 7;
+    e->range = 256;
+    e->bits_left -= 7;
+    if (e->bits_left < 12) enc_write_out(e);
+    /* flush with carry, then the stop bit */
+    if (e->low >> (32 - e->bits_left)) {
+        enc_put(e, e->buffered + 1);
+        while (e->num_buffered > 1) {
+            enc_put(e, 0x00);
+            e->num_buffered--;
+        }
+        e->low -= 1u << (32 - e->bits_left);
+    } else {
+        if (e->num_buffered > 0) enc_put(e, e->buffered);
+        while (e->num_buffered > 1) {
+            enc_put(e, 0xff);
+            e->num_buffered--;
+        }
+    }
+    e->low >>= 8;
+    e->low = (e->low << 1) + 1;
+    e->bits_left--;
+    int valid = 24 - e->bits_left;
+    e->low <<= (32 - valid);
+    for (int i = 0; i < valid; i += 8) enc_put(e, (e->low >> (24 - i)) & 0xff);
+}
+
+/* ---------------------------------------------------------------- estimator-configuration search
+ * NNCodec's "param_opt": every context runs all nine configurations in parallel over the tensor's
+ * regular bins and keeps the cheapest (3 bits of signalling added for a non-default one). Only the
+ * encoder does this; the decoder just reads the chosen indices. */
+
+typedef struct {
+    int16_t s[9];
+    int8_t f[9];
+    uint64_t bits[9];
+} context_search;
+
+static void search_init(context_search *cs) {
+    for (int i = 0; i < 9; i++) {
+        cs->s[i] = NNR_ESTIMATOR_CONFIGS[i][2];
+        cs->f[i] = (int8_t)NNR_ESTIMATOR_CONFIGS[i][3];
+        cs->bits[i] = 0;
+    }
+}
+
+static inline void search_bin(context_search *cs, int bin) {
+    for (int i = 0; i < 9; i++) {
+        int idx = 512 + (cs->s[i] >> 3);
+        idx = idx < 0 ? 0 : (idx > 1023 ? 1023 : idx);
+        cs->bits[i] += NNR_RATE_TABLE[idx][bin];
+        estimator_update(&cs->s[i], &cs->f[i], NNR_ESTIMATOR_CONFIGS[i][0] + 4, NNR_ESTIMATOR_CONFIGS[i][1], bin);
+    }
+}
+
+static int search_best(const context_search *cs) {
+    int best = 0;
+    uint64_t min_bits = cs->bits[0];
+    for (int i = 1; i < 9; i++) {
+        if (cs->bits[i] + 3 * 32768u < min_bits) {
+            best = i;
+            min_bits = cs->bits[i] + 3 * 32768u;
+        }
+    }
+    return best;
+}
+
+/* The level binarisation, written once and instantiated for real coding and for the search pass. */
+#define DEFINE_LEVEL_CODER(NAME, SINK_T, REGULAR)                                                     \
+    static inline void NAME(SINK_T *sink, encoder *e, int32_t q, int state, int cls, uint32_t ngtx) {  \
+        (void)e;                                                                                     \
+        REGULAR(CTX_SIG + 3 * state + cls, q != 0);                                                  \
+        if (q == 0) return;                                                                          \
+        REGULAR(CTX_SIGN + cls, q < 0);                                                              \
+        uint32_t rem = (uint32_t)(q < 0 ? -q : q) - 1;                                               \
+        int neg = q > 0 ? 0 : 1;                                                                     \
+        int flag = rem > 0;                                                                          \
+        REGULAR(CTX_GTX + neg, flag);                                                                \
+        uint32_t k = 1;                                                                              \
+        while (flag && k < ngtx) {                                                                   \
+            rem--;                                                                                   \
+            flag = rem > 0;                                                                          \
+            REGULAR(CTX_GTX + 2 * k + neg, flag);                                                    \
+            k++;                                                                                     \
+        }                                                                                            \
+        if (!flag) return;                                                                           \
+        rem--;                                                                                       \
+        int rem_ctx = CTX_REM(ngtx);                                                                 \
+        if (rem == 0) {                                                                              \
+            REGULAR(rem_ctx, 0);                                                                     \
+            return;                                                                                  \
+        }                                                                                            \
+        REGULAR(rem_ctx, 1);                                                                         \
+        uint32_t base = 1;                                                                           \
+        int log2 = 1;                                                                                \
+        while (rem >= base + (1u << log2)) {                                                         \
+            REGULAR(rem_ctx + log2, 1);                                                              \
+            base += 1u << log2;                                                                      \
+            log2++;                                                                                  \
+        }                                                                                            \
+        REGULAR(rem_ctx + log2, 0);                                                                  \
+        BYPASS(rem - base, log2);                                                                    \
+    }
+
+#define REGULAR_ENC(ci, bin) enc_bin(e, &sink[(ci)], (bin))
+#define BYPASS(v, n) enc_bypass(e, (v), (n))
+DEFINE_LEVEL_CODER(encode_level, context, REGULAR_ENC)
+#undef BYPASS
+#define REGULAR_SEARCH(ci, bin) search_bin(&sink[(ci)], (bin))
+#define BYPASS(v, n) ((void)0)
+DEFINE_LEVEL_CODER(search_level, context_search, REGULAR_SEARCH)
+#undef BYPASS
+
+/* coded index q from reconstruction index n in DQ state `state` (n must fit the state's quantiser) */
+static inline int32_t dq_coded(int32_t n, int state) {
+    if (n == 0) return 0;
+    return (n + (n < 0 ? -(state & 1) : (state & 1))) >> 1;
+}
+
+static int row_is_zero(const int32_t *row, uint32_t width) {
+    for (uint32_t i = 0; i < width; i++)
+        if (row[i]) return 0;
+    return 1;
+}
+
+static int uses_row_skip_syntax(const nnr_tensor_params *p) {
+    return p->profile == 1 && p->width > 1 && p->rows > 1;
+}
+
+static nnr_status check_params(const nnr_tensor_params *p) {
+    if (p->rows == 0 || p->width == 0) return NNR_ERR_ARGUMENT;
+    if ((uint64_t)p->rows * p->width > (uint64_t)0x7fffffff) return NNR_ERR_ARGUMENT;
+    if (p->num_gtx_flags < 1 || p->num_gtx_flags > NNR_MAX_GTX_FLAGS) return NNR_ERR_ARGUMENT;
+    if (p->qp_density > 7 || p->dq > 1 || p->profile > 1) return NNR_ERR_ARGUMENT;
+    return NNR_OK;
+}
+
+size_t nnr_encode_bound(const int32_t *levels, const nnr_tensor_params *p) {
+    size_t n = (size_t)p->rows * p->width;
+    /* sig + sign + gtx flags + EG0 prefix and suffix; regular bins at most 8 bits each */
+    size_t bins = 64 + 13 + p->rows + 8 * (size_t)(24 + 3 + 2 * p->num_gtx_flags + 32);
+    for (size_t i = 0; i < n; i++) {
+        if (levels[i] == 0) {
+            bins += 1;
+        } else {
+            uint32_t a = (uint32_t)(levels[i] < 0 ? -(int64_t)levels[i] : levels[i]);
+            bins += 2 + (a < p->num_gtx_flags ? a : p->num_gtx_flags) + 2 * (size_t)bit_length(a) + 2;
+        }
+    }
+    return bins + 16;
+}
+
+static void signal_configuration(encoder *e, context *ctx, context_search *search, int idx, int cfg_ctx,
+                                 int searched) {
+    int best = searched ? search_best(&search[idx]) : 0;
+    enc_bin(e, &ctx[cfg_ctx], best != 0);
+    if (best) enc_bypass(e, (uint32_t)(best - 1), 3);
+    ctx_init(&ctx[idx], best);
+}
+
+nnr_status nnr_encode_tensor(const int32_t *levels, nnr_tensor_params *p, uint8_t *out, size_t cap,
+                             size_t *out_len) {
+    nnr_status st = check_params(p);
+    if (st != NNR_OK) return st;
+    const uint32_t ngtx = p->num_gtx_flags;
+    const size_t n = (size_t)p->rows * p->width;
+    for (size_t i = 0; i < n; i++)
+        if (levels[i] > NNR_MAX_ABS_LEVEL || levels[i] < -NNR_MAX_ABS_LEVEL) return NNR_ERR_LEVEL_RANGE;
+
+    context ctx[CTX_MAX];
+    context_search search[CTX_MAX];
+    encoder e;
+    enc_start(&e, out, cap);
+    for (int i = 0; i < CTX_COUNT(ngtx); i++) ctx_init(&ctx[i], 0);
+
+    if (p->has_qp_offset) {
+        int nbits = 6 + p->qp_density;
+        int32_t lo = -(1 << (nbits - 1)), hi = (1 << (nbits - 1)) - 1;
+        if (p->qp_offset < lo || p->qp_offset > hi) return NNR_ERR_ARGUMENT;
+        enc_bypass(&e, (uint32_t)p->qp_offset & ((1u << nbits) - 1), nbits);
+    }
+    const int skip_syntax = uses_row_skip_syntax(p);
+    const int row_skip = skip_syntax && p->row_skip;
+    if (skip_syntax) {
+        enc_bypass(&e, (uint32_t)row_skip, 1);
+        if (row_skip)
+            for (uint32_t r = 0; r < p->rows; r++)
+                enc_bin(&e, &ctx[CTX_SKIP(ngtx)], row_is_zero(levels + (size_t)r * p->width, p->width));
+    }
+
+    if (p->estimator_search) {
+        /* NNCodec binarises the reconstruction index n here (not q) and uses it as the neighbour;
+         * reproduced so that the chosen configurations, hence the bytes, match. */
+        for (int i = 0; i < CTX_REM(ngtx) + 32; i++) search_init(&search[i]);
+        int state = 0;
+        int32_t prev = 0;
+        for (uint32_t r = 0; r < p->rows; r++) {
+            const int32_t *row = levels + (size_t)r * p->width;
+            if (row_skip && row_is_zero(row, p->width)) {
+                if (p->dq)
+                    for (uint32_t i = 0; i < p->width; i++) state = DQ_NEXT[state][0];
+                continue;
+            }
+            for (uint32_t i = 0; i < p->width; i++) {
+                int32_t q = p->dq ? dq_coded(row[i], state) : row[i];
+                search_level(search, &e, row[i], state, level_class(prev), ngtx);
+                prev = row[i];
+                if (p->dq) state = DQ_NEXT[state][q & 1];
+            }
+        }
+    }
+    /* signalled configurations: sig, sign, greater flags, remainder prefixes 0..30 */
+    const int cfg_ctx = CTX_CFG(ngtx);
+    for (int i = 0; i < (p->dq ? 24 : 3); i++) signal_configuration(&e, ctx, search, CTX_SIG + i, cfg_ctx, p->estimator_search);
+    for (int i = 0; i < 3; i++) signal_configuration(&e, ctx, search, CTX_SIGN + i, cfg_ctx, p->estimator_search);
+    for (uint32_t i = 0; i < 2 * ngtx; i++) signal_configuration(&e, ctx, search, CTX_GTX + (int)i, cfg_ctx, p->estimator_search);
+    for (int i = 0; i < SIGNALLED_REM_CONTEXTS; i++)
+        signal_configuration(&e, ctx, search, CTX_REM(ngtx) + i, cfg_ctx, p->estimator_search);
+
+    int state = 0;
+    int32_t prev = 0;
+    for (uint32_t r = 0; r < p->rows; r++) {
+        const int32_t *row = levels + (size_t)r * p->width;
+        if (row_skip && row_is_zero(row, p->width)) {
+            if (p->dq)
+                for (uint32_t i = 0; i < p->width; i++) state = DQ_NEXT[state][0];
+            continue;
+        }
+        for (uint32_t i = 0; i < p->width; i++) {
+            int32_t q = row[i];
+            if (p->dq) {
+                if (q != 0 && ((q & 1) != (state & 1))) return NNR_ERR_LEVEL_RANGE; /* not on this quantiser's grid */
+                q = dq_coded(q, state);
+            }
+            encode_level(ctx, &e, q, state, level_class(prev), ngtx);
+            prev = q;
+            if (p->dq) state = DQ_NEXT[state][q & 1];
+        }
+    }
+    enc_finish(&e);
+    *out_len = e.pos;
+    return e.pos > cap ? NNR_ERR_OUTPUT_FULL : NNR_OK;
+}
+
+/* ---------------------------------------------------------------- decoder */
+
+typedef struct {
+    uint32_t value, range;
+    int32_t bits_needed;
+    const uint8_t *buf;
+    size_t len, pos;
+} decoder;
+
+/* Reads past the end yield zeros and are counted: the caller turns them into NNR_ERR_TRUNCATED. */
+static inline uint32_t dec_byte(decoder *d) {
+    uint32_t b = d->pos < d->len ? d->buf[d->pos] : 0;
+    d->pos++;
+    return b;
+}
+
+static void dec_start(decoder *d, const uint8_t *buf, size_t len) {
+    d->buf = buf;
+    d->len = len;
+    d->pos = 0;
+    d->range = 510;
+    d->bits_needed = -8;
+    d->value = dec_byte(d) << 8;
+    d->value |= dec_byte(d);
+}
+
+static inline int dec_bin(decoder *d, context *c) {
+    uint32_t rlps = ctx_rlps(c, d->range);
+    uint32_t rmps = d->range - rlps;
+    int bin;
+    if (d->value < (rmps << 7)) {
+        bin = ctx_mps(c);
+        d->range = rmps;
+    } else {
+        bin = !ctx_mps(c);
+        d->value -= rmps << 7;
+        d->range = rlps;
+    }
+    int n = 9 - bit_length(d->range);
+    d->range <<= n;
+    d->value <<= n;
+    d->bits_needed += n;
+    if (d->bits_needed >= 0) {
+        d->value += dec_byte(d) << d->bits_needed;
+        d->bits_needed -= 8;
+    }
+    estimator_update(&c->s, &c->f, c->sh_f, c->sh_s, bin);
+    return bin;
+}
+
+static inline uint32_t dec_bypass(decoder *d, int nbins) {
+    uint32_t v = 0;
+    for (int i = 0; i < nbins; i++) {
+        d->value <<= 1;
+        if (++d->bits_needed >= 0) {
+            d->value += dec_byte(d);
+            d->bits_needed = -8;
+        }
+        v <<= 1;
+        uint32_t scaled = d->range << 7;
+        if (d->value >= scaled) {
+            d->value -= scaled;
+            v |= 1;
+        }
+    }
+    return v;
+}
+
+static int dec_terminate(decoder *d) {
+    d->range -= 2;
+    return d->value >= (d->range << 7);
+}
+
+/* Decode one coded index q; returns 0 on a corrupt prefix. */
+static inline int decode_level(decoder *d, context *ctx, int state, int cls, uint32_t ngtx, int32_t *out) {
+    if (!dec_bin(d, &ctx[CTX_SIG + 3 * state + cls])) {
+        *out = 0;
+        return 1;
+    }
+    int negative = dec_bin(d, &ctx[CTX_SIGN + cls]);
+    int neg = negative ? 1 : 0;
+    uint32_t a = 1;
+    uint32_t k = 0;
+    int flag;
+    do {
+        flag = dec_bin(d, &ctx[CTX_GTX + 2 * k + neg]);
+        a += (uint32_t)flag;
+        k++;
+    } while (flag && k < ngtx);
+    if (flag) {
+        int rem_ctx = CTX_REM(ngtx);
+        uint32_t r = 0;
+        if (dec_bin(d, &ctx[rem_ctx])) {
+            uint32_t base = 1;
+            int log2 = 1;
+            while (dec_bin(d, &ctx[rem_ctx + log2])) {
+                base += 1u << log2;
+                if (++log2 > MAX_PREFIX) return 0;
+            }
+            r = base + dec_bypass(d, log2);
+        }
+        a += r;
+        if (a > NNR_MAX_ABS_LEVEL) return 0;
+    }
+    *out = negative ? -(int32_t)a : (int32_t)a;
+    return 1;
+}
+
+nnr_status nnr_decode_tensor(const uint8_t *payload, size_t len, nnr_tensor_params *p, int32_t *levels,
+                             size_t *consumed) {
+    nnr_status st = check_params(p);
+    if (st != NNR_OK) return st;
+    if (len < 2) return NNR_ERR_TRUNCATED;
+    const uint32_t ngtx = p->num_gtx_flags;
+    context ctx[CTX_MAX];
+    decoder d;
+    dec_start(&d, payload, len);
+    for (int i = 0; i < CTX_COUNT(ngtx); i++) ctx_init(&ctx[i], 0);
+
+    if (p->has_qp_offset) {
+        int nbits = 6 + p->qp_density;
+        uint32_t raw = dec_bypass(&d, nbits);
+        p->qp_offset = (raw & (1u << (nbits - 1))) ? (int32_t)raw - (1 << nbits) : (int32_t)raw;
+    }
+    const int skip_syntax = uses_row_skip_syntax(p);
+    int row_skip = 0;
+    if (skip_syntax) {
+        row_skip = (int)dec_bypass(&d, 1);
+        /* the skip flag of row r is parked in levels[r * width] until that row is reached */
+        if (row_skip)
+            for (uint32_t r = 0; r < p->rows; r++) levels[(size_t)r * p->width] = dec_bin(&d, &ctx[CTX_SKIP(ngtx)]);
+    }
+    const int cfg_ctx = CTX_CFG(ngtx);
+    const int nsig = p->dq ? 24 : 3;
+    for (int i = 0; i < nsig + 3 + 2 * (int)ngtx + SIGNALLED_REM_CONTEXTS; i++) {
+        int idx = i < nsig ? CTX_SIG + i
+                  : i < nsig + 3 ? CTX_SIGN + (i - nsig)
+                  : i < nsig + 3 + 2 * (int)ngtx ? CTX_GTX + (i - nsig - 3)
+                  : CTX_REM(ngtx) + (i - nsig - 3 - 2 * (int)ngtx);
+        int cfg = dec_bin(&d, &ctx[cfg_ctx]) ? 1 + (int)dec_bypass(&d, 3) : 0;
+        ctx_init(&ctx[idx], cfg);
+    }
+    if (d.pos > len + 2) return NNR_ERR_TRUNCATED;
+
+    int state = 0;
+    int32_t prev = 0;
+    for (uint32_t r = 0; r < p->rows; r++) {
+        int32_t *row = levels + (size_t)r * p->width;
+        if (row_skip && row[0]) {
+            memset(row, 0, sizeof(int32_t) * p->width);
+            if (p->dq)
+                for (uint32_t i = 0; i < p->width; i++) state = DQ_NEXT[state][0];
+            continue;
+        }
+        for (uint32_t i = 0; i < p->width; i++) {
+            int32_t q;
+            if (!decode_level(&d, ctx, state, level_class(prev), ngtx, &q))
+                return d.pos > len + 2 ? NNR_ERR_TRUNCATED : NNR_ERR_CORRUPT;
+            prev = q;
+            if (p->dq) {
+                row[i] = q == 0 ? 0 : 2 * q - (q < 0 ? -(state & 1) : (state & 1));
+                state = DQ_NEXT[state][q & 1];
+            } else {
+                row[i] = q;
+            }
+        }
+        /* a stream that ran out long ago is truncated: stop instead of decoding zeros */
+        if (d.pos > len + 2) return NNR_ERR_TRUNCATED;
+    }
+    int end = dec_terminate(&d);
+    *consumed = d.pos;
+    if (d.pos > len + 2) return NNR_ERR_TRUNCATED;
+    if (!end) return NNR_ERR_CORRUPT;
+    return NNR_OK;
+}
+
+/* ---------------------------------------------------------------- quantisation */
+
+float nnr_step_size(int32_t qp, uint32_t qp_density) {
+    int32_t k = 1 << qp_density;
+    int32_t mul = k + (qp & (k - 1));
+    int32_t shift = qp >> qp_density; /* floor division (arithmetic shift) */
+    return (float)ldexp((double)mul, shift - (int32_t)qp_density);
+}
+
+size_t nnr_trellis_scratch_size(size_t n) { return n * 8; }
+
+/* Candidate reconstruction of one weight: slot k < 4 holds multiple qidx with qidx & 3 == k, slot 4 zero. */
+typedef struct {
+    double dist[5];
+    int32_t level[5];
+} candidates;
+
+static inline void trellis_candidates(double value, double qscale, candidates *c) {
+    int sign = value < 0 ? -1 : 1;
+    double org = qscale * value * (double)sign;
+    int32_t min_q = (int32_t)org - 1;
+    if (min_q < 1) min_q = 1;
+    c->level[4] = 0;
+    c->dist[4] = org * org;
+    for (int32_t qidx = min_q; qidx < min_q + 4; qidx++) {
+        double diff = org - (double)qidx;
+        c->dist[qidx & 3] = diff * diff;
+        c->level[qidx & 3] = sign * ((qidx + 1) >> 1);
+    }
+}
+
+/* Branches into each state in NNCodec's order (the order decides ties). */
+typedef struct {
+    int8_t prev[3];
+    int8_t slot[3];
+    int8_t count;
+} branches;
+
+static void trellis_branches(branches b[8]) {
+    memset(b, 0, sizeof(branches) * 8);
+    for (int prev = 0; prev < 8; prev++) {
+        int qid = prev & 1;
+        int c0 = DQ_NEXT[prev][0], c1 = DQ_NEXT[prev][1];
+        b[c0].prev[b[c0].count] = (int8_t)prev;
+        b[c0].slot[b[c0].count++] = (int8_t)(3 * qid);
+        b[c0].prev[b[c0].count] = (int8_t)prev;
+        b[c0].slot[b[c0].count++] = 4;
+        b[c1].prev[b[c1].count] = (int8_t)prev;
+        b[c1].slot[b[c1].count++] = (int8_t)(2 - qid);
+    }
+}
+
+nnr_status nnr_quantize(const float *weights, size_t n, float step, uint8_t dq, int32_t *levels, uint8_t *scratch) {
+    if (!(step > 0.0f)) return NNR_ERR_ARGUMENT;
+    const float scale = 1.0f / step;
+    for (size_t i = 0; i < n; i++) {
+        float v = weights[i];
+        if (!(v == v)) return NNR_ERR_LEVEL_RANGE; /* NaN */
+        double r = (double)roundf(scale * v);
+        if (r > (double)NNR_MAX_ABS_LEVEL - 2 || r < -(double)NNR_MAX_ABS_LEVEL + 2) return NNR_ERR_LEVEL_RANGE;
+        if (!dq) levels[i] = (int32_t)r;
+    }
+    if (!dq) return NNR_OK;
+
+    branches br[8];
+    trellis_branches(br);
+    const double qscale = 1.0 / (double)step;
+    double cost[8], next[8];
+    for (int s = 0; s < 8; s++) cost[s] = 0.5 * 1.7976931348623157e308;
+    cost[0] = 0.0;
+    candidates c;
+    for (size_t i = 0; i < n; i++) {
+        trellis_candidates((double)weights[i], qscale, &c);
+        uint8_t *decision = scratch + 8 * i;
+        for (int s = 0; s < 8; s++) {
+            double best = 1.7976931348623157e308;
+            int choice = 0;
+            for (int b = 0; b < br[s].count; b++) {
+                double v = cost[br[s].prev[b]] + c.dist[br[s].slot[b]];
+                if (v < best) {
+                    best = v;
+                    choice = b;
+                }
+            }
+            next[s] = best;
+            decision[s] = (uint8_t)choice;
+        }
+        memcpy(cost, next, sizeof(cost));
+    }
+    int state = 0;
+    for (int s = 1; s < 8; s++)
+        if (cost[s] < cost[state]) state = s;
+    for (size_t k = n; k-- > 0;) {
+        int b = scratch[8 * k + state];
+        int prev = br[state].prev[b];
+        trellis_candidates((double)weights[k], qscale, &c);
+        int32_t q = c.level[br[state].slot[b]];
+        levels[k] = q == 0 ? 0 : 2 * q - (q < 0 ? -(prev & 1) : (prev & 1));
+        state = prev;
+    }
+    return NNR_OK;
+}
