@@ -91,6 +91,7 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     formats = parse_formats(",".join(opts.formats))
     if "tflite" in formats:
         tflite_export.require_litert_torch()  # fail before writing anything
+    quant.trace(art.model, art.example_input)  # an untraceable model fails here with one clear GraphError
     qw: quant.QuantizedWeights | None = None
     if opts.int8:
         if "quant" not in art.extras:

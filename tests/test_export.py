@@ -1,0 +1,352 @@
+"""ONNX / TFLite export: runtime verification on real data and the INT8 weight-equality check.
+
+TFLite conversions take 2-15 s each, so the suite converts few models and marks those tests slow.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from edgeprune import quant
+from edgeprune.artifact import Artifact, StageContext
+from edgeprune.checkpoint import save_model
+from edgeprune.errors import ExportError, GraphError
+from edgeprune.export import onnx as onnx_export
+from edgeprune.export import stage as export_stage
+from edgeprune.export import tflite as tflite_export
+from edgeprune.export.verify import compare_levels, match_by_content
+from edgeprune.metrics import evaluate
+from edgeprune.models import mobilenetv2_like, resnet20
+from edgeprune.progress import QUIET
+from edgeprune.prune.train import TrainConfig, fit
+
+ONNX_ONLY = export_stage.ExportOptions(formats=("onnx",))
+
+
+def _trained(factory, digits, epochs: int) -> Artifact:  # noqa: ANN001 - a model factory
+    torch.manual_seed(0)
+    model = factory(in_channels=1)
+    fit(model, digits, TrainConfig(epochs=epochs, lr=0.05, batch_size=64), QUIET)
+    return Artifact(model=model.eval(), example_input=digits.test.tensors[0][:1].clone(), data=digits)
+
+
+@pytest.fixture(scope="module")
+def lenet5_onnx(trained_lenet5, tmp_path_factory):
+    """LeNet-5 on digits exported to fp32 + INT8 ONNX once for the tests that inspect the files."""
+    art = copy.deepcopy(trained_lenet5)
+    out = tmp_path_factory.mktemp("lenet5-onnx")
+    result = export_stage.run(art, StageContext(out_dir=out, options={"export": ONNX_ONLY}))
+    return art, result
+
+
+def _float_accuracy(art: Artifact) -> float:
+    return evaluate(art.model, art.data.loader("test", 256))["accuracy"]
+
+
+def _assert_verified(result: dict, fp32_accuracy: float, runtime: str) -> None:
+    rows = {r["precision"]: r for r in result["exports"] if r["runtime"] == runtime}
+    assert rows["fp32"]["max_abs_diff"] < 1e-4
+    assert rows["fp32"]["accuracy"] == pytest.approx(fp32_accuracy)
+    assert abs(rows["int8"]["accuracy"] - fp32_accuracy) <= 0.01, "INT8 must stay within 1 point of fp32"
+    assert rows["int8"]["weight_mismatches"] == 0
+
+
+def test_onnx_lenet5_files_accuracy_and_levels(lenet5_onnx, trained_lenet5):
+    art, result = lenet5_onnx
+    _assert_verified(result, _float_accuracy(trained_lenet5), "onnxruntime")
+    assert result["weight_mismatches"] == 0 and result["weight_reference"] == "quantize stage"
+    assert result["weight_check"]["onnx_int8"]["compared_values"] == art.extras["quant"].num_values
+    out = art.files["onnx_fp32"].parent
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model_int8.onnx", "quant.npz"]
+    fp32 = onnx.load(str(art.files["onnx_fp32"]))
+    assert fp32.opset_import[0].version == onnx_export.OPSET
+    assert all(not init.external_data for init in fp32.graph.initializer)  # one self-contained file
+    assert fp32.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    int8 = onnx.load(str(art.files["onnx_int8"]))
+    op_types = {n.op_type for n in int8.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm"} <= op_types and "QLinearConv" not in op_types
+    assert result["size_bytes"] < 0.35 * art.files["onnx_fp32"].stat().st_size
+
+
+def test_onnx_weight_check_fails_when_one_level_is_altered(lenet5_onnx, tmp_path):
+    art, _ = lenet5_onnx
+    reference = {n: t.levels for n, t in art.extras["quant"].tensors.items()}
+    model = onnx.load(str(art.files["onnx_int8"]))
+    init = next(i for i in model.graph.initializer if i.name == "conv2.weight_quantized")
+    levels = numpy_helper.to_array(init).copy()
+    levels[3, 1, 0, 2] = np.int8(levels[3, 1, 0, 2] + (1 if levels[3, 1, 0, 2] < 127 else -1))
+    init.CopyFrom(numpy_helper.from_array(levels, init.name))
+    onnx.save(model, str(tmp_path / "altered.onnx"))
+    assert compare_levels(reference, onnx_export.read_int8_weights(art.files["onnx_int8"])).mismatches == 0
+    check = compare_levels(reference, onnx_export.read_int8_weights(tmp_path / "altered.onnx"))
+    assert check.mismatches == 1 and check.as_dict()["mismatching_tensors"] == {"conv2.weight": 1}
+
+
+def test_level_comparison_counts_missing_and_reshaped_tensors():
+    ref = {"a": np.arange(6, dtype=np.int8).reshape(2, 3), "b": np.ones((4, 2), np.int8)}
+    check = compare_levels(ref, {"a": np.arange(6, dtype=np.int8).reshape(2, 3)})
+    assert check.mismatches == 8 and check.missing == ["b"] and check.compared_values == 14
+    # unnamed candidates: the best match wins, so two same-shape tensors are not confused
+    swapped = [("FULLY_CONNECTED", np.ones((4, 2), np.int8)), ("FULLY_CONNECTED", ref["a"].copy())]
+    assert match_by_content(ref, swapped).mismatches == 0
+    assert match_by_content(ref, swapped[:1]).missing == ["a"]
+
+
+@pytest.fixture(scope="module")
+def trained_resnet(digits):
+    return _trained(resnet20, digits, epochs=3)
+
+
+@pytest.fixture(scope="module")
+def trained_mobilenet(digits):
+    return _trained(mobilenetv2_like, digits, epochs=2)
+
+
+@pytest.mark.parametrize("which", ["trained_resnet", pytest.param("trained_mobilenet", marks=pytest.mark.slow)])
+def test_onnx_residual_and_depthwise_models(which, request, tmp_path):
+    art = copy.deepcopy(request.getfixturevalue(which))
+    fp32_accuracy = _float_accuracy(art)
+    assert fp32_accuracy > 0.85  # a real model, so the INT8 comparison means something
+    result = export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
+    _assert_verified(result, fp32_accuracy, "onnxruntime")
+    assert result["weight_check"]["onnx_int8"]["missing_tensors"] == []
+
+
+def _prune_lenet5(model: nn.Module) -> nn.Module:
+    """Zero whole channels the way structured pruning leaves them: half the conv1 filters (and the conv2
+    inputs they feed), a third of the conv2 filters and 60 % of the fc1 neurons."""
+    pruned = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer, dead in ((pruned.conv1, range(0, 20, 2)), (pruned.conv2, range(0, 50, 3)),
+                            (pruned.fc1, range(0, 500, 5))):
+            for c in dead:
+                layer.weight[c] = 0
+                layer.bias[c] = 0
+        pruned.conv2.weight[:, 0:20:2] = 0
+        pruned.fc1.weight[:, [c * 4 + k for c in range(0, 50, 3) for k in range(4)]] = 0
+        pruned.fc2.weight[:, 0:500:5] = 0
+    return pruned.eval()
+
+
+def _narrow_lenet5(pruned: nn.Module) -> nn.Module:
+    """The channel-reduced equivalent of :func:`_prune_lenet5`'s model: dead channels physically removed."""
+    keep1 = [c for c in range(20) if c % 2]
+    keep2 = [c for c in range(50) if c % 3]
+    keep_fc = [c for c in range(500) if c % 5]
+    conv1, conv2 = nn.Conv2d(1, len(keep1), 3, padding=1), nn.Conv2d(len(keep1), len(keep2), 3, padding=1)
+    fc1, fc2 = nn.Linear(4 * len(keep2), len(keep_fc)), nn.Linear(len(keep_fc), 10)
+    flat_keep = [c * 4 + k for c in keep2 for k in range(4)]
+    with torch.no_grad():
+        conv1.weight.copy_(pruned.conv1.weight[keep1])
+        conv1.bias.copy_(pruned.conv1.bias[keep1])
+        conv2.weight.copy_(pruned.conv2.weight[keep2][:, keep1])
+        conv2.bias.copy_(pruned.conv2.bias[keep2])
+        fc1.weight.copy_(pruned.fc1.weight[keep_fc][:, flat_keep])
+        fc1.bias.copy_(pruned.fc1.bias[keep_fc])
+        fc2.weight.copy_(pruned.fc2.weight[:, keep_fc])
+        fc2.bias.copy_(pruned.fc2.bias)
+    return nn.Sequential(conv1, nn.ReLU(), nn.MaxPool2d(2), conv2, nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         fc1, nn.ReLU(), fc2).eval()
+
+
+def test_pruned_and_channel_reduced_models_export_with_equal_levels(trained_lenet5, tmp_path):
+    """Zeroed channels (scale 1.0, levels 0) and the narrower model from a pipeline .pt2 both round-trip."""
+    pruned = _prune_lenet5(trained_lenet5.model)
+    narrow = _narrow_lenet5(pruned)
+    x = trained_lenet5.data.test.tensors[0]
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), narrow(x), atol=1e-5)
+    save_model(narrow, trained_lenet5.example_input, tmp_path / "narrow.pt2")
+    from edgeprune.checkpoint import load_model
+
+    dead_rows = {}
+    for name, model in (("pruned", pruned), ("narrow", load_model(tmp_path / "narrow.pt2").model)):
+        art = Artifact(model=model, example_input=trained_lenet5.example_input, data=trained_lenet5.data)
+        fp32_accuracy = _float_accuracy(art)
+        result = export_stage.run(art, StageContext(out_dir=tmp_path / name, options={"export": ONNX_ONLY}))
+        _assert_verified(result, fp32_accuracy, "onnxruntime")
+        tensors = art.extras["quant"].tensors.values()
+        dead_rows[name] = sum(int(np.sum(~t.levels.reshape(len(t.scale), -1).any(axis=1))) for t in tensors)
+    assert dead_rows == {"pruned": 10 + 17 + 100, "narrow": 0}
+
+
+def test_encoded_nnr_levels_are_the_reference(lenet5_onnx, tmp_path, monkeypatch):
+    """With model.nnr present the files are compared with the levels decoded from it."""
+    art_done, _ = lenet5_onnx
+    decoded = {n: t.levels.copy() for n, t in art_done.extras["quant"].tensors.items()}
+    decoded["fc1.weight"][7, 11] = np.int8(-decoded["fc1.weight"][7, 11] or 5)  # one level differs in the .nnr
+    import edgeprune.nnr
+
+    nnr_file = tmp_path / "model.nnr"
+    nnr_file.write_bytes(b"stand-in: the decoder is replaced below")
+    monkeypatch.setattr(edgeprune.nnr, "read_int8_levels", lambda path: decoded if path == nnr_file else {},
+                        raising=False)
+    art = Artifact(model=art_done.model, example_input=art_done.example_input, data=art_done.data,
+                   files={"nnr": nnr_file}, extras={"quant": art_done.extras["quant"]})
+    result = export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
+    assert result["weight_reference"] == "model.nnr"
+    assert result["weight_check"]["onnx_int8"]["mismatching_tensors"] == {"fc1.weight": 1}
+
+
+@pytest.mark.slow
+def test_tflite_lenet5_fp32_and_full_integer(trained_lenet5, tmp_path):
+    art = copy.deepcopy(trained_lenet5)
+    options = export_stage.ExportOptions(formats=("tflite",))
+    result = export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": options}))
+    _assert_verified(result, _float_accuracy(trained_lenet5), "litert")
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(art.files["tflite_int8"]))
+    assert interpreter.get_input_details()[0]["dtype"] == np.int8  # full integer: int8 in and out
+    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+    # Altering one level inside the flatbuffer is caught: find conv2's OHWI bytes and change one.
+    reference = {n: t.levels for n, t in art.extras["quant"].tensors.items()}
+    data = bytearray(art.files["tflite_int8"].read_bytes())
+    ohwi = np.moveaxis(reference["conv2.weight"], 1, -1).tobytes()
+    offset = data.find(ohwi)
+    assert offset >= 0
+    data[offset + 100] = (data[offset + 100] + 1) % 256 if data[offset + 100] != 127 else 126
+    (tmp_path / "altered.tflite").write_bytes(bytes(data))
+    check = match_by_content(reference, tflite_export.read_int8_weights(tmp_path / "altered.tflite"))
+    assert check.mismatches == 1 and check.as_dict()["mismatching_tensors"] == {"conv2.weight": 1}
+
+
+@pytest.mark.slow
+def test_tflite_int8_depthwise_and_pruned_levels(trained_mobilenet, trained_lenet5, tmp_path):
+    """Depthwise (1HWO) and zero-row weights read back from the flatbuffer equal the quantize stage's."""
+    for name, art in (("mobilenet", copy.deepcopy(trained_mobilenet)),
+                      ("pruned", Artifact(model=_prune_lenet5(trained_lenet5.model),
+                                          example_input=trained_lenet5.example_input, data=trained_lenet5.data))):
+        fp32_accuracy = _float_accuracy(art)
+        quant.run_stage(art, StageContext(out_dir=tmp_path / name))
+        qw = art.extras["quant"]
+        dest = tflite_export.export_int8(quant.with_quantized_weights(art.model, qw), art.example_input,
+                                         art.data.calibration_batch(128), tmp_path / name / "int8.tflite")
+        check = match_by_content({n: t.levels for n, t in qw.tensors.items()}, tflite_export.read_int8_weights(dest))
+        assert check.mismatches == 0 and check.missing == []
+        outputs = tflite_export.run_interpreter(dest, art.data.test.tensors[0])
+        accuracy = float((outputs.argmax(1) == art.data.test.tensors[1].numpy()).mean())
+        assert abs(accuracy - fp32_accuracy) <= 0.01
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+class _Bessel(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.special.bessel_j0(x).flatten(1)
+
+
+def test_unexportable_op_is_named(tmp_path, digits):
+    with pytest.raises(ExportError, match=r"cannot export the model to ONNX \(op prims.bessel_j0\)"):
+        onnx_export.export_fp32(_Bessel(), digits.test.tensors[0][:1], tmp_path / "m.onnx")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_tflite_unlowerable_op_is_named(tmp_path, digits):
+    with pytest.raises(ExportError, match=r"litert-torch cannot convert .* \(op aten.special_bessel_j0"):
+        tflite_export.export_fp32(_Bessel(), digits.test.tensors[0][:1], tmp_path / "m.tflite")
+    assert not any(tmp_path.iterdir())
+
+
+class _DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1)) if x.sum() > 0 else -self.fc(x.flatten(1))
+
+
+def test_untraceable_model_fails_before_writing(tmp_path, digits):
+    art = Artifact(model=_DataDependent().eval(), example_input=digits.test.tensors[0][:1], data=digits)
+    options = export_stage.ExportOptions(formats=("onnx",), int8=False)
+    with pytest.raises(GraphError, match="cannot trace the model"):
+        export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": options}))
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_litert_torch_names_the_extra(monkeypatch, tmp_path, trained_lenet5):
+    monkeypatch.setitem(sys.modules, "litert_torch", None)  # makes `import litert_torch` raise ImportError
+    art = copy.deepcopy(trained_lenet5)
+    with pytest.raises(ExportError, match=r"pip install 'edgeprune\[tflite\]' -c constraints.txt"):
+        export_stage.run(art, StageContext(out_dir=tmp_path))
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_format_is_refused():
+    with pytest.raises(ExportError, match="unknown export format 'tf'"):
+        export_stage.parse_formats("onnx,tf")
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def lenet5_file(trained_lenet5, tmp_path_factory) -> Path:
+    return save_model(trained_lenet5.model, trained_lenet5.example_input,
+                      tmp_path_factory.mktemp("model") / "lenet5.pt2")
+
+
+def test_cli_quantize(runner, cli, lenet5_file, tmp_path):
+    out = tmp_path / "q"
+    res = runner.invoke(cli, ["quantize", str(lenet5_file), "--data", "digits", "--calibration", "percentile",
+                              "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert sorted(p.name for p in out.iterdir()) == ["model_deploy.pt2", "quant.json", "quant.npz"]
+    assert result["quantized_tensors"] == 4 and result["calibration"]["method"] == "percentile"
+    assert set(quant.load_quantized(out / "quant.npz").tensors) == {"conv1.weight", "conv2.weight", "fc1.weight",
+                                                                    "fc2.weight"}
+    assert json.loads((out / "quant.json").read_text())["activation_ranges"]["input"][0] < 0
+    again = runner.invoke(cli, ["quantize", str(lenet5_file), "--data", "digits", "-o", str(out)])
+    assert again.exit_code == 2 and "already contains results" in again.output
+
+
+def test_cli_export_onnx_int8(runner, cli, lenet5_file, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "litert_torch", None)  # --format onnx must not need the [tflite] extra
+    out = tmp_path / "e"
+    res = runner.invoke(cli, ["export", str(lenet5_file), "--data", "digits", "--format", "onnx", "--int8",
+                              "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "model_int8.onnx" in res.output and "weight mismatches 0" in res.output
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx", "model_int8.onnx", "quant.npz"]
+    result = json.loads((out / "export.json").read_text())
+    assert result["weight_mismatches"] == 0 and result["accuracy_onnxruntime_int8"] > 0.95
+
+
+def test_cli_export_errors(runner, cli, lenet5_file, tmp_path, monkeypatch):
+    no_data = runner.invoke(cli, ["export", str(lenet5_file), "--format", "onnx", "--int8", "-o", str(tmp_path / "a")])
+    assert no_data.exit_code == 2
+    assert "error: INT8 calibration needs real data (pass --data" in no_data.output
+    bad_format = runner.invoke(cli, ["export", str(lenet5_file), "--format", "coreml", "-o", str(tmp_path / "b")])
+    assert bad_format.exit_code == 2 and "unknown export format 'coreml'" in bad_format.output
+    monkeypatch.setitem(sys.modules, "litert_torch", None)
+    no_extra = runner.invoke(cli, ["export", str(lenet5_file), "--format", "tflite", "-o", str(tmp_path / "c")])
+    assert no_extra.exit_code == 2
+    assert "pip install 'edgeprune[tflite]' -c constraints.txt" in no_extra.output
+    assert "Traceback" not in no_extra.output
+    assert not any(p.name in {"a", "b", "c"} for p in tmp_path.iterdir())
+
+
+def test_compress_runs_quantize_and_export(runner, cli, lenet5_file, tmp_path):
+    out = tmp_path / "c"
+    res = runner.invoke(cli, ["compress", str(lenet5_file), "--data", "digits", "--stages", "load,quantize,export",
+                              "--export-format", "onnx", "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    stages = {s["name"]: s for s in json.loads(res.stdout)["stages"]}
+    export_metrics = stages["export"]["metrics"]
+    assert export_metrics["weight_mismatches"] == 0 and export_metrics["onnx_opset"] == onnx_export.OPSET
+    assert stages["quantize"]["metrics"]["quantized_tensors"] == 4
+    assert (out / "model_int8.onnx").is_file() and (out / "quant.npz").is_file()
