@@ -75,8 +75,10 @@ class SshTransport(Transport):
                               "check that sshd runs on the device") from exc
         except (OSError, EOFError) as exc:
             client.close()
-            raise Unreachable(f"cannot reach {self.profile.name} at {self._where()}: "
-                              f"{getattr(exc, 'strerror', None) or exc}",
+            # paramiko folds one error per resolved address into NoValidConnectionsError.
+            causes = getattr(exc, "errors", {}).values() or [exc]
+            reason = "; ".join(sorted({getattr(c, "strerror", None) or str(c) for c in causes}))
+            raise Unreachable(f"cannot reach {self.profile.name} at {self._where()}: {reason}",
                               "check that the device is on, the address is right and sshd runs") from exc
         self.client = client
 

@@ -13,7 +13,7 @@ import os
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SSHD = Path("/usr/sbin/sshd")
@@ -22,6 +22,7 @@ SSHD = Path("/usr/sbin/sshd")
 @dataclass
 class SshServer:
     root: Path
+    env: dict[str, str] = field(default_factory=dict)  # SetEnv: the environment of every session
     port: int = 0
     process: subprocess.Popen | None = None
 
@@ -59,7 +60,8 @@ class SshServer:
             f"PidFile {self.root / 'sshd.pid'}", f"AuthorizedKeysFile {self.root / 'authorized_keys'}",
             "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "UsePAM no", "StrictModes no", "PermitRootLogin prohibit-password",
-            "Subsystem sftp internal-sftp", "LogLevel ERROR", "",
+            "Subsystem sftp internal-sftp", "LogLevel ERROR",
+            *(f"SetEnv {k}={v}" for k, v in self.env.items()), "",
         ]))
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
