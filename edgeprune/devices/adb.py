@@ -94,8 +94,15 @@ class AdbTransport(Transport):
                               f"start it with `adb -P {a.server_port} start-server`")
         if a.connect:
             base = self._base()[:5]  # without -s: `adb connect` takes the address as its argument
-            done = self._adb(["connect", a.serial], a.connect_timeout_s, base)
+            try:
+                done = self._adb(["connect", a.serial], a.connect_timeout_s, base)
+            except CommandTimeout as exc:
+                raise Unreachable(f"{a.serial} did not complete the ADB handshake within {a.connect_timeout_s:g} s",
+                                  "check that the device is on and ADB over TCP/IP is enabled") from exc
             text = (done.stdout + done.stderr).strip()
+            if "failed to authenticate" in text:
+                raise AuthFailed(f"{a.serial} has not authorised this computer for USB debugging",
+                                 "unlock the device and accept the 'Allow USB debugging?' prompt")
             if done.returncode != 0 or "connected to" not in text:
                 raise Unreachable(f"adb cannot connect to {a.serial}: {text.splitlines()[-1] if text else 'no answer'}",
                                   "check that the device is on, has ADB over TCP/IP enabled and the address is right")

@@ -35,6 +35,7 @@ from pathlib import Path
 
 CNXN, OPEN, OKAY, WRTE, CLSE, AUTH = (struct.unpack("<I", c)[0] for c in (b"CNXN", b"OPEN", b"OKAY", b"WRTE",
                                                                            b"CLSE", b"AUTH"))
+AUTH_TOKEN, AUTH_SIGNATURE = 1, 2
 VERSION = 0x01000001  # from this version on the receiver skips the payload checksum
 MAX_PAYLOAD = 256 * 1024
 SYNC_CHUNK = 64 * 1024
@@ -108,7 +109,7 @@ class _Connection:
         if command == CNXN:
             self.max_payload = min(arg1 or MAX_PAYLOAD, MAX_PAYLOAD)
             if self.peer.faults.unauthorized:
-                self.send(AUTH, 1, 0, os.urandom(20))  # a TOKEN nobody will ever sign acceptably
+                self.send(AUTH, AUTH_TOKEN, 0, os.urandom(20))
             else:
                 self.send(CNXN, VERSION, MAX_PAYLOAD, BANNER)
         elif command == OPEN:
@@ -126,7 +127,11 @@ class _Connection:
             stream = self.streams.pop(arg1, None)
             if stream is not None:
                 stream.on_close()
-        # AUTH replies (signatures, public keys) are ignored: the device stays "unauthorized".
+        elif command == AUTH and arg0 == AUTH_SIGNATURE:
+            # As adbd when no stored key verifies the signature: challenge again, until the host
+            # gives up and offers its public key (AUTH_RSAPUBLICKEY), which waits for a user
+            # who never taps "Allow": the device stays "unauthorized".
+            self.send(AUTH, AUTH_TOKEN, 0, os.urandom(20))
 
     def _open(self, remote_id: int, service: str) -> None:
         local_id, self.next_id = self.next_id, self.next_id + 1
