@@ -21,13 +21,13 @@ from edgeprune.errors import VerificationError
 def accepted_shapes(model: nn.Module, example_input: torch.Tensor) -> list[tuple[int, ...]]:
     """The example's per-sample shape, plus a larger resolution if the model accepts one.
 
-    Spatial sizes grow by half (rounded to a multiple of 8 where possible, so stride-32 nets
-    still divide evenly) and then double; models with a fixed Flatten->Linear accept neither.
+    Spatial sizes grow by a quarter, a half, then double (rounded up to a multiple of 8 where
+    possible, so stride-32 nets still divide evenly); models with a fixed Flatten->Linear accept none.
     """
     native = tuple(example_input.shape[1:])
     if len(native) < 2:
         return [native]
-    for factor in (1.5, 2.0):
+    for factor in (1.25, 1.5, 2.0):
         shape = (native[0], *(_grow(s, factor) for s in native[1:]))
         try:
             with torch.no_grad():

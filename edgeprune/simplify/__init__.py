@@ -27,6 +27,8 @@ from edgeprune.verify import accepted_shapes, assert_equivalent, verification_in
 
 MAX_REFUSALS_LISTED = 20
 
+__all__ = ["SimplifyOptions", "SimplifyResult", "simplify"]
+
 
 @dataclass
 class SimplifyResult:
@@ -73,7 +75,6 @@ def simplify(
 
 def _report(plan: Plan, simplified: nn.Module, shapes: list[tuple[int, ...]]) -> dict[str, Any]:
     """Channels removed per group and per layer, refusals, folds."""
-    ana = plan.graph.analysis
     groups = []
     for g in plan.graph.groups:
         removed = sum(c in plan.removed for c in g.classes)
@@ -111,7 +112,6 @@ def _report(plan: Plan, simplified: nn.Module, shapes: list[tuple[int, ...]]) ->
         "border_corrections": sum(lp.border is not None for lp in plan.layers.values()),
         "groups": groups,
         "layers": layers,
-        "atoms": len(ana.parent),
     }
 
 
