@@ -360,6 +360,10 @@ def parse_units(data: bytes) -> list[NnrUnit]:
         long_form = data[pos] >> 7
         header_bytes = 4 if long_form else 2
         size = int.from_bytes(data[pos:pos + header_bytes], "big") & ((1 << (8 * header_bytes - 1)) - 1)
+        # a start unit is exactly type + flags + general_profile_idc: anything else is not NNR at all
+        if not units and ((data[pos + header_bytes] >> 2) != UnitType.STR or size != header_bytes + 2):
+            raise BitstreamError("this is not an MPEG-NNR bitstream (it does not start with a start unit)",
+                                 "give a .nnr file written by `edgeprune encode` or NNCodec")
         if size < header_bytes + 1:
             raise BitstreamError(f"{what} declares an impossible size of {size} bytes", "the file is damaged")
         if pos + size > len(data):
@@ -370,6 +374,9 @@ def parse_units(data: bytes) -> list[NnrUnit]:
         reader.u(1)
         if reader.u(1):
             reader.u(8)  # partial_data_counter
+        if not units and unit_type != UnitType.STR:
+            raise BitstreamError("this is not an MPEG-NNR bitstream (it does not start with a start unit)",
+                                 "give a .nnr file written by `edgeprune encode` or NNCodec")
         unit = NnrUnit(unit_type=unit_type, offset=pos, size=size)
         fields = dict(context)
         coder = SyntaxCoder(reader, fields)

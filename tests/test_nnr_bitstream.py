@@ -1,0 +1,205 @@
+"""NNR unit syntax and the stream codec: round trips, side information, and malformed input."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgeprune.errors import BitstreamError
+from edgeprune.nnr import decode_stream, encode_tensors, read_int8_levels
+from edgeprune.nnr.bitstream import (
+    BitReader,
+    BitWriter,
+    SyntaxCoder,
+    UnitType,
+    parse_units,
+    write_ndu,
+    write_start_unit,
+    write_unit,
+)
+from edgeprune.nnr.codec import default_qp, qp_for_step, step_size
+from edgeprune.quant import quantize_tensor
+
+
+def sample_tensors(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    conv = (rng.standard_normal((16, 8, 3, 3)) * 0.1).astype(np.float32)
+    conv[[1, 5, 9]] = 0  # pruned output channels
+    return {
+        "conv.weight": conv,
+        "conv.bias": (rng.standard_normal(16) * 0.05).astype(np.float32),
+        "fc.weight": (rng.standard_normal((10, 144)) * 0.05).astype(np.float32),
+        "bn.num_batches_tracked": np.array(1234, dtype=np.int64),
+        "empty": np.zeros((0, 4), dtype=np.float32),
+        "scalar": np.array(0.5, dtype=np.float32),
+    }
+
+
+def test_exp_golomb_and_signed_fields_round_trip_through_one_syntax_description():
+    values = {"a": 0, "b": 1, "c": 77, "d": 123456, "s": -4096, "t": 4095}
+
+    def syntax(c: SyntaxCoder) -> None:
+        c.ue("a", 0)
+        c.ue("b", 1)
+        c.ue("c", 7)
+        c.ue("d", 3)
+        c.i("s", 13)
+        c.i("t", 13)
+        c.byte_alignment()
+
+    w = BitWriter()
+    syntax(SyntaxCoder(w, dict(values)))
+    read: dict = {}
+    syntax(SyntaxCoder(BitReader(bytes(w.data), 0, len(w.data), "test"), read))
+    assert read == values
+
+
+def test_stream_round_trip_keeps_names_shapes_dtypes_and_levels():
+    tensors = sample_tensors()
+    stream = encode_tensors(tensors, qps={"conv.weight": -24, "fc.weight": -30})
+    decoded = decode_stream(stream.data)
+    assert list(decoded.tensors) == list(tensors)
+    for name, value in tensors.items():
+        got = decoded.tensors[name]
+        assert got.shape == value.shape and got.dtype == value.dtype, name
+    np.testing.assert_array_equal(decoded.tensors["bn.num_batches_tracked"], 1234)
+    # reconstruction is exactly step * level; the DQ trellis keeps every weight within two steps
+    w, rec, lv = tensors["fc.weight"], decoded.tensors["fc.weight"], decoded.levels["fc.weight"]
+    np.testing.assert_array_equal(rec, np.float32(step_size(-30)) * lv.astype(np.float32))
+    assert np.abs(w - rec).max() <= 2 * step_size(-30)
+    assert np.sqrt(np.mean((w - rec) ** 2)) < 0.7 * step_size(-30)
+    assert not decoded.tensors["conv.weight"][[1, 5, 9]].any()
+
+
+def test_int8_levels_are_coded_exactly_with_their_scales():
+    tensors = sample_tensors()
+    quant = {"conv.weight": quantize_tensor(tensors["conv.weight"]), "fc.weight": quantize_tensor(tensors["fc.weight"])}
+    stream = encode_tensors(tensors, int8=quant)
+    levels = read_int8_levels(stream.data)
+    assert set(levels) == {"conv.weight", "fc.weight"}
+    for name, q in quant.items():
+        assert levels[name].dtype == np.int8
+        np.testing.assert_array_equal(levels[name], q.levels)
+        np.testing.assert_array_equal(decode_stream(stream.data).tensors[name], q.dequantize())
+    with pytest.raises(BitstreamError, match="no INT8"):
+        read_int8_levels(encode_tensors(tensors).data)
+
+
+def test_unknown_unit_types_are_skipped_by_size():
+    stream = encode_tensors(sample_tensors()).data
+    foreign = write_unit(UnitType(7) if 7 in UnitType._value2member_map_ else 7, {}, None, b"vendor data")  # type: ignore[arg-type]
+    start = parse_units(stream)[1].offset
+    spliced = stream[:start] + foreign + stream[start:]
+    units = parse_units(spliced)
+    assert [u.unit_type for u in units].count(7) == 1
+    np.testing.assert_array_equal(decode_stream(spliced).levels["fc.weight"], decode_stream(stream).levels["fc.weight"])
+
+
+def test_default_qps_and_qp_for_step():
+    assert qp_for_step(step_size(-38)) == -38
+    assert qp_for_step(step_size(-13)) == -13
+    rng = np.random.default_rng(0)
+    matrix = rng.standard_normal((64, 64)).astype(np.float32)
+    assert abs(step_size(default_qp(matrix)) / (matrix.std() / 8) - 1) < 0.2
+    assert default_qp(np.zeros((4, 4), np.float32)) == 0
+
+
+# ------------------------------------------------------------------ malformed input
+
+def stream_bytes() -> bytes:
+    return encode_tensors(sample_tensors()).data
+
+
+@pytest.mark.parametrize("cut", [0, 1, 3, 10, 30, -1, -7])
+def test_truncated_streams_give_a_clear_error(cut):
+    data = stream_bytes()
+    with pytest.raises(BitstreamError, match="truncated|empty|remain|incomplete"):
+        decode_stream(data[:cut])
+
+
+def test_wrong_unit_sizes_are_detected():
+    data = bytearray(stream_bytes())
+    mps = parse_units(bytes(data))[1].offset
+    data[mps:mps + 2] = (0x7FFF).to_bytes(2, "big")
+    with pytest.raises(BitstreamError, match="declares 32767 bytes but only"):
+        decode_stream(bytes(data))
+    data[mps:mps + 2] = (1).to_bytes(2, "big")
+    with pytest.raises(BitstreamError, match="impossible size"):
+        decode_stream(bytes(data))
+    data = bytearray(stream_bytes())
+    data[mps:mps + 2] = (4).to_bytes(2, "big")  # cuts the MPS short: its fields run past the unit
+    with pytest.raises(BitstreamError, match="truncated|damaged"):
+        decode_stream(bytes(data))
+
+
+def test_not_an_nnr_file():
+    with pytest.raises(BitstreamError, match="not an MPEG-NNR"):
+        decode_stream(b"PK\x03\x04 this is a zip file, not a bitstream")
+    with pytest.raises(BitstreamError, match="empty"):
+        decode_stream(b"")
+
+
+def test_absurd_dimensions_are_refused_before_allocation():
+    data = write_start_unit(1) + write_ndu(1, "huge", 0, 1, [1 << 20, 1 << 20], True, 11, b"\x00\x00\x00")  # type: ignore[arg-type]
+    with pytest.raises(BitstreamError, match="declares"):
+        decode_stream(data)
+    with pytest.raises(BitstreamError, match="9 tensor dimensions"):  # the shared syntax refuses it both ways
+        write_ndu(1, "many", 0, 1, [2] * 9, True, 11, b"\x00\x00\x00")  # type: ignore[arg-type]
+
+
+def test_flipped_payload_bits_are_caught_by_the_unit_checksum():
+    data = bytearray(stream_bytes())
+    ndu = [u for u in parse_units(bytes(data)) if u.unit_type == UnitType.NDU and u.fields["topology_elem_id"] == "fc.weight"][0]
+    data[ndu.offset + ndu.size - 3] ^= 0x10
+    with pytest.raises(BitstreamError, match="checksum|corrupt|truncated"):
+        decode_stream(bytes(data))
+
+
+def test_topology_that_contradicts_the_ndus_is_rejected():
+    tensors = sample_tensors()
+    stream = encode_tensors(tensors)
+    units = parse_units(stream.data)
+    tpl = next(u for u in units if u.unit_type == UnitType.TPL)
+    topology = json.loads(tpl.fields["topology_data"])
+    entry = next(e for e in topology["tensors"] if e["name"] == "fc.weight")
+    entry["shape"] = [3, 3]
+    from edgeprune.nnr.bitstream import write_topology_unit
+
+    forged = stream.data[:tpl.offset] + write_topology_unit(json.dumps(topology)) + stream.data[tpl.offset + tpl.size:]
+    with pytest.raises(BitstreamError, match="does not match"):
+        decode_stream(forged)
+    entry["shape"] = [10, 144]
+    entry["crc32"] = zlib.crc32(b"something else")
+    forged = stream.data[:tpl.offset] + write_topology_unit(json.dumps(topology)) + stream.data[tpl.offset + tpl.size:]
+    with pytest.raises(BitstreamError, match="checksum"):
+        decode_stream(forged)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_mutations_only_ever_raise_bitstream_errors(data):
+    original = _FUZZ_STREAM
+    mutated = bytearray(original)
+    for _ in range(data.draw(st.integers(1, 6))):
+        kind = data.draw(st.sampled_from(["flip", "set", "cut", "insert"]))
+        pos = data.draw(st.integers(0, max(0, len(mutated) - 1)))
+        if kind == "flip" and mutated:
+            mutated[pos] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "set" and mutated:
+            mutated[pos] = data.draw(st.integers(0, 255))
+        elif kind == "cut":
+            del mutated[pos:]
+        else:
+            mutated[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+    try:
+        decode_stream(bytes(mutated))
+    except BitstreamError as exc:
+        assert str(exc) and "\n" not in str(exc)
+
+
+_FUZZ_STREAM = encode_tensors(sample_tensors(1), qps={"conv.weight": -20, "fc.weight": -22}).data
