@@ -25,6 +25,7 @@ epoch; ``resume=True`` continues from that file.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -166,30 +167,39 @@ def fit(
         start_epoch, history = _load_checkpoint(checkpoint, model, optimizer, schedule, cfg, state)
     train_model = DistributedDataParallel(model) if world > 1 else model
     show = progress if rank == 0 else QUIET
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        batches = epoch_batches(data, cfg, epoch, rank, world)
-        for x, y, global_n in show.track(batches, f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch):
-            optimizer.zero_grad(set_to_none=True)
-            outputs = train_model(x)
-            for hook in output_hooks:
-                hook(outputs)
-            # Scaled so that DDP's average over `world` processes is the mean over the global batch.
-            loss = F.cross_entropy(outputs, y, reduction="sum") * (world / global_n)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            for hook in step_hooks:
-                hook()
-        metrics = evaluate(model, data.loader("val", 256))
-        history.append(metrics)
-        stop = False
-        for hook in epoch_hooks:
-            stop = bool(hook(epoch, metrics)) or stop
-        if checkpoint is not None and rank == 0:
-            _save_checkpoint(checkpoint, epoch, model, optimizer, schedule, cfg, history, state)
-        if stop:
-            break
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            batches = epoch_batches(data, cfg, epoch, rank, world)
+            for x, y, global_n in show.track(
+                batches, f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch
+            ):
+                optimizer.zero_grad(set_to_none=True)
+                outputs = train_model(x)
+                for hook in output_hooks:
+                    hook(outputs)
+                # Scaled so that DDP's average over `world` processes is the mean over the global batch.
+                loss = F.cross_entropy(outputs, y, reduction="sum") * (world / global_n)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                for hook in step_hooks:
+                    hook()
+            metrics = evaluate(model, data.loader("val", 256))
+            history.append(metrics)
+            stop = False
+            for hook in epoch_hooks:
+                stop = bool(hook(epoch, metrics)) or stop
+            if checkpoint is not None and rank == 0:
+                _save_checkpoint(checkpoint, epoch, model, optimizer, schedule, cfg, history, state)
+            if stop:
+                break
+    finally:
+        if train_model is not model:
+            # A DDP wrapper's gradient hooks stay on the parameters while it lives; a later fit() on
+            # the same model (pruning after pre-training) would otherwise all-reduce twice.
+            del train_model
+            gc.collect()
     model.eval()
     return history
 
