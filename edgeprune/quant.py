@@ -185,7 +185,10 @@ def _tensor_attr(gm: fx.GraphModule, node: Any) -> torch.Tensor | None:
         return None
     if not (isinstance(node, fx.Node) and node.op == "get_attr"):
         raise _NotFoldable
-    return gm.get_parameter(node.target) if node.target in dict(gm.named_parameters()) else gm.get_buffer(node.target)
+    try:
+        return gm.get_parameter(node.target)
+    except AttributeError:
+        return gm.get_buffer(node.target)
 
 
 class _NotFoldable(Exception):

@@ -223,18 +223,19 @@ def test_tflite_lenet5_fp32_and_full_integer(trained_lenet5, tmp_path):
 
 @pytest.mark.slow
 def test_tflite_int8_depthwise_and_pruned_levels(trained_mobilenet, trained_lenet5, tmp_path):
-    """Depthwise (1HWO) and zero-row weights read back from the flatbuffer equal the quantize stage's."""
-    for name, art in (("mobilenet", copy.deepcopy(trained_mobilenet)),
-                      ("pruned", Artifact(model=_prune_lenet5(trained_lenet5.model),
-                                          example_input=trained_lenet5.example_input, data=trained_lenet5.data))):
+    """Depthwise (1HWO) and zero-row weights read back from the flatbuffer equal the quantize stage's;
+    the pruned LeNet-5 is also converted with NHWC input, as phone camera pipelines feed it."""
+    pruned = Artifact(model=_prune_lenet5(trained_lenet5.model), example_input=trained_lenet5.example_input,
+                      data=trained_lenet5.data)
+    for name, art, nhwc in (("mobilenet", copy.deepcopy(trained_mobilenet), False), ("pruned", pruned, True)):
         fp32_accuracy = _float_accuracy(art)
         quant.run_stage(art, StageContext(out_dir=tmp_path / name))
         qw = art.extras["quant"]
         dest = tflite_export.export_int8(quant.with_quantized_weights(art.model, qw), art.example_input,
-                                         art.data.calibration_batch(128), tmp_path / name / "int8.tflite")
+                                         art.data.calibration_batch(128), tmp_path / name / "int8.tflite", nhwc=nhwc)
         check = match_by_content({n: t.levels for n, t in qw.tensors.items()}, tflite_export.read_int8_weights(dest))
         assert check.mismatches == 0 and check.missing == []
-        outputs = tflite_export.run_interpreter(dest, art.data.test.tensors[0])
+        outputs = tflite_export.run_interpreter(dest, art.data.test.tensors[0], nhwc=nhwc)
         accuracy = float((outputs.argmax(1) == art.data.test.tensors[1].numpy()).mean())
         assert abs(accuracy - fp32_accuracy) <= 0.01
 

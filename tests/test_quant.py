@@ -15,7 +15,7 @@ from torch import nn
 from edgeprune.artifact import Artifact, StageContext
 from edgeprune.checkpoint import load_model, save_model
 from edgeprune.data import DataBundle
-from edgeprune.errors import DataError, GraphError
+from edgeprune.errors import DataError
 from edgeprune.metrics import evaluate
 from edgeprune.models import mobilenetv2_like, resnet20
 from edgeprune.quant import (
@@ -141,20 +141,3 @@ def test_calibration_data_of_the_wrong_shape_is_refused(tmp_path, trained_lenet5
     with pytest.raises(DataError, match="INT8 calibration needs real data"):
         run_stage(art, StageContext(out_dir=tmp_path))
     assert not any(tmp_path.iterdir())
-
-
-class _DataDependent(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.sum() > 0:  # Python control flow on a tensor value: not traceable
-            return self.fc(x.flatten(1))
-        return -self.fc(x.flatten(1))
-
-
-def test_untraceable_model_is_a_graph_error(tmp_path, digits):
-    art = Artifact(model=_DataDependent().eval(), example_input=digits.test.tensors[0][:1], data=digits)
-    with pytest.raises(GraphError, match="cannot trace the model for quantisation/export"):
-        run_stage(art, StageContext(out_dir=tmp_path))

@@ -93,12 +93,12 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
         tflite_export.require_litert_torch()  # fail before writing anything
     quant.trace(art.model, art.example_input)  # an untraceable model fails here with one clear GraphError
     qw: quant.QuantizedWeights | None = None
+    calibration: torch.Tensor | None = None
     if opts.int8:
         if "quant" not in art.extras:
             quant.run_stage(art, ctx)
         qw = art.extras["quant"]
-    calibration = quant.calibration_inputs(art, ctx.options_for("quantize", quant.QuantOptions).calibration_samples) \
-        if opts.int8 else None
+        calibration = quant.calibration_inputs(art, ctx.options_for("quantize", quant.QuantOptions).calibration_samples)
     verification = _verification_set(art, opts.verify_samples)
     rows: list[dict[str, Any]] = []
     checks: dict[str, LevelCheck] = {}
@@ -117,7 +117,7 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
                 row, checks["tflite_int8"] = _tflite_int8(art, ctx, opts, verification, snapped, calibration,
                                                           reference)
                 rows.append(row)
-    return _summarise(rows, checks, reference_name, qw, art, opts)
+    return _summarise(rows, checks, reference_name, qw, opts)
 
 
 def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
@@ -179,7 +179,7 @@ def _tflite_int8(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Ve
 
 
 def _summarise(rows: list[dict[str, Any]], checks: dict[str, LevelCheck], reference_name: str,
-               qw: quant.QuantizedWeights | None, art: Artifact, opts: ExportOptions) -> dict[str, Any]:
+               qw: quant.QuantizedWeights | None, opts: ExportOptions) -> dict[str, Any]:
     """The report numbers: the per-file table plus the headline keys (INT8 accuracy, main file size)."""
     result: dict[str, Any] = {"exports": rows, "onnx_opset": opts.opset if "onnx" in opts.formats else None}
     for row in rows:

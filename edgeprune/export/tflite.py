@@ -7,8 +7,8 @@
   int8 (the interpreter's (de)quantisation parameters are applied by :func:`run_interpreter`).
   PT2E's weight observer computes ``max|w|/127`` with int8 range [-127, 127]; fed the weight-snapped
   model (:func:`edgeprune.quant.with_quantized_weights`) it lands on exactly our levels.
-* ``nhwc=True`` wraps the model with ``litert_torch.to_channel_last_io`` so the file takes NHWC images,
-  as camera pipelines on phones deliver them.
+* ``nhwc=True`` puts a transpose in front of the model so the file takes NHWC images, as camera
+  pipelines on phones deliver them.
 
 litert-torch is the optional ``[tflite]`` extra (it pulls jax and ~1 GB); the interpreter
 (``ai-edge-litert``) is a core dependency so that TFLite files can always be verified and benchmarked.
@@ -66,14 +66,24 @@ def _convert(module: nn.Module, example: torch.Tensor, dest: Path, quant_config:
     return dest
 
 
+class _ChannelsLastInput(nn.Module):
+    """Takes NHWC images and hands the wrapped model NCHW: the converter fuses the transpose away."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.permute(0, 3, 1, 2))
+
+
 def _channel_last(module: nn.Module, example: torch.Tensor, nhwc: bool) -> tuple[nn.Module, torch.Tensor]:
     if not nhwc:
         return module, example[:1]
     if example.dim() != 4:
         raise ExportError(f"--nhwc needs image inputs (N,C,H,W), the model takes {list(example.shape)}",
                           "drop --nhwc for this model")
-    litert_torch = require_litert_torch()
-    return litert_torch.to_channel_last_io(module, args=[0]), example[:1].permute(0, 2, 3, 1).contiguous()
+    return _ChannelsLastInput(module).eval(), example[:1].permute(0, 2, 3, 1).contiguous()
 
 
 def export_fp32(model: nn.Module, example_input: torch.Tensor, dest: Path, nhwc: bool = False) -> Path:
