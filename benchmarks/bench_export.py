@@ -11,7 +11,9 @@ Models (all trained here on real data, scikit-learn's handwritten digits):
 * ``lenet5-28`` dense and ``lenet5-28-reduced``: classic LeNet-5 (5x5, 20/50/500) on the digits
   upsampled to 28x28, and the same net with half its conv/fc channels removed (kept by L1 norm, then
   fine-tuned): the dense vs channel-reduced pair;
-* ``resnet20-32``: ResNet-20 (residual adds, BatchNorm folded) on the digits upsampled to 32x32.
+* ``resnet20-32`` dense and ``resnet20-32-half``: ResNet-20 (residual adds, BatchNorm folded) on the
+  digits upsampled to 32x32, and ResNet-20 with half the channels in every layer (8/16/32), trained the
+  same way: the shape a 50 % channel-pruned ResNet-20 has after simplification.
 
     python benchmarks/bench_export.py [--runs 300] [--models lenet5-8,lenet5-28] [--no-write]
 """
@@ -43,7 +45,7 @@ from edgeprune.examples import build_example
 from edgeprune.export import stage as export_stage
 from edgeprune.export.onnx import INPUT_NAME, make_session
 from edgeprune.metrics import count_macs, count_params, evaluate
-from edgeprune.models import LeNet5, resnet20
+from edgeprune.models import LeNet5, ResNetCifar, resnet20
 from edgeprune.progress import QUIET
 from edgeprune.prune.train import TrainConfig, fit
 
@@ -108,9 +110,15 @@ def build_models(names: list[str]) -> dict[str, Artifact]:
             models["lenet5-28"] = dense
         if "lenet5-28-reduced" in names:
             models["lenet5-28-reduced"] = channel_reduced_lenet5(dense.model, data28)
-    if "resnet20-32" in names:
+    if {"resnet20-32", "resnet20-32-half"} & set(names):
+        data32 = upsampled_digits(32)
         torch.manual_seed(0)
-        models["resnet20-32"] = trained(resnet20(in_channels=1), upsampled_digits(32), epochs=4)
+        if "resnet20-32" in names:
+            models["resnet20-32"] = trained(resnet20(in_channels=1), data32, epochs=4)
+        if "resnet20-32-half" in names:
+            torch.manual_seed(0)
+            half = ResNetCifar((3, 3, 3), (8, 16, 32), "A", in_channels=1, num_classes=10)
+            models["resnet20-32-half"] = trained(half, data32, epochs=4)
     return models
 
 
@@ -204,7 +212,7 @@ def markdown(rows: list[dict], runs: int, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300, help="timed runs per file (>= 200)")
-    parser.add_argument("--models", default="lenet5-8,lenet5-28,lenet5-28-reduced,resnet20-32")
+    parser.add_argument("--models", default="lenet5-8,lenet5-28,lenet5-28-reduced,resnet20-32,resnet20-32-half")
     parser.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
