@@ -111,12 +111,7 @@ def decode_command(ctx: click.Context, bitstream: str, output: str, arch: str | 
     """
     out = Path(output)
     refuse_existing_file(out, force)
-    model, example, decoded = decode_model(bitstream, arch, arch_kwargs)
-    shape = parse_input_shape(input_shape)
-    if shape is not None:
-        import torch
-
-        example = torch.zeros(*shape)[:1]
+    model, example, decoded = decode_model(bitstream, arch, arch_kwargs, parse_input_shape(input_shape))
     save_model(model, example, out)
     result = {"output": str(out), "tensors": len(decoded.tensors), "input_shape": list(example.shape)}
     emit(ctx, result, as_json, f"wrote {out} ({len(decoded.tensors)} tensors)")

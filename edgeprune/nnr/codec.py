@@ -503,14 +503,15 @@ def load_decoded(model: nn.Module, decoded: DecodedStream) -> nn.Module:
 
 
 def decode_model(source: str | os.PathLike | bytes | bytearray, arch: str | None = None,
-                 arch_kwargs: str | dict | None = None) -> tuple[nn.Module, torch.Tensor, DecodedStream]:
-    """Rebuild (model, example_input, decoded stream) from a .nnr alone, or with ``arch`` overriding
-    the architecture it carries."""
+                 arch_kwargs: str | dict | None = None,
+                 input_shape: tuple[int, ...] | None = None) -> tuple[nn.Module, torch.Tensor, DecodedStream]:
+    """Rebuild (model, example_input, decoded stream) from a .nnr alone, or with ``arch`` (and
+    ``input_shape``) overriding what it carries."""
     from edgeprune.checkpoint import build_arch, load_model
 
     decoded = decode_stream(source)
     topology = decoded.topology
-    shape = topology.get("input_shape")
+    shape = list(input_shape) if input_shape else topology.get("input_shape")
     record = topology.get("architecture") or {}
     if arch:
         model = build_arch(arch, arch_kwargs)
