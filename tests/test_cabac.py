@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,3 +168,14 @@ def test_gil_is_released_so_tensors_code_in_parallel():
     out = np.empty_like(levels)
     _cabac.decode(payload, out, 1000, 1000, has_qp_offset=False)
     np.testing.assert_array_equal(out, levels)
+
+
+def test_decoder_never_accepts_levels_the_encoder_cannot_write():
+    """Regression found by the long fuzz run: with DQ the decoder accepted |q| up to 2^28, i.e.
+    |n| = 2|q| beyond the encoder's range, so a decoded stream could not be re-encoded."""
+    data = (Path(__file__).resolve().parent.parent / "fuzz" / "corpus" / "regression-dq-level-range").read_bytes()
+    rows, width = 1 + data[0] % 64, 1 + data[1] % 64
+    out = np.empty(rows * width, dtype=np.int32)
+    with pytest.raises(_cabac.CabacError, match="corrupt"):
+        _cabac.decode(data[6:], out, rows, width, dq=True, profile=True, num_gtx_flags=1 + data[3] % 32,
+                      has_qp_offset=True, qp_density=(data[2] >> 3) & 7)

@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("clang") is None, reason="clang not installed (tools/install.d/50-nncodec.sh)")
 def test_decoder_survives_a_fuzz_smoke_run(tmp_path):
     binary = tmp_path / "nnr_decode_fuzzer"

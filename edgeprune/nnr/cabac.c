@@ -476,7 +476,8 @@ static int dec_terminate(decoder *d) {
 }
 
 /* Decode one coded index q; returns 0 on a corrupt prefix. */
-static inline int decode_level(decoder *d, context *ctx, int state, int cls, uint32_t ngtx, int32_t *out) {
+static inline int decode_level(decoder *d, context *ctx, int state, int cls, uint32_t ngtx, uint32_t max_abs,
+                               int32_t *out) {
     if (!dec_bin(d, &ctx[CTX_SIG + 3 * state + cls])) {
         *out = 0;
         return 1;
@@ -504,7 +505,7 @@ static inline int decode_level(decoder *d, context *ctx, int state, int cls, uin
             r = base + dec_bypass(d, log2);
         }
         a += r;
-        if (a > NNR_MAX_ABS_LEVEL) return 0;
+        if (a > max_abs) return 0;
     }
     *out = negative ? -(int32_t)a : (int32_t)a;
     return 1;
@@ -546,6 +547,8 @@ nnr_status nnr_decode_tensor(const uint8_t *payload, size_t len, nnr_tensor_para
     }
     if (d.pos > len + 2) return NNR_ERR_TRUNCATED;
 
+    /* the encoder accepts |n| <= NNR_MAX_ABS_LEVEL; with DQ |n| <= 2|q|, so q gets half the range */
+    const uint32_t max_abs = p->dq ? NNR_MAX_ABS_LEVEL / 2 : NNR_MAX_ABS_LEVEL;
     int state = 0;
     int32_t prev = 0;
     for (uint32_t r = 0; r < p->rows; r++) {
@@ -558,7 +561,7 @@ nnr_status nnr_decode_tensor(const uint8_t *payload, size_t len, nnr_tensor_para
         }
         for (uint32_t i = 0; i < p->width; i++) {
             int32_t q;
-            if (!decode_level(&d, ctx, state, level_class(prev), ngtx, &q))
+            if (!decode_level(&d, ctx, state, level_class(prev), ngtx, max_abs, &q))
                 return d.pos > len + 2 ? NNR_ERR_TRUNCATED : NNR_ERR_CORRUPT;
             prev = q;
             if (p->dq) {
