@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -12,8 +15,15 @@ from edgeprune.artifact import Artifact, StageContext
 from edgeprune.cli.bench import options_from
 from edgeprune.devices import stage
 from edgeprune.devices.bench import BenchOptions, ModelFile, benchmark_files
-from edgeprune.devices.profiles import list_profiles, load_profile
-from edgeprune.devices.transport import ConnectionLost, Unreachable, parse_df_free, with_retries
+from edgeprune.devices.profiles import list_profiles, load_profile, with_overrides
+from edgeprune.devices.transport import (
+    CommandResult,
+    ConnectionLost,
+    LocalTransport,
+    Unreachable,
+    parse_df_free,
+    with_retries,
+)
 from edgeprune.errors import DeviceError
 from edgeprune.pipeline import run_pipeline
 
@@ -208,3 +218,29 @@ def test_devices_command_lists_every_profile(runner, cli):
     assert set(listed) == BUILTIN and listed["rpi3"]["address"] == "pi@raspberrypi.local:22"
     checked = runner.invoke(cli, ["devices", "host"])
     assert checked.exit_code == 0 and "reachable" in checked.output and "unreachable" not in checked.output
+
+
+class _InterruptedLocal(LocalTransport):
+    """Starts the benchmark, then the user presses Ctrl-C while it runs."""
+
+    started: subprocess.Popen | None = None
+
+    def execute(self, command: str, timeout: float) -> CommandResult:
+        if "-m runtime_bench run" not in command:
+            return super().execute(command, timeout)
+        self.started = subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not list(Path(self.profile.workdir).glob("run-*/.pid")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        raise KeyboardInterrupt
+
+
+def test_interrupted_benchmark_is_killed_and_cleaned_up(lenet_exports, tmp_path):
+    profile = with_overrides(load_profile("host"), workdir=str(tmp_path / "device"))
+    transport = _InterruptedLocal(profile)
+    options = BenchOptions(runs=50_000_000, warmup=0)
+    with pytest.raises(KeyboardInterrupt):
+        benchmark_files(profile, [ModelFile("m", lenet_exports["onnx_fp32"])], options, transport=transport)
+    assert transport.started.wait(timeout=10) == -signal.SIGKILL
+    assert list((tmp_path / "device").iterdir()) == []

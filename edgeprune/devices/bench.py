@@ -97,6 +97,8 @@ class DeviceSession:
 
     def __exit__(self, *exc: object) -> None:
         try:
+            if self.transport.in_flight:  # e.g. Ctrl-C mid-benchmark: stop it on the device too
+                self.transport.kill_recorded(self.transport.in_flight)
             self.retrying(lambda: self.transport.remove(self.run_dir))
         except DeviceError as error:
             log.warning("could not remove %s on %s: %s", self.run_dir, self.profile.name, error)

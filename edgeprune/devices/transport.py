@@ -66,6 +66,7 @@ class Transport(ABC):
 
     def __init__(self, profile: DeviceProfile) -> None:
         self.profile = profile
+        self.in_flight: str | None = None  # PID file of a command that was started and not yet reaped
 
     # --- the primitives each transport implements -------------------------------------------------
     @abstractmethod
@@ -108,11 +109,15 @@ class Transport(ABC):
         killed explicitly - otherwise a runaway benchmark would keep a phone's big cores busy.
         """
         wrapped = f"cd {shlex.quote(cwd)} && echo $$ > {shlex.quote(pid_file)} && exec {command}"
+        self.in_flight = pid_file
         try:
-            return self.execute(wrapped, timeout)
+            result = self.execute(wrapped, timeout)
         except CommandTimeout:
             self.kill_recorded(pid_file)
+            self.in_flight = None
             raise
+        self.in_flight = None  # finished: its PID may be reused and must never be killed later
+        return result
 
     def kill_recorded(self, pid_file: str) -> None:
         kill = f'pid=$(cat {shlex.quote(pid_file)} 2>/dev/null) && [ -n "$pid" ] && kill -9 "$pid"'
