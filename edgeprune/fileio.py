@@ -31,10 +31,18 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates files 0600; give the artefact the permissions a normal write would.
+        tmp.chmod(0o666 & ~_umask())
         os.replace(tmp, dest)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(dest: str | os.PathLike, data: bytes) -> Path:
@@ -83,6 +91,7 @@ def atomic_directory(dest: str | os.PathLike, force: bool = False) -> Iterator[P
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     try:
         yield work
+        work.chmod(0o777 & ~_umask())
         if dest.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
             os.replace(dest, trash / "old")
