@@ -13,7 +13,7 @@ from edgeprune.graph import analyze
 from edgeprune.models import densenet_like, mobilenetv2_like, resnet20
 from edgeprune.prune.masks import ChannelMasks
 from edgeprune.prune.regularizer import SereneRegularizer
-from edgeprune.prune.sensitivity import SensitivityConfig, neuron_sensitivity
+from edgeprune.prune.sensitivity import neuron_sensitivity
 from edgeprune.prune.train import TrainConfig, fit, make_optimizer
 from edgeprune.simplify import simplify
 

@@ -1,0 +1,120 @@
+"""The plateau detector (PWE) and the group-level threshold search (TWT)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.graph import analyze
+from edgeprune.metrics import evaluate
+from edgeprune.prune.masks import ChannelMasks
+from edgeprune.prune.schedule import PlateauDetector, channel_candidates, threshold_search
+
+
+def _weight(model: nn.Linear, value: float) -> None:
+    with torch.no_grad():
+        model.weight.fill_(value)
+
+
+def test_plateau_fires_after_patience_epochs_without_improvement_and_restores_the_best():
+    model = nn.Linear(1, 1)
+    detector = PlateauDetector(patience=2)
+    steps = [(1.0, 1.0, False), (2.0, 1.005, False), (3.0, 1.2, False), (4.0, 1.3, True)]
+    for value, loss, fires in steps:
+        _weight(model, value)
+        assert detector.update(loss, model) is fires
+    assert model.weight.item() == 1.0  # the best epoch (1.005 was within 1 % but not better)
+    assert detector.best == math.inf and detector.snapshot is None  # reset after firing
+
+
+def test_plateau_counter_resets_on_improvement_within_tolerance():
+    model = nn.Linear(1, 1)
+    detector = PlateauDetector(patience=2)
+    fired = [detector.update(loss, model) for loss in (1.0, 1.2, 1.009, 1.2, 1.009)]
+    assert fired == [False, False, False, False, False]
+
+
+def test_plateau_with_zero_patience_fires_every_epoch_and_nan_fires_at_once():
+    model = nn.Linear(1, 1)
+    assert all(PlateauDetector(0).update(loss, model) for loss in (1.0, 0.5, 2.0))
+    detector = PlateauDetector(patience=5)
+    _weight(model, 1.0)
+    detector.update(1.0, model)
+    _weight(model, 9.0)
+    assert detector.update(float("nan"), model)
+    assert model.weight.item() == 1.0
+
+
+@pytest.fixture
+def lenet(trained_lenet5):
+    model = copy.deepcopy(trained_lenet5.model)
+    masks = ChannelMasks(model, analyze(model, trained_lenet5.example_input).prunable_groups())
+    return model, masks, trained_lenet5.data
+
+
+def _dead_count(masks: ChannelMasks) -> int:
+    return sum(int((g.channel_scores() == 0).sum()) for g in masks.groups)
+
+
+def test_search_finds_the_largest_count_within_the_bound(lenet):
+    """With loss = 1 + 0.01 * (#zeroed channels), TWT = 5 % admits exactly five channels."""
+    _, masks, _ = lenet
+    candidates = channel_candidates(masks, "l1_relative")
+    expected = candidates[:5]
+    result = threshold_search(
+        masks, lambda: {"loss": 1 + 0.01 * _dead_count(masks), "accuracy": 1.0}, 0.05, "l1_relative"
+    )
+    assert (
+        result.channels == 5
+        and result.loss_after == pytest.approx(1.05)
+        and result.bound == pytest.approx(1.05)
+    )
+    assert result.evaluations <= math.ceil(math.log2(masks.total_channels())) + 1
+    assert sorted((gid, int(c)) for gid, cs in result.pruned.items() for c in cs) == sorted(
+        (gid, c) for _, gid, c in expected
+    )
+    assert _dead_count(masks) == 0  # the search leaves the weights as it found them
+    masks.apply()
+    assert _dead_count(masks) == 5
+    assert candidates[4][0] <= result.threshold <= candidates[5][0]
+
+
+def test_search_respects_an_accuracy_floor_too(lenet):
+    _, masks, _ = lenet
+
+    def measure():
+        dead = _dead_count(masks)
+        return {"loss": 1.0, "accuracy": 1 - 0.01 * dead}
+
+    result = threshold_search(masks, measure, twt=1.0, min_accuracy=0.975)
+    assert result.channels == 2
+
+
+def test_search_always_keeps_one_channel_per_group(lenet):
+    _, masks, _ = lenet
+    threshold_search(masks, lambda: {"loss": 1.0, "accuracy": 1.0}, twt=0.0)
+    assert [masks.kept(g.id) for g in masks.groups] == [1, 1, 1]
+
+
+def test_real_search_keeps_validation_loss_within_twt(lenet):
+    model, masks, data = lenet
+
+    def measure():
+        return evaluate(model, data.loader("val", 512))
+
+    before = measure()["loss"]
+    result = threshold_search(masks, measure, twt=0.02, score="maxabs_relative")
+    masks.apply()
+    after = measure()["loss"]
+    assert result.channels > 0
+    assert after == pytest.approx(result.loss_after) and after <= 1.02 * before + 1e-9
+
+
+def test_unknown_score_is_refused(lenet):
+    with pytest.raises(EdgepruneError, match="unknown channel score 'l2'"):
+        channel_candidates(lenet[1], "l2")
