@@ -6,6 +6,9 @@ different numpy majors (pickles would not load across them).
 
 * ``{"op": "compress", "params": {name: array}, "kwargs": {...}}`` -> ``{"bitstream": bytes}``
 * ``{"op": "decompress", "bitstream": bytes}`` -> ``{"params": {name: array}, "topology": str}``
+* ``{"op": "zstd", "data": bytes, "level": 19}`` -> ``{"size": int}`` (benchmarks: zstd lives in this venv)
+
+compress and decompress also report ``seconds`` (best of ``repeat``, default 1) for the benchmarks.
 
 Only NNCodec's codec core is needed; ``nncodec.nnc.compression`` imports its framework adapters
 (torch, torchvision) at module level for ``compress_model``, which is never called here, so inert
@@ -17,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import time
 import types
 
 import numpy as np
@@ -48,16 +52,30 @@ def main(request_path: str, response_path: str) -> None:
         ops = json.load(f)
     results = []
     for op in ops:
+        repeat = int(op.get("repeat", 1))
         if op["op"] == "compress":
             params = {k: _arr_in(v) for k, v in op["params"].items()}
-            bs = compress(params, bitstream_path=None, return_bitstream=True, verbose=False, **op["kwargs"])
-            results.append({"bitstream": base64.b64encode(bytes(bs)).decode()})
+            seconds = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                bs = compress(params, bitstream_path=None, return_bitstream=True, verbose=False, **op["kwargs"])
+                seconds.append(time.perf_counter() - t0)
+            results.append({"bitstream": base64.b64encode(bytes(bs)).decode(), "seconds": min(seconds)})
         elif op["op"] == "decompress":
-            bs = bytearray(base64.b64decode(op["bitstream"]))
-            params, hls = decompress(bs, return_hls=True, verbose=False)
+            seconds = []
+            for _ in range(repeat):
+                bs = bytearray(base64.b64decode(op["bitstream"]))
+                t0 = time.perf_counter()
+                params, hls = decompress(bs, return_hls=True, verbose=False)
+                seconds.append(time.perf_counter() - t0)
             topology = hls.get("tpl", {}).get("topology_data", "") if isinstance(hls, dict) else ""
             results.append({"params": {k: _arr_out(np.asarray(v)) for k, v in params.items()},
-                            "topology": topology if isinstance(topology, str) else ""})
+                            "topology": topology if isinstance(topology, str) else "", "seconds": min(seconds)})
+        elif op["op"] == "zstd":
+            import zstandard
+
+            data = base64.b64decode(op["data"])
+            results.append({"size": len(zstandard.ZstdCompressor(level=int(op.get("level", 19))).compress(data))})
         else:
             raise SystemExit(f"unknown op {op['op']!r}")
     with open(response_path, "w") as f:

@@ -154,7 +154,8 @@ def test_absurd_dimensions_are_refused_before_allocation():
 
 def test_flipped_payload_bits_are_caught_by_the_unit_checksum():
     data = bytearray(stream_bytes())
-    ndu = [u for u in parse_units(bytes(data)) if u.unit_type == UnitType.NDU and u.fields["topology_elem_id"] == "fc.weight"][0]
+    ndu = next(u for u in parse_units(bytes(data))
+               if u.unit_type == UnitType.NDU and u.fields["topology_elem_id"] == "fc.weight")
     data[ndu.offset + ndu.size - 3] ^= 0x10
     with pytest.raises(BitstreamError, match="checksum|corrupt|truncated"):
         decode_stream(bytes(data))

@@ -60,7 +60,7 @@ def fisher_sensitivity(model: nn.Module, batches) -> dict[str, float]:  # noqa: 
         model.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
         grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        for (k, p), g in zip(params.items(), grads):
+        for k, g in zip(params, grads, strict=True):
             if g is not None:
                 sums[k] += float((g.detach() ** 2).mean())
         count += 1
@@ -89,7 +89,7 @@ def allocate_qps(model: nn.Module, data, bits_per_weight: float | None = None,  
     fixed = {k: default_qp(v) for k, v in tensors.items() if k not in matrices}
     if data is not None:
         loader = data.loader("train", batch_size=128, shuffle=True, seed=0)
-        batches = [b for _, b in zip(range(calibration_batches), loader)]
+        batches = [b for _, b in zip(range(calibration_batches), loader, strict=False)]
         fisher = fisher_sensitivity(model, batches)
     else:
         fisher = {}

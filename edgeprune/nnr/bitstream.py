@@ -176,7 +176,8 @@ class SyntaxCoder:
     def _require_aligned(self) -> None:
         position = self.io.pos if self.reading else self.io.nbits
         if position % 8:
-            raise BitstreamError(f"{getattr(self.io, 'what', 'NNR unit')}: string not byte aligned", "the file is damaged")
+            raise BitstreamError(f"{getattr(self.io, 'what', 'NNR unit')}: string not byte aligned",
+                                 "the file is damaged")
 
 
 # ------------------------------------------------------------------ the syntax (shared by writer and reader)
@@ -273,7 +274,8 @@ def _ndu_header(c: SyntaxCoder) -> None:
             c.ue("first_tensor_dimension_shift", 1)
         c.u("scan_order", 4)
         if c.get("scan_order"):
-            raise BitstreamError(f"block scan order {c.get('scan_order')} is not supported", "re-encode with raster scan")
+            raise BitstreamError(f"block scan order {c.get('scan_order')} is not supported",
+                                 "re-encode with raster scan")
     c.byte_alignment()
 
 
@@ -384,7 +386,8 @@ def parse_units(data: bytes) -> list[NnrUnit]:
             _str_header(coder)
             context["general_profile_idc"] = fields["general_profile_idc"]
             if fields["general_profile_idc"] > 1:
-                raise BitstreamError(f"unsupported general_profile_idc {fields['general_profile_idc']}", "use profile 0 or 1")
+                raise BitstreamError(f"unsupported general_profile_idc {fields['general_profile_idc']}",
+                                     "use profile 0 or 1")
         elif unit_type == UnitType.MPS:
             _mps_payload(coder)
         elif unit_type == UnitType.TPL:

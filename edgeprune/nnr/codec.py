@@ -192,7 +192,7 @@ def encode_tensors(
     int8 = int8 or {}
     jobs: list[_TensorJob] = []
     entries: list[dict[str, Any]] = []
-    for index, (name, value) in enumerate(tensors.items()):
+    for name, value in tensors.items():
         arr = np.asarray(value)
         entry: dict[str, Any] = {"name": name, "shape": list(arr.shape), "dtype": arr.dtype.name}
         entries.append(entry)
@@ -203,7 +203,8 @@ def encode_tensors(
             q = int8[name]
             levels = np.asarray(q.levels)
             if levels.shape != arr.shape:
-                raise BitstreamError(f"INT8 levels of {name} have shape {list(levels.shape)}, the tensor {list(arr.shape)}",
+                raise BitstreamError(f"INT8 levels of {name} have shape {list(levels.shape)}, "
+                                     f"the tensor {list(arr.shape)}",
                                      "re-run the quantize stage on this model")
             entry.update(mode="int8", scale=[float(s) for s in np.asarray(q.scale, dtype=np.float32)], axis=int(q.axis))
             job = _TensorJob(name, len(jobs), levels.astype(np.int32), "int8")
@@ -232,13 +233,13 @@ def encode_tensors(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         coded = list(pool.map(lambda j: _encode_job(j, dq, row_skip, estimator_search), jobs))
     ndu_entries = [e for e in entries if "ndu" in e]
-    for entry, (unit, _) in zip(ndu_entries, coded):
+    for entry, (unit, _) in zip(ndu_entries, coded, strict=True):
         entry["crc32"] = zlib.crc32(unit)
     topology = {"format": TPL_FORMAT, "version": TPL_VERSION, "tensors": entries, **(extra_topology or {})}
     tpl = write_topology_unit(json.dumps(topology, separators=(",", ":")))
     head = write_start_unit(PROFILE) + write_model_parameter_set(PROFILE, QP_DENSITY) + tpl
     stats = [TensorStats(e["name"], e["shape"], e["mode"], e.get("qp"), len(unit), int(np.prod(e["shape"] or [1])))
-             for e, (unit, _) in zip(ndu_entries, coded)]
+             for e, (unit, _) in zip(ndu_entries, coded, strict=True)]
     return EncodedStream(head + b"".join(unit for unit, _ in coded), stats, len(tpl))
 
 
@@ -281,7 +282,8 @@ def decode_stream(source: str | os.PathLike | bytes | bytearray, max_elements: i
     data = _read_bytes(source)
     units = parse_units(data)
     if not units or units[0].unit_type != UnitType.STR:
-        raise BitstreamError("the stream does not start with an NNR start unit", "give a .nnr file (MPEG-NNR bitstream)")
+        raise BitstreamError("the stream does not start with an NNR start unit",
+                             "give a .nnr file (MPEG-NNR bitstream)")
     mps = [u for u in units if u.unit_type == UnitType.MPS]
     base_qp = mps[0].fields.get("mps_quantization_parameter", 0) if mps else 0
     qp_density = mps[0].fields.get("mps_qp_density", QP_DENSITY) if mps else QP_DENSITY
@@ -290,7 +292,8 @@ def decode_stream(source: str | os.PathLike | bytes | bytearray, max_elements: i
     for u in ndus:
         n = int(np.prod(u.fields["tensor_dimensions"]))
         if n == 0 or n > max_elements:
-            raise BitstreamError(f"tensor {u.fields['topology_elem_id']!r} declares {n} elements", "the file is damaged")
+            raise BitstreamError(f"tensor {u.fields['topology_elem_id']!r} declares {n} elements",
+                                 "the file is damaged")
         total += n
     if total > max_elements:
         raise BitstreamError(f"the stream declares {total} weights, more than the limit of {max_elements}",
@@ -303,7 +306,8 @@ def decode_stream(source: str | os.PathLike | bytes | bytearray, max_elements: i
         ptype = f["nnr_compressed_data_unit_payload_type"]
         if ptype == PayloadType.RAW_FLOAT:
             if len(u.payload) != 4 * n:
-                raise BitstreamError(f"raw tensor {f['topology_elem_id']!r} has {len(u.payload)} bytes, expected {4 * n}",
+                raise BitstreamError(f"raw tensor {f['topology_elem_id']!r} has {len(u.payload)} bytes, "
+                                     f"expected {4 * n}",
                                      "the file is damaged")
             return np.frombuffer(u.payload, dtype="<f4").astype(np.float32).reshape(dims), None
         ngtx = f.get("cabac_unary_length_minus1", NUM_GTX_FLAGS - 1) + 1
@@ -316,7 +320,8 @@ def decode_stream(source: str | os.PathLike | bytes | bytearray, max_elements: i
                                          profile=bool(f["general_profile_idc"]), num_gtx_flags=ngtx,
                                          has_qp_offset=ptype == PayloadType.FLOAT, qp_density=qp_density)
         except _cabac.CabacError as exc:
-            raise BitstreamError(f"tensor {f['topology_elem_id']!r}: {exc}", "the file is damaged; re-encode the model") from None
+            raise BitstreamError(f"tensor {f['topology_elem_id']!r}: {exc}",
+                                 "the file is damaged; re-encode the model") from None
         return levels.reshape(dims), None if qp_offset is None else base_qp + qp_offset
 
     workers = threads or min(len(ndus), os.cpu_count() or 1) or 1
@@ -328,7 +333,7 @@ def decode_stream(source: str | os.PathLike | bytes | bytearray, max_elements: i
     levels_out: dict[str, np.ndarray] = {}
     stats: list[TensorStats] = []
     by_name: dict[str, tuple[Any, np.ndarray, int | None]] = {}
-    for u, (arr, qp) in zip(ndus, decoded):
+    for u, (arr, qp) in zip(ndus, decoded, strict=True):
         name = u.fields["topology_elem_id"]
         by_name[name] = (u, arr, qp)
         ptype = u.fields["nnr_compressed_data_unit_payload_type"]
@@ -372,18 +377,22 @@ def _apply_topology(topology: dict[str, Any], by_name: dict, tensors: dict[str, 
                 raise BitstreamError(f"integer tensor {name!r} in the topology unit is damaged", "re-encode") from None
             continue
         if name not in by_name:
-            raise BitstreamError(f"tensor {name!r} listed in the topology unit has no NDU", "the file is truncated or damaged")
+            raise BitstreamError(f"tensor {name!r} listed in the topology unit has no NDU",
+                                 "the file is truncated or damaged")
         unit, arr, _ = by_name[name]
         if "crc32" in entry and zlib.crc32(data[unit.offset:unit.offset + unit.size]) != entry["crc32"]:
-            raise BitstreamError(f"checksum mismatch in the NDU of {name!r}", "the file is damaged; copy it again or re-encode")
+            raise BitstreamError(f"checksum mismatch in the NDU of {name!r}",
+                                 "the file is damaged; copy it again or re-encode")
         if int(np.prod(shape or (1,))) != arr.size:
-            raise BitstreamError(f"tensor {name!r}: topology shape {list(shape)} does not match the NDU's {list(arr.shape)}",
+            raise BitstreamError(f"tensor {name!r}: topology shape {list(shape)} does not match "
+                                 f"the NDU's {list(arr.shape)}",
                                  "the file is damaged")
         value = tensors[name]
         if mode == "int8":
             scale = np.asarray(entry.get("scale", []), dtype=np.float32)
             axis = entry.get("axis", 0)
-            if not isinstance(axis, int) or not 0 <= axis < max(1, len(shape)) or scale.size != (shape[axis] if shape else 1):
+            axis_ok = isinstance(axis, int) and 0 <= axis < max(1, len(shape))
+            if not axis_ok or scale.size != (shape[axis] if shape else 1):
                 raise BitstreamError(f"INT8 tensor {name!r} has {scale.size} scales for shape {list(shape)}",
                                      "the file is damaged")
             if np.any(np.abs(arr) > 127):
@@ -402,7 +411,8 @@ def read_int8_levels(source: str | os.PathLike | bytes | bytearray) -> dict[str,
     decoded = decode_stream(source)
     names = [e["name"] for e in decoded.topology.get("tensors", []) if e.get("mode") == "int8"]
     if not names:
-        raise BitstreamError("this .nnr holds no INT8 deploy levels", "encode it with --int8 (after the quantize stage)")
+        raise BitstreamError("this .nnr holds no INT8 deploy levels",
+                             "encode it with --int8 (after the quantize stage)")
     return {name: decoded.levels[name] for name in names}
 
 
@@ -490,7 +500,8 @@ def load_decoded(model: nn.Module, decoded: DecodedStream) -> nn.Module:
     extra = [k for k in decoded.tensors if k not in expected]
     if missing or extra:
         problem = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
-        raise BitstreamError(f"the .nnr tensors do not match the architecture ({problem})", "check --arch / --arch-kwargs")
+        raise BitstreamError(f"the .nnr tensors do not match the architecture ({problem})",
+                             "check --arch / --arch-kwargs")
     state = {}
     for k, ref in expected.items():
         value = torch.from_numpy(np.ascontiguousarray(decoded.tensors[k])).to(ref.dtype)
@@ -521,7 +532,8 @@ def decode_model(source: str | os.PathLike | bytes | bytearray, arch: str | None
         try:
             blob = lzma.decompress(base64.b64decode(record["exported_program_xz"], validate=True))
         except (ValueError, lzma.LZMAError):
-            raise BitstreamError("the architecture stored in the .nnr is damaged", "pass --arch to rebuild it") from None
+            raise BitstreamError("the architecture stored in the .nnr is damaged",
+                                 "pass --arch to rebuild it") from None
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "arch.pt2"
             path.write_bytes(blob)

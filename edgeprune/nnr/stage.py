@@ -114,7 +114,7 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
         qp_stream = encode_model(art.model, art.example_input, qp_options, meta=art.meta, architecture=extra)
         art.files["nnr_qp"] = write_bytes(ctx.out_dir / "model_qp.nnr", qp_stream.data)
         checked = _round_trip(art, qp_stream, None)
-        result["qp_stream"] = {**_summary(qp_stream), **({"accuracy": checked["accuracy"]} if "accuracy" in checked else {})}
+        result["qp_stream"] = {**_summary(qp_stream), **{k: v for k, v in checked.items() if k == "accuracy"}}
     if opts.sweep:
         result["qp_sweep"] = qp_sweep(art, opts, extra)
     return result

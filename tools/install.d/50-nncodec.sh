@@ -12,11 +12,13 @@ if ! command -v clang >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang >/dev/null
 fi
 VENV=.venv-nncodec
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import nncodec.nnc_core, nncodec.extensions.deepCABAC" 2>/dev/null; then
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import nncodec.nnc_core, nncodec.extensions.deepCABAC, zstandard" 2>/dev/null; then
   echo "$VENV: nncodec already installed"
   exit 0
 fi
-python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q -c constraints.txt "setuptools>=68" wheel "pybind11>=2.6.2" "numpy<2"
-"$VENV/bin/pip" install -q -c constraints.txt --no-deps --no-build-isolation "nncodec==2.1.3"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+# zstandard: only for benchmarks/bench_nnr.py (zstd-19 of the same levels, as a reference)
+"$VENV/bin/pip" install -q -c constraints.txt "setuptools>=68" wheel "pybind11>=2.6.2" "numpy<2" zstandard
+"$VENV/bin/python" -c "import nncodec.nnc_core" 2>/dev/null ||
+  "$VENV/bin/pip" install -q -c constraints.txt --no-deps --no-build-isolation "nncodec==2.1.3"
 "$VENV/bin/python" -c "import nncodec.nnc_core, nncodec.extensions.deepCABAC; print('nncodec core OK')"
