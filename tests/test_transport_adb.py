@@ -57,7 +57,7 @@ def test_android_path_with_benchmark_model_end_to_end(adb_device, adb_server, tm
     models = [ModelFile("onnx_fp32", lenet_exports["onnx_fp32"]),
               ModelFile("tflite_fp32", lenet_exports["tflite_fp32"])]
     rows = benchmark_files(profile, models, FAST)
-    assert rows[0]["skipped"] == "loopback-phone has no runtime for .onnx files"
+    assert rows[0]["skipped"] == "no onnxruntime_perf_test binary for loopback-phone (pass --perf-test-binary)"
     row = rows[1]
     assert row["tool"] == "benchmark_model" and row["runtime"] == "litert" and row["runs"] == 20
     assert 0 < row["min_ms"] <= row["median_ms"] <= row["max_ms"]
@@ -69,6 +69,20 @@ def test_android_path_with_benchmark_model_end_to_end(adb_device, adb_server, tm
     inode = (adb_device.root / cached[0]).stat().st_ino
     benchmark_files(profile, models[1:], FAST)
     assert (adb_device.root / cached[0]).stat().st_ino == inode
+
+
+def test_onnx_on_a_phone_through_onnxruntime_perf_test(adb_device, adb_server, tmp_path, lenet_exports):
+    profile = _phone(adb_device, adb_server, tmp_path, benchmark_binary=str(standin_binary(tmp_path)),
+                     perf_test_binary=str(standin_binary(tmp_path, "onnxruntime_perf_test")))
+    models = [ModelFile(k, lenet_exports[k]) for k in ("onnx_int8", "tflite_fp32")]
+    rows = benchmark_files(profile, models, FAST)
+    assert [(r["tool"], r["runtime"]) for r in rows] == [("onnxruntime_perf_test", "onnxruntime"),
+                                                         ("benchmark_model", "litert")]
+    onnx = rows[0]
+    assert 0 < onnx["min_ms"] <= onnx["median_ms"] <= onnx["p90_ms"] <= onnx["max_ms"]
+    assert onnx["init_ms"] > 0 and onnx["peak_rss_mb"] > 0
+    cached = sorted(Path(f).name.rsplit("-", 1)[0] for f in _files(adb_device.root))
+    assert cached == ["benchmark_model", "onnxruntime_perf_test"]
 
 
 def test_affinity_mask_is_applied_with_taskset(adb_device, adb_server, tmp_path, lenet_exports):
@@ -158,4 +172,4 @@ def test_bench_command_on_a_phone(adb_device, adb_server, tmp_path, lenet_export
     assert "model.tflite" in result.output and "litert benchmark_model" in result.output
     missing = runner.invoke(cli, ["bench", str(lenet_exports["tflite_fp32"]), "--target", str(profile)])
     assert missing.exit_code == 2
-    assert "error: loopback-phone benchmarks with TFLite's benchmark_model" in missing.output
+    assert "error: loopback-phone benchmarks with benchmark_model, and no binary was given" in missing.output

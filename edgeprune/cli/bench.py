@@ -31,19 +31,22 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
                             "help": "Attempts for connecting and transfers when the link drops [default: 3]."}),
 )
 _BINARY_HELP = "Host path of TFLite's benchmark_model for Android targets (pushed once, cached on the device)."
+_PERF_TEST_HELP = "Host path of onnxruntime_perf_test for Android targets, to benchmark .onnx files there too."
 
 
 def _bench_option_set(prefix: str) -> Callable:
     decorators = [click.option(f"--{prefix}{name}", f"{prefix.replace('-', '_')}{name}", default=None, **kw)
                   for name, _, kw in _OPTIONS]
     decorators.append(click.option("--benchmark-binary", type=click.Path(dir_okay=False), help=_BINARY_HELP))
+    decorators.append(click.option("--perf-test-binary", type=click.Path(dir_okay=False), help=_PERF_TEST_HELP))
     return compose(*decorators)
 
 
 def _options(kwargs: dict[str, Any], prefix: str) -> BenchOptions | None:
     """Pop the bench options (named ``prefix + name``) from ``kwargs``; None when none was given."""
     given = {field: kwargs.pop(f"{prefix}{name}", None) for name, field, _ in _OPTIONS}
-    given["benchmark_binary"] = kwargs.pop("benchmark_binary", None)
+    for binary in ("benchmark_binary", "perf_test_binary"):
+        given[binary] = kwargs.pop(binary, None)
     given = {k: v for k, v in given.items() if v is not None}
     return BenchOptions(**given) if given else None
 

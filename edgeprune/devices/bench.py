@@ -16,6 +16,7 @@ import posixpath
 import shlex
 import sys
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from edgeprune.devices.transport import (
 from edgeprune.errors import DeviceError
 from runtime_bench.__main__ import HARNESS_ERROR_EXIT
 from runtime_bench.harness import ONNX_RUNTIMES, TFLITE_RUNTIMES
-from runtime_bench.parsers import ParseError, parse_benchmark_model
+from runtime_bench.parsers import ParseError, parse_benchmark_model, parse_perf_test
 
 log = logging.getLogger("edgeprune.devices")
 
@@ -51,6 +52,7 @@ class BenchOptions:
     warmup: int = 10
     timeout_s: float | None = None
     benchmark_binary: str | None = None
+    perf_test_binary: str | None = None
     retries: int = 3
     retry_backoff_s: float = 0.5
     seed: int = 0
@@ -181,24 +183,35 @@ class _PythonHarness:
                               "run `python3 -m runtime_bench run MODEL` on the device to see why") from exc
 
 
-class _BenchmarkModelTool:
-    """Android: TFLite's native benchmark_model, pushed once and cached under its content hash."""
+class _NativeTool(ABC):
+    """A native benchmark binary (Android has no Python), pushed once and cached under its content hash.
 
-    tool = "benchmark_model"
+    Subclasses name the tool, the option/profile field holding its host path, and how to call it
+    and read its log.
+    """
+
+    tool = ""
+    option = ""  # BenchOptions / DeviceProfile field with the host path of the binary
+    flag = ""
+    runtime = ""
+    where_to_get = ""
 
     def __init__(self, session: DeviceSession) -> None:
         self.session = session
-        p, o = session.profile, session.options
-        configured = o.benchmark_binary or p.benchmark_binary
+        p = session.profile
+        configured = self.configured(session.options, p)
         if not configured:
-            raise DeviceError(f"{p.name} benchmarks with TFLite's benchmark_model, and no binary was given",
-                              "pass --benchmark-binary PATH (an android_aarch64 build of "
-                              "tensorflow/lite/tools/benchmark:benchmark_model) or set benchmark_binary")
+            raise DeviceError(f"{p.name} benchmarks with {self.tool}, and no binary was given",
+                              f"pass {self.flag} PATH ({self.where_to_get}) or set {self.option} in the profile")
         self.local = Path(configured).expanduser()
         if not self.local.is_file():
-            raise DeviceError(f"benchmark_model binary {self.local} does not exist", "check --benchmark-binary")
+            raise DeviceError(f"{self.tool} binary {self.local} does not exist", f"check {self.flag}")
         digest = hashlib.sha256(self.local.read_bytes()).hexdigest()[:16]
-        self.remote = posixpath.join(session.workdir, "bin", f"benchmark_model-{digest}")
+        self.remote = posixpath.join(session.workdir, "bin", f"{self.tool}-{digest}")
+
+    @classmethod
+    def configured(cls, options: BenchOptions, profile: DeviceProfile) -> str:
+        return getattr(options, cls.option) or getattr(profile, cls.option)
 
     def payload_bytes(self) -> int:
         return self.local.stat().st_size
@@ -208,34 +221,83 @@ class _BenchmarkModelTool:
         if self.session.retrying(lambda: t.exists(self.remote, executable=True)):
             return
         # Upload beside the cache entry and rename: a broken-off push never poisons the cache.
-        partial = posixpath.join(self.session.run_dir, "benchmark_model.part")
+        partial = posixpath.join(self.session.run_dir, f"{self.tool}.part")
         self.session.retrying(lambda: t.make_dir(posixpath.dirname(self.remote)))
         self.session.push(self.local, partial)
         self.session.retrying(lambda: t.check(
             f"chmod 755 {shlex.quote(partial)} && mv -f {shlex.quote(partial)} {shlex.quote(self.remote)}",
-            what="installing benchmark_model"))
+            what=f"installing {self.tool}"))
+
+    @abstractmethod
+    def arguments(self, remote_model: str, threads: int) -> list[str]:
+        """The tool's command-line flags for one model."""
 
     def command(self, remote_model: str, runtime: str, threads: int) -> str:
-        p, o = self.session.profile, self.session.options
-        args = [f"--graph={remote_model}", f"--num_threads={threads}", f"--warmup_runs={o.warmup}",
-                f"--num_runs={o.runs}", *p.benchmark_args]
-        pin = f"taskset {p.affinity} " if p.affinity else ""
+        pin = f"taskset {self.session.profile.affinity} " if self.session.profile.affinity else ""
+        args = self.arguments(remote_model, threads)
         return f"{pin}{shlex.quote(self.remote)} " + " ".join(shlex.quote(a) for a in args)
+
+    @abstractmethod
+    def parse_log(self, text: str) -> dict[str, Any]:
+        """The tool's log as the harness's millisecond summary (raises ParseError)."""
 
     def parse(self, model: ModelFile, result: Any) -> dict[str, Any]:
         p = self.session.profile
         if result.exit_code in (126, 127):
             # A cached binary that cannot run (wrong architecture) must not be reused next time.
             self.session.retrying(lambda: self.session.transport.remove(self.remote))
-            raise _tool_error(p, "benchmark_model", model.path.name, result)
+            raise _tool_error(p, self.tool, model.path.name, result)
         try:
-            parsed = parse_benchmark_model(result.stdout + "\n" + result.stderr)
+            parsed = self.parse_log(result.stdout + "\n" + result.stderr)
         except ParseError as exc:
-            raise DeviceError(f"benchmark_model on {p.name} failed for {model.path.name}: {exc}",
+            raise DeviceError(f"{self.tool} on {p.name} failed for {model.path.name}: {exc}",
                               "check the model and the binary's version") from exc
         if result.exit_code != 0:
-            raise _tool_error(p, "benchmark_model", model.path.name, result)
-        return {**parsed, "runtime": "litert", "runtime_version": "benchmark_model"}
+            raise _tool_error(p, self.tool, model.path.name, result)
+        return {**parsed, "runtime": self.runtime, "runtime_version": self.tool}
+
+
+class _BenchmarkModelTool(_NativeTool):
+    """TFLite's ``benchmark_model`` for .tflite files."""
+
+    tool, option, flag, runtime = "benchmark_model", "benchmark_binary", "--benchmark-binary", "litert"
+    where_to_get = "an android_aarch64 build of tensorflow/lite/tools/benchmark:benchmark_model"
+
+    def arguments(self, remote_model: str, threads: int) -> list[str]:
+        o = self.session.options
+        return [f"--graph={remote_model}", f"--num_threads={threads}", f"--warmup_runs={o.warmup}",
+                f"--num_runs={o.runs}", *self.session.profile.benchmark_args]
+
+    def parse_log(self, text: str) -> dict[str, Any]:
+        return parse_benchmark_model(text)
+
+
+class _PerfTestTool(_NativeTool):
+    """onnxruntime's ``onnxruntime_perf_test`` for .onnx files (built from source for Android)."""
+
+    tool, option, flag, runtime = "onnxruntime_perf_test", "perf_test_binary", "--perf-test-binary", "onnxruntime"
+    where_to_get = "build it with onnxruntime's ./build.sh --android --android_abi arm64-v8a"
+
+    def arguments(self, remote_model: str, threads: int) -> list[str]:
+        # -I: generated inputs (free dimensions = 1), -s: percentiles, -x: intra-op threads.
+        return ["-e", "cpu", "-m", "times", "-r", str(self.session.options.runs), "-x", str(threads), "-s", "-I",
+                remote_model]
+
+    def parse_log(self, text: str) -> dict[str, Any]:
+        return parse_perf_test(text)
+
+
+NATIVE_TOOLS: dict[str, type[_NativeTool]] = {".tflite": _BenchmarkModelTool, ".onnx": _PerfTestTool}
+
+
+def _skip_reason(profile: DeviceProfile, options: BenchOptions, suffix: str) -> str | None:
+    """Why a model file cannot be benchmarked on this device, or None when it can."""
+    if not profile.runs_format(suffix):
+        return f"{profile.name} has no runtime for {suffix} files"
+    tool = NATIVE_TOOLS[suffix] if profile.harness == "benchmark_model" else None
+    if tool is _PerfTestTool and not tool.configured(options, profile):
+        return f"no {tool.tool} binary for {profile.name} (pass {tool.flag})"
+    return None
 
 
 def benchmark_files(profile: DeviceProfile, models: Iterable[ModelFile], options: BenchOptions,
@@ -248,18 +310,25 @@ def benchmark_files(profile: DeviceProfile, models: Iterable[ModelFile], options
     for m in models:
         if not m.path.is_file():
             raise DeviceError(f"model file {m.path} does not exist", "check the path")
-    runnable = [m for m in models if profile.runs_format(m.path.suffix)]
+    skipped = {m.key: _skip_reason(profile, options, m.path.suffix) for m in models}
+    runnable = [m for m in models if skipped[m.key] is None]
     rows: dict[str, dict[str, Any]] = {
-        m.key: {**_common_row(m, threads, options), "median_ms": None,
-                "skipped": f"{profile.name} has no runtime for {m.path.suffix} files"}
+        m.key: {**_common_row(m, threads, options), "median_ms": None, "skipped": skipped[m.key]}
         for m in models if m not in runnable}
     if runnable:
         with DeviceSession(profile, options, transport) as session:
-            harness = (_PythonHarness if profile.harness == "python" else _BenchmarkModelTool)(session)
-            session.require_space(harness.payload_bytes() + max(m.path.stat().st_size for m in runnable))
-            harness.prepare()
+            if profile.harness == "python":
+                python = _PythonHarness(session)
+                harnesses: dict[str, Any] = {".tflite": python, ".onnx": python}
+            else:
+                harnesses = {s: NATIVE_TOOLS[s](session) for s in {m.path.suffix for m in runnable}}
+            unique = list({id(h): h for h in harnesses.values()}.values())
+            session.require_space(sum(h.payload_bytes() for h in unique)
+                                  + max(m.path.stat().st_size for m in runnable))
+            for harness in unique:
+                harness.prepare()
             for model in progress(runnable):
-                rows[model.key] = _benchmark_one(session, harness, model, threads, timeout)
+                rows[model.key] = _benchmark_one(session, harnesses[model.path.suffix], model, threads, timeout)
     return [rows[m.key] for m in models]
 
 

@@ -73,6 +73,7 @@ class DeviceProfile:
     workdir: str = ""  # scratch directory on the device; empty = the host's temp dir (local only)
     python: str = "python3"
     benchmark_binary: str = ""  # host path of benchmark_model for this device (or --benchmark-binary)
+    perf_test_binary: str = ""  # host path of onnxruntime_perf_test (or --perf-test-binary)
     benchmark_args: tuple[str, ...] = ()
     timeout_s: float = 300.0  # per benchmarked model
     setup: str = ""  # one paragraph: what to install on the device

@@ -12,7 +12,8 @@ from typing import Any
 from support.adb_peer import AdbPeer
 from support.sshd import SshServer
 
-STANDIN = Path(__file__).with_name("benchmark_model_standin.py")
+STANDINS = {"benchmark_model": Path(__file__).with_name("benchmark_model_standin.py"),
+            "onnxruntime_perf_test": Path(__file__).with_name("perf_test_standin.py")}
 
 
 def free_port() -> int:
@@ -69,10 +70,10 @@ def adb_profile(peer: AdbPeer, server_port: int, path: Path, **overrides: Any) -
     return write_profile(path, fields)
 
 
-def standin_binary(directory: Path) -> Path:
-    """The benchmark_model stand-in, runnable with this interpreter (it needs ai_edge_litert)."""
-    body = STANDIN.read_text().split("\n", 1)[1]
-    dest = directory / "benchmark_model"
+def standin_binary(directory: Path, tool: str = "benchmark_model") -> Path:
+    """A native tool's stand-in, runnable with this interpreter (it needs the runtime)."""
+    body = STANDINS[tool].read_text().split("\n", 1)[1]
+    dest = directory / tool
     dest.write_text(f"#!{sys.executable}\n{body}")
     dest.chmod(0o755)
     return dest
