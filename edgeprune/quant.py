@@ -47,7 +47,7 @@ CALIBRATION_METHODS = ("minmax", "percentile")
 
 _aten = torch.ops.aten
 CONV_OPS = {_aten.conv1d.default, _aten.conv2d.default, _aten.conv3d.default,
-            _aten.conv1d.padding, _aten.conv2d.padding, _aten.conv3d.padding}
+            _aten.conv1d.padding, _aten.conv2d.padding, _aten.conv3d.padding, _aten.convolution.default}
 LINEAR_OPS = {_aten.linear.default}
 BATCHNORM_OPS = {_aten.batch_norm.default, _aten._native_batch_norm_legit_no_training.default}
 _PLAIN_WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -107,13 +107,18 @@ def quantize_tensor(weight: np.ndarray | torch.Tensor) -> QuantizedTensor:
     return QuantizedTensor(levels=levels, scale=scale, axis=0)
 
 
+def _is_weight_layer(node: fx.Node) -> bool:
+    """A conv (not transposed: its weight is (in, out, ...)) or linear call reading a constant weight."""
+    if node.op != "call_function" or node.target not in CONV_OPS | LINEAR_OPS:
+        return False
+    transposed = node.target is _aten.convolution.default and bool(node.args[6])
+    return not transposed and isinstance(node.args[1], fx.Node) and node.args[1].op == "get_attr"
+
+
 def quantized_weight_names(model: nn.Module) -> list[str]:
     """``state_dict`` names of the conv/linear weights that get INT8 levels, in execution order."""
     if isinstance(model, fx.GraphModule):
-        names = [n.args[1].target for n in model.graph.nodes
-                 if n.op == "call_function" and n.target in CONV_OPS | LINEAR_OPS
-                 and isinstance(n.args[1], fx.Node) and n.args[1].op == "get_attr"]
-        return list(dict.fromkeys(names))
+        return list(dict.fromkeys(n.args[1].target for n in model.graph.nodes if _is_weight_layer(n)))
     return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, _PLAIN_WEIGHT_LAYERS)]
 
 
@@ -164,10 +169,9 @@ def to_deploy_graph(model: nn.Module, example_input: torch.Tensor) -> tuple[fx.G
 
 def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
     """The model as an aten-level GraphModule with a dynamic batch dimension, or a GraphError naming why."""
-    batch = torch.export.Dim("batch", min=1, max=1 << 16)
     example = example_input[:1].expand(2, *example_input.shape[1:]).contiguous()
-    try:
-        program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
+    try:  # DYNAMIC: the batch must stay symbolic, with whatever bounds a loaded program already carries
+        program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
     except Exception as exc:  # torch.export raises many unrelated types for untraceable code
         raise GraphError(f"cannot trace the model for quantisation/export: {first_line(exc)}",
                          "remove data-dependent Python control flow and unsupported ops from forward()") from None
@@ -199,10 +203,13 @@ def _fold_one(gm: fx.GraphModule, bn: fx.Node) -> int:
     if bn.op != "call_function" or bn.target not in BATCHNORM_OPS:
         return 0
     layer = bn.args[0]
-    if not (isinstance(layer, fx.Node) and layer.op == "call_function" and layer.target in CONV_OPS | LINEAR_OPS
-            and len(layer.users) == 1 and isinstance(layer.args[1], fx.Node) and len(layer.args[1].users) == 1):
+    if not (isinstance(layer, fx.Node) and _is_weight_layer(layer) and len(layer.users) == 1
+            and len(layer.args[1].users) == 1):
         return 0
-    eps = bn.args[7] if bn.target is _aten.batch_norm.default else bn.args[6]
+    returns_tuple = bn.target is not _aten.batch_norm.default
+    if returns_tuple and any(user.args[1] != 0 and user.users for user in bn.users):
+        return 0  # the batch mean/var outputs are used: this is not an inference-form BatchNorm
+    eps = bn.args[6] if returns_tuple else bn.args[7]
     try:
         weight = _tensor_attr(gm, layer.args[1])
         bias_node = layer.args[2] if len(layer.args) > 2 else None
@@ -228,12 +235,10 @@ def _fold_one(gm: fx.GraphModule, bn: fx.Node) -> int:
         args = list(layer.args) + [None] * max(0, 3 - len(layer.args))
         args[2] = bias_node
         layer.args = tuple(args)
-    if bn.target is _aten.batch_norm.default:
+    if not returns_tuple:
         bn.replace_all_uses_with(layer)
     else:
         for user in list(bn.users):
-            if user.args[1] != 0 and user.users:
-                raise GraphError("the model uses a BatchNorm's batch statistics", "export the model in eval mode")
             user.replace_all_uses_with(layer)
             gm.graph.erase_node(user)
     gm.graph.erase_node(bn)
@@ -280,39 +285,50 @@ def _drop_unused_attributes(gm: fx.GraphModule) -> None:
 
 
 class _RangeRecorder(fx.Interpreter):
-    """Runs the graph and keeps every floating-point intermediate of the batch."""
+    """Runs the graph and reduces every floating-point intermediate to ``(low, high)`` on the spot.
 
-    def __init__(self, gm: fx.GraphModule) -> None:
+    Reducing immediately keeps memory flat (no activation is kept) and reads each value before a later
+    in-place op (``relu_``, ``hardtanh_``) could overwrite it.
+    """
+
+    def __init__(self, gm: fx.GraphModule, reduce: Any) -> None:
         super().__init__(gm)
-        self.values: dict[str, torch.Tensor] = {}
+        self.reduce = reduce
+        self.ranges: dict[str, list[tuple[float, float]]] = {}
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
         if n.op in ("placeholder", "call_function") and isinstance(out, torch.Tensor) and out.is_floating_point():
-            self.values["input" if n.op == "placeholder" else n.name] = out.detach().clone()
+            self.ranges.setdefault("input" if n.op == "placeholder" else n.name, []).append(self.reduce(out))
         return out
 
 
 @torch.no_grad()
 def calibrate_activations(model: fx.GraphModule, batch: torch.Tensor, method: str = "minmax",
-                          percentile: float = 99.99) -> dict[str, tuple[float, float]]:
+                          percentile: float = 99.99, chunk: int = 32) -> dict[str, tuple[float, float]]:
     """Per-tensor ``(low, high)`` of every activation of ``model`` (an aten GraphModule) on ``batch``.
 
-    ``minmax`` takes the extremes; ``percentile`` the ``100-p`` and ``p`` percentiles, which ignores the
-    few outliers that would otherwise stretch an 8-bit grid.
+    ``minmax`` takes the extremes over the whole batch; ``percentile`` the ``100-p`` and ``p``
+    percentiles (averaged over chunks of ``chunk`` samples), which ignores the few outliers that would
+    otherwise stretch an 8-bit grid.
     """
     if method not in CALIBRATION_METHODS:
         raise DataError(f"unknown calibration method {method!r}", f"choose one of {', '.join(CALIBRATION_METHODS)}")
-    recorder = _RangeRecorder(model)
-    recorder.run(batch)
-    ranges: dict[str, tuple[float, float]] = {}
-    for name, value in recorder.values.items():
-        flat = value.reshape(-1).double().numpy()
+
+    def reduce(value: torch.Tensor) -> tuple[float, float]:
         if method == "minmax":
-            low, high = flat.min(), flat.max()
-        else:
-            low, high = np.percentile(flat, [100.0 - percentile, percentile])
-        ranges[name] = (float(low), float(high))
+            return float(value.min()), float(value.max())
+        low, high = np.percentile(value.detach().reshape(-1).numpy(), [100.0 - percentile, percentile])
+        return float(low), float(high)
+
+    recorder = _RangeRecorder(model, reduce)
+    for part in batch.split(chunk):
+        recorder.run(part)
+    ranges: dict[str, tuple[float, float]] = {}
+    for name, per_chunk in recorder.ranges.items():
+        lows, highs = np.asarray(per_chunk).T
+        combined = (lows.min(), highs.max()) if method == "minmax" else (lows.mean(), highs.mean())
+        ranges[name] = (float(combined[0]), float(combined[1]))
     return ranges
 
 

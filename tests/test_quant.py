@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 from torch import nn
 
 from edgeprune.artifact import Artifact, StageContext
-from edgeprune.checkpoint import load_model, save_model
+from edgeprune.checkpoint import as_graph_module, load_model, save_model
 from edgeprune.data import DataBundle
 from edgeprune.errors import DataError
 from edgeprune.metrics import evaluate
@@ -82,6 +82,19 @@ def test_batchnorm_folding_keeps_outputs_and_names(factory):
     first_conv = "conv1" if factory is resnet20 else "features.0"
     assert f"{first_conv}.weight" in state and f"{first_conv}.bias" in state
     assert set(quantize_weights(deploy).tensors) == {k for k, v in state.items() if v.dim() > 1}
+
+
+def test_folding_a_decomposed_program(digits):
+    """Core-ATen programs (after run_decompositions) carry convolution + _native_batch_norm_legit_no_training."""
+    model = _randomise_batchnorm(resnet20(in_channels=1))
+    x = digits.test.tensors[0][:4]
+    batch = torch.export.Dim("b", max=1024)  # a loaded program brings its own batch bounds
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},)).run_decompositions()
+    deploy, folded = to_deploy_graph(as_graph_module(program), x[:1])
+    assert folded == 19
+    with torch.no_grad():
+        assert torch.allclose(deploy(x), model(x), atol=1e-5)
+    assert "conv1.weight" in quantize_weights(deploy).tensors and "bn1.running_var" not in deploy.state_dict()
 
 
 def test_plain_module_and_exported_graph_give_the_same_levels(tmp_path, trained_lenet5):
