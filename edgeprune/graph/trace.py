@@ -77,8 +77,12 @@ def export(model: nn.Module, example_input: torch.Tensor) -> torch.export.Export
     )
 
 
-def trace(model: nn.Module, example_input: torch.Tensor) -> TracedModel:
-    """Export ``model`` and run the graph once in float64 to record every intermediate value."""
+def trace(model: nn.Module, example_input: torch.Tensor, sample_batch: torch.Tensor | None = None) -> TracedModel:
+    """Export ``model`` and run the graph once in float64 to record every intermediate value.
+
+    The values are taken on ``sample_batch`` when given (simplify measures dead-channel constants
+    on them), else on the example input.
+    """
     program = export(model, example_input)
     signature = program.graph_signature
     param_names = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
@@ -90,7 +94,8 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> TracedModel:
             f"the model takes {len(user_inputs)} inputs", "edgeprune handles models with exactly one input tensor"
         )
     traced = TracedModel(program, example_input[:1], param_names, tensors, user_inputs[0], {})
-    traced.values = run_graph(traced, example_input[:1].double(), dtype=torch.float64)
+    samples = sample_batch if sample_batch is not None else example_input[:1]
+    traced.values = run_graph(traced, samples.double(), dtype=torch.float64)
     return traced
 
 

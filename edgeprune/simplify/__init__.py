@@ -47,30 +47,53 @@ def simplify(
 ) -> SimplifyResult:
     """Remove dead channels from ``model`` exactly; ``data_batch`` (real samples) joins the proof."""
     options = options or SimplifyOptions()
-    start = time.perf_counter()
+    clock = _PhaseClock()
     model.eval()
-    traced = trace(model, example_input)
-    graph = analyze_traced(traced)
     shapes = accepted_shapes(model, example_input)
     inputs = verification_inputs(shapes, data_batch, seed)
     # constants are measured on the example plus random, zero and large samples, and at the second
     # resolution (inputs[2]) when there is one: a value that changes between them is not a constant
-    probes = [torch.cat([example_input[:1], inputs[1]]).double()] + ([inputs[2].double()] if len(shapes) > 1 else [])
-    plan = make_plan(traced, graph, options, probes)
+    traced = trace(model, example_input, sample_batch=torch.cat([example_input[:1], inputs[1]]))
+    graph = analyze_traced(traced)
+    clock.lap("trace")
+    plan = make_plan(traced, graph, options, inputs[2] if len(shapes) > 1 else None)
+    if plan.shape_specialised:  # the rewritten graph inherits the trace's fixed shape: prove what it supports
+        shapes = shapes[:1]
+        inputs = verification_inputs(shapes, data_batch, seed)
+    clock.lap("plan")
     candidate = build_model(plan)
+    clock.lap("rewrite")
     worst64 = assert_equivalent(
         model, candidate, inputs, options.tolerance, locate=lambda x: _first_divergence(plan, candidate, x)
     )
     simplified = candidate.float()
     ordinary = [inputs[0], example_input[:1]] + ([data_batch[:3]] if data_batch is not None else [])
     worst32, _ = worst_abs_diff(model, simplified, ordinary, dtype=torch.float32)
+    clock.lap("proof")
     report = _report(plan, simplified, shapes)
     report.update(
         max_abs_diff_float64=worst64, max_abs_diff_float32=worst32, tolerance=options.tolerance,
         resolutions=[list(s[1:]) for s in shapes], batch_sizes=[1, 3], verification_inputs=len(inputs),
-        seconds=round(time.perf_counter() - start, 3),
+        fixed_resolution=plan.shape_specialised,
+        seconds=round(clock.total(), 3), phase_seconds=clock.phases,
     )
     return SimplifyResult(simplified, report)
+
+
+class _PhaseClock:
+    """Wall time per phase (trace, plan, rewrite, proof), so a slow run says where it went."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = round(now - self.last, 3)
+        self.last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
 
 
 def _report(plan: Plan, simplified: nn.Module, shapes: list[tuple[int, ...]]) -> dict[str, Any]:

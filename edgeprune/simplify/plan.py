@@ -50,6 +50,7 @@ class Plan:
     removed: set[int]
     refused: dict[int, str] = field(default_factory=dict)
     dead: set[int] = field(default_factory=set)
+    shape_specialised: bool = False  # the trace only runs at the example's resolution
 
     def kept_positions(self, node_name: str) -> list[int] | None:
         """Channel positions of a tensor that survive (None when it has no channel axis)."""
@@ -68,22 +69,24 @@ class Plan:
 
 
 def make_plan(traced: TracedModel, graph: ChannelGraph, options: SimplifyOptions,
-              probe_inputs: list[torch.Tensor]) -> Plan:
-    """Decide folds and removals; ``probe_inputs`` (float64) are used to measure constants."""
+              other_resolution: torch.Tensor | None = None) -> Plan:
+    """Decide folds and removals.
+
+    Constants are measured on the values the trace recorded (its sample batch) and, when the
+    model accepts one, on a sample at ``other_resolution``.
+    """
     layers = _fold_batchnorm(traced, graph, options)
     plan = Plan(traced, graph, layers, removed=set())
     plan.dead = _dead_classes(plan)
     prunable = {cls for g in graph.groups if g.prunable for cls in g.classes}
     plan.removed = plan.dead & prunable
     _keep_one_channel_per_tensor(plan)
-    probes = []
-    for x in probe_inputs:
+    probes = [traced.values]
+    if other_resolution is not None:
         try:
-            probes.append(run_graph(traced, x, dtype=torch.float64))
-        except Exception:  # noqa: BLE001 - a traced graph specialised to one shape rejects other resolutions
-            if not probes:
-                raise
-
+            probes.append(run_graph(traced, other_resolution.double(), dtype=torch.float64))
+        except Exception:  # noqa: BLE001 - torch.export specialised the graph to the example's shape
+            plan.shape_specialised = True
     constants = _measure_constants(plan, probes, options)
     for cls in plan.refused:
         plan.removed.discard(cls)

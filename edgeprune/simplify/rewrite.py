@@ -186,8 +186,8 @@ class _Builder:
         if lp.border is not None:
             kernel = lp.border[out_keep]
             border = self.add_module(f"{target}_border", _make_conv(kernel, None, lp, groups=1))
-            ones = self.emit(aten.ones_like.default, (self.emit(aten.slice.Tensor, (x, 1, 0, 1), None),), None)
-            out = self.emit(aten.add.Tensor, (out, self.graph.call_module(border, (ones,))), None)
+            correction = self.graph.call_module(border, (self.ones_map(x, kernel.dim() - 2),))
+            out = self.emit(aten.add.Tensor, (out, correction), None)
         if delta is not None:
             shape = (-1,) + (1,) * (weight.dim() - 2)
             out = self.emit(aten.add.Tensor, (out, self.constant(f"{target}_constant", delta.reshape(shape))), None)
@@ -197,6 +197,15 @@ class _Builder:
         if lp.folded_bn:
             bn = self.ana.vectors.get(lp.folded_bn)
             self.env[lp.folded_bn] = (out, None, None) if isinstance(bn, tuple) else out
+
+    def ones_map(self, x: fx.Node, spatial_dims: int) -> fx.Node:
+        """A (1, 1, *spatial) ones tensor with ``x``'s spatial size, dtype and device.
+
+        Built from ``x``'s size at run time, so the model keeps accepting any resolution; an export
+        with static shapes sees a constant and converters can fold the whole correction into one.
+        """
+        spatial = [self.emit(aten.sym_size.int, (x, d), None) for d in range(2, 2 + spatial_dims)]
+        return self.emit(aten.new_ones.default, (x, [1, 1, *spatial]), None)
 
     def batch_norm(self, node: fx.Node) -> bool:
         """An unfolded eval-mode BN becomes an ``nn.BatchNorm*d`` over the kept channels."""
