@@ -43,6 +43,7 @@ from edgeprune.nnr.codec import load_decoded, model_tensors  # noqa: E402
 VENV_PYTHON = ROOT / ".venv-nncodec" / "bin" / "python"
 ORACLE = ROOT / "tests" / "nnr_oracle.py"
 RESULTS = ROOT / "benchmarks" / "results"
+REPEAT = 3  # edgeprune timings: best of 3; NNCodec: compress once (about 20 s), decompress best of 2
 
 
 def arr(a: np.ndarray) -> dict:
@@ -150,24 +151,29 @@ def throughput_rows(params: dict[str, np.ndarray], qp: int = -32) -> list[dict]:
     ops = [{"op": "compress", "params": {k: arr(v) for k, v in params.items()}, "kwargs": {"qp": qp}}]
     enc = oracle(ops)[0]
     stream = base64.b64decode(enc["bitstream"])
-    dec = oracle([{"op": "decompress", "bitstream": enc["bitstream"]}])[0]
+    dec = oracle([{"op": "decompress", "bitstream": enc["bitstream"], "repeat": 2}])[0]
     rows = [{"coder": "NNCodec 2.1.3 (DQ, estimator search)", "threads": 1, "encode_s": enc["seconds"],
              "decode_s": dec["seconds"]}]
     threads = [1, min(2, os.cpu_count() or 1)]
     for search in (True, False):
         for t in sorted(set(threads)):
-            t0 = time.perf_counter()
-            ours = encode_tensors(params, qps=qp, estimator_search=search, row_skip=False, threads=t)
-            e = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            decode_stream(ours.data, threads=t)
-            d = time.perf_counter() - t0
+            e, d = float("inf"), float("inf")
+            for _ in range(REPEAT):  # best of REPEAT: the machine is shared
+                t0 = time.perf_counter()
+                ours = encode_tensors(params, qps=qp, estimator_search=search, row_skip=False, threads=t)
+                e = min(e, time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                decode_stream(ours.data, threads=t)
+                d = min(d, time.perf_counter() - t0)
             rows.append({"coder": f"edgeprune (DQ, estimator search {'on' if search else 'off'})", "threads": t,
                          "encode_s": e, "decode_s": d})
-    t0 = time.perf_counter()
-    decode_stream(stream, threads=1)
+    d = float("inf")
+    for _ in range(REPEAT):
+        t0 = time.perf_counter()
+        decode_stream(stream, threads=1)
+        d = min(d, time.perf_counter() - t0)
     rows.append({"coder": "edgeprune decoding NNCodec's stream", "threads": 1, "encode_s": float("nan"),
-                 "decode_s": time.perf_counter() - t0})
+                 "decode_s": d})
     for r in rows:
         r["encode_Mparams_s"] = n / r["encode_s"] / 1e6 if r["encode_s"] == r["encode_s"] else float("nan")
         r["decode_Mparams_s"] = n / r["decode_s"] / 1e6
@@ -237,25 +243,29 @@ def equal_accuracy_ratio(c: dict) -> tuple[float | None, dict | None]:
 
 
 def markdown(same: list[dict], speed: list[dict], curves: list[dict], seconds: float) -> str:
-    lines = [f"Machine: {platform.node()} ({os.cpu_count()} CPUs, {platform.machine()}), Python {platform.python_version()}, "
+    lines = [f"Machine: {platform.node()} ({os.cpu_count()} CPUs, {platform.machine()}), "
+             f"Python {platform.python_version()}, "
              f"torch {torch.__version__}; date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
              f"command `python benchmarks/bench_nnr.py` ({seconds:.0f} s). NNCodec 2.1.3 runs in `.venv-nncodec`.",
              "", "**Same weights, same qp** (NNCodec defaults: DQ, estimator search, 1-D tensors at qp -75). "
              "'same opts' = edgeprune with NNCodec's options; 'fast' = edgeprune's defaults (no estimator search, "
              "row skipping). Sizes are NDU bytes (the tensors).", "",
-             "| model | qp | NNCodec B | edgeprune same opts B | identical NDUs | edgeprune fast B (ratio) | bits/weight "
+             "| model | qp | NNCodec B | edgeprune same opts B | identical NDUs | edgeprune fast B (ratio) "
+             "| bits/weight "
              "| PSNR dB | H0 B | NNCodec/H0 | lzma-9e B | zstd-19 B |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in same:
-        lines.append(f"| {r['model']} | {r['qp']} | {r['nncodec_ndu_bytes']:,} | {r['edgeprune_same_opts_ndu_bytes']:,} | "
+        lines.append(f"| {r['model']} | {r['qp']} | {r['nncodec_ndu_bytes']:,} | "
+                     f"{r['edgeprune_same_opts_ndu_bytes']:,} | "
                      f"{'yes' if r['byte_identical_ndus'] else 'NO'} | {r['edgeprune_fast_ndu_bytes']:,} "
                      f"({r['edgeprune_fast_ndu_bytes'] / r['nncodec_ndu_bytes']:.3f}) | {r['bits_per_weight']:.2f} | "
                      f"{r['psnr_db']:.1f} | {r['h0_bytes']:,.0f} | {r['nncodec_ndu_bytes'] / r['h0_bytes']:.3f} | "
                      f"{r['lzma9e_bytes']:,} | {r['zstd19_bytes']:,} |")
     base = speed[0] if speed else {}
     lines += ["", "**Throughput** (15.2 M weights of VGG-16, qp -32, DQ; end-to-end dict -> bytes -> dict; "
-              "one run each, same process pool and clock):", "",
-              "| coder | threads | encode s | encode Mparams/s | vs NNCodec | decode s | decode Mparams/s | vs NNCodec |",
+              "edgeprune best of 3, NNCodec compress once / decompress best of 2, wall clock, shared 2-core VM):", "",
+              "| coder | threads | encode s | encode Mparams/s | vs NNCodec | decode s | decode Mparams/s "
+              "| vs NNCodec |",
               "|---|---|---|---|---|---|---|---|"]
     for r in speed:
         enc = (f"{r['encode_s']:.2f} | {r['encode_Mparams_s']:.2f} | {base['encode_s'] / r['encode_s']:.1f}x"

@@ -179,3 +179,18 @@ def test_decoder_never_accepts_levels_the_encoder_cannot_write():
     with pytest.raises(_cabac.CabacError, match="corrupt"):
         _cabac.decode(data[6:], out, rows, width, dq=True, profile=True, num_gtx_flags=1 + data[3] % 32,
                       has_qp_offset=True, qp_density=(data[2] >> 3) & 7)
+
+
+def test_rdoq_trades_distortion_for_rate_and_needs_uniform_quantisation():
+    rng = np.random.default_rng(6)
+    w = (rng.standard_normal(50_000) * 0.05).astype(np.float32)
+    step = _cabac.step_size(-20, 2)
+    sizes, errors = [], []
+    for lam in (0.0, 1.0, 4.0):
+        levels = np.empty(w.size, dtype=np.int32)
+        _cabac.quantize(w, levels, step, dq=False, rdoq=lam)
+        sizes.append(len(_cabac.encode(levels, 1, w.size)))
+        errors.append(float(np.mean((w - np.float32(step) * levels) ** 2)))
+    assert sizes[0] > sizes[1] > sizes[2] and errors[0] < errors[1] < errors[2]
+    with pytest.raises(_cabac.CabacError, match="disable DQ"):
+        _cabac.quantize(w, np.empty(w.size, dtype=np.int32), step, dq=True, rdoq=1.0)

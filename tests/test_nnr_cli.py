@@ -89,6 +89,7 @@ def test_accuracy_budget_beats_nncodecs_default_qp_by_half(runner, cli, lenet_fi
 @pytest.mark.parametrize(("args", "message"), [
     (["encode", "{model}", "--int8", "--qp", "-30", "-o", "{tmp}/x.nnr"], "--int8 codes fixed INT8 levels"),
     (["encode", "{model}", "--target-accuracy-drop", "1", "-o", "{tmp}/x.nnr"], "needs data"),
+    (["encode", "{model}", "--rdoq", "1", "-o", "{tmp}/x.nnr"], "add --no-dq"),
     (["decode", "{tmp}/missing.nnr", "-o", "{tmp}/x.pt2"], "does not exist"),
     (["inspect", "{model}"], "not an MPEG-NNR bitstream"),
     (["decode", "{tmp}/junk.nnr", "-o", "{tmp}/x.pt2"], "the file is damaged"),

@@ -45,6 +45,8 @@ _budget_options = compose(
                    "default: a per-tensor choice from the weight spread.")
 @click.option("--int8", is_flag=True, help="Code the INT8 deploy levels (BN folded, per-channel scales) instead.")
 @click.option("--dq/--no-dq", default=True, help="Dependent quantisation (8-state trellis).")
+@click.option("--rdoq", type=click.FloatRange(min=0), default=0.0,
+              help="RDOQ lambda scale (uniform quantisation only, needs --no-dq; measured near-useless: off).")
 @click.option("--estimator-search", is_flag=True,
               help="Pick each context's estimator like NNCodec (about 0.5-1 %% smaller, slower to encode).")
 @_budget_options
@@ -53,7 +55,7 @@ _budget_options = compose(
 @force_option
 @json_option
 @click.pass_context
-def encode_command(ctx: click.Context, model: str, output: str, qp: int | None, int8: bool, dq: bool,
+def encode_command(ctx: click.Context, model: str, output: str, qp: int | None, int8: bool, dq: bool, rdoq: float,
                    estimator_search: bool, bits_per_weight: float | None, target_accuracy_drop: float | None,
                    force: bool, as_json: bool, **kwargs: Any) -> None:
     """Encode a model's weights into an MPEG-NNR bitstream (.nnr) that NNCodec can decode too.
@@ -66,6 +68,8 @@ def encode_command(ctx: click.Context, model: str, output: str, qp: int | None, 
     """
     out = Path(output)
     refuse_existing_file(out, force)
+    if rdoq > 0 and dq:
+        raise EdgepruneError("--rdoq is implemented for uniform quantisation only", "add --no-dq")
     if int8 and (qp is not None or bits_per_weight is not None or target_accuracy_drop is not None):
         raise EdgepruneError("--int8 codes fixed INT8 levels; --qp and the budgets do not apply", "drop one of them")
     art = load_artifact(kwargs, model)
@@ -80,7 +84,7 @@ def encode_command(ctx: click.Context, model: str, output: str, qp: int | None, 
         from edgeprune.nnr.allocate import allocate_qps
 
         qps = allocate_qps(art.model, art.data, bits_per_weight, target_accuracy_drop, dq).qps
-    options = ModelEncodeOptions(qp=qp, qps=qps, int8=int8, dq=dq, estimator_search=estimator_search)
+    options = ModelEncodeOptions(qp=qp, qps=qps, int8=int8, dq=dq, estimator_search=estimator_search, rdoq=rdoq)
     stream = encode_model(art.model, art.example_input, options, quant=quant, meta=art.meta)
     write_bytes(out, stream.data)
     bpw = 8.0 * stream.weight_bytes / max(1, stream.num_weights)

@@ -159,15 +159,22 @@ static PyObject *py_decode(PyObject *self, PyObject *args, PyObject *kw) {
 }
 
 PyDoc_STRVAR(quantize_doc,
-             "quantize(weights, out, step, *, dq) -> None\n\n"
-             "float32 weights -> int32 reconstruction indices: round(w/step), or the 8-state DQ trellis.");
+             "quantize(weights, out, step, *, dq, rdoq=0.0, num_gtx_flags=11) -> None\n\n"
+             "float32 weights -> int32 reconstruction indices: round(w/step), the 8-state DQ trellis, or (rdoq > 0,\n"
+             "no DQ) rate-distortion optimised uniform quantisation with lambda scale `rdoq`.");
 
 static PyObject *py_quantize(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *names[] = {"weights", "out", "step", "dq", NULL};
+    static char *names[] = {"weights", "out", "step", "dq", "rdoq", "num_gtx_flags", NULL};
     PyObject *w_obj, *out_obj;
-    double step;
+    double step, rdoq = 0.0;
     int dq = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOd|$p", names, &w_obj, &out_obj, &step, &dq)) return NULL;
+    unsigned long ngtx = 11;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOd|$pdk", names, &w_obj, &out_obj, &step, &dq, &rdoq, &ngtx))
+        return NULL;
+    if (rdoq > 0.0 && dq) {
+        PyErr_SetString(CabacError, "RDOQ is implemented for uniform quantisation only: disable DQ to use it");
+        return NULL;
+    }
     Py_buffer wv, ov;
     if (get_buffer(w_obj, &wv, 'f', 0, -1, "weights") < 0) return NULL;
     Py_ssize_t n = wv.len / 4;
@@ -186,7 +193,10 @@ static PyObject *py_quantize(PyObject *self, PyObject *args, PyObject *kw) {
     }
     nnr_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = nnr_quantize((const float *)wv.buf, (size_t)n, (float)step, (uint8_t)dq, (int32_t *)ov.buf, scratch);
+    if (rdoq > 0.0)
+        st = nnr_quantize_rdoq((const float *)wv.buf, (size_t)n, (float)step, rdoq, (uint32_t)ngtx, (int32_t *)ov.buf);
+    else
+        st = nnr_quantize((const float *)wv.buf, (size_t)n, (float)step, (uint8_t)dq, (int32_t *)ov.buf, scratch);
     Py_END_ALLOW_THREADS
     PyMem_RawFree(scratch);
     PyBuffer_Release(&wv);

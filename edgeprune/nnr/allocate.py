@@ -101,8 +101,7 @@ def allocate_qps(model: nn.Module, data, bits_per_weight: float | None = None,  
     anchor = int(np.median([default_qp(tensors[k]) - base[k] for k in matrices])) if matrices else 0
     trials: list[dict[str, float]] = []
 
-    def measure(offset: int) -> tuple[float, float | None]:
-        qps = _qps_at(base, fixed, offset)
+    def measure(qps: dict[str, int], offset: int) -> tuple[float, float | None]:
         stream = encode_tensors(everything, qps=qps, dq=dq)
         bpw = 8.0 * sum(t.ndu_bytes for t in stream.tensors if t.name in matrices) / max(
             1, sum(t.elements for t in stream.tensors if t.name in matrices))
@@ -124,7 +123,7 @@ def allocate_qps(model: nn.Module, data, bits_per_weight: float | None = None,  
 
     def at(t: int) -> tuple[float, float | None]:
         if t not in results:
-            results[t] = measure(t)
+            results[t] = measure(_qps_at(base, fixed, t), t)
         return results[t]
 
     if target_accuracy_drop is not None:
@@ -142,8 +141,20 @@ def allocate_qps(model: nn.Module, data, bits_per_weight: float | None = None,  
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if ok(at(mid)) else (mid, hi)
         best = hi
-    bpw, acc = at(best)
-    return Allocation(_qps_at(base, fixed, best), best, bpw, acc, trials)
+    # One offset step moves every tensor by a quarter octave at once, a coarse grain when one tensor
+    # dominates. Refine tensor by tensor: spend leftover bits on the most sensitive tensors first
+    # (bit budget), or coarsen the least sensitive ones while the accuracy holds (accuracy budget).
+    qps = _qps_at(base, fixed, best)
+    measured = at(best)
+    by_sensitivity = sorted(matrices, key=lambda k: fisher.get(k, 0.0), reverse=target_accuracy_drop is None)
+    step = -1 if target_accuracy_drop is None else 1
+    for name in by_sensitivity:
+        trial = dict(qps)
+        trial[name] = int(min(QP_MAX, max(QP_MIN, trial[name] + step)))
+        result = measure(trial, best)
+        if ok(result):
+            qps, measured = trial, result
+    return Allocation(qps, best, measured[0], measured[1], trials)
 
 
 @torch.no_grad()

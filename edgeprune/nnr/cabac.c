@@ -271,6 +271,29 @@ DEFINE_LEVEL_CODER(encode_level, context, REGULAR_ENC)
 DEFINE_LEVEL_CODER(search_level, context_search, REGULAR_SEARCH)
 #undef BYPASS
 
+/* Rate estimation for RDOQ: the same binarisation, summing each bin's estimated cost (2^-15 bit units)
+ * from the context's current state without updating it, or updating the states with a chosen level. */
+typedef struct {
+    context *ctx;
+    uint64_t bits;
+} rate_sink;
+
+static inline uint32_t bin_cost(const context *c, int bin) {
+    int idx = 512 + (c->s >> 3);
+    idx = idx < 0 ? 0 : (idx > 1023 ? 1023 : idx);
+    return NNR_RATE_TABLE[idx][bin];
+}
+
+#define REGULAR_RATE(ci, bin) (sink->bits += bin_cost(&sink->ctx[(ci)], (bin)))
+#define BYPASS(v, n) (sink->bits += (uint64_t)(n) << 15)
+DEFINE_LEVEL_CODER(rate_level, rate_sink, REGULAR_RATE)
+#undef BYPASS
+#define REGULAR_UPDATE(ci, bin) \
+    estimator_update(&sink[(ci)].s, &sink[(ci)].f, sink[(ci)].sh_f, sink[(ci)].sh_s, (bin))
+#define BYPASS(v, n) ((void)0)
+DEFINE_LEVEL_CODER(update_level, context, REGULAR_UPDATE)
+#undef BYPASS
+
 /* coded index q from reconstruction index n in DQ state `state` (n must fit the state's quantiser) */
 static inline int32_t dq_coded(int32_t n, int state) {
     if (n == 0) return 0;
@@ -680,6 +703,47 @@ nnr_status nnr_quantize(const float *weights, size_t n, float step, uint8_t dq, 
         int32_t q = c.level[br[state].slot[b]];
         levels[k] = q == 0 ? 0 : 2 * q - (q < 0 ? -(prev & 1) : (prev & 1));
         state = prev;
+    }
+    return NNR_OK;
+}
+
+nnr_status nnr_quantize_rdoq(const float *weights, size_t n, float step, double lambda_scale, uint32_t ngtx,
+                             int32_t *levels) {
+    if (!(step > 0.0f) || !(lambda_scale > 0.0) || ngtx < 1 || ngtx > NNR_MAX_GTX_FLAGS) return NNR_ERR_ARGUMENT;
+    /* NNCodec's uniform RDOQ: cost = (|w|/step - k)^2 * 2^15 / lambda' + estimated CABAC bits (2^-15 units),
+     * lambda' = lambda_scale * ln2 / 6; k in {0, round - 1, round}; contexts follow the chosen levels. */
+    const double dist_scale = 32768.0 / (lambda_scale * log(2.0) / 6.0);
+    const double qscale = 1.0 / (double)step;
+    context ctx[CTX_MAX];
+    for (int i = 0; i < CTX_COUNT(ngtx); i++) ctx_init(&ctx[i], 0);
+    encoder unused;
+    int32_t prev = 0;
+    for (size_t i = 0; i < n; i++) {
+        float v = weights[i];
+        if (!(v == v)) return NNR_ERR_LEVEL_RANGE;
+        double r = (double)roundf((float)(1.0f / step) * v);
+        if (r > (double)NNR_MAX_ABS_LEVEL - 2 || r < -(double)NNR_MAX_ABS_LEVEL + 2) return NNR_ERR_LEVEL_RANGE;
+        int sign = v < 0 ? -1 : 1;
+        double absw = (double)sign * (double)v * qscale;
+        int32_t max_q = (int32_t)(absw + 0.5);
+        int cls = level_class(prev);
+        rate_sink sink = {ctx, 0};
+        rate_level(&sink, &unused, 0, 0, cls, ngtx);
+        double best_cost = dist_scale * absw * absw + (double)sink.bits;
+        int32_t best = 0;
+        for (int32_t k = max_q - 1 < 1 ? 1 : max_q - 1; k <= max_q; k++) {
+            sink.bits = 0;
+            rate_level(&sink, &unused, sign * k, 0, cls, ngtx);
+            double d = absw - (double)k;
+            double cost = dist_scale * d * d + (double)sink.bits;
+            if (cost < best_cost) {
+                best_cost = cost;
+                best = k;
+            }
+        }
+        levels[i] = sign * best;
+        update_level(ctx, &unused, levels[i], 0, cls, ngtx);
+        prev = levels[i];
     }
     return NNR_OK;
 }

@@ -143,7 +143,8 @@ class _TensorJob:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _encode_job(job: _TensorJob, dq: bool, row_skip: bool, estimator_search: bool) -> tuple[bytes, np.ndarray]:
+def _encode_job(job: _TensorJob, dq: bool, row_skip: bool, estimator_search: bool,
+                rdoq: float) -> tuple[bytes, np.ndarray]:
     shape = tuple(job.array.shape) or (1,)
     rows, width = layout(shape)
     flat = np.ascontiguousarray(job.array.reshape(-1))
@@ -154,7 +155,8 @@ def _encode_job(job: _TensorJob, dq: bool, row_skip: bool, estimator_search: boo
     if job.mode == "qp":
         levels = np.empty(flat.size, dtype=np.int32)
         try:
-            _cabac.quantize(flat.astype(np.float32), levels, step_size(job.qp), dq=dq)
+            _cabac.quantize(flat.astype(np.float32), levels, step_size(job.qp), dq=dq, rdoq=rdoq,
+                            num_gtx_flags=NUM_GTX_FLAGS)
         except _cabac.CabacError as exc:
             raise BitstreamError(f"cannot quantise {job.name} at qp {job.qp}: {exc}", "use a coarser qp") from None
         payload_type, use_dq, qp_offset = PayloadType.FLOAT, dq, job.qp
@@ -178,6 +180,7 @@ def encode_tensors(
     row_skip: bool = True,
     estimator_search: bool = False,
     raw: set[str] | frozenset[str] = frozenset(),
+    rdoq: float = 0.0,
     extra_topology: Mapping[str, Any] | None = None,
     threads: int | None = None,
 ) -> EncodedStream:
@@ -187,8 +190,11 @@ def encode_tensors(
     :func:`default_qp`); names in ``int8`` (objects with ``.levels``, ``.scale``, ``.axis``) are coded as
     exactly those INT8 levels; integer arrays are coded losslessly; names in ``raw`` as float32.
     ``estimator_search`` reproduces NNCodec's per-context estimator choice (about 0.5-1 % smaller,
-    several times slower to encode); with it on and the same qp the bytes equal NNCodec's.
+    several times slower to encode); with it on and the same qp the bytes equal NNCodec's. ``rdoq`` > 0
+    (uniform quantisation only) trades distortion for rate with NNCodec's lambda scale.
     """
+    if rdoq > 0 and dq:
+        raise BitstreamError("RDOQ is implemented for uniform quantisation only", "pass --no-dq with --rdoq")
     int8 = int8 or {}
     jobs: list[_TensorJob] = []
     entries: list[dict[str, Any]] = []
@@ -231,7 +237,7 @@ def encode_tensors(
         jobs.append(job)
     workers = threads or min(len(jobs), os.cpu_count() or 1) or 1
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        coded = list(pool.map(lambda j: _encode_job(j, dq, row_skip, estimator_search), jobs))
+        coded = list(pool.map(lambda j: _encode_job(j, dq, row_skip, estimator_search, rdoq), jobs))
     ndu_entries = [e for e in entries if "ndu" in e]
     for entry, (unit, _) in zip(ndu_entries, coded, strict=True):
         entry["crc32"] = zlib.crc32(unit)
@@ -461,6 +467,7 @@ class ModelEncodeOptions:
     dq: bool = True
     row_skip: bool = True
     estimator_search: bool = False
+    rdoq: float = 0.0                      # lambda scale of RDOQ (uniform quantisation only); 0: off
     embed_architecture: bool = True
     threads: int | None = None
 
@@ -490,7 +497,8 @@ def encode_model(model: nn.Module, example_input: torch.Tensor, options: ModelEn
     elif options.embed_architecture:
         extra["architecture"] = architecture_record(model, example_input, meta or {})
     return encode_tensors(tensors, qps=qps, int8=int8, dq=options.dq, row_skip=options.row_skip,
-                          estimator_search=options.estimator_search, extra_topology=extra, threads=options.threads)
+                          estimator_search=options.estimator_search, rdoq=options.rdoq, extra_topology=extra,
+                          threads=options.threads)
 
 
 def load_decoded(model: nn.Module, decoded: DecodedStream) -> nn.Module:
