@@ -120,6 +120,7 @@ def bench_model(name: str, runs: int, work: Path) -> dict[str, object]:
         "MACs": f"{count_macs(dense, x) / 1e6:.1f}M -> {count_macs(small, x) / 1e6:.1f}M",
         "MAC ratio": count_macs(dense, x) / count_macs(small, x),
         "channels removed": result.report["channels_removed"],
+        "border corrections": result.report["border_corrections"],
         "float64 max|d|": f"{result.report['max_abs_diff_float64']:.1e}",
         "simplify s": result.report["seconds"],
     }
@@ -189,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             print(rows[-1], flush=True)
     lines = [
         f"Machine: {platform.machine()} {platform.processor() or ''} ({os.cpu_count()} cores, shared), "
-        f"torch {torch.__version__}, Python {platform.python_version()}; date {date.today()}.",
+        f"torch {torch.__version__}, Python {platform.python_version()}; date {date.today()}; "
+        f"load average during the run {os.getloadavg()[0]:.1f}.",
         f"Command: `python benchmarks/bench_simplify.py --runs {args.runs}`",
         "",
         "Half of the channels of every prunable group dead (producer rows zero, biases/BN shifts non-zero);",

@@ -282,3 +282,68 @@ def test_simplified_model_exports_to_onnx_without_edgeprune_modules(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "m.onnx"))
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     torch.testing.assert_close(torch.from_numpy(out), model(x).detach(), rtol=1e-4, atol=1e-4)
+
+
+class _SplitSliceNet(nn.Module):
+    """Channel chunk, concat, a channel slice and a strided channel slice (ShuffleNet-style plumbing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.branch = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(12, 6, 3)
+        self.side = nn.Conv2d(8, 6, 1)
+        self.fc = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        a, b = x.chunk(2, dim=1)
+        y = torch.cat([a, F.gelu(self.branch(b))], 1)
+        h = self.head(y[:, 2:14]).mean((2, 3))
+        s = self.side(y[:, ::2]).mean((2, 3))
+        return self.fc(torch.cat([h, s], 1))
+
+
+def test_chunk_concat_and_channel_slices_are_rewritten_to_the_kept_channels(tmp_path):
+    import onnxruntime as ort
+
+    model = _SplitSliceNet().eval()
+    with torch.no_grad():
+        model.stem.weight[[1, 3, 9, 12]] = 0
+        model.branch.weight[[4, 5]] = 0
+        model.head.weight[2] = 0
+    simplified, report = assert_simplified(model, (1, 3, 10, 10))
+    assert report["channels_removed"] == 7
+    # stem keeps 12 of 16 channels; the slices now pick the kept ones (one needs an index_select)
+    assert simplified.get_submodule("stem").out_channels == 12
+    assert simplified.get_submodule("head").in_channels < 12
+    x = torch.randn(1, 3, 10, 10)
+    torch.onnx.export(simplified, (x,), tmp_path / "m.onnx", dynamo=True, verbose=False)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), model(x).detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_unsupported_ops_freeze_only_their_own_channels():
+    """A transposed conv is outside the channel rules: its input channels stay, the rest shrinks."""
+
+    class WithTransposed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.up = nn.ConvTranspose2d(8, 6, 2, stride=2)
+            self.post = nn.Conv2d(6, 4, 1)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(F.relu(self.post(F.relu(self.up(F.relu(self.conv(x)))))).mean((2, 3)))
+
+    model = WithTransposed().eval()
+    with torch.no_grad():
+        model.conv.weight[[0, 1]] = 0
+        model.post.weight[[2]] = 0
+    simplified, report = assert_simplified(model, (1, 3, 8, 8))
+    assert simplified.get_submodule("conv").out_channels == 8
+    assert simplified.get_submodule("post").out_channels == 3
+    frozen = [row for row in report["groups"] if row["first_producer"] == "conv"][0]
+    assert "conv_transpose" in frozen["note"]
