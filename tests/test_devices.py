@@ -198,7 +198,7 @@ def test_bench_command_on_the_host(lenet_exports, runner, cli, tmp_path):
     out = tmp_path / "r.json"
     result = runner.invoke(cli, ["bench", str(lenet_exports["onnx_int8"]), "--runs", "10", "--json", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    printed = json.loads(result.output)
+    printed = json.loads(result.stdout)
     assert printed["results"][0]["model"] == "model_int8.onnx" and printed["latency_ms"] > 0
     assert json.loads(out.read_text()) == printed
     again = runner.invoke(cli, ["bench", str(lenet_exports["onnx_int8"]), "-o", str(out)])
@@ -214,7 +214,7 @@ def test_bench_command_errors_are_one_line(lenet_exports, runner, cli):
 def test_devices_command_lists_every_profile(runner, cli):
     result = runner.invoke(cli, ["devices", "--no-check", "--json"])
     assert result.exit_code == 0, result.output
-    listed = {d["name"]: d for d in json.loads(result.output)["devices"]}
+    listed = {d["name"]: d for d in json.loads(result.stdout)["devices"]}
     assert set(listed) == BUILTIN and listed["rpi3"]["address"] == "pi@raspberrypi.local:22"
     checked = runner.invoke(cli, ["devices", "host"])
     assert checked.exit_code == 0 and "reachable" in checked.output and "unreachable" not in checked.output
@@ -244,3 +244,18 @@ def test_interrupted_benchmark_is_killed_and_cleaned_up(lenet_exports, tmp_path)
         benchmark_files(profile, [ModelFile("m", lenet_exports["onnx_fp32"])], options, transport=transport)
     assert transport.started.wait(timeout=10) == -signal.SIGKILL
     assert list((tmp_path / "device").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_compress_runs_export_then_bench_from_the_cli(runner, cli, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["compress", "--example", "lenet5", "--stages", "export,bench", "--bench-runs", "20",
+                                 "--bench-warmup", "2", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    bench = next(s for s in json.loads(result.stdout)["stages"] if s["name"] == "bench")
+    models = [r["model"] for r in bench["metrics"]["results"]]
+    assert models == ["onnx_fp32", "onnx_int8", "tflite_fp32", "tflite_int8"]
+    assert all(r["runs"] == 20 and r["median_ms"] > 0 for r in bench["metrics"]["results"])
+    tflite_int8 = bench["metrics"]["results"][3]["median_ms"]
+    assert bench["metrics"]["latency_ms"] == tflite_int8  # the host lists LiteRT first
+    assert (out / "latency.png").stat().st_size > 0 and (out / "bench.json").exists()

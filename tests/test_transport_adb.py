@@ -7,6 +7,7 @@ benchmark_model stand-in, which prints the real tool's log format.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -173,3 +174,15 @@ def test_bench_command_on_a_phone(adb_device, adb_server, tmp_path, lenet_export
     missing = runner.invoke(cli, ["bench", str(lenet_exports["tflite_fp32"]), "--target", str(profile)])
     assert missing.exit_code == 2
     assert "error: loopback-phone benchmarks with benchmark_model, and no binary was given" in missing.output
+
+
+def test_devices_command_checks_a_phone(adb_device, adb_server, tmp_path, runner, cli, monkeypatch):
+    monkeypatch.setenv("EDGEPRUNE_DEVICES", str(adb_profile(adb_device, adb_server, tmp_path / "phone.toml")))
+    result = runner.invoke(cli, ["devices", "loopback-phone", "--json"])
+    assert result.exit_code == 0, result.output
+    phone = json.loads(result.stdout)["devices"][0]
+    assert phone["reachable"] is True and phone["address"] == f"adb {adb_device.serial}"
+    adb_device.stop()
+    subprocess.run(["adb", "-P", str(adb_server), "disconnect", adb_device.serial], capture_output=True)
+    gone = json.loads(runner.invoke(cli, ["devices", "loopback-phone", "--json"]).stdout)["devices"][0]
+    assert gone["reachable"] is False and "adb cannot connect" in gone["detail"]

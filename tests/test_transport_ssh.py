@@ -228,6 +228,6 @@ def test_devices_command_checks_reachability(sshd, tmp_path, runner, cli, monkey
     monkeypatch.setenv("EDGEPRUNE_DEVICES", os.pathsep.join([str(up), str(down)]))
     result = runner.invoke(cli, ["devices", "loopback-pi", "dead-pi", "--timeout", "2", "--json"])
     assert result.exit_code == 0, result.output
-    status = {d["name"]: d for d in json.loads(result.output)["devices"]}
+    status = {d["name"]: d for d in json.loads(result.stdout)["devices"]}
     assert status["loopback-pi"]["reachable"] is True and "x86_64" in status["loopback-pi"]["detail"]
     assert status["dead-pi"]["reachable"] is False and "Connection refused" in status["dead-pi"]["detail"]

@@ -420,6 +420,9 @@ class AdbPeer:
         return self
 
     def stop(self) -> None:
+        # shutdown() wakes the thread blocked in accept(); close() alone would leave it listening.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         for conn in self.connections:
             conn.close()

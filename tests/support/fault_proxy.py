@@ -53,4 +53,9 @@ class DroppingProxy:
             s.close()
 
     def close(self) -> None:
+        # shutdown() wakes the thread blocked in accept(); close() alone would leave it listening.
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
