@@ -48,7 +48,7 @@ class PruneOptions:
     """Everything a pruning run can be told (defaults: the budget `compress --example lenet5` uses)."""
 
     method: str = "serene"
-    epochs: int = 60
+    epochs: int = 40
     lr: float = 0.05
     optimizer: str = "sgd"
     lr_schedule: str = "cosine"
@@ -189,7 +189,12 @@ class _Controller:
         self.events: list[PruneEvent] = []
         self.pruning = True
         self.finetune_left = options.finetune_epochs
-        self.good: dict[str, Any] | None = None
+        self.good: dict[str, Any] = {}
+        self.remember()  # the starting point meets the accuracy floor by definition
+
+    def remember(self) -> None:
+        """Keep the current weights and masks as the latest state that meets the accuracy floor."""
+        self.good = {"model": copy.deepcopy(self.model.state_dict()), "masks": self.masks.state_dict()}
 
     def measure(self) -> dict[str, float]:
         return evaluate(self.model, self.data.loader("val", 512))
@@ -200,7 +205,7 @@ class _Controller:
             self._prune(epoch)
             metrics = self.measure()
         if self.floor is None or metrics["accuracy"] >= self.floor:
-            self.good = {"model": copy.deepcopy(self.model.state_dict()), "masks": self.masks.state_dict()}
+            self.remember()
         if self.pruning and (epoch >= last_pruning_epoch or self._target_reached()):
             self._stop_pruning()
             return self.finetune_left == 0
@@ -244,9 +249,8 @@ class _Controller:
             self.regularizer.lmbda = 0.0
 
     def restore_good(self) -> None:
-        if self.good is not None:
-            self.model.load_state_dict(self.good["model"])
-            self.masks.load_state_dict(self.good["masks"])
+        self.model.load_state_dict(self.good["model"])
+        self.masks.load_state_dict(self.good["masks"])
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,200 @@
+"""Real pruning runs on digits, the prune stage, and the `edgeprune prune` / compress CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from edgeprune.artifact import Artifact, StageContext
+from edgeprune.checkpoint import load_model
+from edgeprune.errors import DataError, EdgepruneError
+from edgeprune.metrics import evaluate
+from edgeprune.prune.pruner import PruneOptions, prune_model
+from edgeprune.prune.stage import run
+from edgeprune.simplify import simplify
+
+
+def _copy(art: Artifact) -> Artifact:
+    return Artifact(model=copy.deepcopy(art.model), example_input=art.example_input, data=art.data, meta={})
+
+
+@pytest.mark.parametrize(("method", "at_most_kept"), [("serene", 0.8), ("l1", 0.95)])
+def test_short_real_run_removes_neurons_within_the_accuracy_bound(trained_lenet5, method, at_most_kept):
+    art = _copy(trained_lenet5)
+    options = PruneOptions(method=method, epochs=10, finetune_epochs=2, max_accuracy_drop=1.0)
+    result = prune_model(art.model, art.example_input, art.data, options)
+    kept = sum(row["kept"] for row in result.groups)
+    assert kept < at_most_kept * sum(row["channels"] for row in result.groups)
+    assert result.val_after["accuracy"] >= result.val_before["accuracy"] - 0.01
+    assert result.params_remaining < at_most_kept
+    simplified = simplify(art.model, art.example_input)
+    assert simplified.report["channels_removed"] == sum(row["removed"] for row in result.groups)
+    test_accuracy = evaluate(simplified.model, art.data.loader("test", 512))["accuracy"]
+    assert test_accuracy >= trained_lenet5.meta["trained_test_accuracy"] - 0.03
+
+
+def test_target_sparsity_stops_pruning_early(trained_lenet5):
+    art = _copy(trained_lenet5)
+    options = PruneOptions(epochs=30, finetune_epochs=1, target_sparsity=0.3, lmbda=0.01)
+    result = prune_model(art.model, art.example_input, art.data, options)
+    assert result.params_remaining <= 0.7
+    assert result.epochs_run < 30
+    assert result.events[-1].epoch == result.epochs_run - 1  # pruned, then one epoch of fine-tuning
+
+
+def test_accuracy_floor_restores_the_last_good_state(trained_lenet5):
+    """A destructive lambda wrecks accuracy; with the floor the run ends on a state that meets it."""
+    harsh = dict(epochs=3, finetune_epochs=0, lmbda=0.5, twt=0.0)
+    unbounded = _copy(trained_lenet5)
+    wrecked = prune_model(
+        unbounded.model,
+        unbounded.example_input,
+        unbounded.data,
+        PruneOptions(**harsh, max_accuracy_drop=None),
+    )
+    floor = wrecked.val_before["accuracy"] - 0.01
+    assert wrecked.val_after["accuracy"] < floor
+    bounded = _copy(trained_lenet5)
+    kept = prune_model(
+        bounded.model, bounded.example_input, bounded.data, PruneOptions(**harsh, max_accuracy_drop=1.0)
+    )
+    assert kept.val_after["accuracy"] >= floor
+
+
+def test_stage_prunes_saves_and_reports(trained_lenet5, tmp_path):
+    art = _copy(trained_lenet5)
+    ctx = StageContext(out_dir=tmp_path, options={"prune": PruneOptions(epochs=5, finetune_epochs=1)}, seed=0)
+    metrics = run(art, ctx)
+    assert art.files["pruned"] == tmp_path / "pruned.pt2"
+    assert metrics["size_bytes"] == (tmp_path / "pruned.pt2").stat().st_size
+    assert metrics["method"] == "serene" and metrics["lambda"] == 0.005 and metrics["epochs_run"] == 5
+    assert [row["layers"] for row in metrics["channels"]] == ["conv1", "conv2", "fc1"]
+    assert metrics["channels_kept"] < metrics["channels_total"] == 570
+    assert metrics["accuracy_before"] == pytest.approx(trained_lenet5.meta["trained_test_accuracy"])
+    json.dumps(metrics)  # the report must be able to serialise it
+    saved = load_model(tmp_path / "pruned.pt2")
+    x = art.data.test.tensors[0][:16]
+    torch.testing.assert_close(saved.model(x), art.model(x))
+
+
+def test_stage_without_data_refuses_unless_method_none(trained_lenet5, tmp_path):
+    art = Artifact(model=copy.deepcopy(trained_lenet5.model), example_input=trained_lenet5.example_input)
+    with pytest.raises(DataError, match=r"SeReNe needs data .* \(pass --data .* or --method none\)"):
+        run(art, StageContext(out_dir=tmp_path))
+    assert not (tmp_path / "pruned.pt2").exists()
+    before = copy.deepcopy(art.model.state_dict())
+    assert (
+        run(art, StageContext(out_dir=tmp_path, options={"prune": PruneOptions(method="none")}))["method"]
+        == "none"
+    )
+    assert all(torch.equal(before[k], v) for k, v in art.model.state_dict().items())
+    assert (tmp_path / "pruned.pt2").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "random"}, "unknown pruning method 'random'"),
+        ({"target_macs": 1.5}, "target-macs must be between"),
+        ({"twt": -1}, "must not be negative"),
+        ({"sensitivity": "exact"}, "unknown sensitivity setting"),
+        ({"score": "l2"}, "unknown channel score"),
+    ],
+)
+def test_bad_options_are_refused(kwargs, message):
+    with pytest.raises(EdgepruneError, match=message):
+        PruneOptions(**kwargs)
+
+
+@pytest.fixture
+def lenet_state(trained_lenet5, tmp_path):
+    path = tmp_path / "lenet5.pt"
+    torch.save(trained_lenet5.model.state_dict(), path)
+    return [
+        str(path),
+        "--arch",
+        "edgeprune.models:lenet5",
+        "--arch-kwargs",
+        '{"input_size": 8}',
+        "--input-shape",
+        "1,1,8,8",
+    ]
+
+
+def test_cli_prunes_a_state_dict_end_to_end(runner, cli, lenet_state, tmp_path):
+    out = tmp_path / "pruned.pt2"
+    result = runner.invoke(
+        cli,
+        [
+            "prune",
+            *lenet_state,
+            "--data",
+            "digits",
+            "--method",
+            "l1",
+            "--epochs",
+            "4",
+            "--finetune-epochs",
+            "1",
+            "--json",
+            "-o",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["method"] == "l1" and report["output"] == str(out) and report["epochs_run"] == 4
+    assert report["channels_kept"] < report["channels_total"]
+    assert load_model(out).model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    again = runner.invoke(cli, ["prune", *lenet_state, "--data", "digits", "-o", str(out)])
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_cli_errors_are_one_line(runner, cli, lenet_state, tmp_path):
+    out = str(tmp_path / "p.pt2")
+    no_data = runner.invoke(cli, ["prune", *lenet_state, "-o", out])
+    assert no_data.exit_code == 2
+    assert no_data.output.strip() == (
+        "error: SeReNe needs data to train and validate while pruning "
+        "(pass --data (e.g. --data digits or a dataset directory) or --method none)"
+    )
+    bad = runner.invoke(
+        cli, ["prune", *lenet_state, "--data", "digits", "--target-sparsity", "1.5", "-o", out]
+    )
+    assert bad.exit_code == 2 and "--target-sparsity" in bad.output
+    none = runner.invoke(cli, ["prune", *lenet_state, "--method", "none", "-o", out])
+    assert none.exit_code == 0 and "unchanged" in none.output
+
+
+def test_compress_takes_the_prune_options(runner, cli, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(
+        cli,
+        [
+            "compress",
+            "--example",
+            "lenet5",
+            "--stages",
+            "load,prune",
+            "--prune-method",
+            "l1",
+            "--prune-epochs",
+            "3",
+            "--finetune-epochs",
+            "1",
+            "--twt",
+            "0.1",
+            "--json",
+            "-o",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    stage = next(s for s in json.loads(result.stdout)["stages"] if s["name"] == "prune")
+    assert stage["metrics"]["method"] == "l1" and stage["metrics"]["twt"] == 0.1
+    assert stage["metrics"]["epochs_run"] == 3
+    assert "### prune: channels" in (out / "report.md").read_text()
+    assert (out / "pruned.pt2").exists()
