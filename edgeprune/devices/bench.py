@@ -2,9 +2,10 @@
 
 One session per call: connect (with retries), check the free space, create a private run directory
 on the device, copy the harness (``runtime_bench``, for devices with Python) or make sure the cached
-``benchmark_model`` binary is there (Android), then for each model push it, run it with a time limit,
-parse the result and delete the model again. Whatever happens, the run directory is removed before
-returning; only the content-addressed ``benchmark_model`` cache stays, on purpose.
+native tools are there (Android: ``benchmark_model``, ``onnxruntime_perf_test``), then for each model
+push it, run it with a time limit, parse the result and delete the model again. Whatever happens,
+the run directory is removed before returning; only the content-addressed cache of native tools
+stays, on purpose.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import runtime_bench
 from edgeprune.devices.profiles import DeviceProfile
 from edgeprune.devices.transport import (
+    CommandResult,
     CommandTimeout,
     NoSpace,
     Transport,
@@ -118,22 +120,32 @@ class DeviceSession:
         """Copy one file; a dropped link is retried from scratch (the device deletes partial files)."""
         self.retrying(lambda: self.transport.push(local, remote))
 
-    def run(self, command: str, timeout: float) -> Any:
-        return self.retrying(lambda: self.transport.run(command, timeout, self.run_dir, self.pid_file))
+    def run(self, command: str, timeout: float) -> CommandResult:
+        """Run a benchmark; if the link drops, stop the orphaned run on the device before repeating it."""
+        def recover() -> None:
+            self.transport.reconnect()
+            if self.transport.in_flight:
+                self.transport.kill_recorded(self.transport.in_flight)
+
+        result = with_retries(lambda: self.transport.run(command, timeout, self.run_dir, self.pid_file),
+                              self.options.retries, recover=recover, backoff_s=self.options.retry_backoff_s)
+        if result.exit_code != 0:
+            log.debug("%s on %s exited %d\nstdout:\n%s\nstderr:\n%s", command, self.profile.name,
+                      result.exit_code, result.stdout, result.stderr)
+        return result
 
 
-def _tool_error(profile: DeviceProfile, tool: str, model: str, result: Any) -> DeviceError:
+def _tool_error(profile: DeviceProfile, tool: str, setting: str, model: str, result: CommandResult) -> DeviceError:
     """Translate a failed benchmark command into the reason and fix a user can act on."""
     if result.exit_code == 127:
         return DeviceError(f"{tool} was not found on {profile.name} ({result.last_error_line()})",
-                           f"install it on the device or set the profile's "
-                           f"{'python' if tool == 'python' else 'benchmark_binary'}")
+                           f"install it on the device or set the profile's {setting}")
     if result.exit_code == 126:
         return DeviceError(f"{tool} is not executable on {profile.name} ({result.last_error_line()})",
                            f"use a build for {profile.arch or 'this device'} and a workdir that allows "
                            "executables (not /sdcard)")
     return DeviceError(f"benchmarking {model} on {profile.name} failed: {result.last_error_line()}",
-                       "see the message above; --debug shows the device's full output")
+                       "run with -v to see the device's full output")
 
 
 def _common_row(model: ModelFile, threads: int, options: BenchOptions) -> dict[str, Any]:
@@ -166,7 +178,7 @@ class _PythonHarness:
         pin = f"taskset {p.affinity} " if p.affinity else ""
         return f"env PYTHONPATH=. {pin}{shlex.quote(python)} " + " ".join(shlex.quote(a) for a in args)
 
-    def parse(self, model: ModelFile, result: Any) -> dict[str, Any]:
+    def parse(self, model: ModelFile, result: CommandResult) -> dict[str, Any]:
         p = self.session.profile
         if result.exit_code == HARNESS_ERROR_EXIT:
             reason = json.loads(result.stdout or "{}").get("error", result.last_error_line())
@@ -175,7 +187,7 @@ class _PythonHarness:
         if result.exit_code != 0:
             if "No module named 'numpy'" in result.stderr:
                 raise DeviceError(f"numpy is missing on {p.name}", p.setup or "pip install numpy on the device")
-            raise _tool_error(p, "python", model.path.name, result)
+            raise _tool_error(p, "python", "python", model.path.name, result)
         try:
             return json.loads(result.stdout.strip().splitlines()[-1])
         except (json.JSONDecodeError, IndexError) as exc:
@@ -241,19 +253,19 @@ class _NativeTool(ABC):
     def parse_log(self, text: str) -> dict[str, Any]:
         """The tool's log as the harness's millisecond summary (raises ParseError)."""
 
-    def parse(self, model: ModelFile, result: Any) -> dict[str, Any]:
+    def parse(self, model: ModelFile, result: CommandResult) -> dict[str, Any]:
         p = self.session.profile
         if result.exit_code in (126, 127):
             # A cached binary that cannot run (wrong architecture) must not be reused next time.
             self.session.retrying(lambda: self.session.transport.remove(self.remote))
-            raise _tool_error(p, self.tool, model.path.name, result)
+            raise _tool_error(p, self.tool, self.option, model.path.name, result)
         try:
             parsed = self.parse_log(result.stdout + "\n" + result.stderr)
         except ParseError as exc:
             raise DeviceError(f"{self.tool} on {p.name} failed for {model.path.name}: {exc}",
                               "check the model and the binary's version") from exc
         if result.exit_code != 0:
-            raise _tool_error(p, self.tool, model.path.name, result)
+            raise _tool_error(p, self.tool, self.option, model.path.name, result)
         return {**parsed, "runtime": self.runtime, "runtime_version": self.tool}
 
 
