@@ -148,6 +148,10 @@ def test_absurd_dimensions_are_refused_before_allocation():
     data = write_start_unit(1) + write_ndu(1, "huge", 0, 1, [1 << 20, 1 << 20], True, 11, b"\x00\x00\x00")  # type: ignore[arg-type]
     with pytest.raises(BitstreamError, match="declares"):
         decode_stream(data)
+    # within the global limit, but far more weights than 10 payload bytes can code: refused before allocating
+    data = write_start_unit(1) + write_ndu(1, "bomb", 0, 1, [1 << 24], True, 11, b"\x00" * 10)  # type: ignore[arg-type]
+    with pytest.raises(BitstreamError, match="payload can hold"):
+        decode_stream(data)
     with pytest.raises(BitstreamError, match="9 tensor dimensions"):  # the shared syntax refuses it both ways
         write_ndu(1, "many", 0, 1, [2] * 9, True, 11, b"\x00\x00\x00")  # type: ignore[arg-type]
 

@@ -129,8 +129,9 @@ def test_encode_stage_writes_int8_stream_and_qp_stream_and_checks_the_round_trip
     levels = read_int8_levels(art.files["nnr"])
     for name, q in art.extras["quant"].tensors.items():
         np.testing.assert_array_equal(levels[name], q.levels)
-    assert result["accuracy"] > 0.95 and result["qp_stream"]["accuracy"] > 0.95
-    assert result["qp_stream"]["size_bytes"] < result["size_bytes"]
+    assert result["accuracy"] > 0.95 and result["qp_stream_accuracy"] > 0.95
+    assert result["qp_stream_size_bytes"] < result["size_bytes"]
+    assert result["qp_stream_size_bytes"] == (tmp_path / "model_qp.nnr").stat().st_size
     assert result["size_bytes"] == art.files["nnr"].stat().st_size
     sizes = [row["size_bytes"] for row in result["qp_sweep"]]
     assert sizes == sorted(sizes, reverse=True) and all("accuracy" in row for row in result["qp_sweep"])
@@ -140,7 +141,7 @@ def test_encode_stage_writes_int8_stream_and_qp_stream_and_checks_the_round_trip
 def test_encode_stage_without_quantize_codes_qp_mode(trained_lenet5, tmp_path):
     art = copy.deepcopy(trained_lenet5)
     result = run(art, StageContext(out_dir=tmp_path, options={"nnr": NnrOptions(bits_per_weight=1.0)}))
-    assert result["mode"] == "qp" and "qp_stream" not in result
+    assert result["mode"] == "qp" and "qp_stream_size_bytes" not in result
     matrices = [t for t in result["tensors"] if "x" in t["shape"]]
     bits = 8 * sum(t["bytes"] for t in matrices) / sum(int(np.prod([int(d) for d in t["shape"].split("x")]))
                                                          for t in matrices)

@@ -53,6 +53,7 @@ NUM_GTX_FLAGS = 11          # cabac_unary_length_minus1 = 10, NNCodec's default
 TPL_FORMAT = "edgeprune-nnr"
 TPL_VERSION = 1
 MAX_TOTAL_ELEMENTS = 1 << 28  # 1 GiB of float32: far above any edge model, far below a memory bomb
+BINS_PER_BYTE_LIMIT = 2048   # generous bound on decodable bins per payload byte (see decode_stream)
 QP_MIN, QP_MAX = -128, 127  # the per-tensor qp offset is 6 + qp_density = 8 bits
 WEIGHT_STEP_PER_STD = 1 / 8  # default step of >= 2-D weights: std/8 (~30 dB), cf. brief section 4.3 (b)
 VECTOR_STEP_PER_MAX = 2.0 ** -11  # default step of 1-D tensors: max|w| / 2048 (about 12 bits each)
@@ -300,6 +301,14 @@ def decode_stream(source: str | os.PathLike | bytes | bytearray, max_elements: i
         if n == 0 or n > max_elements:
             raise BitstreamError(f"tensor {u.fields['topology_elem_id']!r} declares {n} elements",
                                  "the file is damaged")
+        # Every coded level (or skipped row) costs at least one bin, and a bin at least ~0.01 bit (the
+        # estimator saturates at p_LPS ~ 0.007): a payload cannot hold more than ~800 bins per byte.
+        rows, width = layout(tuple(u.fields["tensor_dimensions"]))
+        coded = rows if u.fields.get("general_profile_idc") == 1 and rows > 1 and width > 1 else n
+        if u.fields["nnr_compressed_data_unit_payload_type"] != PayloadType.RAW_FLOAT and \
+                coded > BINS_PER_BYTE_LIMIT * (len(u.payload) + 4):
+            raise BitstreamError(f"tensor {u.fields['topology_elem_id']!r} declares {n} elements, more than its "
+                                 f"{len(u.payload)}-byte payload can hold", "the file is damaged")
         total += n
     if total > max_elements:
         raise BitstreamError(f"the stream declares {total} weights, more than the limit of {max_elements}",

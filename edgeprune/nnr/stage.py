@@ -114,7 +114,9 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
         qp_stream = encode_model(art.model, art.example_input, qp_options, meta=art.meta, architecture=extra)
         art.files["nnr_qp"] = write_bytes(ctx.out_dir / "model_qp.nnr", qp_stream.data)
         checked = _round_trip(art, qp_stream, None)
-        result["qp_stream"] = {**_summary(qp_stream), **{k: v for k, v in checked.items() if k == "accuracy"}}
+        # flat keys: the report renders scalars, and report.py reads them without knowing this stage
+        summary = {**_summary(qp_stream), **{k: v for k, v in checked.items() if k == "accuracy"}}
+        result.update({f"qp_stream_{k}": v for k, v in summary.items() if k != "num_weights"})
     if opts.sweep:
         result["qp_sweep"] = qp_sweep(art, opts, extra)
     return result
