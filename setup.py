@@ -12,7 +12,7 @@ EXT_MODULES: list = [
         "edgeprune.nnr._cabac",
         sources=["edgeprune/nnr/_cabac.c", "edgeprune/nnr/cabac.c"],
         depends=["edgeprune/nnr/cabac.h", "edgeprune/nnr/nnr_tables.h"],
-        extra_compile_args=["-std=c99", "-O2"],
+        extra_compile_args=["-std=c99", "-O3"],
     ),
 ]
 

@@ -62,7 +62,7 @@ static void ctx_init(context *c, int cfg) {
 }
 
 static inline void estimator_update(int16_t *s, int8_t *f, int sh_f, int sh_s, int bin) {
-    int d = bin ? 1 : -1;
+    int d = 2 * bin - 1; /* +1 for a one, -1 for a zero */
     int fast = *f;
     int slow = *s - 16 * fast;
     fast += d * (NNR_STEP_CURVE[(16 + ((d * fast) >> 3)) & 31] >> sh_f);
@@ -454,15 +454,12 @@ static void dec_start(decoder *d, const uint8_t *buf, size_t len) {
 static inline int dec_bin(decoder *d, context *c) {
     uint32_t rlps = ctx_rlps(c, d->range);
     uint32_t rmps = d->range - rlps;
-    int bin;
-    if (d->value < (rmps << 7)) {
-        bin = ctx_mps(c);
-        d->range = rmps;
-    } else {
-        bin = !ctx_mps(c);
-        d->value -= rmps << 7;
-        d->range = rlps;
-    }
+    /* branch-free LPS decision (bins are close to random, a branch would mispredict often):
+     * lps = all ones when value >= rmps * 128 */
+    uint32_t lps = (uint32_t)-(int32_t)(d->value >= (rmps << 7));
+    d->range = rmps ^ ((rmps ^ rlps) & lps);
+    d->value -= (rmps << 7) & lps;
+    int bin = ctx_mps(c) ^ (int)(lps & 1);
     int n = 9 - bit_length(d->range);
     d->range <<= n;
     d->value <<= n;
