@@ -1,4 +1,4 @@
-/* libFuzzer target for the CABAC decoder (build: fuzz/build.sh; run: fuzz/nnr_decode_fuzzer -runs=N).
+/* libFuzzer target for the CABAC decoder (build: fuzz/build.sh; run: /tmp/nnr_decode_fuzzer -runs=N CORPUS).
  *
  * The first 6 bytes of the input choose the tensor parameters (dimensions up to 64 x 64, DQ, profile,
  * qp offset, unary length); the rest is the payload. The decoder must return a status, never crash,
