@@ -265,11 +265,13 @@ class _Rules:
             self.unknown(node)
 
     # -- rules ------------------------------------------------------------------------------
-    def pass_through(self, node: fx.Node) -> None:
+    def pass_through(self, node: fx.Node, per_channel: tuple[fx.Node, ...] = ()) -> None:
+        """Same channels out as in; ``per_channel`` names tensor operands known to be per-channel."""
         src = self.vector_of(node.args[0])
         out = self.value(node)
-        if src is None:
-            self.unknown(node)
+        others = [a for a in node.all_input_nodes if a is not node.args[0] and a not in per_channel]
+        if src is None or any(isinstance(self.value(a), torch.Tensor) for a in others):
+            self.unknown(node)  # a second tensor operand (clamp(x, t), pow(x, t)) may mix channels
         elif isinstance(out, tuple):  # max_pool2d_with_indices: values and indices share channels
             self.vec[node.name] = tuple(src if isinstance(o, torch.Tensor) and o.dim() >= 2 else None for o in out)
         elif isinstance(out, torch.Tensor) and out.dim() >= 2 and out.shape[1] == len(src):
@@ -278,7 +280,7 @@ class _Rules:
             self.unknown(node)
 
     def op_prelu(self, node: fx.Node) -> None:
-        self.pass_through(node)
+        self.pass_through(node, per_channel=(node.args[1],))
         vector = self.vec.get(node.name)
         if isinstance(vector, ChannelVector):
             self.per_channel_params(node, vector, node.args[1:2], self.value(node))
