@@ -25,7 +25,7 @@ from edgeprune.export import onnx as onnx_export
 from edgeprune.export import stage as export_stage
 from edgeprune.export import tflite as tflite_export
 from edgeprune.export.verify import compare_levels, match_by_content
-from edgeprune.metrics import evaluate
+from edgeprune.metrics import count_params, evaluate
 from edgeprune.models import mobilenetv2_like, resnet20
 from edgeprune.progress import QUIET
 from edgeprune.prune.train import TrainConfig, fit
@@ -138,46 +138,43 @@ def _prune_lenet5(model: nn.Module) -> nn.Module:
     return pruned.eval()
 
 
-def _narrow_lenet5(pruned: nn.Module) -> nn.Module:
-    """The channel-reduced equivalent of :func:`_prune_lenet5`'s model: dead channels physically removed."""
-    keep1 = [c for c in range(20) if c % 2]
-    keep2 = [c for c in range(50) if c % 3]
-    keep_fc = [c for c in range(500) if c % 5]
-    conv1, conv2 = nn.Conv2d(1, len(keep1), 3, padding=1), nn.Conv2d(len(keep1), len(keep2), 3, padding=1)
-    fc1, fc2 = nn.Linear(4 * len(keep2), len(keep_fc)), nn.Linear(len(keep_fc), 10)
-    flat_keep = [c * 4 + k for c in keep2 for k in range(4)]
+def _prune_resnet(model: nn.Module) -> nn.Module:
+    """Zero every other inner channel of each residual block (conv1's filters and their BN)."""
+    pruned = copy.deepcopy(model)
     with torch.no_grad():
-        conv1.weight.copy_(pruned.conv1.weight[keep1])
-        conv1.bias.copy_(pruned.conv1.bias[keep1])
-        conv2.weight.copy_(pruned.conv2.weight[keep2][:, keep1])
-        conv2.bias.copy_(pruned.conv2.bias[keep2])
-        fc1.weight.copy_(pruned.fc1.weight[keep_fc][:, flat_keep])
-        fc1.bias.copy_(pruned.fc1.bias[keep_fc])
-        fc2.weight.copy_(pruned.fc2.weight[:, keep_fc])
-        fc2.bias.copy_(pruned.fc2.bias)
-    return nn.Sequential(conv1, nn.ReLU(), nn.MaxPool2d(2), conv2, nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         fc1, nn.ReLU(), fc2).eval()
+        for block in pruned.layers:
+            block.conv1.weight[::2] = 0
+            block.bn1.weight[::2] = 0
+            block.bn1.bias[::2] = 0
+    return pruned.eval()
 
 
-def test_pruned_and_channel_reduced_models_export_with_equal_levels(trained_lenet5, tmp_path):
-    """Zeroed channels (scale 1.0, levels 0) and the narrower model from a pipeline .pt2 both round-trip."""
-    pruned = _prune_lenet5(trained_lenet5.model)
-    narrow = _narrow_lenet5(pruned)
-    x = trained_lenet5.data.test.tensors[0]
-    with torch.no_grad():
-        assert torch.allclose(pruned(x), narrow(x), atol=1e-5)
-    save_model(narrow, trained_lenet5.example_input, tmp_path / "narrow.pt2")
-    from edgeprune.checkpoint import load_model
+def test_pruned_model_exports_zero_channels_with_equal_levels(trained_lenet5, tmp_path):
+    """Zeroed channels get scale 1.0 and levels 0 in every file, and INT8 keeps the pruned accuracy."""
+    art = Artifact(model=_prune_lenet5(trained_lenet5.model), example_input=trained_lenet5.example_input,
+                   data=trained_lenet5.data)
+    fp32_accuracy = _float_accuracy(art)
+    result = export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
+    _assert_verified(result, fp32_accuracy, "onnxruntime")
+    tensors = art.extras["quant"].tensors.values()
+    dead_scales = [t.scale[r] for t in tensors for r in range(len(t.scale)) if not t.levels[r].any()]
+    assert len(dead_scales) == 10 + 17 + 100 and all(scale == 1.0 for scale in dead_scales)
 
-    dead_rows = {}
-    for name, model in (("pruned", pruned), ("narrow", load_model(tmp_path / "narrow.pt2").model)):
-        art = Artifact(model=model, example_input=trained_lenet5.example_input, data=trained_lenet5.data)
-        fp32_accuracy = _float_accuracy(art)
-        result = export_stage.run(art, StageContext(out_dir=tmp_path / name, options={"export": ONNX_ONLY}))
-        _assert_verified(result, fp32_accuracy, "onnxruntime")
-        tensors = art.extras["quant"].tensors.values()
-        dead_rows[name] = sum(int(np.sum(~t.levels.reshape(len(t.scale), -1).any(axis=1))) for t in tensors)
-    assert dead_rows == {"pruned": 10 + 17 + 100, "narrow": 0}
+
+@pytest.mark.parametrize("which", ["lenet5", "resnet20"])
+def test_pruned_and_simplified_models_export_with_equal_levels(which, trained_lenet5, request, tmp_path):
+    """The narrower graph the simplify stage builds from a pruned model exports and verifies like any other."""
+    from edgeprune.simplify import simplify
+
+    source = trained_lenet5 if which == "lenet5" else request.getfixturevalue("trained_resnet")
+    pruned = (_prune_lenet5 if which == "lenet5" else _prune_resnet)(source.model)
+    simplified = simplify(pruned, source.example_input, source.data.calibration_batch(16)).model
+    assert count_params(simplified) < count_params(pruned)
+    art = Artifact(model=simplified, example_input=source.example_input, data=source.data)
+    fp32_accuracy = _float_accuracy(art)
+    result = export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
+    _assert_verified(result, fp32_accuracy, "onnxruntime")
+    assert result["weight_check"]["onnx_int8"]["compared_values"] == art.extras["quant"].num_values
 
 
 def test_encoded_nnr_levels_are_the_reference(lenet5_onnx, tmp_path, monkeypatch):
