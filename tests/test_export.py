@@ -338,13 +338,17 @@ def test_cli_export_errors(runner, cli, lenet5_file, tmp_path, monkeypatch):
     assert not any(p.name in {"a", "b", "c"} for p in tmp_path.iterdir())
 
 
-def test_compress_runs_quantize_and_export(runner, cli, lenet5_file, tmp_path):
+def test_compress_checks_exported_levels_against_model_nnr(runner, cli, lenet5_file, tmp_path):
+    """quantize -> encode (INT8 deploy .nnr) -> export: the files carry exactly the levels in model.nnr."""
     out = tmp_path / "c"
-    res = runner.invoke(cli, ["compress", str(lenet5_file), "--data", "digits", "--stages", "load,quantize,export",
-                              "--export-format", "onnx", "-o", str(out), "--json"])
+    res = runner.invoke(cli, ["compress", str(lenet5_file), "--data", "digits", "--stages",
+                              "load,quantize,encode,export", "--export-format", "onnx", "-o", str(out), "--json"])
     assert res.exit_code == 0, res.output
     stages = {s["name"]: s for s in json.loads(res.stdout)["stages"]}
     export_metrics = stages["export"]["metrics"]
-    assert export_metrics["weight_mismatches"] == 0 and export_metrics["onnx_opset"] == onnx_export.OPSET
+    assert export_metrics["weight_reference"] == "model.nnr"
+    assert export_metrics["weight_mismatches"] == 0
+    assert export_metrics["weight_check"]["onnx_int8"]["compared_values"] == 114180  # every LeNet-5 weight
+    assert export_metrics["onnx_opset"] == onnx_export.OPSET
     assert stages["quantize"]["metrics"]["quantized_tensors"] == 4
-    assert (out / "model_int8.onnx").is_file() and (out / "quant.npz").is_file()
+    assert (out / "model_int8.onnx").is_file() and (out / "model.nnr").is_file()
