@@ -92,6 +92,20 @@ def test_onnx_weight_check_fails_when_one_level_is_altered(lenet5_onnx, tmp_path
     assert check.mismatches == 1 and check.as_dict()["mismatching_tensors"] == {"conv2.weight": 1}
 
 
+def test_static_batch_onnx_calibrates_and_runs_one_sample_at_a_time(lenet5_onnx, tmp_path):
+    art, result = lenet5_onnx
+    qw = art.extras["quant"]
+    fp32 = onnx_export.export_fp32(quant.with_quantized_weights(art.model, qw), art.example_input,
+                                   tmp_path / "static.onnx", dynamic_batch=False)
+    int8 = onnx_export.quantize_int8(fp32, tmp_path / "static_int8.onnx", art.data.calibration_batch(16))
+    assert onnx.load(str(int8)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    check = compare_levels({n: t.levels for n, t in qw.tensors.items()}, onnx_export.read_int8_weights(int8))
+    assert check.mismatches == 0
+    x, y = art.data.test.tensors
+    accuracy = float((onnx_export.run_session(int8, x).argmax(1) == y.numpy()).mean())
+    assert abs(accuracy - result["accuracy_onnxruntime_int8"]) <= 0.01
+
+
 def test_level_comparison_counts_missing_and_reshaped_tensors():
     ref = {"a": np.arange(6, dtype=np.int8).reshape(2, 3), "b": np.ones((4, 2), np.int8)}
     check = compare_levels(ref, {"a": np.arange(6, dtype=np.int8).reshape(2, 3)})

@@ -106,8 +106,10 @@ def quantize_int8(snapped_fp32: Path, dest: Path, calibration: torch.Tensor, met
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     calibrate = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method]
+    batch_dim = onnx.load(str(snapped_fp32), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    reader = _BatchReader(calibration, chunk=32 if batch_dim.dim_param else max(1, batch_dim.dim_value))
     with atomic_path(dest) as tmp, _quiet():
-        quantize_static(str(snapped_fp32), str(tmp), _BatchReader(calibration), quant_format=QuantFormat.QDQ,
+        quantize_static(str(snapped_fp32), str(tmp), reader, quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=calibrate,
                         extra_options={"WeightSymmetric": True, "CalibPercentile": percentile})
