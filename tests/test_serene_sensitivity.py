@@ -16,8 +16,9 @@ from edgeprune.prune.sensitivity import TAP_PREFIX, SensitivityConfig, Sensitivi
 class TinyNet(nn.Module):
     """conv(3) -> in-place ReLU -> fc(6) -> ReLU -> fc(4): two prunable groups, one of them spatial."""
 
-    def __init__(self) -> None:
+    def __init__(self, inplace: bool = True) -> None:
         super().__init__()
+        self.inplace = inplace
         self.conv = nn.Conv2d(2, 3, 3, padding=1)
         self.fc1 = nn.Linear(3 * 4 * 4, 6)
         self.fc2 = nn.Linear(6, 4)
@@ -30,13 +31,15 @@ class TinyNet(nn.Module):
         return self.fc2(torch.relu(z))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.after_conv(self.conv(x))
+        return self.after_conv(self.conv(x), self.inplace)
 
 
-@pytest.fixture
-def tiny():
+@pytest.fixture(params=[True, False], ids=["inplace-relu", "plain-relu"])
+def tiny(request):
+    """With the in-place ReLU the probe must differentiate through the parameters; without it, it
+    asks for the outputs' gradients directly (see SensitivityProbe._gradient_targets)."""
     torch.manual_seed(0)
-    model = TinyNet()
+    model = TinyNet(inplace=request.param)
     x = torch.randn(5, 2, 4, 4)
     groups = {g.sites[0].module: g for g in analyze(model, x[:1]).prunable_groups()}
     assert sorted(groups) == ["conv", "fc1"]

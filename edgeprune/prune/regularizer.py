@@ -56,6 +56,7 @@ class SereneRegularizer:
     def observe(self, outputs: torch.Tensor) -> None:
         """Measure S on this batch (an ``output_hooks`` entry of :func:`edgeprune.prune.train.fit`)."""
         if self.lmbda == 0:
+            self.probe.discard()
             return
         site_sums, count = self.probe.measure(outputs)
         names = sorted(site_sums)

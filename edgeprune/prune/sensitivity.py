@@ -26,8 +26,12 @@ Capturing z: a forward hook on the site's module registers a *tensor* hook on it
 hooks fire with the gradient of the tensor as it was when the hook was registered, so an in-place
 activation that later overwrites the output (``ReLU(inplace=True)``) cannot turn the result into
 the post-activation gradient - the failure of the reference implementation. The gradients are
-produced by ``torch.autograd.grad`` towards the trainable parameters, so nothing is accumulated
-into ``.grad`` and the training backward that follows is unaffected.
+produced by ``torch.autograd.grad``, so nothing is accumulated into ``.grad`` and the training
+backward that follows is unaffected. It asks for the gradient of the captured outputs themselves
+when their version counter shows no in-place change since the forward hook (the common case: a
+BN or a functional activation follows) - a backward of input-gradients only, which costs about
+half of a full one; if any output was overwritten in place it asks for the parameters' gradients
+instead, so that autograd walks through the original tensors and the tensor hooks see them.
 
 Models loaded from ``.pt2`` are ``fx.GraphModule`` s of aten calls: their convs are not module
 calls, so there is nothing to hook. For them the probe inserts an identity "tap" module after
@@ -155,6 +159,7 @@ class SensitivityProbe:
         self._handles: list[Any] = []
         self._sums: dict[str, torch.Tensor] = {}
         self._recording = False  # tensor hooks also fire in the training backward: ignore those
+        self._captured: list[tuple[torch.Tensor, int]] = []  # (output, its version when captured)
         self._dims = {s.module: s.dim for sites in self.sites.values() for s in sites}
         self._generator = torch.Generator().manual_seed(self.config.seed)
 
@@ -178,6 +183,7 @@ class SensitivityProbe:
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             if output.requires_grad:
                 output.register_hook(self._gradient_hook(path))
+                self._captured.append((output, output._version))
 
         return hook
 
@@ -196,10 +202,21 @@ class SensitivityProbe:
 
         return hook
 
+    def discard(self) -> None:
+        """Forget the outputs captured by the last forward pass (when it is not measured)."""
+        self._captured = []
+
+    def _gradient_targets(self) -> list[torch.Tensor]:
+        captured, self._captured = self._captured, []
+        untouched = [t for t, version in captured if t._version == version]
+        if len(untouched) == len(captured):
+            return untouched
+        return untouched + [p for p in self.model.parameters() if p.requires_grad]
+
     def measure(self, outputs: torch.Tensor) -> tuple[dict[str, torch.Tensor], int]:
         """Per-site sensitivity summed over the batch (already scaled by 1/C), and the batch size."""
         self._sums = {}
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        inputs = self._gradient_targets()
         num_classes = outputs.shape[1]
         variant = self.config.variant
         if variant == "lower_bound":
@@ -214,7 +231,7 @@ class SensitivityProbe:
         self._recording = True
         try:
             for target in targets:
-                torch.autograd.grad(target, params, retain_graph=True, allow_unused=True)
+                torch.autograd.grad(target, inputs, retain_graph=True, allow_unused=True)
         finally:
             self._recording = False
         missing = [m for m in self.modules if m not in self._sums]

@@ -1,0 +1,476 @@
+"""Pruning benchmark: SeReNe vs the L1-magnitude baseline vs Torch-Pruning's magnitude pruner.
+
+For every experiment a dense model is trained once, then each method prunes a copy of it at a few
+strengths with the *same* epoch budget. Every pruned model is simplified (SeReNe and L1 through
+``edgeprune.simplify``; Torch-Pruning slices physically itself) and measured: test accuracy,
+parameters, MACs and the size of its NNR bitstream (``edgeprune.nnr.encode_model``, default
+per-tensor qp). "Equal accuracy" = test accuracy at most 1 point below the dense model; for each
+method the smallest such model is compared.
+
+Parts (``--parts``, comma-separated; results accumulate in benchmarks/results/bench_prune.json):
+
+* ``steps``     - cost of one SeReNe training step vs a plain step, side by side (median of rounds);
+* ``ablation``  - digits: sensitivity normalisation / spatial reduction / channel score defaults;
+* ``digits``    - LeNet-5 on scikit-learn digits (the quick set);
+* ``fmnist-lenet5``   - LeNet-5 (431k params) on the full Fashion-MNIST (60k train / 10k test);
+* ``fmnist-resnet20`` - ResNet-20 (projection shortcuts) on Fashion-MNIST, trained on a 12k subset.
+
+``--report`` rewrites the "Pruning" section of BENCHMARKS.md and benchmarks/prune_accuracy_size.png
+from the JSON. Needs ``apt-get install dataset-fashion-mnist`` and
+``pip install torch-pruning -c constraints.txt`` (benchmark only; not an edgeprune dependency).
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_prune.py --parts steps,ablation,digits --report``
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from edgeprune.data import DataBundle, load_data
+from edgeprune.fileio import atomic_path, write_json, write_text
+from edgeprune.graph import analyze
+from edgeprune.metrics import count_macs, count_params, evaluate
+from edgeprune.models import LeNet5, ResNetCifar
+from edgeprune.nnr import ModelEncodeOptions, encode_model
+from edgeprune.prune.masks import ChannelMasks
+from edgeprune.prune.pruner import PruneOptions, prune_model
+from edgeprune.prune.regularizer import SereneRegularizer
+from edgeprune.prune.train import TrainConfig, fit, make_optimizer
+from edgeprune.simplify import simplify
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "bench_prune.json"
+PLOT = ROOT / "benchmarks" / "prune_accuracy_size.png"
+SECTION = "## Pruning (SeReNe vs L1 vs Torch-Pruning)"
+
+
+@dataclass
+class Point:
+    method: str
+    setting: str
+    test_accuracy: float
+    params: int
+    macs: int
+    nnr_bytes: int
+    seconds: float
+
+
+@dataclass
+class Experiment:
+    name: str
+    factory: Callable[[], nn.Module]
+    data: DataBundle
+    dense: TrainConfig
+    epochs: int
+    serene: list[dict[str, Any]]
+    l1: list[dict[str, Any]]
+    tp_ratios: list[float]
+    common: dict[str, Any]
+
+
+def measure(model: nn.Module, x: torch.Tensor, data: DataBundle) -> dict[str, int | float]:
+    model.eval()
+    nnr = encode_model(model, x, ModelEncodeOptions(embed_architecture=False))
+    return {
+        "test_accuracy": evaluate(model, data.loader("test", 1000))["accuracy"],
+        "params": count_params(model),
+        "macs": count_macs(model, x),
+        "nnr_bytes": len(nnr.data),
+    }
+
+
+def run_edgeprune(
+    exp: Experiment, dense: nn.Module, x: torch.Tensor, method: str, setting: dict[str, Any]
+) -> Point:
+    model = copy.deepcopy(dense)
+    start = time.perf_counter()
+    options = PruneOptions(method=method, epochs=exp.epochs, **{**exp.common, **setting})
+    prune_model(model, x, exp.data, options)
+    seconds = time.perf_counter() - start
+    small = simplify(model, x).model
+    label = ", ".join(f"{k}={v}" for k, v in setting.items()) or "defaults"
+    return Point(method, label, seconds=seconds, **measure(small, x, exp.data))
+
+
+def run_torch_pruning(exp: Experiment, dense: nn.Module, x: torch.Tensor, ratio: float) -> Point:
+    """Torch-Pruning's MagnitudePruner (L1 group importance), iterative: one step per epoch, each
+    followed by an epoch of fine-tuning, then the remaining epochs of fine-tuning."""
+    import torch_pruning as tp
+
+    model = copy.deepcopy(dense)
+    start = time.perf_counter()
+    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    steps = max(1, exp.epochs - exp.common.get("finetune_epochs", 4))
+    pruner = tp.pruner.MagnitudePruner(
+        model,
+        x,
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=ratio,
+        iterative_steps=steps,
+        ignored_layers=[classifier],
+    )
+    cfg = TrainConfig(
+        epochs=1,
+        lr=exp.common.get("lr", 0.05),
+        batch_size=exp.common.get("batch_size", 64),
+        lr_schedule="constant",
+        weight_decay=0.0,
+    )
+    for step in range(steps):
+        pruner.step()
+        fit(model, exp.data, TrainConfig(**{**asdict(cfg), "seed": step}))
+    fit(
+        model, exp.data, TrainConfig(**{**asdict(cfg), "epochs": exp.epochs - steps, "lr_schedule": "cosine"})
+    )
+    seconds = time.perf_counter() - start
+    return Point("torch-pruning", f"ratio={ratio}", seconds=seconds, **measure(model, x, exp.data))
+
+
+def run_experiment(exp: Experiment) -> dict[str, Any]:
+    torch.manual_seed(0)
+    dense = exp.factory()
+    start = time.perf_counter()
+    fit(dense, exp.data, exp.dense)
+    x = exp.data.test.tensors[0][:1].clone()
+    points = [
+        Point(
+            "dense",
+            f"{exp.dense.epochs} epochs",
+            seconds=time.perf_counter() - start,
+            **measure(dense, x, exp.data),
+        )
+    ]
+    print(points[-1], flush=True)
+    for method, settings in (("serene", exp.serene), ("l1", exp.l1)):
+        for setting in settings:
+            points.append(run_edgeprune(exp, dense, x, method, setting))
+            print(points[-1], flush=True)
+    for ratio in exp.tp_ratios:
+        try:
+            points.append(run_torch_pruning(exp, dense, x, ratio))
+        except Exception as exc:  # noqa: BLE001 - record the peer's failure instead of aborting the run
+            points.append(
+                Point("torch-pruning", f"ratio={ratio}: failed ({type(exc).__name__})", 0, 0, 0, 0, 0)
+            )
+        print(points[-1], flush=True)
+    return {
+        "experiment": exp.name,
+        "epochs": exp.epochs,
+        "common": exp.common,
+        "points": [asdict(p) for p in points],
+    }
+
+
+def subset(data: DataBundle, train: int, val: int) -> DataBundle:
+    """The first ``train``/``val`` samples of the (already shuffled) splits; the test set stays whole."""
+    return DataBundle(
+        data.name,
+        TensorDataset(*(t[:train] for t in data.train.tensors)),
+        TensorDataset(*(t[:val] for t in data.val.tensors)),
+        data.test,
+        data.num_classes,
+        data.classes,
+    )
+
+
+def experiments() -> dict[str, Callable[[], Experiment]]:
+    def digits() -> Experiment:
+        return Experiment(
+            "digits / LeNet-5",
+            lambda: LeNet5(1, 10, 8),
+            load_data("digits"),
+            TrainConfig(epochs=15, lr=0.05),
+            epochs=40,
+            serene=[{}, {"lmbda": 0.01}, {"lmbda": 0.02}],
+            l1=[{}, {"twt": 0.1}, {"twt": 0.2}],
+            tp_ratios=[0.5, 0.7, 0.85],
+            common={"lr": 0.05, "batch_size": 64, "finetune_epochs": 4},
+        )
+
+    def fmnist_lenet5() -> Experiment:
+        return Experiment(
+            "Fashion-MNIST / LeNet-5",
+            lambda: LeNet5(1, 10, 28),
+            load_data("fashion-mnist"),
+            TrainConfig(epochs=4, lr=0.05, batch_size=128),
+            epochs=5,
+            serene=[{"lmbda": 4e-4}, {"lmbda": 1e-3}],
+            l1=[{}, {"twt": 0.15}],
+            tp_ratios=[0.5, 0.75],
+            common={"lr": 0.02, "batch_size": 128, "finetune_epochs": 1, "search_evaluations": 12},
+        )
+
+    def fmnist_resnet20() -> Experiment:
+        return Experiment(
+            "Fashion-MNIST / ResNet-20 (12k train subset)",
+            lambda: ResNetCifar((3, 3, 3), (16, 32, 64), "B", 1, 10),
+            subset(load_data("fashion-mnist"), 12000, 2000),
+            TrainConfig(epochs=4, lr=0.05, batch_size=128),
+            epochs=4,
+            serene=[{"lmbda": 2e-3}],
+            l1=[{"twt": 0.1}],
+            tp_ratios=[0.5],
+            common={"lr": 0.02, "batch_size": 128, "finetune_epochs": 1, "search_evaluations": 10},
+        )
+
+    return {"digits": digits, "fmnist-lenet5": fmnist_lenet5, "fmnist-resnet20": fmnist_resnet20}
+
+
+def part_ablation() -> dict[str, Any]:
+    """The sensitivity defaults on digits: what normalisation, spatial reduction and score do."""
+    data = load_data("digits")
+    torch.manual_seed(0)
+    dense = LeNet5(1, 10, 8)
+    fit(dense, data, TrainConfig(epochs=15, lr=0.05))
+    x = data.test.tensors[0][:1].clone()
+    rows = []
+    for setting in (
+        {},
+        {"normalize": "none"},
+        {"normalize": "none", "spatial": "sum"},
+        {"score": "maxabs"},
+        {"sensitivity": "full"},
+    ):
+        model = copy.deepcopy(dense)
+        start = time.perf_counter()
+        result = prune_model(model, x, data, PruneOptions(**setting))
+        rows.append(
+            {
+                "setting": ", ".join(f"{k}={v}" for k, v in setting.items()) or "defaults",
+                "kept": [r["kept"] for r in result.groups],
+                "params_remaining": result.params_remaining,
+                "macs_remaining": result.macs_remaining,
+                "test_accuracy": evaluate(model, data.loader("test", 1000))["accuracy"],
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        print(rows[-1], flush=True)
+    return {"rows": rows, "dense_test_accuracy": evaluate(dense, data.loader("test", 1000))["accuracy"]}
+
+
+def _step_timings(model: nn.Module, x: torch.Tensor, rounds: int, steps: int) -> dict[str, list[float]]:
+    """Seconds per step of a plain SGD step and of a SeReNe step, measured in interleaved rounds."""
+    y = torch.randint(0, 10, (len(x),))
+    optimizer = make_optimizer(model, TrainConfig(lr=0.01))
+    masks = ChannelMasks(model, analyze(model, x[:1]).prunable_groups())
+    regularizer = SereneRegularizer(model, masks, 1e-4, optimizer=optimizer)
+
+    def plain() -> None:
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    def serene() -> None:
+        optimizer.zero_grad()
+        out = model(x)
+        regularizer.observe(out)
+        F.cross_entropy(out, y).backward()
+        optimizer.step()
+        regularizer.shrink()
+
+    timings: dict[str, list[float]] = {"plain": [], "serene": []}
+    with regularizer:
+        for _ in range(rounds):
+            for label, step in (("plain", plain), ("serene", serene)):
+                step()
+                start = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                timings[label].append((time.perf_counter() - start) / steps)
+    return timings
+
+
+def part_steps(rounds: int = 5, steps: int = 10) -> dict[str, Any]:
+    """Cost of a SeReNe step (lower bound) relative to a plain step; median ratio of the rounds."""
+    rows = []
+    for name, factory in (
+        ("LeNet-5 28x28", lambda: LeNet5(1, 10, 28)),
+        ("ResNet-20 28x28", lambda: ResNetCifar((3, 3, 3), (16, 32, 64), "B", 1, 10)),
+    ):
+        torch.manual_seed(0)
+        timings = _step_timings(factory(), torch.randn(128, 1, 28, 28), rounds, steps)
+        ratios = [s / p for s, p in zip(timings["serene"], timings["plain"], strict=True)]
+        rows.append(
+            {
+                "model": name,
+                "batch": 128,
+                "plain_ms": 1e3 * statistics.median(timings["plain"]),
+                "serene_ms": 1e3 * statistics.median(timings["serene"]),
+                "ratio": statistics.median(ratios),
+            }
+        )
+        print(rows[-1], flush=True)
+    return {"rows": rows}
+
+
+def _best(points: list[dict[str, Any]], method: str, floor: float) -> dict[str, Any] | None:
+    good = [p for p in points if p["method"] == method and p["params"] and p["test_accuracy"] >= floor]
+    return min(good, key=lambda p: p["params"]) if good else None
+
+
+def write_report(results: dict[str, Any]) -> None:
+    lines = [
+        SECTION,
+        "",
+        f"`{results['command']}` on {results['machine']}, {results['date']} "
+        "(all timings single-threaded, `OMP_NUM_THREADS=1`, on a shared machine: compare ratios only).",
+        "",
+    ]
+    if "steps" in results:
+        lines += [
+            "**Cost of one training step** (SeReNe lower-bound sensitivity + decoupled shrink + masks vs a "
+            "plain SGD step; median of interleaved rounds; target <= 1.5x):",
+            "",
+            "| model | batch | plain step | SeReNe step | ratio |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['model']} | {r['batch']} | {r['plain_ms']:.1f} ms | {r['serene_ms']:.1f} ms | "
+            f"{r['ratio']:.2f}x |"
+            for r in results["steps"]["rows"]
+        ]
+        lines.append("")
+    for exp in results.get("experiments", []):
+        points = exp["points"]
+        dense = points[0]
+        floor = dense["test_accuracy"] - 0.01
+        lines += [
+            f"**{exp['experiment']}** (pruning budget {exp['epochs']} epochs for every method; common "
+            f"options {exp['common']}):",
+            "",
+            "| method | setting | test acc | params | MACs | NNR bytes | time |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for p in points:
+            lines.append(
+                f"| {p['method']} | {p['setting']} | {100 * p['test_accuracy']:.2f} % | {p['params']:,} | "
+                f"{p['macs']:,} | {p['nnr_bytes']:,} | {p['seconds']:.0f} s |"
+            )
+        best = {m: _best(points, m, floor) for m in ("serene", "l1", "torch-pruning")}
+        summary = []
+        if best["serene"]:
+            for peer in ("l1", "torch-pruning"):
+                if best[peer]:
+                    ratio = {k: best[peer][k] / best["serene"][k] for k in ("params", "macs", "nnr_bytes")}
+                    summary.append(
+                        f"{peer} / SeReNe at equal accuracy: params {ratio['params']:.2f}x, "
+                        f"MACs {ratio['macs']:.2f}x, NNR {ratio['nnr_bytes']:.2f}x"
+                    )
+                else:
+                    summary.append(f"{peer}: no model within 1 point of the dense accuracy")
+        else:
+            summary.append("SeReNe: no model within 1 point of the dense accuracy")
+        lines += [
+            "",
+            "Smallest model within 1 point of dense test accuracy (target: L1 / SeReNe >= 1.3x): "
+            + "; ".join(summary)
+            + ".",
+            "",
+        ]
+    if "ablation" in results:
+        ab = results["ablation"]
+        lines += [
+            f"**Sensitivity defaults** (digits / LeNet-5, default budget; dense test accuracy "
+            f"{100 * ab['dense_test_accuracy']:.2f} %):",
+            "",
+            "| setting | channels kept (conv1/conv2/fc1 of 20/50/500) | params left | MACs left | test acc "
+            "| time |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['setting']} | {'/'.join(map(str, r['kept']))} | {100 * r['params_remaining']:.1f} % | "
+            f"{100 * r['macs_remaining']:.1f} % | {100 * r['test_accuracy']:.2f} % | {r['seconds']:.0f} s |"
+            for r in ab["rows"]
+        ]
+        lines.append("")
+    if PLOT.exists():
+        lines += [f"![accuracy vs size]({PLOT.relative_to(ROOT / 'benchmarks').as_posix()})", ""]
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    start = text.index(SECTION)
+    end = text.find("\n## ", start + len(SECTION))
+    new = text[:start] + "\n".join(lines).rstrip() + "\n" + (text[end:] if end != -1 else "")
+    write_text(ROOT / "BENCHMARKS.md", new)
+
+
+def plot(results: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    exps = results.get("experiments", [])
+    if not exps:
+        return
+    fig, axes = plt.subplots(1, len(exps), figsize=(5 * len(exps), 4), squeeze=False)
+    for ax, exp in zip(axes[0], exps, strict=True):
+        for method, marker in (("dense", "*"), ("serene", "o"), ("l1", "s"), ("torch-pruning", "^")):
+            pts = [p for p in exp["points"] if p["method"] == method and p["params"]]
+            ax.scatter(
+                [p["params"] for p in pts],
+                [100 * p["test_accuracy"] for p in pts],
+                marker=marker,
+                label=method,
+            )
+        ax.axhline(100 * exp["points"][0]["test_accuracy"] - 1, ls="--", c="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters after simplification")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(exp["experiment"], fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(PLOT) as tmp:
+        fig.savefig(tmp, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="", help="steps,ablation,digits,fmnist-lenet5,fmnist-resnet20")
+    parser.add_argument(
+        "--report", action="store_true", help="rewrite the BENCHMARKS.md section and the plot"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    known = experiments()
+    for part in [p for p in args.parts.split(",") if p]:
+        if part == "steps":
+            results["steps"] = part_steps()
+        elif part == "ablation":
+            results["ablation"] = part_ablation()
+        else:
+            outcome = run_experiment(known[part]())
+            results["experiments"] = [
+                e for e in results.get("experiments", []) if e["experiment"] != outcome["experiment"]
+            ]
+            results["experiments"].append(outcome)
+        results.setdefault("commands", []).append(
+            f"OMP_NUM_THREADS=1 python benchmarks/bench_prune.py --parts {part}"
+        )
+        results["machine"] = (
+            f"{platform.machine()} {platform.processor() or ''} ({torch.get_num_threads()} thread)"
+        )
+        results["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        write_json(RESULTS, results)
+    if args.report:
+        results["command"] = "; ".join(dict.fromkeys(results.get("commands", [])))
+        plot(results)
+        write_report(results)
+
+
+if __name__ == "__main__":
+    main()
