@@ -73,7 +73,7 @@ static inline void estimator_update(int16_t *s, int8_t *f, int sh_f, int sh_s, i
 
 static inline uint32_t ctx_rlps(const context *c, uint32_t range) {
     int col = abs(c->s >> 7); /* arithmetic shift: asymmetric for negative states, as in the standard */
-    if (col > 31) col = 31;
+    col -= col >> 5;          /* |s| < 4096 keeps col <= 32; map a (never reached) 32 to 31 without a branch */
     return NNR_LPS_TABLE[(range & 0xe0) + (uint32_t)col];
 }
 
