@@ -75,7 +75,7 @@ def test_half_dead_architectures_shrink_and_compute_the_same_function(arch):
     assert report["channels_removed"] > 0
     assert report["refused_channels"] == 0
     if arch not in ("lenet300", "lenet5", "conv1d"):  # the others end in global pooling
-        assert len(report["resolutions"]) == 2  # proven at a second resolution: no resolution lock
+        assert report["resolutions"] == "32x32, 40x40"  # proven at a second resolution: no resolution lock
 
 
 @pytest.mark.slow
@@ -347,3 +347,25 @@ def test_unsupported_ops_freeze_only_their_own_channels():
     assert simplified.get_submodule("post").out_channels == 3
     frozen = [row for row in report["groups"] if row["first_producer"] == "conv"][0]
     assert "conv_transpose" in frozen["note"]
+
+
+@pytest.mark.parametrize("flatten", ["view", "reshape"])
+def test_flattening_by_view_or_reshape_before_a_linear(flatten):
+    class ViewNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 8, 3)
+            self.fc = nn.Linear(8 * 6 * 6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = F.relu(self.conv(x))
+            h = h.view(h.size(0), -1) if flatten == "view" else h.reshape(-1, 8 * 6 * 6)
+            return self.fc(h)
+
+    model = ViewNet().eval()
+    with torch.no_grad():
+        model.conv.weight[[0, 5]] = 0
+        model.conv.bias[[0, 5]] = torch.tensor([0.3, -0.2])
+    simplified, report = assert_simplified(model, (1, 1, 8, 8))
+    assert report["channels_removed"] == 2
+    assert simplified.get_submodule("fc").in_features == 6 * 36

@@ -73,9 +73,9 @@ def simplify(
     report = _report(plan, simplified, shapes)
     report.update(
         max_abs_diff_float64=worst64, max_abs_diff_float32=worst32, tolerance=options.tolerance,
-        resolutions=[list(s[1:]) for s in shapes], batch_sizes=[1, 3], verification_inputs=len(inputs),
-        fixed_resolution=plan.shape_specialised,
-        seconds=round(clock.total(), 3), phase_seconds=clock.phases,
+        resolutions=", ".join("x".join(map(str, s[1:])) for s in shapes), batch_sizes="1, 3",
+        verification_inputs=len(inputs), fixed_resolution=plan.shape_specialised,
+        seconds=round(clock.total(), 3), **{f"seconds_{phase}": t for phase, t in clock.phases.items()},
     )
     return SimplifyResult(simplified, report)
 

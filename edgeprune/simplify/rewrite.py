@@ -60,6 +60,12 @@ class _Builder:
             self.sites_per_weight[lp.info.weight] += 1
         self.shared_targets: dict[str, str] = {}
         self.folded = {lp.folded_bn: lp for lp in plan.layers.values() if lp.folded_bn}
+        # ops whose arguments count channels; each returns False to fall back to a plain copy
+        self.rewriters = {
+            "slice": self.channel_slice, "split": self.split, "split_with_sizes": self.split, "chunk": self.split,
+            "pad": self.pad, "constant_pad_nd": self.pad, "view": self.reshape, "reshape": self.reshape,
+            "_unsafe_view": self.reshape,
+        }
 
     # -- graph assembly ---------------------------------------------------------------------
     def build(self) -> fx.GraphModule:
@@ -146,11 +152,7 @@ class _Builder:
             self.env[node.name] = self.env[node.args[0].name][node.args[1]]
             return
         name = op_name(node) if node.op == "call_function" else ""
-        handler = {
-            "slice": self.channel_slice, "split": self.split, "split_with_sizes": self.split, "chunk": self.split,
-            "pad": self.pad, "constant_pad_nd": self.pad, "view": self.reshape, "reshape": self.reshape,
-            "_unsafe_view": self.reshape,
-        }.get(name)
+        handler = self.rewriters.get(name)
         if name in BATCH_NORM and self.batch_norm(node):
             return
         if handler is None or not handler(node):
@@ -235,6 +237,8 @@ class _Builder:
             return False
         start, end = (node.args[2] if len(node.args) > 2 else None), (node.args[3] if len(node.args) > 3 else None)
         step = node.args[4] if len(node.args) > 4 else 1
+        if not all(v is None or isinstance(v, int) for v in (start, end, step)):
+            return False  # symbolic bounds: the analysis froze these channels
         selected = list(range(len(vector)))[slice(start, end, step)]
         new_position = {old: new for new, old in enumerate(self.plan.kept_positions(x.name))}
         wanted = [new_position[selected[j]] for j in self.plan.kept_positions(node.name)]
@@ -277,11 +281,15 @@ class _Builder:
         return True
 
     def reshape(self, node: fx.Node) -> bool:
+        source = self.ana.vectors.get(node.args[0].name)
+        if not isinstance(source, ChannelVector) or len(self.plan.kept_positions(node.args[0].name)) == len(source):
+            return False  # nothing removed from the input (always so for reshapes the analysis froze)
         x = self.traced.values[node.args[0].name]
         out = self.traced.values[node.name]
         shape = list(node.args[1])
         if out.dim() == 2 and x.dim() > 2:
-            shape = [shape[0], -1]
+            features = len(self.plan.kept_positions(node.name))
+            shape = [shape[0], -1] if shape[0] != -1 else [-1, features]
         elif out.dim() >= 2 and isinstance(shape[1], int) and shape[1] == x.shape[1]:
             shape[1] = len(self.plan.kept_positions(node.name) or [])
         else:
