@@ -183,7 +183,7 @@ def test_compress_takes_the_prune_options(runner, cli, tmp_path):
             "l1",
             "--prune-epochs",
             "3",
-            "--finetune-epochs",
+            "--prune-finetune-epochs",
             "1",
             "--twt",
             "0.1",

@@ -69,20 +69,20 @@ _OPTIONS: list[tuple[str, bool, dict[str, Any]]] = [
         False,
         {"type": click.IntRange(0), "help": "Plateau patience in epochs before each pruning step."},
     ),
-    ("sensitivity", False, {"type": click.Choice(VARIANTS), "help": "SeReNe sensitivity estimator."}),
+    ("sensitivity", True, {"type": click.Choice(VARIANTS), "help": "SeReNe sensitivity estimator."}),
     (
         "spatial",
-        False,
+        True,
         {"type": click.Choice(SPATIAL), "help": "Reduction of conv sensitivities over positions."},
     ),
     (
         "normalize",
-        False,
+        True,
         {"type": click.Choice(NORMALIZE), "help": "Per-group normalisation of sensitivities."},
     ),
     (
         "score",
-        False,
+        True,
         {
             "type": click.Choice(SCORES),
             "help": "Channel score of the threshold search "
@@ -107,10 +107,10 @@ _OPTIONS: list[tuple[str, bool, dict[str, Any]]] = [
     ),
     (
         "max_accuracy_drop",
-        False,
+        True,
         {"type": click.FloatRange(min=0), "help": "Largest validation accuracy drop allowed, in points."},
     ),
-    ("finetune_epochs", False, {"type": click.IntRange(0), "help": "Final epochs that only fine-tune."}),
+    ("finetune_epochs", True, {"type": click.IntRange(0), "help": "Final epochs that only fine-tune."}),
     (
         "checkpoint",
         True,
@@ -119,7 +119,7 @@ _OPTIONS: list[tuple[str, bool, dict[str, Any]]] = [
             "help": "Write the training/pruning state here after every epoch.",
         },
     ),
-    ("resume", True, {"is_flag": True, "default": None, "help": "Continue from --checkpoint if it exists."}),
+    ("resume", True, {"is_flag": True, "default": None, "help": "Resume from the checkpoint if present."}),
 ]
 _FIELDS = {f.name for f in fields(PruneOptions)}
 
