@@ -137,6 +137,12 @@ def test_wrong_unit_sizes_are_detected():
         decode_stream(bytes(data))
 
 
+def test_a_long_size_field_cut_short_is_truncation():
+    """Found by the mutation test: a 4-byte size field announced in a 3-byte stream."""
+    with pytest.raises(BitstreamError, match="truncated"):
+        decode_stream(b"\x80\x00\x00")
+
+
 def test_not_an_nnr_file():
     with pytest.raises(BitstreamError, match="not an MPEG-NNR"):
         decode_stream(b"PK\x03\x04 this is a zip file, not a bitstream")

@@ -361,6 +361,8 @@ def parse_units(data: bytes) -> list[NnrUnit]:
             raise BitstreamError(f"{what} is truncated (only {len(data) - pos} bytes left)", "the file is incomplete")
         long_form = data[pos] >> 7
         header_bytes = 4 if long_form else 2
+        if len(data) - pos < header_bytes + 1:
+            raise BitstreamError(f"{what} is truncated (only {len(data) - pos} bytes left)", "the file is incomplete")
         size = int.from_bytes(data[pos:pos + header_bytes], "big") & ((1 << (8 * header_bytes - 1)) - 1)
         # a start unit is exactly type + flags + general_profile_idc: anything else is not NNR at all
         if not units and ((data[pos + header_bytes] >> 2) != UnitType.STR or size != header_bytes + 2):
