@@ -20,6 +20,7 @@ If the final validation accuracy is below the floor, the last state that met it 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
@@ -270,11 +271,6 @@ class _Controller:
             self.regularizer.lmbda = state["lmbda"]
 
 
-def prunable_groups(model: nn.Module, example_input: torch.Tensor) -> tuple[Any, list[Any]]:
-    graph = analyze(model, example_input)
-    return graph, graph.prunable_groups()
-
-
 def prune_model(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -284,7 +280,8 @@ def prune_model(
 ) -> PruneResult:
     """Prune ``model`` in place with ``options.method`` (see the module docstring)."""
     start = time.perf_counter()
-    graph, groups = prunable_groups(model, example_input)
+    graph = analyze(model, example_input)
+    groups = graph.prunable_groups()
     if not groups:
         raise EdgepruneError(
             "the model has no prunable channel groups",
@@ -313,9 +310,7 @@ def prune_model(
         "epoch_hooks": (controller.after_epoch,),
     }
     state = {"masks": masks, "controller": controller}
-    if regularizer is not None:
-        regularizer.__enter__()
-    try:
+    with regularizer if regularizer is not None else contextlib.nullcontext():
         history = fit(
             model,
             data,
@@ -327,9 +322,6 @@ def prune_model(
             state=state,
             **hooks,
         )
-    finally:
-        if regularizer is not None:
-            regularizer.__exit__(None, None, None)
     val_after = evaluate(model, data.loader("val", 512))
     if floor is not None and val_after["accuracy"] < floor:
         controller.restore_good()
