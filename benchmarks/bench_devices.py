@@ -134,8 +134,9 @@ def markdown(results: dict[str, list[dict]], runs: int, repeats: int, command: s
            ": some files differ by more than 10 % between the paths; see the spread column for the noise.")
         + " These are sub-0.1 ms models on a shared x86 VM: compare ratios, not absolute "
         "microseconds, and re-run on the target itself (`edgeprune bench --target rpi3`) for real device "
-        "numbers. The qemu-emulated Pi described in the export-stack brief is a functional check only; "
-        "timings under emulation are meaningless and none are reported here.",
+        "numbers. `sudo tools/emulated-pi.sh MODEL...` runs the harness in a Debian arm64 rootfs under "
+        "qemu-user with the pip wheels a 64-bit Pi gets (numpy, ai-edge-litert, onnxruntime) as a "
+        "functional check; timings under emulation are meaningless and none are reported here.",
         "",
     ]
     return "\n".join(lines)
