@@ -191,6 +191,27 @@ def test_topology_that_contradicts_the_ndus_is_rejected():
         decode_stream(forged)
 
 
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("dtype", "object", "unsupported dtype"),
+    ("dtype", "int8)", "unsupported dtype"),
+    ("shape", [1 << 30, 1 << 30], "does not match"),
+    ("mode", "empty", "marked empty"),
+    ("scale", [1.0], "scales"),
+])
+def test_hostile_topology_fields_are_rejected_without_allocating(field, value, message):
+    tensors = sample_tensors()
+    quant = {"fc.weight": quantize_tensor(tensors["fc.weight"])}
+    stream = encode_tensors(tensors, int8=quant)
+    tpl = next(u for u in parse_units(stream.data) if u.unit_type == UnitType.TPL)
+    topology = json.loads(tpl.fields["topology_data"])
+    next(e for e in topology["tensors"] if e["name"] == "fc.weight")[field] = value
+    from edgeprune.nnr.bitstream import write_topology_unit
+
+    forged = stream.data[:tpl.offset] + write_topology_unit(json.dumps(topology)) + stream.data[tpl.offset + tpl.size:]
+    with pytest.raises(BitstreamError, match=message):
+        decode_stream(forged)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_mutations_only_ever_raise_bitstream_errors(data):

@@ -53,6 +53,8 @@ NUM_GTX_FLAGS = 11          # cabac_unary_length_minus1 = 10, NNCodec's default
 TPL_FORMAT = "edgeprune-nnr"
 TPL_VERSION = 1
 MAX_TOTAL_ELEMENTS = 1 << 28  # 1 GiB of float32: far above any edge model, far below a memory bomb
+TENSOR_DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                           "float16", "float32", "float64"})
 BINS_PER_BYTE_LIMIT = 2048   # generous bound on decodable bins per payload byte (see decode_stream)
 QP_MIN, QP_MAX = -128, 127  # the per-tensor qp offset is 6 + qp_density = 8 bits
 WEIGHT_STEP_PER_STD = 1 / 8  # default step of >= 2-D weights: std/8 (~30 dB), cf. brief section 4.3 (b)
@@ -201,6 +203,9 @@ def encode_tensors(
     entries: list[dict[str, Any]] = []
     for name, value in tensors.items():
         arr = np.asarray(value)
+        if arr.dtype.name not in TENSOR_DTYPES:
+            raise BitstreamError(f"tensor {name} has dtype {arr.dtype.name}, which edgeprune cannot code",
+                                 "convert the model to float32 first")
         entry: dict[str, Any] = {"name": name, "shape": list(arr.shape), "dtype": arr.dtype.name}
         entries.append(entry)
         if arr.size == 0:
@@ -276,10 +281,11 @@ def _check_entry(entry: Any) -> dict[str, Any]:
           and isinstance(entry.get("dtype"), str) and isinstance(entry.get("mode"), str))
     if not ok:
         raise BitstreamError("the topology unit describes a tensor incompletely", "the file is damaged; re-encode")
-    try:
-        np.dtype(entry["dtype"])
-    except TypeError:
-        raise BitstreamError(f"unknown dtype {entry['dtype']!r} in the topology unit", "the file is damaged") from None
+    if entry["dtype"] not in TENSOR_DTYPES:  # never let numpy parse an arbitrary string as a dtype
+        raise BitstreamError(f"unsupported dtype {entry['dtype']!r} in the topology unit", "the file is damaged")
+    if entry["mode"] == "empty" and int(np.prod(entry["shape"])) != 0:
+        raise BitstreamError(f"tensor {entry['name']!r} is marked empty but has shape {entry['shape']}",
+                             "the file is damaged")
     return entry
 
 
