@@ -632,26 +632,14 @@ static inline void trellis_candidates(double value, double qscale, candidates *c
     }
 }
 
-/* Branches into each state in NNCodec's order (the order decides ties). */
-typedef struct {
-    int8_t prev[3];
-    int8_t slot[3];
-    int8_t count;
-} branches;
-
-static void trellis_branches(branches b[8]) {
-    memset(b, 0, sizeof(branches) * 8);
-    for (int prev = 0; prev < 8; prev++) {
-        int qid = prev & 1;
-        int c0 = DQ_NEXT[prev][0], c1 = DQ_NEXT[prev][1];
-        b[c0].prev[b[c0].count] = (int8_t)prev;
-        b[c0].slot[b[c0].count++] = (int8_t)(3 * qid);
-        b[c0].prev[b[c0].count] = (int8_t)prev;
-        b[c0].slot[b[c0].count++] = 4;
-        b[c1].prev[b[c1].count] = (int8_t)prev;
-        b[c1].slot[b[c1].count++] = (int8_t)(2 - qid);
-    }
-}
+/* Branches into each trellis state in NNCodec's order (the order decides ties): {previous state, candidate
+ * slot}. Derived from DQ_NEXT: for prev = 0..7 (quantiser q = prev & 1), state DQ_NEXT[prev][0] gets
+ * {prev, 3q} then {prev, 4 (zero)}, state DQ_NEXT[prev][1] gets {prev, 2 - q}. A constant table lets the
+ * compiler unroll the 8 x 3 inner loop and keep the path costs in registers. */
+static const int8_t TRELLIS_PREV[8][3] = {{0, 0, 4}, {2, 2, 6}, {0, 4, 4}, {2, 6, 6},
+                                         {3, 7, 7}, {1, 5, 5}, {3, 3, 7}, {1, 1, 5}};
+static const int8_t TRELLIS_SLOT[8][3] = {{0, 4, 2}, {0, 4, 2}, {2, 0, 4}, {2, 0, 4},
+                                         {1, 3, 4}, {1, 3, 4}, {3, 4, 1}, {3, 4, 1}};
 
 nnr_status nnr_quantize(const float *weights, size_t n, float step, uint8_t dq, int32_t *levels, uint8_t *scratch) {
     if (!(step > 0.0f)) return NNR_ERR_ARGUMENT;
@@ -665,8 +653,6 @@ nnr_status nnr_quantize(const float *weights, size_t n, float step, uint8_t dq, 
     }
     if (!dq) return NNR_OK;
 
-    branches br[8];
-    trellis_branches(br);
     const double qscale = 1.0 / (double)step;
     double cost[8], next[8];
     for (int s = 0; s < 8; s++) cost[s] = 0.5 * 1.7976931348623157e308;
@@ -676,10 +662,10 @@ nnr_status nnr_quantize(const float *weights, size_t n, float step, uint8_t dq, 
         trellis_candidates((double)weights[i], qscale, &c);
         uint8_t *decision = scratch + 8 * i;
         for (int s = 0; s < 8; s++) {
-            double best = 1.7976931348623157e308;
+            double best = cost[TRELLIS_PREV[s][0]] + c.dist[TRELLIS_SLOT[s][0]];
             int choice = 0;
-            for (int b = 0; b < br[s].count; b++) {
-                double v = cost[br[s].prev[b]] + c.dist[br[s].slot[b]];
+            for (int b = 1; b < 3; b++) {
+                double v = cost[TRELLIS_PREV[s][b]] + c.dist[TRELLIS_SLOT[s][b]];
                 if (v < best) {
                     best = v;
                     choice = b;
@@ -695,9 +681,9 @@ nnr_status nnr_quantize(const float *weights, size_t n, float step, uint8_t dq, 
         if (cost[s] < cost[state]) state = s;
     for (size_t k = n; k-- > 0;) {
         int b = scratch[8 * k + state];
-        int prev = br[state].prev[b];
+        int prev = TRELLIS_PREV[state][b];
         trellis_candidates((double)weights[k], qscale, &c);
-        int32_t q = c.level[br[state].slot[b]];
+        int32_t q = c.level[TRELLIS_SLOT[state][b]];
         levels[k] = q == 0 ? 0 : 2 * q - (q < 0 ? -(prev & 1) : (prev & 1));
         state = prev;
     }
