@@ -369,3 +369,27 @@ def test_flattening_by_view_or_reshape_before_a_linear(flatten):
     simplified, report = assert_simplified(model, (1, 1, 8, 8))
     assert report["channels_removed"] == 2
     assert simplified.get_submodule("fc").in_features == 6 * 36
+
+
+def test_carrier_mode_folds_padded_constants_into_one_kept_dead_channel():
+    """No border op at all: the kept carrier's column absorbs the others, exactly, at any resolution."""
+
+    class Chain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.next = nn.Conv2d(8, 6, 3, padding=1, stride=2)
+            self.fc = nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(F.silu(self.next(torch.sigmoid(self.conv(x)))).mean((2, 3)))
+
+    model = Chain().eval()
+    with torch.no_grad():
+        model.conv.weight[[1, 2, 6]] = 0
+    simplified, report = assert_simplified(model, (1, 3, 9, 9), options=SimplifyOptions(padded_constants="carrier"))
+    assert report["carrier_channels"] == 1 and report["border_corrections"] == 0
+    assert report["channels_removed"] == 2 and simplified.get_submodule("next").in_channels == 6
+    assert report["resolutions"] == "9x9, 16x16"
+    _, border = assert_simplified(model, (1, 3, 9, 9))
+    assert border["border_corrections"] == 1 and border["channels_removed"] == 3

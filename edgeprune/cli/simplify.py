@@ -27,7 +27,7 @@ _simplify_options = compose(
     click.option(
         "--padded-constants", type=click.Choice(PADDED_CONSTANT_MODES), default="border", show_default=True,
         help="A removed channel's constant entering a zero-padded conv: add an exact border correction, "
-             "or keep the channel.",
+             "fold it into one kept dead channel (no extra op), or keep the channel.",
     ),
     click.option("--keep-batchnorm", is_flag=True, help="Do not fold BatchNorm into the preceding Conv/Linear."),
     click.option(

@@ -107,7 +107,7 @@ def _report(plan: Plan, simplified: nn.Module, shapes: list[tuple[int, ...]]) ->
         groups.append({
             "group": g.id, "first_producer": g.producers[0].name.rpartition(".")[0], "channels": g.size,
             "dead": dead, "removed": removed, "kept": g.size - removed,
-            "note": g.reason or ("" if removed == dead else f"{dead - removed} dead channel(s) kept"),
+            "note": g.reason or _kept_note(dead - removed, sum(c in plan.carriers for c in g.classes)),
         })
     layers = []
     for name, lp in plan.layers.items():
@@ -132,10 +132,18 @@ def _report(plan: Plan, simplified: nn.Module, shapes: list[tuple[int, ...]]) ->
         "refused_channels": len(refusals),
         "refusals": refusals[:MAX_REFUSALS_LISTED],
         "batchnorm_folded": sum(lp.folded_bn is not None for lp in plan.layers.values()),
+        "carrier_channels": len(plan.carriers),
         "border_corrections": sum(lp.border is not None for lp in plan.layers.values()),
         "groups": groups,
         "layers": layers,
     }
+
+
+def _kept_note(kept_dead: int, carriers: int) -> str:
+    if not kept_dead:
+        return ""
+    note = f"{kept_dead} dead channel(s) kept"
+    return f"{note} ({carriers} as constant carrier)" if carriers else note
 
 
 @torch.no_grad()

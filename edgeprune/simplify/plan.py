@@ -11,11 +11,13 @@ Everything is computed in float64 from the traced model:
    and at a second resolution where the model allows one. A channel whose value is not the same
    everywhere a consumer needs it to be is refused (kept), never approximated.
 4. The constants are folded into each consumer: Linear and unpadded convs get a bias change;
-   zero-padded convs get a border-correction kernel (see ``SimplifyOptions.padded_constants``).
+   zero-padded convs get them through a kept "carrier" dead channel or a border-correction
+   kernel (see ``SimplifyOptions.padded_constants``).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,7 @@ from edgeprune.graph.trace import TracedModel, run_graph
 from edgeprune.simplify.options import SimplifyOptions
 
 UNIFORM_RTOL = 1e-12
+CARRIER_MIN_RATIO = 1e-3  # a carrier's constant must not be tiny next to those it absorbs (float32 weights)
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Plan:
     removed: set[int]
     refused: dict[int, str] = field(default_factory=dict)
     dead: set[int] = field(default_factory=set)
+    carriers: set[int] = field(default_factory=set)
     shape_specialised: bool = False  # the trace only runs at the example's resolution
 
     def kept_positions(self, node_name: str) -> list[int] | None:
@@ -88,8 +92,10 @@ def make_plan(traced: TracedModel, graph: ChannelGraph, options: SimplifyOptions
         except Exception:  # noqa: BLE001 - torch.export specialised the graph to the example's shape
             plan.shape_specialised = True
     constants = _measure_constants(plan, probes, options)
-    for cls in plan.refused:
-        plan.removed.discard(cls)
+    plan.removed -= set(plan.refused)
+    if options.padded_constants == "carrier":
+        plan.carriers = _choose_carriers(plan, constants)
+        plan.removed -= plan.carriers
     _fold_constants(plan, constants)
     return plan
 
@@ -215,8 +221,61 @@ def _constant(samples: list[torch.Tensor], spatial: bool) -> float | None:
     return reference
 
 
+def _shared_weights(plan: Plan) -> set[str]:
+    """Weights used by more than one call site (a reused module): their columns are not ours to edit."""
+    seen: set[str] = set()
+    shared: set[str] = set()
+    for lp in plan.layers.values():
+        (shared if lp.info.weight in seen else seen).add(lp.info.weight)
+    return shared
+
+
+def _padded_needs(plan: Plan, constants: dict[str, dict[int, float]]) -> dict[str, dict[int, float]]:
+    """Zero-padded, unshared convs and the non-zero constants of the channels they lose."""
+    shared = _shared_weights(plan)
+    needs = {}
+    for name, per_position in constants.items():
+        lp = plan.layers[name]
+        if lp.info.kind != "conv" or not any(lp.info.padding) or lp.info.weight in shared:
+            continue
+        nonzero = {p: v for p, v in per_position.items() if v != 0}
+        if nonzero:
+            needs[name] = nonzero
+    return needs
+
+
+def _choose_carriers(plan: Plan, constants: dict[str, dict[int, float]]) -> set[int]:
+    """Keep a few dead channels as carriers of the removed constants into zero-padded convs.
+
+    A removed channel of constant v reaches a zero-padded conv as v inside the image and 0 in the
+    padding: exactly v/u times a kept channel of constant u. Adding its weights, scaled by v/u, to
+    that channel's column is exact at every resolution and costs no extra op, where a border
+    correction costs a conv and an add per layer. One carrier serves every padded conv whose input
+    holds it with a usable constant; carriers are picked greedily, most convs served first.
+    """
+    ana = plan.graph.analysis
+    candidates: dict[str, set[int]] = {}
+    for name, nonzero in _padded_needs(plan, constants).items():
+        vector = ana.vectors[plan.layers[name].info.input_node]
+        largest = max(abs(v) for v in nonzero.values())
+        candidates[name] = {
+            ana.find(vector.atoms[p]) for p, v in nonzero.items()
+            if abs(v) >= CARRIER_MIN_RATIO * largest and ana.find(vector.atoms[p]) in plan.removed
+        }
+    carriers: set[int] = set()
+    while True:
+        votes = Counter(c for classes in candidates.values() for c in classes)
+        if not votes:
+            return carriers
+        best = votes.most_common(1)[0][0]
+        carriers.add(best)
+        candidates = {n: classes for n, classes in candidates.items() if best not in classes}
+
+
 def _fold_constants(plan: Plan, constants: dict[str, dict[int, float]]) -> None:
-    """Turn each consumer's removed constant inputs into a bias change or a border kernel."""
+    """Turn each consumer's removed constant inputs into a bias change, a carrier column or a border kernel."""
+    ana = plan.graph.analysis
+    shared = _shared_weights(plan)
     for name, per_position in constants.items():
         lp = plan.layers[name]
         removed = [p for p in plan.removed_positions(lp.info.input_node) if p in per_position]
@@ -224,9 +283,19 @@ def _fold_constants(plan: Plan, constants: dict[str, dict[int, float]]) -> None:
             continue
         values = torch.tensor([per_position[p] for p in removed], dtype=torch.float64)
         columns = lp.weight[:, removed]  # (O, R, *k)
-        contribution = columns * values.reshape((1, -1) + (1,) * (columns.dim() - 2))
-        if lp.info.kind == "conv" and any(lp.info.padding):
-            if bool(values.ne(0).any()):
-                lp.border = contribution.sum(1, keepdim=True)
-        else:
+        contribution = (columns * values.reshape((1, -1) + (1,) * (columns.dim() - 2))).sum(1)
+        if not (lp.info.kind == "conv" and any(lp.info.padding)):
             lp.delta = contribution.reshape(contribution.shape[0], -1).sum(1)
+        elif bool(values.ne(0).any()):
+            vector = ana.vectors[lp.info.input_node]
+            largest = float(values.abs().max())
+            carrier = next((
+                q for q, v in per_position.items()
+                if ana.find(vector.atoms[q]) in plan.carriers and abs(v) >= CARRIER_MIN_RATIO * largest
+            ), None)
+            if carrier is not None and lp.info.weight not in shared:
+                weight = lp.weight.clone()
+                weight[:, carrier] += contribution / per_position[carrier]
+                lp.weight = weight
+            else:
+                lp.border = contribution.unsqueeze(1)
