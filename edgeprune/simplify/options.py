@@ -16,8 +16,8 @@ class SimplifyOptions:
     correction (a one-input-channel conv of a ones map, plus an add). "carrier" instead keeps one
     such dead channel per conv that needs it and folds the others into its weights (exact, no
     extra op, falls back to "border" where no carrier fits) - fewer ops, but the extra channel
-    breaks multiple-of-8 widths, which cost ~45 % on ResNet-32 with onnxruntime (measured), so it
-    is not the default. "refuse" keeps all such channels instead.
+    breaks multiple-of-8 widths, which made ResNet-32 slower on onnxruntime (BENCHMARKS.md,
+    Simplify), so it is not the default. "refuse" keeps all such channels instead.
     ``fold_batchnorm``: fold BN into the preceding Conv/Linear (exact in float64; BN that follows
     an add or a concat stays a per-channel BN module).
     ``tolerance``: the largest float64 output difference the equivalence proof accepts.
