@@ -15,12 +15,15 @@ perturbing the whole map) and every neuron is averaged over the batch. Coupled c
 the network needs at any of its sites is protected.
 
 Normalisation (``normalize="group_max"``, the default) divides each group's sensitivities by their
-maximum. Without it, spatially averaged conv sensitivities are ~1e-3 and the insensitivity
-max(0, 1 - S) is ~1 for every conv channel, so SeReNe degrades to uniform weight decay there (see
-BENCHMARKS.md, "Pruning", where both settings are measured). With it, the most sensitive channel
-of each group is never shrunk and the others are shrunk in proportion to how much less they
-matter. With normalisation the spatial mean and sum give the same S (they differ by the constant
-H*W per group), so ``spatial`` only matters for ``normalize=None``.
+maximum: the most sensitive channel of each group is never shrunk and the others are shrunk in
+proportion to how much less they matter. Without it the shrink rate depends on the raw scale of S -
+α = 1/C, the spatial reduction, the depth of the layer (spatially averaged conv sensitivities are
+~1e-3, so max(0, 1 - S) is ~1 for every conv channel and SeReNe degrades to uniform weight decay
+there) - and λ would have to be re-tuned per model. On digits/LeNet-5 both settings end within
+noise of each other (BENCHMARKS.md, "Sensitivity defaults"), because the threshold search ranks
+channels relative to their group anyway; we keep the normalised form for its scale independence.
+With it the spatial mean and sum give the same S (they differ by the constant H*W per group), so
+``spatial`` only matters for ``normalize="none"``; the mean is the reference code's choice.
 
 Capturing z: a forward hook on the site's module registers a *tensor* hook on its output. Tensor
 hooks fire with the gradient of the tensor as it was when the hook was registered, so an in-place
