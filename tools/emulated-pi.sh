@@ -25,21 +25,33 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# binfmt_misc lets the kernel hand aarch64 executables to qemu-aarch64-static.
-mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-update-binfmts --enable qemu-aarch64 >/dev/null
+mounted=()
+mounted_binfmt=0
+registered_here=0
+cleanup() {
+  for ((i=${#mounted[@]}-1; i>=0; i--)); do umount -l "${mounted[$i]}" 2>/dev/null || true; done
+  rm -rf "$root/tmp/edgeprune-check"
+  [ "$registered_here" -eq 0 ] || update-binfmts --disable qemu-aarch64 >/dev/null 2>&1 || true
+  [ "$mounted_binfmt" -eq 0 ] || umount /proc/sys/fs/binfmt_misc 2>/dev/null || true
+}
+trap cleanup EXIT
+# binfmt_misc lets the kernel hand aarch64 executables to qemu-aarch64-static. Both are put back
+# as they were on exit: a registered handler changes how *every* foreign binary on this machine
+# runs (a wrong-architecture benchmark_model would suddenly "work" under emulation).
+if ! mountpoint -q /proc/sys/fs/binfmt_misc; then
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  mounted_binfmt=1
+fi
+if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+  update-binfmts --enable qemu-aarch64 >/dev/null
+  registered_here=1
+fi
 
 if [ ! -x "$root/opt/eb/bin/python" ]; then
   debootstrap --arch=arm64 --variant=minbase \
     --include=python3,python3-venv,python3-pip,ca-certificates bookworm "$root" "$mirror"
 fi
 
-mounted=()
-cleanup() {
-  for ((i=${#mounted[@]}-1; i>=0; i--)); do umount -l "${mounted[$i]}" 2>/dev/null || true; done
-  rm -rf "$root/tmp/edgeprune-check"
-}
-trap cleanup EXIT
 # /proc and /dev only: with the host's /sys bound in, the runtimes' cpuinfo reads the x86 CPU
 # topology as if it were ARM and both LiteRT and onnxruntime crash (SIGSEGV) under qemu.
 for fs in proc dev; do

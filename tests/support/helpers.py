@@ -80,8 +80,13 @@ def standin_binary(directory: Path, tool: str = "benchmark_model") -> Path:
 
 
 def foreign_elf(directory: Path) -> Path:
-    """An ELF executable header for aarch64: on this x86-64 "device" exec fails (Exec format error)."""
-    header = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8) + struct.pack("<HHI", 2, 183, 1) + bytes(40)
-    dest = directory / "benchmark_model_aarch64"
+    """An ELF executable for a CPU this "device" cannot run: exec fails with "Exec format error".
+
+    It targets the Motorola 88000 (EM_88K) rather than, say, aarch64, because a machine with
+    qemu-user registered in binfmt_misc would run an aarch64 binary under emulation.
+    """
+    em_88k = 5
+    header = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8) + struct.pack("<HHI", 2, em_88k, 1) + bytes(40)
+    dest = directory / "benchmark_model_m88k"
     dest.write_bytes(header + bytes(4096))
     return dest
