@@ -133,8 +133,12 @@ def test_dead_channels_require_exact_zeros_not_a_zero_sum():
         model.conv2.weight[9].zero_()[0, 0, 0] = 1.0
         model.conv2.weight[9][1, 0, 0] = -1.0  # sums to zero but is alive
     graph = analyze(model, torch.randn(1, 1, 8, 8))
-    dead = graph.dead_channels(model)[group_with(graph, "conv2.weight").id]
+    group = group_with(graph, "conv2.weight")
+    dead = graph.dead_channels(model)[group.id]
     assert dead.nonzero().flatten().tolist() == [3, 7]
+    norms = group.producer_norms(model.state_dict())
+    assert norms[9] == 2.0 and (norms == 0).nonzero().flatten().tolist() == [3, 7]
+    torch.testing.assert_close(norms[0], model.conv2.weight[0].double().pow(2).sum())
 
 
 def test_sites_locate_the_producer_output_by_hook_and_by_graph_node():

@@ -95,23 +95,20 @@ class ChannelAnalysis:
     traced: TracedModel
     parent: list[int] = field(default_factory=list)
     space: list[int] = field(default_factory=list)
-    zero_atom: list[bool] = field(default_factory=list)
     frozen: dict[int, str] = field(default_factory=dict)
     gated: set[int] = field(default_factory=set)
     vectors: dict[str, Any] = field(default_factory=dict)
     entries: list[Entry] = field(default_factory=list)
     layers: dict[str, LayerInfo] = field(default_factory=dict)
-    producer_of: dict[int, str] = field(default_factory=dict)
     _owner: dict[tuple[str, int, int], int] = field(default_factory=dict)
     _spaces: int = 0
 
     # -- union-find -------------------------------------------------------------------------
-    def new_atoms(self, n: int, zero: bool = False) -> list[int]:
+    def new_atoms(self, n: int) -> list[int]:
         """``n`` fresh atoms forming one new channel space."""
         start = len(self.parent)
         self.parent.extend(range(start, start + n))
         self.space.extend([self._spaces] * n)
-        self.zero_atom.extend([zero] * n)
         self._spaces += 1
         return list(range(start, start + n))
 
@@ -377,7 +374,6 @@ class _Rules:
             self.ana.add_entry("producer", layer.weight, 0, j, atom)
             if layer.bias:
                 self.ana.add_entry("bias", layer.bias, 0, j, atom)
-            self.ana.producer_of.setdefault(atom, node.name)
         return out
 
     def op_linear(self, node: fx.Node) -> None:
@@ -482,8 +478,8 @@ class _Rules:
         if mode != "constant" or not all(isinstance(v, int) and v >= 0 for v in (before, after)):
             self.unknown(node, "padding of the channel axis that is not constant")
             return
-        front = self.ana.new_atoms(before, zero=True)
-        back = self.ana.new_atoms(after, zero=True)
+        front = self.ana.new_atoms(before)
+        back = self.ana.new_atoms(after)
         self.vec[node.name] = ChannelVector(tuple(front) + src.atoms + tuple(back))
 
     def op_flatten(self, node: fx.Node) -> None:
