@@ -13,6 +13,7 @@ import copy
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from edgeprune.errors import VerificationError
@@ -62,14 +63,7 @@ def worst_abs_diff(reference: nn.Module, candidate: nn.Module, inputs: Sequence[
     b = candidate.eval() if _has_dtype(candidate, dtype) else copy.deepcopy(candidate).eval().to(dtype)
     worst, where = 0.0, 0
     for i, x in enumerate(inputs):
-        ya, yb = a(x.to(dtype)), b(x.to(dtype))
-        if ya.shape != yb.shape:
-            raise VerificationError(
-                f"the output shape changed from {list(ya.shape)} to {list(yb.shape)}", "this is a bug in edgeprune"
-            )
-        diff = float((ya - yb).abs().max()) if ya.numel() else 0.0
-        if diff != diff:  # NaN
-            diff = float("inf")
+        diff = _output_diff(a(x.to(dtype)), b(x.to(dtype)))
         if diff > worst:
             worst, where = diff, i
     return worst, where
@@ -105,6 +99,25 @@ def assert_equivalent(
             f"outputs differ by {worst:.3g} > {tolerance:g} (float64) on an input of shape {list(x.shape)}{detail}",
             "this is a bug in edgeprune; the model was not changed",
         )
+    return worst
+
+
+def _output_diff(reference: object, candidate: object) -> float:
+    """max |difference| over every tensor of two outputs of the same structure (NaN counts as inf)."""
+    ref_leaves, ref_spec = pytree.tree_flatten(reference)
+    new_leaves, new_spec = pytree.tree_flatten(candidate)
+    if ref_spec != new_spec:
+        raise VerificationError("the structure of the model's output changed", "this is a bug in edgeprune")
+    worst = 0.0
+    for ya, yb in zip(ref_leaves, new_leaves, strict=True):
+        if not isinstance(ya, torch.Tensor):
+            continue
+        if ya.shape != yb.shape:
+            raise VerificationError(
+                f"the output shape changed from {list(ya.shape)} to {list(yb.shape)}", "this is a bug in edgeprune"
+            )
+        diff = float((ya - yb).abs().max()) if ya.numel() else 0.0
+        worst = max(worst, float("inf") if diff != diff else diff)
     return worst
 
 

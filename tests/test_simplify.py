@@ -393,3 +393,26 @@ def test_carrier_mode_folds_padded_constants_into_one_kept_dead_channel():
     assert report["resolutions"] == "9x9, 16x16"
     _, border = assert_simplified(model, (1, 3, 9, 9))
     assert border["border_corrections"] == 1 and border["channels_removed"] == 3
+
+
+def test_models_with_several_outputs_are_compared_output_by_output():
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.cls = nn.Linear(8, 4)
+            self.box = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            h = F.relu(self.conv(x))
+            return self.cls(h.mean((2, 3))), {"boxes": self.box(h)}
+
+    model = TwoHeads().eval()
+    with torch.no_grad():
+        model.conv.weight[[1, 4]] = 0
+    x = torch.randn(2, 3, 9, 9)
+    result = simplify(model, x[:1])
+    assert result.report["channels_removed"] == 2 and result.report["max_abs_diff_float64"] <= 1e-9
+    (logits, extra), (ref_logits, ref_extra) = result.model(x), model(x)
+    torch.testing.assert_close(logits, ref_logits)
+    torch.testing.assert_close(extra["boxes"], ref_extra["boxes"])
