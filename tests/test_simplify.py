@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from edgeprune import models
@@ -416,3 +418,11 @@ def test_models_with_several_outputs_are_compared_output_by_output():
     (logits, extra), (ref_logits, ref_extra) = result.model(x), model(x)
     torch.testing.assert_close(logits, ref_logits)
     torch.testing.assert_close(extra["boxes"], ref_extra["boxes"])
+
+
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(fraction=st.floats(0.05, 1.0), seed=st.integers(0, 10_000), mode=st.sampled_from(["border", "carrier"]))
+def test_random_structured_zeroing_of_a_zero_padding_resnet_stays_exact(fraction, seed, mode):
+    """Any amount of dead channels, including all of them: still exact, never an empty tensor."""
+    model = kill_channels(models.resnet20(shortcut="A"), fraction, seed)
+    assert_simplified(model, (1, 3, 16, 16), options=SimplifyOptions(padded_constants=mode))

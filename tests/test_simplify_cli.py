@@ -87,3 +87,22 @@ def test_stage_replaces_the_model_and_saves_it(trained_lenet5, tmp_path):
     batches = list(trained_lenet5.data.loader("test", 256))
     assert evaluate(art.model, batches)["accuracy"] == evaluate(model, batches)["accuracy"]
     json.dumps(metrics)  # the report must be JSON-serialisable
+
+
+def test_cli_takes_a_state_dict_with_its_architecture(runner, cli, tmp_path):
+    from edgeprune import models
+
+    model = models.resnet20(shortcut="B").eval()
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith("conv1") and name != "conv1":
+                module.weight[::2] = 0  # half of every block's inner channels
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    args = ["simplify", str(tmp_path / "weights.pt"), "--arch", "edgeprune.models:resnet20",
+            "--arch-kwargs", '{"shortcut": "B"}', "--input-shape", "1,3,32,32", "-o", str(tmp_path / "s.pt2")]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "168 channels removed" in result.output  # (8 + 16 + 32) x 3 blocks and "max |delta|" in result.output
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.load(tmp_path / "s.pt2").module()(x), model(x), rtol=1e-4, atol=1e-4)
