@@ -49,26 +49,27 @@ static inline int level_class(int32_t prev) { return prev == 0 ? 0 : (prev < 0 ?
 /* ---------------------------------------------------------------- probability estimator */
 
 typedef struct {
-    int16_t s;      /* log-domain state, sign = MPS */
-    int8_t f;       /* fast part (s = slow + 16 f) */
-    uint8_t sh_f, sh_s;
+    int32_t s;      /* log-domain state, sign = MPS (kept in int16 range, as the standard's 16-bit state) */
+    int32_t f;      /* fast part (s = slow + 16 f), kept in int8 range */
+    int32_t sh_f, sh_s;
 } context;
 
 static void ctx_init(context *c, int cfg) {
-    c->sh_f = (uint8_t)(NNR_ESTIMATOR_CONFIGS[cfg][0] + 4);
-    c->sh_s = (uint8_t)NNR_ESTIMATOR_CONFIGS[cfg][1];
+    c->sh_f = NNR_ESTIMATOR_CONFIGS[cfg][0] + 4;
+    c->sh_s = NNR_ESTIMATOR_CONFIGS[cfg][1];
     c->s = NNR_ESTIMATOR_CONFIGS[cfg][2];
-    c->f = (int8_t)NNR_ESTIMATOR_CONFIGS[cfg][3];
+    c->f = NNR_ESTIMATOR_CONFIGS[cfg][3];
 }
 
-static inline void estimator_update(int16_t *s, int8_t *f, int sh_f, int sh_s, int bin) {
+static inline void estimator_update(int32_t *s, int32_t *f, int sh_f, int sh_s, int bin) {
     int d = 2 * bin - 1; /* +1 for a one, -1 for a zero */
     int fast = *f;
     int slow = *s - 16 * fast;
     fast += d * (NNR_STEP_CURVE[(16 + ((d * fast) >> 3)) & 31] >> sh_f);
     slow += d * (NNR_STEP_CURVE[(16 + ((d * slow) >> 7)) & 31] >> sh_s);
-    *f = (int8_t)fast;
-    *s = (int16_t)(slow + 16 * (int8_t)fast);
+    fast = (int8_t)fast; /* the reference stores 8-bit / 16-bit parts: keep their wrap-around exactly */
+    *f = fast;
+    *s = (int16_t)(slow + 16 * fast);
 }
 
 static inline uint32_t ctx_rlps(const context *c, uint32_t range) {
@@ -191,15 +192,15 @@ static void enc_finish(encoder *e) {
  * encoder does this; the decoder just reads the chosen indices. */
 
 typedef struct {
-    int16_t s[9];
-    int8_t f[9];
+    int32_t s[9];
+    int32_t f[9];
     uint64_t bits[9];
 } context_search;
 
 static void search_init(context_search *cs) {
     for (int i = 0; i < 9; i++) {
         cs->s[i] = NNR_ESTIMATOR_CONFIGS[i][2];
-        cs->f[i] = (int8_t)NNR_ESTIMATOR_CONFIGS[i][3];
+        cs->f[i] = NNR_ESTIMATOR_CONFIGS[i][3];
         cs->bits[i] = 0;
     }
 }
@@ -354,7 +355,7 @@ nnr_status nnr_encode_tensor(const int32_t *levels, nnr_tensor_params *p, uint8_
     context_search search[CTX_MAX];
     encoder e;
     enc_start(&e, out, cap);
-    for (int i = 0; i < CTX_COUNT(ngtx); i++) ctx_init(&ctx[i], 0);
+    for (int i = 0; i < (int)CTX_COUNT(ngtx); i++) ctx_init(&ctx[i], 0);
 
     if (p->has_qp_offset) {
         int nbits = 6 + p->qp_density;
@@ -374,7 +375,7 @@ nnr_status nnr_encode_tensor(const int32_t *levels, nnr_tensor_params *p, uint8_
     if (p->estimator_search) {
         /* NNCodec binarises the reconstruction index n here (not q) and uses it as the neighbour;
          * reproduced so that the chosen configurations, hence the bytes, match. */
-        for (int i = 0; i < CTX_REM(ngtx) + 32; i++) search_init(&search[i]);
+        for (int i = 0; i < (int)CTX_REM(ngtx) + 32; i++) search_init(&search[i]);
         int state = 0;
         int32_t prev = 0;
         for (uint32_t r = 0; r < p->rows; r++) {
@@ -540,7 +541,7 @@ nnr_status nnr_decode_tensor(const uint8_t *payload, size_t len, nnr_tensor_para
     context ctx[CTX_MAX];
     decoder d;
     dec_start(&d, payload, len);
-    for (int i = 0; i < CTX_COUNT(ngtx); i++) ctx_init(&ctx[i], 0);
+    for (int i = 0; i < (int)CTX_COUNT(ngtx); i++) ctx_init(&ctx[i], 0);
 
     if (p->has_qp_offset) {
         int nbits = 6 + p->qp_density;
@@ -561,7 +562,7 @@ nnr_status nnr_decode_tensor(const uint8_t *payload, size_t len, nnr_tensor_para
         int idx = i < nsig ? CTX_SIG + i
                   : i < nsig + 3 ? CTX_SIGN + (i - nsig)
                   : i < nsig + 3 + 2 * (int)ngtx ? CTX_GTX + (i - nsig - 3)
-                  : CTX_REM(ngtx) + (i - nsig - 3 - 2 * (int)ngtx);
+                  : (int)CTX_REM(ngtx) + (i - nsig - 3 - 2 * (int)ngtx);
         int cfg = dec_bin(&d, &ctx[cfg_ctx]) ? 1 + (int)dec_bypass(&d, 3) : 0;
         ctx_init(&ctx[idx], cfg);
     }
@@ -698,7 +699,7 @@ nnr_status nnr_quantize_rdoq(const float *weights, size_t n, float step, double 
     const double dist_scale = 32768.0 / (lambda_scale * log(2.0) / 6.0);
     const double qscale = 1.0 / (double)step;
     context ctx[CTX_MAX];
-    for (int i = 0; i < CTX_COUNT(ngtx); i++) ctx_init(&ctx[i], 0);
+    for (int i = 0; i < (int)CTX_COUNT(ngtx); i++) ctx_init(&ctx[i], 0);
     encoder unused;
     int32_t prev = 0;
     for (size_t i = 0; i < n; i++) {
