@@ -53,10 +53,10 @@ class PruneOptions:
     epochs: int = 40
     lr: float = 0.05
     optimizer: str = "sgd"
-    lr_schedule: str = "cosine"
+    lr_schedule: str = "constant"
     batch_size: int = 64
     weight_decay: float = 0.0
-    lmbda: float = 0.005
+    lmbda: float = 0.01
     twt: float = 0.05
     pwe: int = 0
     sensitivity: str = "lower_bound"
@@ -65,7 +65,7 @@ class PruneOptions:
     target_sparsity: float | None = None
     target_macs: float | None = None
     max_accuracy_drop: float | None = 1.0
-    finetune_epochs: int = 4
+    finetune_epochs: int = 10
     search_evaluations: int = 16
     score: str | None = None  # channel score of the threshold search; None: the method's own
     seed: int = 0
@@ -87,7 +87,7 @@ class PruneOptions:
         if self.lmbda < 0 or self.twt < 0 or self.pwe < 0 or self.finetune_epochs < 0:
             raise EdgepruneError(
                 "lambda, TWT, PWE and fine-tune epochs must not be negative",
-                "e.g. --lmbda 0.005 --twt 0.05 --pwe 0",
+                "e.g. --lmbda 0.01 --twt 0.05 --pwe 0",
             )
         if self.score is not None and self.score not in SCORES:
             raise EdgepruneError(

@@ -123,11 +123,15 @@ def threshold_search(
 
     ``measure()`` returns the validation {"loss", "accuracy"} of the model as it currently is;
     candidate prunings are tried in place and undone. With ``min_accuracy`` a candidate must also
-    keep the validation accuracy at or above it. Weights are left as found: the caller applies the
-    masks (to weights and optimizer state) afterwards.
+    keep the validation accuracy at or above it - or, when the regulariser has already pushed the
+    model below it, at or above the current accuracy (pruning may then remove only what costs
+    nothing; fine-tuning is what recovers the rest). Weights are left as found: the caller applies
+    the masks (to weights and optimizer state) afterwards.
     """
     base = measure()
     bound = base["loss"] * (1 + twt)
+    if min_accuracy is not None:
+        min_accuracy = min(min_accuracy, base["accuracy"])
     candidates = channel_candidates(masks, score)
     backups = {s.name: s.tensor.detach().clone() for g in masks.groups for s in g.weights}
     tensors = {s.name: s.tensor for g in masks.groups for s in g.weights}
