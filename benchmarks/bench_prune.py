@@ -336,8 +336,8 @@ def write_report(results: dict[str, Any]) -> None:
     lines += [
         "Methods, all starting from the same trained dense model with the same epoch budget: **SeReNe** "
         "(`--method serene`: lower-bound sensitivity, decoupled shrink, PWE 0 plateau, TWT threshold search "
-        "on channel groups, then fine-tuning); **L1** (`--method l1`: the same schedule and search without the "
-        "regulariser, channels ranked by L1 norm relative to their layer); **Torch-Pruning** 1.6.1 "
+        "on channel groups, then fine-tuning); **L1** (`--method l1`: the same schedule and search without "
+        "the regulariser, channels ranked by L1 norm relative to their layer); **Torch-Pruning** 1.6.1 "
         "`MagnitudePruner` (L1 group importance, one iterative step per epoch with fine-tuning, classifier "
         "ignored). Sizes are of the simplified model (edgeprune.simplify for SeReNe/L1; Torch-Pruning slices "
         "physically); NNR = `edgeprune.nnr.encode_model` bitstream bytes at the default per-tensor qp.",
