@@ -138,12 +138,16 @@ def export_program(model: nn.Module, example_input: torch.Tensor) -> torch.expor
     """``torch.export`` the model in eval mode with a dynamic batch dimension.
 
     The batch is exported from a two-sample example so that torch does not specialise it to 1.
+    Spatial dimensions are ``Dim.AUTO``: they stay dynamic where the model allows it (global
+    pooling) and are specialised where it does not (Flatten -> Linear), so a saved model accepts
+    every resolution the original accepted.
     """
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     example = example_input[:1].expand(2, *example_input.shape[1:]).contiguous()
+    spatial = {d: torch.export.Dim.AUTO for d in range(2, example.dim())}
     model.eval()
     try:
-        return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        return torch.export.export(model, (example,), dynamic_shapes=({0: batch, **spatial},))
     except Exception as exc:  # torch.export raises many unrelated types for untraceable code
         raise CheckpointError(
             f"cannot export the model to save it: {str(exc).splitlines()[0][:200]}",

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def count_params(model: nn.Module, nonzero: bool = False) -> int:
@@ -17,36 +18,20 @@ def count_params(model: nn.Module, nonzero: bool = False) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-_MAC_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear)
-
-
 @torch.no_grad()
 def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass on ``example_input`` (batch of one), from the
-    convolutional and linear layers, which dominate the cost of the models edgeprune targets."""
-    total = 0
+    """Multiply-accumulates of one forward pass on one sample of ``example_input``.
 
-    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal total
-        per_sample = output[0] if output.dim() > 1 else output
-        if isinstance(module, nn.Linear):
-            total += module.in_features * per_sample.numel()
-        elif isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d)):
-            x = inputs[0][0]
-            total += x.numel() * module.weight[0].numel()
-        else:
-            total += per_sample.numel() * module.weight[0].numel()
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _MAC_LAYERS)]
-    try:
-        was_training = model.training
-        model.eval()
+    Counted on the aten ops actually executed (torch's FlopCounterMode: convolutions, matrix
+    products), so it works the same for ordinary modules and for the fx GraphModules loaded from
+    .pt2 files, which have no Conv/Linear modules to hook. FLOPs / 2 = MACs for these ops.
+    """
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
         model(example_input[:1])
-        model.train(was_training)
-    finally:
-        for h in handles:
-            h.remove()
-    return int(total)
+    model.train(was_training)
+    return int(counter.get_total_flops() // 2)
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ the float model), ``size_bytes`` (its main file), ``files`` are taken from ``art
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import time
@@ -62,6 +63,9 @@ def run_pipeline(art: Artifact, ctx: StageContext, stages: Sequence[str] = STAGE
     """Run ``stages`` in order on ``art``; return the report (also kept in ``art.extras['report']``)."""
     report = Report(meta={**art.meta, "target": ctx.target, "seed": ctx.seed, "stages": list(stages)})
     art.extras["report"] = report
+    if MODEL_CHANGING.intersection(stages) - {"load"}:
+        # The model as loaded, for dense-vs-compressed comparisons (the export stage exports it too).
+        art.extras["dense_model"] = copy.deepcopy(art.model)
     for name in stages:
         start = time.perf_counter()
         if ctx.progress:

@@ -27,7 +27,8 @@ from edgeprune.export.verify import LevelCheck, compare_levels, match_by_content
 
 FORMATS = ("onnx", "tflite")
 FILE_NAMES = {"onnx_fp32": "model.onnx", "onnx_int8": "model_int8.onnx",
-              "tflite_fp32": "model.tflite", "tflite_int8": "model_int8.tflite"}
+              "tflite_fp32": "model.tflite", "tflite_int8": "model_int8.tflite",
+              "dense_onnx_fp32": "dense.onnx", "dense_tflite_fp32": "dense.tflite"}
 
 
 @dataclass
@@ -41,6 +42,9 @@ class ExportOptions:
     nhwc: bool = False
     verify_samples: int = 1000
     threads: int = 1
+    # Also export the model as loaded (before prune/simplify) in fp32, so the bench stage can show
+    # what pruning bought on the device ("dense vs pruned vs INT8").
+    dense_baseline: bool = True
 
 
 def parse_formats(text: str | None) -> tuple[str, ...]:
@@ -117,7 +121,34 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
                 row, checks["tflite_int8"] = _tflite_int8(art, ctx, opts, verification, snapped, calibration,
                                                           reference)
                 rows.append(row)
+    dense = art.extras.get("dense_model")
+    if opts.dense_baseline and dense is not None:
+        rows += _dense_baseline(art, ctx, opts, formats, dense)
     return _summarise(rows, checks, reference_name, qw, opts)
+
+
+def _dense_baseline(art: Artifact, ctx: StageContext, opts: ExportOptions, formats: tuple[str, ...],
+                    dense: torch.nn.Module) -> list[dict[str, Any]]:
+    """fp32 exports of the model as it was loaded, verified against that model's own outputs."""
+    example = art.extras.get("dense_example_input", art.example_input)
+    with torch.no_grad():
+        x = art.data.test.tensors[0][: opts.verify_samples] if art.data is not None else example[:1]
+        labels = art.data.test.tensors[1][: opts.verify_samples] if art.data is not None else None
+        ver = _Verification(x, labels, dense.eval()(x).numpy())
+    rows = []
+    if "onnx" in formats:
+        dest = ctx.out_dir / FILE_NAMES["dense_onnx_fp32"]
+        _, seconds = _timed(onnx_export.export_fp32, dense, example, dest, opts.opset, opts.dynamic_batch)
+        art.files["dense_onnx_fp32"] = dest
+        outputs = onnx_export.run_session(dest, ver.inputs, opts.threads)
+        rows.append(_row(art, "dense_onnx_fp32", "onnxruntime", "fp32 dense", seconds, ver.measure(outputs)))
+    if "tflite" in formats:
+        dest = ctx.out_dir / FILE_NAMES["dense_tflite_fp32"]
+        _, seconds = _timed(tflite_export.export_fp32, dense, example, dest, opts.nhwc)
+        art.files["dense_tflite_fp32"] = dest
+        outputs = tflite_export.run_interpreter(dest, ver.inputs, opts.threads, opts.nhwc)
+        rows.append(_row(art, "dense_tflite_fp32", "litert", "fp32 dense", seconds, ver.measure(outputs)))
+    return rows
 
 
 def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
@@ -183,7 +214,7 @@ def _summarise(rows: list[dict[str, Any]], checks: dict[str, LevelCheck], refere
     """The report numbers: the per-file table plus the headline keys (INT8 accuracy, main file size)."""
     result: dict[str, Any] = {"exports": rows, "onnx_opset": opts.opset if "onnx" in opts.formats else None}
     for row in rows:
-        stem = f"{row['runtime']}_{row['precision']}"
+        stem = f"{row['runtime']}_{row['precision'].replace(' ', '_')}"
         result[f"accuracy_{stem}"] = row["accuracy"]
         result[f"max_abs_diff_{stem}"] = row["max_abs_diff"]
     if qw is not None:
