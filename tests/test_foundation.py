@@ -111,6 +111,7 @@ def test_cli_help_lists_examples_and_commands(runner, cli):
             "dataset 'digits' has samples of shape [1, 8, 8]",
         ),
         (["compress", "--example", "lenet5", "-o", "{tmp}/full"], "already contains results"),
+        (["compress", "--example", "lenet5", "--target", "nosuch", "-o", "{tmp}/o"], "unknown target 'nosuch'"),
     ],
 )
 def test_cli_user_errors_exit_2_without_traceback(tmp_path, runner, cli, args, message):

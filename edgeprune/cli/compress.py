@@ -18,7 +18,9 @@ from edgeprune.cli.common import (
     make_context,
     model_options,
 )
-from edgeprune.errors import EdgepruneError
+from edgeprune.devices.profiles import load_profile
+from edgeprune.devices.transport import check_reachable
+from edgeprune.errors import DeviceError, EdgepruneError
 from edgeprune.examples import EXAMPLES, build_example
 from edgeprune.fileio import atomic_directory
 from edgeprune.pipeline import STAGE_ORDER, run_pipeline, select_stages
@@ -68,6 +70,8 @@ def compress(
         raise EdgepruneError("give either MODEL or --example, not both", "drop one of them")
     if not example and not model:
         raise EdgepruneError("no model given", "pass a checkpoint path or --example lenet5")
+    if "bench" in chosen:
+        _check_target(target)
     out = Path(out_dir)
     with atomic_directory(out, force) as work_dir:
         stage_ctx = make_context(ctx, work_dir, kwargs.get("seed", 0), options, target)
@@ -85,6 +89,19 @@ def compress(
     result["output_dir"] = str(out)
     result["report_files"] = sorted(p.name for p in files.values())
     emit(ctx, result, as_json, _summary(report, out))
+
+
+def _check_target(target: str) -> None:
+    """Fail before any work when the bench target is unknown or unreachable, not after minutes of pruning."""
+    profile = load_profile(target)
+    if profile.transport == "local":
+        return
+    state = check_reachable(profile)
+    if not state.reachable:
+        raise DeviceError(
+            f"target {target!r} is unreachable: {state.detail}",
+            "or pass --skip bench to compress without benchmarking",
+        )
 
 
 def _summary(report, out: Path) -> str:  # noqa: ANN001 - Report
