@@ -23,7 +23,7 @@ there) - and λ would have to be re-tuned per model. Measured on digits/LeNet-5 
 budget (BENCHMARKS.md, "Sensitivity defaults"): 6.9 % of the parameters left with it, 21.6 % without
 (24.2 % with the spatial sum), at the same test accuracy. The lower bound is the default for its
 cost (one partial backward); the full variant pruned further there (4.0 %) at 1.4x the run time.
-With it the spatial mean and sum give the same S (they differ by the constant H*W per group), so
+With normalisation the spatial mean and sum give the same S (they differ by the constant H*W per group), so
 ``spatial`` only matters for ``normalize="none"``; the mean is the reference code's choice.
 
 Capturing z: a forward hook on the site's module registers a *tensor* hook on its output. Tensor
