@@ -60,8 +60,11 @@ def test_learning_rate_schedules():
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("optimizer", "rmsprop", "unknown optimizer"), ("lr_schedule", "linear", "unknown learning-rate"),
-     ("batch_size", 0, "must be positive")],
+    [
+        ("optimizer", "rmsprop", "unknown optimizer"),
+        ("lr_schedule", "linear", "unknown learning-rate"),
+        ("batch_size", 0, "must be positive"),
+    ],
 )
 def test_train_config_rejects_bad_settings(field, value, message):
     with pytest.raises(EdgepruneError, match=message):
@@ -93,14 +96,18 @@ class _InterruptAt(Progress):
 def test_pruning_resumed_from_checkpoint_matches_an_uninterrupted_run(trained_lenet5, tmp_path):
     options = dict(epochs=5, finetune_epochs=1, lmbda=0.01)
     straight = copy.deepcopy(trained_lenet5.model)
-    expected = prune_model(straight, trained_lenet5.example_input, trained_lenet5.data, PruneOptions(**options))
+    expected = prune_model(
+        straight, trained_lenet5.example_input, trained_lenet5.data, PruneOptions(**options)
+    )
     assert expected.events, "the run must prune something for this test to mean anything"
 
     checkpoint = tmp_path / "state.pt"
     resumed = copy.deepcopy(trained_lenet5.model)
     opts = PruneOptions(**options, checkpoint=checkpoint, resume=True)
     with pytest.raises(KeyboardInterrupt):
-        prune_model(resumed, trained_lenet5.example_input, trained_lenet5.data, opts, progress=_InterruptAt(4))
+        prune_model(
+            resumed, trained_lenet5.example_input, trained_lenet5.data, opts, progress=_InterruptAt(4)
+        )
     assert checkpoint.exists()
     result = prune_model(resumed, trained_lenet5.example_input, trained_lenet5.data, opts)
     assert result.epochs_run == expected.epochs_run
@@ -112,15 +119,27 @@ def test_pruning_resumed_from_checkpoint_matches_an_uninterrupted_run(trained_le
 def test_resume_refuses_a_checkpoint_written_with_other_settings(trained_lenet5, tmp_path):
     checkpoint = tmp_path / "state.pt"
     art = trained_lenet5
-    prune_model(copy.deepcopy(art.model), art.example_input, art.data,
-                PruneOptions(epochs=2, finetune_epochs=0, checkpoint=checkpoint))
+    prune_model(
+        copy.deepcopy(art.model),
+        art.example_input,
+        art.data,
+        PruneOptions(epochs=2, finetune_epochs=0, checkpoint=checkpoint),
+    )
     with pytest.raises(EdgepruneError, match="different settings"):
-        prune_model(copy.deepcopy(art.model), art.example_input, art.data,
-                    PruneOptions(epochs=3, finetune_epochs=0, checkpoint=checkpoint, resume=True))
+        prune_model(
+            copy.deepcopy(art.model),
+            art.example_input,
+            art.data,
+            PruneOptions(epochs=3, finetune_epochs=0, checkpoint=checkpoint, resume=True),
+        )
     checkpoint.write_bytes(b"not a checkpoint")
     with pytest.raises(EdgepruneError, match="cannot read training checkpoint"):
-        prune_model(copy.deepcopy(art.model), art.example_input, art.data,
-                    PruneOptions(epochs=2, finetune_epochs=0, checkpoint=checkpoint, resume=True))
+        prune_model(
+            copy.deepcopy(art.model),
+            art.example_input,
+            art.data,
+            PruneOptions(epochs=2, finetune_epochs=0, checkpoint=checkpoint, resume=True),
+        )
 
 
 _DDP_SCRIPT = textwrap.dedent(
@@ -138,8 +157,8 @@ _DDP_SCRIPT = textwrap.dedent(
     options = PruneOptions(epochs=3, finetune_epochs=1, lr=0.01, lmbda=0.01)
     result = prune_model(model, data.test.tensors[0][:1], data, options)
     if is_main_process():
-        torch.save({"masks": result.masks, "state": model.state_dict(), "world": torch.distributed.is_initialized()},
-                   sys.argv[2])
+        distributed = torch.distributed.is_initialized()
+        torch.save({"masks": result.masks, "state": model.state_dict(), "world": distributed}, sys.argv[2])
     """
 )
 
@@ -154,9 +173,21 @@ def test_ddp_with_two_processes_gives_the_same_masks_as_one(trained_lenet5, tmp_
     single, double = tmp_path / "one.pt", tmp_path / "two.pt"
     subprocess.run([sys.executable, str(script), str(weights), str(single)], check=True, env=env, timeout=300)
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(script), str(weights), str(double)],
-        check=True, env=env, timeout=300, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(script),
+            str(weights),
+            str(double),
+        ],
+        check=True,
+        env=env,
+        timeout=300,
+        capture_output=True,
     )
     one, two = torch.load(single, weights_only=True), torch.load(double, weights_only=True)
     assert not one["world"] and two["world"]
@@ -171,8 +202,14 @@ def test_fit_keeps_the_old_call_signature(digits):
     """edgeprune.examples calls fit(model, data, cfg, progress) and hooks positionally."""
     calls: list[str] = []
     model = _fresh_lenet()
-    fit(model, digits, TrainConfig(epochs=1), Progress(enabled=False), (lambda: calls.append("step"),),
-        (lambda epoch, metrics: calls.append(f"epoch{epoch}"),))
+    fit(
+        model,
+        digits,
+        TrainConfig(epochs=1),
+        Progress(enabled=False),
+        (lambda: calls.append("step"),),
+        (lambda epoch, metrics: calls.append(f"epoch{epoch}"),),
+    )
     assert calls.count("step") == len(range(0, len(digits.train), 64)) and calls[-1] == "epoch0"
     assert not model.training
 
