@@ -36,11 +36,16 @@ def test_short_real_run_removes_neurons_within_the_accuracy_bound(trained_lenet5
     assert test_accuracy >= trained_lenet5.meta["trained_test_accuracy"] - 0.03
 
 
-def test_target_sparsity_stops_pruning_early(trained_lenet5):
+@pytest.mark.parametrize("target", ["target_sparsity", "target_macs"])
+def test_targets_stop_pruning_early(trained_lenet5, target):
     art = _copy(trained_lenet5)
-    options = PruneOptions(epochs=30, finetune_epochs=1, target_sparsity=0.3, lmbda=0.01)
+    value = 0.3 if target == "target_sparsity" else 0.7
+    options = PruneOptions(epochs=30, finetune_epochs=1, lmbda=0.01, **{target: value})
     result = prune_model(art.model, art.example_input, art.data, options)
-    assert result.params_remaining <= 0.7
+    if target == "target_sparsity":
+        assert result.params_remaining <= 0.7
+    else:
+        assert result.macs_remaining <= 0.7
     assert result.epochs_run < 30
     assert result.events[-1].epoch == result.epochs_run - 1  # pruned, then one epoch of fine-tuning
 
