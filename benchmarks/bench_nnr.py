@@ -175,6 +175,7 @@ def throughput_rows(params: dict[str, np.ndarray], qp: int = -32) -> list[dict]:
     rows.append({"coder": "edgeprune decoding NNCodec's stream", "threads": 1, "encode_s": float("nan"),
                  "decode_s": d})
     for r in rows:
+        r["weights"] = n
         r["encode_Mparams_s"] = n / r["encode_s"] / 1e6 if r["encode_s"] == r["encode_s"] else float("nan")
         r["decode_Mparams_s"] = n / r["decode_s"] / 1e6
     return rows
@@ -262,7 +263,8 @@ def markdown(same: list[dict], speed: list[dict], curves: list[dict], seconds: f
                      f"{r['psnr_db']:.1f} | {r['h0_bytes']:,.0f} | {r['nncodec_ndu_bytes'] / r['h0_bytes']:.3f} | "
                      f"{r['lzma9e_bytes']:,} | {r['zstd19_bytes']:,} |")
     base = speed[0] if speed else {}
-    lines += ["", "**Throughput** (15.2 M weights of VGG-16, qp -32, DQ; end-to-end dict -> bytes -> dict; "
+    lines += ["", f"**Throughput** ({base.get('weights', 0) / 1e6:.1f} M weights of VGG-16, qp -32, DQ; "
+              "end-to-end dict -> bytes -> dict; "
               "process CPU time (all threads) and wall time; edgeprune best of 3, NNCodec compress once / "
               "decompress best of 2; shared, overloaded 2-core VM, so wall times are only indicative):", "",
               "| coder | threads | encode CPU s | encode Mparams/s | vs NNCodec | decode CPU s | decode Mparams/s "
