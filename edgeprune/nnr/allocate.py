@@ -13,7 +13,6 @@ in t) until the stream meets ``--bits-per-weight`` or the validation accuracy me
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,8 +74,8 @@ def _qps_at(base: dict[str, int], fixed: dict[str, int], offset: int) -> dict[st
 
 
 def allocate_qps(model: nn.Module, data, bits_per_weight: float | None = None,  # noqa: ANN001 - DataBundle
-                 target_accuracy_drop: float | None = None, dq: bool = True, calibration_batches: int = 4,
-                 evaluate_decoded: Callable[[DecodedStream], float] | None = None) -> Allocation:
+                 target_accuracy_drop: float | None = None, dq: bool = True,
+                 calibration_batches: int = 4) -> Allocation:
     """Choose per-tensor qps for a bit budget (bits per coded weight) or an accuracy budget
     (percentage points below the float model on the validation split)."""
     if (bits_per_weight is None) == (target_accuracy_drop is None):
@@ -108,7 +107,7 @@ def allocate_qps(model: nn.Module, data, bits_per_weight: float | None = None,  
         acc = None
         if target_accuracy_drop is not None:
             decoded = decode_stream(stream.data)
-            acc = evaluate_decoded(decoded) if evaluate_decoded else _val_accuracy(model, decoded, data)
+            acc = _val_accuracy(model, decoded, data)
         trials.append({"offset": offset, "bits_per_weight": bpw, **({"val_accuracy": acc} if acc is not None else {})})
         return bpw, acc
 
