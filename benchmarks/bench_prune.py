@@ -224,7 +224,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             subset(load_data("fashion-mnist"), 4000, 1000),
             TrainConfig(epochs=3, lr=0.05, batch_size=128),
             epochs=4,
-            serene=[{"lmbda": 1e-2}],
+            serene=[{"lmbda": 3e-2, "twt": 0.1}],
             l1=[{"twt": 0.1}],
             tp_ratios=[0.5],
             common={"lr": 0.02, "batch_size": 128, "finetune_epochs": 1, "search_evaluations": 10},

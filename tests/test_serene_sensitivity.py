@@ -137,3 +137,31 @@ def test_bad_settings_are_refused():
         SensitivityConfig(variant="exact")
     with pytest.raises(EdgepruneError, match="unknown spatial setting"):
         SensitivityConfig(spatial="max")
+
+
+class ConvBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def test_batchnorm_channels_are_measured_after_the_normalisation():
+    """Under a training-mode BN, scaling a conv's weights changes nothing downstream, so neither may
+    the sensitivity (measured at the conv output it would shrink by the same factor)."""
+    torch.manual_seed(0)
+    model = ConvBN().train()
+    x = torch.randn(8, 2, 4, 4)
+    groups = analyze(model, x[:1]).prunable_groups()
+    probe = SensitivityProbe(model, groups, SensitivityConfig(normalize="none"))
+    assert probe.modules == ["bn"]
+    before = neuron_sensitivity(model, groups, x, SensitivityConfig(normalize="none"))
+    with torch.no_grad():
+        model.conv.weight.mul_(0.1)
+    after = neuron_sensitivity(model, groups, x, SensitivityConfig(normalize="none"))
+    for gid in before:
+        torch.testing.assert_close(after[gid], before[gid], rtol=1e-3, atol=1e-7)

@@ -12,7 +12,8 @@ The absolute value is taken per element of z_n; a conv channel is then reduced o
 positions (``spatial="mean"``, the reference code's choice, or ``"sum"``, the effect of
 perturbing the whole map) and every neuron is averaged over the batch. Coupled channels (one
 :class:`ChannelGroup`) share one sensitivity: the largest over the group's sites, so a channel
-the network needs at any of its sites is protected.
+the network needs at any of its sites is protected. Where a BatchNorm scales the channels (an
+``nn.Module`` model), z is the BN output rather than the conv output (see ``_batchnorm_sites``).
 
 Normalisation (``normalize="group_max"``, the default) divides each group's sensitivities by their
 maximum: the most sensitive channel of each group is never shrunk and the others are shrunk in
@@ -55,6 +56,7 @@ import torch
 from torch import fx, nn
 
 from edgeprune.errors import EdgepruneError, GraphError
+from edgeprune.prune.masks import is_scale, named_tensors, resolve
 
 VARIANTS = ("lower_bound", "full", "sampled")
 SPATIAL = ("mean", "sum")
@@ -92,6 +94,24 @@ class _Site:
     dim: int
     index: torch.Tensor
     channels: torch.Tensor
+
+
+def _batchnorm_sites(model: nn.Module, group: Any, tensors: dict[str, torch.Tensor]) -> list[_Site]:
+    """The outputs of the BatchNorm modules that scale the group's channels, if any.
+
+    Under a BatchNorm the conv output's gradient scales with 1/||w|| (the normalisation undoes any
+    scaling of w), so the pre-BN sensitivity *grows* as SeReNe shrinks a channel and stops telling
+    channels apart; the BN output is the channel's real pre-activation.
+    """
+    sites = []
+    scales = getattr(group, "scales", None)
+    if scales is None:
+        scales = [resolve(tensors, s) for s in group.biases if is_scale(s, tensors)]
+    for scale in scales:
+        path = scale.name.rpartition(".")[0]
+        if isinstance(model.get_submodule(path), nn.modules.batchnorm._BatchNorm):
+            sites.append(_Site(module=path, dim=1, index=scale.flat_index, channels=scale.channel_of))
+    return sites
 
 
 class _Tap(nn.Identity):
@@ -147,18 +167,11 @@ class SensitivityProbe:
         self.config = config or SensitivityConfig()
         self.groups = list(groups)
         self.traced = isinstance(model, fx.GraphModule)
-        self.sites: dict[Any, list[_Site]] = {}
-        for g in self.groups:
-            sites = []
-            for s in g.sites:
-                where = TAP_PREFIX + s.node if self.traced else s.module
-                if where is None:
-                    raise GraphError(
-                        f"channel group {g.id} has an output that no Conv/Linear module produces",
-                        "exclude that layer, or use --method l1",
-                    )
-                sites.append(_Site(module=where, dim=s.dim, index=s.index.long(), channels=s.channels.long()))
-            self.sites[g.id] = sites
+        tensors = named_tensors(model)
+        self.sites: dict[Any, list[_Site]] = {
+            g.id: ([] if self.traced else _batchnorm_sites(model, g, tensors)) or self._graph_sites(g)
+            for g in self.groups
+        }
         self.modules = sorted({s.module for sites in self.sites.values() for s in sites})
         self._handles: list[Any] = []
         self._sums: dict[str, torch.Tensor] = {}
@@ -166,6 +179,18 @@ class SensitivityProbe:
         self._captured: list[tuple[torch.Tensor, int]] = []  # (output, its version when captured)
         self._dims = {s.module: s.dim for sites in self.sites.values() for s in sites}
         self._generator = torch.Generator().manual_seed(self.config.seed)
+
+    def _graph_sites(self, group: Any) -> list[_Site]:
+        sites = []
+        for s in group.sites:
+            where = TAP_PREFIX + s.node if self.traced else s.module
+            if where is None:
+                raise GraphError(
+                    f"channel group {group.id} has an output that no Conv/Linear module produces",
+                    "exclude that layer, or use --method l1",
+                )
+            sites.append(_Site(module=where, dim=s.dim, index=s.index.long(), channels=s.channels.long()))
+        return sites
 
     def __enter__(self) -> SensitivityProbe:
         if self.traced:
