@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import time
@@ -411,7 +412,7 @@ def write_report(results: dict[str, Any]) -> None:
         ]
         lines.append("")
     if PLOT.exists():
-        lines += [f"![accuracy vs size]({PLOT.relative_to(ROOT / 'benchmarks').as_posix()})", ""]
+        lines += [f"![accuracy vs size]({PLOT.relative_to(ROOT).as_posix()})", ""]
     text = (ROOT / "BENCHMARKS.md").read_text()
     start = text.index(SECTION)
     end = text.find("\n## ", start + len(SECTION))
@@ -471,9 +472,8 @@ def main() -> None:
         results.setdefault("commands", []).append(
             f"OMP_NUM_THREADS=1 python benchmarks/bench_prune.py --parts {part}"
         )
-        results["machine"] = (
-            f"{platform.machine()} {platform.processor() or ''} ({torch.get_num_threads()} thread)"
-        )
+        threads = torch.get_num_threads()
+        results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs (shared), {threads} thread"
         results["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d")
         write_json(RESULTS, results)
     if args.report:
