@@ -26,6 +26,8 @@ from edgeprune.fileio import atomic_directory
 from edgeprune.pipeline import STAGE_ORDER, run_pipeline, select_stages
 
 _STAGE_CLI = (prune, simplify, export, nnr, bench)
+# cli/export.py declares the options of two stages (quantize and export), hence two builders there.
+_OPTION_BUILDERS = (*(m.options_from for m in _STAGE_CLI), export.quantize_options_from)
 
 
 @click.command(context_settings={"show_default": True})
@@ -65,7 +67,7 @@ def compress(
       edgeprune compress model.pt2 --data ./fashion-mnist --skip bench --json -o out/
     """
     chosen = select_stages(stages, skip)
-    options = dict(m.options_from(kwargs) for m in _STAGE_CLI)
+    options = dict(build(kwargs) for build in _OPTION_BUILDERS)
     if example and model:
         raise EdgepruneError("give either MODEL or --example, not both", "drop one of them")
     if not example and not model:
