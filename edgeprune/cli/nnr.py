@@ -48,7 +48,7 @@ _budget_options = compose(
 @click.option("--rdoq", type=click.FloatRange(min=0), default=0.0,
               help="RDOQ lambda scale (uniform quantisation only, needs --no-dq; measured near-useless: off).")
 @click.option("--estimator-search", is_flag=True,
-              help="Pick each context's estimator like NNCodec (about 0.5-1 %% smaller, slower to encode).")
+              help="Pick each context's estimator like NNCodec (about 0.5-1 % smaller, slower to encode).")
 @_budget_options
 @model_options
 @data_options
