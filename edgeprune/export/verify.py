@@ -22,6 +22,15 @@ class LevelCheck:
     missing: list[str] = field(default_factory=list)
     per_tensor: dict[str, int] = field(default_factory=dict)
 
+    def record(self, name: str, reference: np.ndarray, differences: int | None) -> None:
+        """Tally one reference tensor; ``None`` (no matching tensor in the file) counts every value."""
+        if differences is None:
+            self.missing.append(name)
+            differences = reference.size
+        self.per_tensor[name] = differences
+        self.compared_values += reference.size
+        self.mismatches += differences
+
     def as_dict(self) -> dict:
         return {"compared_values": self.compared_values, "mismatches": self.mismatches,
                 "missing_tensors": self.missing,
@@ -40,13 +49,7 @@ def compare_levels(reference: dict[str, np.ndarray], candidate: dict[str, np.nda
     check = LevelCheck()
     for name, ref in reference.items():
         got = candidate.get(name)
-        diff = None if got is None else _differences(ref, got)
-        if diff is None:
-            check.missing.append(name)
-            diff = ref.size
-        check.per_tensor[name] = diff
-        check.compared_values += ref.size
-        check.mismatches += diff
+        check.record(name, ref, None if got is None else _differences(ref, got))
     return check
 
 
@@ -58,13 +61,9 @@ def match_by_content(reference: dict[str, np.ndarray], candidates: Iterable[tupl
     for name, ref in reference.items():
         scored = [(d, i) for i, cand in enumerate(pool) if cand is not None
                   and (d := _differences(ref, cand)) is not None]
+        diff = None
         if scored:
             diff, index = min(scored)
             pool[index] = None
-        else:
-            check.missing.append(name)
-            diff = ref.size
-        check.per_tensor[name] = diff
-        check.compared_values += ref.size
-        check.mismatches += diff
+        check.record(name, ref, diff)
     return check
