@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+import warnings
 
 import click
 
@@ -62,6 +63,9 @@ def cli(ctx: click.Context, quiet: bool, verbose: bool, debug: bool) -> None:
     ctx.obj.update(quiet=quiet, verbose=verbose, debug=debug)
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # deprecation notices from torch/litert internals are not the user's business
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 cli.add_command(compress.compress)

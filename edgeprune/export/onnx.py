@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,13 +59,27 @@ def describe_failure(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence exporters' progress chatter on stdout/stderr and the root logger (``--json`` keeps stdout)."""
+    """Silence exporters' chatter (``--json`` keeps stdout clean, ``--quiet`` means quiet).
+
+    Python-level output is captured, and so are file descriptors 1 and 2: the TFLite converter's
+    C++ (absl) logging writes to them directly. Failures still surface as exceptions.
+    """
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
     try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
         logging.disable(previous)
 
 

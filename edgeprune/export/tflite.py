@@ -120,8 +120,9 @@ def _interpreter(path: Path, threads: int = 1):  # noqa: ANN202 - ai_edge_litert
     from ai_edge_litert.interpreter import Interpreter
 
     try:
-        interpreter = Interpreter(model_path=str(path), num_threads=threads)
-        interpreter.allocate_tensors()
+        with _quiet():  # the XNNPACK delegate announces itself on stderr from C++
+            interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            interpreter.allocate_tensors()
     except Exception as exc:  # the interpreter raises ValueError/RuntimeError with C++ messages
         raise ExportError(f"LiteRT cannot load {path.name}: {first_line(exc)}", "re-export the model") from None
     return interpreter
