@@ -29,7 +29,7 @@ SECTION = "## compress --example (foundation)"
 def run_once(out_dir: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    cmd = [sys.executable, "-m", "edgeprune.cli", "--quiet", "compress", "--example", "lenet5", "-o", str(out_dir)]
+    cmd = [sys.executable, "-m", "edgeprune", "--quiet", "compress", "--example", "lenet5", "-o", str(out_dir)]
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -68,7 +68,7 @@ def main() -> None:
         f"| {len(runs)} | {statistics.median(walls):.1f} s | {min(walls):.1f} / {max(walls):.1f} s "
         f"| {statistics.median(r['cpu_s'] for r in runs):.1f} s | {max(r['peak_rss_mib'] for r in runs):.0f} MiB |",
         "",
-        "Median seconds per stage (the load stage includes training the example on digits):",
+        "Median seconds per stage (load = training the example LeNet-5 on digits):",
         "",
         "| " + " | ".join(stage_names) + " |",
         "|" + "---:|" * len(stage_names),

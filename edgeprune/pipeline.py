@@ -71,7 +71,8 @@ def run_pipeline(art: Artifact, ctx: StageContext, stages: Sequence[str] = STAGE
         if ctx.progress:
             ctx.progress.print(f"[bold]{name}[/bold] ...")
         stage_metrics = {} if name == "load" else dict(stage_runner(name)(art, ctx) or {})
-        seconds = time.perf_counter() - start
+        # The artifact is loaded (or the example trained) before the pipeline starts; its caller times it.
+        seconds = art.meta.get("load_seconds", 0.0) if name == "load" else time.perf_counter() - start
         record = StageRecord(name=name, seconds=seconds, metrics=stage_metrics)
         if name in MODEL_CHANGING:
             record.params = count_params(art.model)

@@ -78,6 +78,3 @@ def main() -> None:
     """Console-script entry point."""
     cli(prog_name="edgeprune")
 
-
-if __name__ == "__main__":
-    main()

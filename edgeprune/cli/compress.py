@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +78,14 @@ def compress(
     out = Path(out_dir)
     with atomic_directory(out, force) as work_dir:
         stage_ctx = make_context(ctx, work_dir, kwargs.get("seed", 0), options, target)
+        load_start = time.perf_counter()
         if example:
             art = build_example(
                 example, seed=kwargs.get("seed", 0), data_spec=kwargs.get("data"), progress=stage_ctx.progress
             )
         else:
             art = load_artifact(kwargs, model)
+        art.meta["load_seconds"] = time.perf_counter() - load_start
         if art.data is not None:
             art.meta["data"] = art.data.name
         report = run_pipeline(art, stage_ctx, chosen)
