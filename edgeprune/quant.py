@@ -115,10 +115,32 @@ def _is_weight_layer(node: fx.Node) -> bool:
     return not transposed and isinstance(node.args[1], fx.Node) and node.args[1].op == "get_attr"
 
 
+# Tensor factories that take an input only for its dtype/device/shape: their values are constants.
+_VALUE_FREE_OPS = {_aten.new_ones.default, _aten.new_zeros.default, _aten.new_full.default,
+                   _aten.ones_like.default, _aten.zeros_like.default, _aten.full_like.default}
+
+
+def _input_dependent(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes whose values depend on a model input (placeholders); the rest is constant computation."""
+    dependent: set[fx.Node] = set()
+    for node in graph.nodes:
+        if node.op == "placeholder" or (node.target not in _VALUE_FREE_OPS
+                                        and any(arg in dependent for arg in node.all_input_nodes)):
+            dependent.add(node)
+    return dependent
+
+
 def quantized_weight_names(model: nn.Module) -> list[str]:
-    """``state_dict`` names of the conv/linear weights that get INT8 levels, in execution order."""
+    """``state_dict`` names of the conv/linear weights that get INT8 levels, in execution order.
+
+    Only layers applied to activations count. A layer applied to a constant - e.g. the simplify stage's
+    border-correction conv over a map of ones - is constant-folded by the exporters into a float bias
+    map, so it never exists as INT8 weights in a deployed file and must not be quantised.
+    """
     if isinstance(model, fx.GraphModule):
-        return list(dict.fromkeys(n.args[1].target for n in model.graph.nodes if _is_weight_layer(n)))
+        dependent = _input_dependent(model.graph)
+        return list(dict.fromkeys(n.args[1].target for n in model.graph.nodes
+                                  if _is_weight_layer(n) and n.args[0] in dependent))
     return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, _PLAIN_WEIGHT_LAYERS)]
 
 

@@ -154,3 +154,30 @@ def test_calibration_data_of_the_wrong_shape_is_refused(tmp_path, trained_lenet5
     with pytest.raises(DataError, match="INT8 calibration needs real data"):
         run_stage(art, StageContext(out_dir=tmp_path))
     assert not any(tmp_path.iterdir())
+
+
+def test_layers_on_constants_are_not_quantised_and_exports_match_the_levels(tmp_path, trained_lenet5):
+    """A dead conv1 channel before the zero-padded conv2 makes simplify add a border-correction conv over
+    a map of ones; exporters fold it into a float constant, so it must not be an INT8 weight."""
+    from edgeprune.export import onnx as onnx_export
+    from edgeprune.export.verify import compare_levels
+    from edgeprune.quant import quantized_weight_names, to_deploy_graph, with_quantized_weights
+    from edgeprune.simplify import simplify
+
+    model = copy.deepcopy(trained_lenet5.model)
+    with torch.no_grad():
+        model.conv1.weight[:5] = 0
+    small = simplify(model, trained_lenet5.example_input).model
+    graph, _ = to_deploy_graph(small, trained_lenet5.example_input)
+    names = quantized_weight_names(graph)
+    aten = torch.ops.aten
+    constant_convs = [n.args[1].target for n in graph.graph.nodes
+                      if n.target is aten.conv2d.default and n.args[0].target is aten.new_ones.default]
+    assert constant_convs, "the simplified model should carry a border correction"
+    assert not set(constant_convs) & set(names)
+    quant = quantize_weights(graph)
+    snapped = with_quantized_weights(graph, quant)
+    fp32 = onnx_export.export_fp32(snapped, trained_lenet5.example_input, tmp_path / "s.onnx")
+    int8 = onnx_export.quantize_int8(fp32, tmp_path / "q.onnx", trained_lenet5.data.calibration_batch(32))
+    check = compare_levels({k: t.levels for k, t in quant.tensors.items()}, onnx_export.read_int8_weights(int8))
+    assert check.mismatches == 0 and not check.missing
