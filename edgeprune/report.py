@@ -62,6 +62,9 @@ class Report:
             f"Target: `{self.meta.get('target', 'host')}` · seed {self.meta.get('seed', 0)} · "
             f"input {self.meta.get('input_shape')} · data {self.meta.get('data', '-')}",
             "",
+            "Size is the stage's main file (load: the fp32 weights); accuracy is top-1 on the held-out test split "
+            "(quantize/encode/export: of the INT8 or decoded model); latency is the bench target's median.",
+            "",
             "| stage | params | non-zero | MACs | size | accuracy | latency | time |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
