@@ -32,6 +32,8 @@ class StageRecord:
 class Report:
     meta: dict[str, Any] = field(default_factory=dict)
     stages: list[StageRecord] = field(default_factory=list)
+    # When the run started; fixed once so report.json and the --json output are the same document.
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def add(self, record: StageRecord) -> None:
         self.stages.append(record)
@@ -45,7 +47,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {
             "edgeprune": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": self.created,
             "machine": {
                 "python": platform.python_version(),
                 "platform": platform.platform(),
