@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from support.adb_peer import AdbPeer, Faults
-from support.helpers import adb_profile, foreign_elf, free_port, standin_binary
+from support.helpers import adb_profile, check_transport_contract, foreign_elf, free_port, standin_binary
 
 from edgeprune.devices.adb import AdbTransport
 from edgeprune.devices.bench import BenchOptions, ModelFile, benchmark_files
@@ -42,14 +42,7 @@ def test_adb_primitives_through_the_real_client(adb_device, adb_server, tmp_path
     src.write_bytes(os.urandom(700_000))  # several WRTE packets and sync DATA chunks
     remote = str(adb_device.root / "data/local/tmp/payload.bin")
     with AdbTransport(profile) as t:
-        t.push(src, remote)
-        assert Path(remote).read_bytes() == src.read_bytes()
-        back = tmp_path / "back.bin"
-        t.pull(remote, back)
-        assert back.read_bytes() == src.read_bytes()
-        result = t.execute("echo out; echo err >&2; exit 7", 10)
-        assert (result.exit_code, result.stdout, result.stderr) == (7, "out\n", "err\n")
-        assert t.free_bytes(str(adb_device.root)) > 0
+        check_transport_contract(t, src, remote, tmp_path, str(adb_device.root))
 
 
 def test_android_path_with_benchmark_model_end_to_end(adb_device, adb_server, tmp_path, lenet_exports):

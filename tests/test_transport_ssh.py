@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from support.fault_proxy import DroppingProxy
-from support.helpers import free_port, ssh_profile, write_profile
+from support.helpers import check_transport_contract, free_port, ssh_profile, write_profile
 from support.sshd import SshServer
 
 from edgeprune.devices.bench import BenchOptions, ModelFile, benchmark_files
@@ -42,14 +42,7 @@ def test_transport_primitives_against_real_sshd(sshd, tmp_path):
     remote = str(tmp_path / "pi" / "payload.bin")
     (tmp_path / "pi").mkdir()
     with SshTransport(profile) as t:
-        t.push(src, remote)
-        assert Path(remote).read_bytes() == src.read_bytes()
-        back = tmp_path / "back.bin"
-        t.pull(remote, back)
-        assert back.read_bytes() == src.read_bytes()
-        result = t.execute("echo out; echo err >&2; exit 7", 10)
-        assert (result.exit_code, result.stdout, result.stderr) == (7, "out\n", "err\n")
-        assert t.free_bytes(str(tmp_path)) > 0
+        check_transport_contract(t, src, remote, tmp_path, str(tmp_path))
         assert t.exists(remote) and not t.exists(remote, executable=True)
 
 

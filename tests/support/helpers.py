@@ -90,3 +90,16 @@ def foreign_elf(directory: Path) -> Path:
     dest = directory / "benchmark_model_m88k"
     dest.write_bytes(header + bytes(4096))
     return dest
+
+
+def check_transport_contract(transport: Any, src: Path, remote: str, scratch: Path, space_root: str) -> None:
+    """What every transport must do: push and pull byte-exactly, run a command with its exit code and
+    separate stdout/stderr, and report free space."""
+    transport.push(src, remote)
+    assert Path(remote).read_bytes() == src.read_bytes()
+    back = scratch / "back.bin"
+    transport.pull(remote, back)
+    assert back.read_bytes() == src.read_bytes()
+    result = transport.execute("echo out; echo err >&2; exit 7", 10)
+    assert (result.exit_code, result.stdout, result.stderr) == (7, "out\n", "err\n")
+    assert transport.free_bytes(space_root) > 0
