@@ -31,6 +31,12 @@
 
 static const uint8_t DQ_NEXT[8][2] = {{0, 2}, {7, 5}, {1, 3}, {6, 4}, {2, 0}, {5, 7}, {3, 1}, {4, 6}};
 
+/* A skipped (all-zero) row still moves the DQ state machine as if `width` zero levels were coded. */
+static inline int dq_after_zero_row(int state, uint32_t width) {
+    for (uint32_t i = 0; i < width; i++) state = DQ_NEXT[state][0];
+    return state;
+}
+
 static inline int bit_length(uint32_t x) {
 #if defined(__GNUC__) || defined(__clang__)
     return 32 - __builtin_clz(x);
@@ -381,8 +387,7 @@ nnr_status nnr_encode_tensor(const int32_t *levels, nnr_tensor_params *p, uint8_
         for (uint32_t r = 0; r < p->rows; r++) {
             const int32_t *row = levels + (size_t)r * p->width;
             if (row_skip && row_is_zero(row, p->width)) {
-                if (p->dq)
-                    for (uint32_t i = 0; i < p->width; i++) state = DQ_NEXT[state][0];
+                if (p->dq) state = dq_after_zero_row(state, p->width);
                 continue;
             }
             for (uint32_t i = 0; i < p->width; i++) {
@@ -406,8 +411,7 @@ nnr_status nnr_encode_tensor(const int32_t *levels, nnr_tensor_params *p, uint8_
     for (uint32_t r = 0; r < p->rows; r++) {
         const int32_t *row = levels + (size_t)r * p->width;
         if (row_skip && row_is_zero(row, p->width)) {
-            if (p->dq)
-                for (uint32_t i = 0; i < p->width; i++) state = DQ_NEXT[state][0];
+            if (p->dq) state = dq_after_zero_row(state, p->width);
             continue;
         }
         for (uint32_t i = 0; i < p->width; i++) {
@@ -576,8 +580,7 @@ nnr_status nnr_decode_tensor(const uint8_t *payload, size_t len, nnr_tensor_para
         int32_t *row = levels + (size_t)r * p->width;
         if (row_skip && row[0]) {
             memset(row, 0, sizeof(int32_t) * p->width);
-            if (p->dq)
-                for (uint32_t i = 0; i < p->width; i++) state = DQ_NEXT[state][0];
+            if (p->dq) state = dq_after_zero_row(state, p->width);
             continue;
         }
         for (uint32_t i = 0; i < p->width; i++) {
