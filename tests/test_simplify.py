@@ -426,3 +426,42 @@ def test_random_structured_zeroing_of_a_zero_padding_resnet_stays_exact(fraction
     """Any amount of dead channels, including all of them: still exact, never an empty tensor."""
     model = kill_channels(models.resnet20(shortcut="A"), fraction, seed)
     assert_simplified(model, (1, 3, 16, 16), options=SimplifyOptions(padded_constants=mode))
+
+
+def test_a_user_registered_operator_family_unfreezes_its_channels(monkeypatch):
+    """``register_op``: one class teaches both the analysis and the rewrite about a new op."""
+    from edgeprune.graph import ops
+
+    class Flipped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.post = nn.Conv2d(8, 4, 1)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(F.relu(self.post(torch.flip(F.relu(self.conv(x)), dims=[3]))).mean((2, 3)))
+
+    def make() -> nn.Module:
+        model = Flipped().eval()
+        with torch.no_grad():
+            model.conv.weight[[0, 1, 5]] = 0
+        return model
+
+    simplified, report = assert_simplified(make(), (1, 3, 8, 8))
+    assert simplified.get_submodule("conv").out_channels == 8  # flip is unknown: its channels are frozen
+    assert any("flip" in (row["note"] or "") for row in report["groups"])
+
+    class Flip(ops.OpFamily):
+        names = frozenset({"flip"})
+
+        def couple(self, ctx, node):
+            if 1 in [d % ctx.value(node).dim() for d in node.args[1]]:
+                ctx.unknown(node, "flip of the channel axis")
+            else:
+                ctx.vec[node.name] = ctx.vector_of(node.args[0])
+
+    monkeypatch.setattr(ops, "_REGISTRY", dict(ops._REGISTRY))
+    ops.register_op(Flip())
+    simplified, _ = assert_simplified(make(), (1, 3, 8, 8))
+    assert simplified.get_submodule("conv").out_channels == 5

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeprune.graph.coupling import analyze_channels
 from edgeprune.graph.groups import ChannelGraph, ChannelGroup, ParamSlice, TensorSite, build_groups
+from edgeprune.graph.ops import OpFamily, analyze_channels, register_op
 from edgeprune.graph.trace import TracedModel, trace
 
 
@@ -34,4 +34,6 @@ def analyze_traced(traced: TracedModel) -> ChannelGraph:
     return ChannelGraph(groups=build_groups(analysis), graph_module=traced.program.module(), analysis=analysis)
 
 
-__all__ = ["ChannelGraph", "ChannelGroup", "ParamSlice", "TensorSite", "analyze", "analyze_traced"]
+__all__ = [
+    "ChannelGraph", "ChannelGroup", "OpFamily", "ParamSlice", "TensorSite", "analyze", "analyze_traced", "register_op",
+]

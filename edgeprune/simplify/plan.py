@@ -25,7 +25,8 @@ import torch
 from torch import fx
 
 from edgeprune.graph import ChannelGraph
-from edgeprune.graph.coupling import BATCH_NORM, ChannelVector, LayerInfo, op_name
+from edgeprune.graph.coupling import ChannelVector, LayerInfo
+from edgeprune.graph.ops import BATCH_NORM, family_of
 from edgeprune.graph.trace import TracedModel, run_graph
 from edgeprune.simplify.options import SimplifyOptions
 
@@ -116,7 +117,7 @@ def _fold_batchnorm(traced: TracedModel, graph: ChannelGraph, options: SimplifyO
     if not options.fold_batchnorm:
         return layers
     for node in traced.graph.nodes:
-        if node.op != "call_function" or op_name(node) not in BATCH_NORM:
+        if family_of(node) is not BATCH_NORM:
             continue
         src = node.args[0]
         plan = layers.get(src.name)
@@ -137,21 +138,17 @@ def _fold_batchnorm(traced: TracedModel, graph: ChannelGraph, options: SimplifyO
 
 def _bn_stats(traced: TracedModel, node: fx.Node) -> tuple[torch.Tensor, ...] | None:
     """(gamma, beta, mean, var, eps) of an eval-mode BN node in float64, or None if not foldable."""
-    args = node.args
-    if op_name(node) == "batch_norm":
-        if args[5]:  # training-mode BN computes batch statistics
-            return None
-        eps = args[7]
-    else:
-        eps = args[6]
-    mean, var = traced.tensor_of(args[3]), traced.tensor_of(args[4])
+    _, (weight, bias, running_mean, running_var), eps, training = BATCH_NORM.parse(node)
+    if training:  # training-mode BN computes batch statistics
+        return None
+    mean, var = traced.tensor_of(running_mean), traced.tensor_of(running_var)
     if mean is None or var is None:
         return None
-    gamma = traced.tensor_of(args[1]) if args[1] is not None else torch.ones_like(mean)
-    beta = traced.tensor_of(args[2]) if args[2] is not None else torch.zeros_like(mean)
+    gamma = traced.tensor_of(weight) if weight is not None else torch.ones_like(mean)
+    beta = traced.tensor_of(bias) if bias is not None else torch.zeros_like(mean)
     if gamma is None or beta is None:
         return None
-    return gamma.double(), beta.double(), mean.double(), var.double(), float(eps)
+    return gamma.double(), beta.double(), mean.double(), var.double(), eps
 
 
 def _dead_classes(plan: Plan) -> set[int]:

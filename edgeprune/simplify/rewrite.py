@@ -20,13 +20,12 @@ import torch.utils._pytree as pytree
 from torch import fx, nn
 from torch.nn.utils import skip_init
 
-from edgeprune.graph.coupling import BATCH_NORM, ChannelVector, op_name
+from edgeprune.graph.ops import family_of
 from edgeprune.simplify.plan import LayerPlan, Plan
 
 SOURCE_KEY = "edgeprune_source"  # node.meta key: the traced node whose (kept channels of the) value this is
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-_BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
 aten = torch.ops.aten
 
 
@@ -60,12 +59,7 @@ class _Builder:
             self.sites_per_weight[lp.info.weight] += 1
         self.shared_targets: dict[str, str] = {}
         self.folded = {lp.folded_bn: lp for lp in plan.layers.values() if lp.folded_bn}
-        # ops whose arguments count channels; each returns False to fall back to a plain copy
-        self.rewriters = {
-            "slice": self.channel_slice, "split": self.split, "split_with_sizes": self.split, "chunk": self.split,
-            "pad": self.pad, "constant_pad_nd": self.pad, "view": self.reshape, "reshape": self.reshape,
-            "_unsafe_view": self.reshape,
-        }
+        self.removed = plan.removed
 
     # -- graph assembly ---------------------------------------------------------------------
     def build(self) -> fx.GraphModule:
@@ -125,6 +119,16 @@ class _Builder:
                 kept[dim] = [i for i in range(size[dim]) if i not in removed]
         return kept
 
+    def kept_positions(self, node_name: str) -> list[int]:
+        """Positions along the channel axis of a traced node's output that survive."""
+        return self.plan.kept_positions(node_name)
+
+    def call_new_module(self, wanted: str, module: nn.Module, x: fx.Node, source: str) -> fx.Node:
+        """Add ``module`` under a unique name near ``wanted`` and call it on ``x``."""
+        out = self.graph.call_module(self.add_module(wanted, module), (x,))
+        out.meta[SOURCE_KEY] = source
+        return out
+
     def emit(self, target: Any, args: tuple, source: str | None, kwargs: dict | None = None) -> fx.Node:
         node = self.graph.call_function(target, args, kwargs or {})
         if source:
@@ -151,11 +155,8 @@ class _Builder:
         if node.target is operator.getitem and isinstance(self.env[node.args[0].name], tuple):
             self.env[node.name] = self.env[node.args[0].name][node.args[1]]
             return
-        name = op_name(node) if node.op == "call_function" else ""
-        handler = self.rewriters.get(name)
-        if name in BATCH_NORM and self.batch_norm(node):
-            return
-        if handler is None or not handler(node):
+        family = family_of(node)
+        if family is None or not family.rewrite(self, node):
             self.copy(node)
 
     def copy(self, node: fx.Node, args: tuple | None = None) -> None:
@@ -208,94 +209,6 @@ class _Builder:
         """
         spatial = [self.emit(aten.sym_size.int, (x, d), None) for d in range(2, 2 + spatial_dims)]
         return self.emit(aten.new_ones.default, (x, [1, 1, *spatial]), None)
-
-    def batch_norm(self, node: fx.Node) -> bool:
-        """An unfolded eval-mode BN becomes an ``nn.BatchNorm*d`` over the kept channels."""
-        args = node.args
-        names = [self.traced.name_of(a) for a in args[1:5]]
-        x = self.traced.values[args[0].name]
-        native = op_name(node) != "batch_norm"
-        if any(n is None for n in names) or x.dim() not in _BN or (not native and args[5]):
-            return False
-        eps = args[6] if native else args[7]
-        keep = self.plan.kept_positions(args[0].name)
-        module = _BN[x.dim()](len(keep), eps=float(eps), dtype=torch.float64).eval()
-        for attr, name in zip(("weight", "bias", "running_mean", "running_var"), names, strict=True):
-            getattr(module, attr).data.copy_(self.traced.tensors[name].detach().double()[keep])
-        prefix = names[0].rpartition(".")[0] or node.name
-        out = self.graph.call_module(self.add_module(prefix, module), (self.env[args[0].name],))
-        out.meta[SOURCE_KEY] = node.name
-        self.env[node.name] = (out, None, None) if native else out
-        return True
-
-    # -- ops whose arguments count channels -------------------------------------------------
-    def channel_slice(self, node: fx.Node) -> bool:
-        x = node.args[0]
-        vector = self.ana.vectors.get(x.name)
-        dim = node.args[1] if len(node.args) > 1 else 0
-        if not isinstance(vector, ChannelVector) or dim % self.traced.values[x.name].dim() != 1:
-            return False
-        start, end = (node.args[2] if len(node.args) > 2 else None), (node.args[3] if len(node.args) > 3 else None)
-        step = node.args[4] if len(node.args) > 4 else 1
-        if not all(v is None or isinstance(v, int) for v in (start, end, step)):
-            return False  # symbolic bounds: the analysis froze these channels
-        selected = list(range(len(vector)))[slice(start, end, step)]
-        new_position = {old: new for new, old in enumerate(self.plan.kept_positions(x.name))}
-        wanted = [new_position[selected[j]] for j in self.plan.kept_positions(node.name)]
-        self.env[node.name] = self.select_channels(self.env[x.name], wanted, len(new_position), node.name)
-        return True
-
-    def select_channels(self, x: fx.Node, wanted: list[int], available: int, source: str) -> fx.Node:
-        """Channels ``wanted`` of ``x``: itself, a strided slice, or an index_select."""
-        if wanted == list(range(available)):
-            return x
-        steps = {b - a for a, b in zip(wanted, wanted[1:], strict=False)}
-        if len(wanted) == 1 or (len(steps) == 1 and min(steps) > 0):
-            step = steps.pop() if steps else 1
-            return self.emit(aten.slice.Tensor, (x, 1, wanted[0], wanted[-1] + 1, step), source)
-        index = self.constant(f"{source}_index", torch.tensor(wanted, dtype=torch.long))
-        return self.emit(aten.index_select.default, (x, 1, index), source)
-
-    def split(self, node: fx.Node) -> bool:
-        pieces = self.ana.vectors.get(node.name)
-        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-        if not isinstance(pieces, tuple) or dim % self.traced.values[node.args[0].name].dim() != 1:
-            return False
-        sizes = [sum(self.ana.find(a) not in self.plan.removed for a in p.atoms) for p in pieces]
-        self.env[node.name] = self.emit(aten.split_with_sizes.default, (self.env[node.args[0].name], sizes, 1),
-                                        node.name)
-        return True
-
-    def pad(self, node: fx.Node) -> bool:
-        vector = self.ana.vectors.get(node.name)
-        src = self.ana.vectors.get(node.args[0].name)
-        if not isinstance(vector, ChannelVector) or not isinstance(src, ChannelVector) or len(vector) == len(src):
-            return False
-        amounts = list(node.args[1])
-        pair = 2 * (self.traced.values[node.name].dim() - 2)
-        before, after = amounts[pair], amounts[pair + 1]
-        kept = set(self.plan.kept_positions(node.name))
-        amounts[pair] = sum(1 for i in range(before) if i in kept)
-        amounts[pair + 1] = sum(1 for i in range(len(vector) - after, len(vector)) if i in kept)
-        self.copy(node, (node.args[0], amounts, *node.args[2:]))
-        return True
-
-    def reshape(self, node: fx.Node) -> bool:
-        source = self.ana.vectors.get(node.args[0].name)
-        if not isinstance(source, ChannelVector) or len(self.plan.kept_positions(node.args[0].name)) == len(source):
-            return False  # nothing removed from the input (always so for reshapes the analysis froze)
-        x = self.traced.values[node.args[0].name]
-        out = self.traced.values[node.name]
-        shape = list(node.args[1])
-        if out.dim() == 2 and x.dim() > 2:
-            features = len(self.plan.kept_positions(node.name))
-            shape = [shape[0], -1] if shape[0] != -1 else [-1, features]
-        elif out.dim() >= 2 and isinstance(shape[1], int) and shape[1] == x.shape[1]:
-            shape[1] = len(self.plan.kept_positions(node.name) or [])
-        else:
-            return False
-        self.copy(node, (node.args[0], shape, *node.args[2:]))
-        return True
 
 
 def _make_layer(lp: LayerPlan, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
