@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 
 import torch
@@ -49,12 +48,3 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     if n == 0:
         return {"accuracy": float("nan"), "loss": float("nan")}
     return {"accuracy": correct / n, "loss": loss_sum / n}
-
-
-@torch.no_grad()
-def max_abs_diff(reference: nn.Module, candidate: nn.Module, inputs: torch.Tensor, dtype=torch.float64) -> float:
-    """max |reference(x) - candidate(x)| with both models evaluated in ``dtype`` on copies."""
-    a = copy.deepcopy(reference).eval().to(dtype)
-    b = copy.deepcopy(candidate).eval().to(dtype)
-    x = inputs.to(dtype)
-    return float((a(x) - b(x)).abs().max())
