@@ -22,6 +22,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from sections import replace_section
+
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## compress --example (foundation)"
 
@@ -85,14 +87,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        _replace_section(ROOT / "BENCHMARKS.md", text)
-
-
-def _replace_section(path: Path, text: str) -> None:
-    doc = path.read_text()
-    start = doc.index(SECTION)
-    nxt = doc.find("\n## ", start + len(SECTION))
-    path.write_text(doc[:start] + text + (doc[nxt:] if nxt != -1 else ""))
+        replace_section(SECTION, text)
 
 
 if __name__ == "__main__":

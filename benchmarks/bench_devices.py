@@ -36,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the loopback sshd lives in the test support code
 
+from sections import replace_section  # noqa: E402
+
 from edgeprune.artifact import Artifact, StageContext  # noqa: E402
 from edgeprune.devices.bench import BenchOptions, ModelFile, benchmark_files  # noqa: E402
 from edgeprune.devices.profiles import load_profile  # noqa: E402
@@ -166,11 +168,7 @@ def main() -> None:
     text = markdown(results, args.runs, args.repeats, command.strip(), time.perf_counter() - start, ssh is not None)
     print(text)
     if not args.no_write:
-        doc_path = ROOT / "BENCHMARKS.md"
-        doc = doc_path.read_text()
-        begin = doc.index(SECTION)
-        end = doc.find("\n## ", begin + len(SECTION))
-        doc_path.write_text(doc[:begin] + text + (doc[end + 1:] if end != -1 else ""))
+        replace_section(SECTION, text)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sections import replace_section
 from torch import nn
 
 from edgeprune import models
@@ -201,12 +202,7 @@ def table(rows: list[dict[str, object]]) -> list[str]:
 
 
 def write_section(lines: list[str]) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text()
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
-    end = len(text) if end < 0 else end
-    path.write_text(text[:start] + "\n".join([SECTION, "", *lines]) + "\n" + text[end:])
+    replace_section(SECTION, "\n".join([SECTION, "", *lines]))
 
 
 def main(argv: list[str] | None = None) -> int:
