@@ -111,10 +111,11 @@ def _check_target(target: str) -> None:
 
 
 def _summary(report, out: Path) -> str:  # noqa: ANN001 - Report
-    lines = [f"wrote {out}/ :"]
+    from edgeprune.report import stage_summary_cells
+
+    lines = [f"wrote {out}/ :", f"  {'stage':<9} {'weights':>11} {'file':>11} {'accuracy':>9}"]
     for s in report.stages:
-        acc = f"acc {100 * s.accuracy:.2f} %" if s.accuracy is not None else ""
-        size = f"{s.size_bytes / 1024:.1f} KiB" if s.size_bytes else ""
-        lines.append(f"  {s.name:<9} {size:>12} {acc:>14}  ({s.seconds:.1f} s)")
-    lines.append(f"report: {out / 'report.md'}")
+        weights, file, acc = stage_summary_cells(report, s)
+        lines.append(f"  {s.name:<9} {weights:>11} {file:>11} {acc:>9}  ({s.seconds:.1f} s)")
+    lines.append(f"report: {out / 'report.md'} (and report.html)")
     return "\n".join(lines)
