@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import click
 import pytest
 import torch
 from torch import nn
@@ -105,3 +106,32 @@ def test_every_subcommand_accepts_the_verbosity_flags(runner, cli, command):
     result = runner.invoke(cli, [command, "--quiet", "--verbose", "--debug", "--help"])
     assert result.exit_code == 0, result.output
     assert "--quiet" in result.output
+
+
+def test_compress_help_is_grouped_by_stage_with_examples_first(runner, cli):
+    result = runner.invoke(cli, ["compress", "--help"])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    panels = ["Input", "Output and stages", "Prune (SeReNe / L1)", "Simplify", "Quantize and export (ONNX, TFLite)",
+              "Encode (MPEG-NNR)", "Bench", "Messages"]
+    positions = [text.find(f"─ {name} ─") for name in panels]
+    assert -1 not in positions and positions == sorted(positions), positions
+    assert text.find("edgeprune compress --example lenet5") < positions[0]
+    # each stage's options sit in its own panel: --lmbda between Prune and Simplify, --nnr-qp in Encode
+    assert positions[2] < text.find("--lmbda") < positions[3]
+    assert positions[5] < text.find("--nnr-qp ") < positions[6]
+
+
+def test_compress_help_never_breaks_a_word(runner, cli):
+    """Every word of every option's help and choices appears whole: wrapping happens between words only."""
+    from edgeprune.cli.compress import compress
+
+    result = runner.invoke(cli, ["compress", "--help"])
+    flat = " ".join(line.strip("│ ") for line in result.output.splitlines())
+    words = set()
+    for param in compress.params:
+        words.update(w.strip(".,;:()[]'\"") for w in (getattr(param, "help", None) or "").split())
+        if isinstance(param.type, click.Choice):
+            words.update(param.type.choices)
+    broken = sorted(w for w in words if len(w) > 3 and w not in flat)
+    assert not broken, broken

@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from edgeprune import __version__
-from edgeprune.cli import bench, compress, export, nnr, prune, simplify
+from edgeprune.cli import _help, bench, compress, export, nnr, prune, simplify  # _help first: it patches click
 from edgeprune.errors import EdgepruneError
 
 STAGE_MODULES = (prune, simplify, export, nnr, bench)
@@ -128,6 +128,11 @@ def cli(ctx: click.Context, quiet: bool, verbose: bool, debug: bool, seed: int |
         }
 
 
+_help.group_compress_options([
+    ("Prune (SeReNe / L1)", prune.compress_options), ("Simplify", simplify.compress_options),
+    ("Quantize and export (ONNX, TFLite)", export.compress_options), ("Encode (MPEG-NNR)", nnr.compress_options),
+    ("Bench", bench.compress_options),
+])
 cli.add_command(add_global_options(compress.compress))
 for _module in STAGE_MODULES:
     for _command in _module.COMMANDS:

@@ -41,7 +41,7 @@ _OPTION_BUILDERS = (*(m.options_from for m in _STAGE_CLI), export.quantize_optio
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), default="out", help="Output directory.")
 @force_option
 @click.option("--target", default="host", help="Device profile to benchmark on (see `edgeprune devices`).")
-@click.option("--stages", help=f"Comma-separated stages to run (default all: {','.join(STAGE_ORDER)}).")
+@click.option("--stages", help=f"Comma-separated stages to run (default: all of {', '.join(STAGE_ORDER)}).")
 @click.option("--skip", help="Comma-separated stages to skip.")
 @json_option
 @compose(*(m.compress_options for m in _STAGE_CLI))
