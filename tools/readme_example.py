@@ -151,7 +151,7 @@ def summary_sentence(report: dict[str, Any]) -> str:
         scores = [f"dense float {pct(load['accuracy'])}"]
         if simplified and simplified.get("accuracy") is not None:
             scores.append(f"pruned float {pct(simplified['accuracy'])}")
-        for key, label in (("accuracy_tflite_int8", "INT8 TFLite"), ("accuracy_onnxruntime_int8", "INT8 ONNX")):
+        for key, label in (("accuracy_litert_int8", "INT8 TFLite"), ("accuracy_onnxruntime_int8", "INT8 ONNX")):
             if export.get(key) is not None:
                 scores.append(f"{label} {pct(export[key])}")
         parts.append("Test accuracy: " + ", ".join(scores) + ".")
