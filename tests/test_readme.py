@@ -90,6 +90,7 @@ def test_table_comparison_flags_a_changed_count_and_tolerates_timings():
     header = ["| stage | params | accuracy | time |", "|---|---:|---:|---:|"]
     old = readme_example.parse_table([*header, "| load | 1,000 | 98.33 % | 2.7 s |"])
     same = readme_example.parse_table([*header, "| load | 1,000 | 98.06 % | 9.9 s |"])
+    assert readme_example.TIMING_COLUMNS.search("params") is None
     changed = readme_example.parse_table([*header, "| load | 1,001 | 98.33 % | 2.7 s |"])
     far = readme_example.parse_table([*header, "| load | 1,000 | 97.00 % | 2.7 s |"])
     assert readme_example.compare_tables(old, same, samples=359) == []  # 0.27 points = one sample of 359
