@@ -67,7 +67,8 @@ build() {
   [ "$wheel_arch" = aarch64 ] && platform_args+=(--platform manylinux2014_aarch64)
   for ((minor = 17; minor <= glibc; minor++)); do platform_args+=(--platform "manylinux_2_${minor}_$wheel_arch"); done
   # shellcheck disable=SC2086  # flags is a word list on purpose
-  python3 -m pip install -q --target "$root/opt/edgeprune-site" --only-binary=:all: --implementation cp \
+  python3 -m pip install -q --no-warn-conflicts --root-user-action=ignore --target "$root/opt/edgeprune-site" \
+    --only-binary=:all: --implementation cp \
     --python-version "$pyver" "${platform_args[@]}" $flags $wheels
   # cpuinfo (LiteRT's XNNPACK, onnxruntime) reads /proc/cpuinfo and /sys to learn the CPU; under qemu-user
   # the host's x86 files would show through (and they crash with SIGSEGV), so the userland gets files of
