@@ -241,24 +241,57 @@ def _load_exported(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
     shape = None
     if extra["edgeprune.json"]:
         shape = tuple(json.loads(extra["edgeprune.json"]).get("input_shape", ())) or None
-    if shape is None:
-        placeholder = [s for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
-        if len(placeholder) == 1:
-            node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == placeholder[0].arg.name)
-            val = node.meta.get("val")
-            if val is not None and all(isinstance(d, int) for d in val.shape):
-                shape = tuple(val.shape)
-    return as_graph_module(program), shape
+    dims = _input_dims(program)
+    if shape is None and dims is not None:
+        # A program exported elsewhere: a symbolic dimension takes the size it was traced with (the batch: 1).
+        hints = [d if isinstance(d, int) else getattr(d.node, "hint", None) for d in dims]
+        if all(isinstance(h, int) for h in hints[1:]):
+            shape = (1, *hints[1:])
+    module = as_graph_module(program)
+    if dims is not None and isinstance(dims[0], int) and shape is not None:
+        module = _with_dynamic_batch(module, path, dims[0], shape)
+    return module, shape
+
+
+def _input_dims(program: torch.export.ExportedProgram) -> tuple[Any, ...] | None:
+    """The dimensions (ints or SymInts) of the program's single user input, or None."""
+    inputs = [s for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    if len(inputs) != 1:
+        return None
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == inputs[0].arg.name)
+    val = node.meta.get("val")
+    return tuple(val.shape) if val is not None and val.dim() >= 1 else None
+
+
+def _with_dynamic_batch(module: nn.Module, path: Path, batch: int, shape: tuple[int, ...]) -> nn.Module:
+    """A program traced with a fixed batch: re-export it with a dynamic batch, or refuse in one line.
+
+    Training, calibration and evaluation feed other batch sizes, and saving exports a dynamic
+    batch, so a graph that only takes ``batch`` samples would fail minutes later.
+    """
+    try:
+        return as_graph_module(export_program(module, torch.zeros(shape)))
+    except CheckpointError:
+        raise CheckpointError(
+            f"{path} was exported with a fixed batch of {batch} and its graph does not accept other batch sizes",
+            "re-export it with dynamic_shapes=({0: torch.export.Dim('batch')},) in torch.export.export",
+        ) from None
 
 
 def as_graph_module(program: torch.export.ExportedProgram) -> nn.Module:
     """The program as a trainable ``fx.GraphModule``.
 
     ``ExportedProgram.module()`` refuses ``.eval()``/``.train()``; re-wrapping its graph in a plain
-    GraphModule keeps the same code and parameters and behaves like any other module.
+    GraphModule keeps the same code and parameters and behaves like any other module. The input
+    guards of the original export (e.g. ``batch <= 4096``) are dropped: they describe the shapes
+    the program was traced for, and would make every later export with a wider batch fail.
     """
     unlifted = program.module()
-    return torch.fx.GraphModule(unlifted, unlifted.graph)
+    graph = unlifted.graph
+    for node in [n for n in graph.nodes if n.op == "call_module" and n.target == "_guards_fn"]:
+        if not node.users:
+            graph.erase_node(node)
+    return torch.fx.GraphModule(unlifted, graph)
 
 
 def _load_torchscript(path: Path, input_shape: tuple[int, ...] | None) -> nn.Module:

@@ -23,8 +23,11 @@ class Progress:
         self.console = console or Console(stderr=True)
 
     def track(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-        """Iterate over ``items`` while showing a bar labelled ``description``."""
-        if not self.enabled:
+        """Iterate over ``items`` while showing a bar labelled ``description``.
+
+        Only on a terminal: redrawn into a file or pipe, a live bar leaves one blank line per refresh.
+        """
+        if not self.enabled or not self.console.is_terminal:
             yield from items
             return
         if total is None and hasattr(items, "__len__"):

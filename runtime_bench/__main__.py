@@ -12,7 +12,9 @@ import argparse
 import json
 import sys
 
-from runtime_bench.harness import HarnessError, available_runtimes, benchmark, python_info
+import numpy as np
+
+from runtime_bench.harness import HarnessError, available_runtimes, benchmark, infer, python_info
 
 HARNESS_ERROR_EXIT = 3
 
@@ -28,11 +30,21 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--runs", type=int, default=100)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--samples", action="store_true", help="include every timed run in the JSON")
+    infer_cmd = commands.add_parser("infer", help="run inputs (.npy) through a model, save the outputs (.npy)")
+    infer_cmd.add_argument("model")
+    infer_cmd.add_argument("--inputs", required=True, help=".npy of float inputs, batch first")
+    infer_cmd.add_argument("--outputs", required=True, help="where to write the float outputs (.npy)")
+    infer_cmd.add_argument("--runtime", default="auto", help="litert, tflite-runtime, onnxruntime or auto")
+    infer_cmd.add_argument("--threads", type=int, default=1)
     commands.add_parser("probe", help="list the runtimes installed here")
     args = parser.parse_args(argv)
     try:
         if args.command == "probe":
             result = {"runtimes": available_runtimes(), **python_info()}
+        elif args.command == "infer":
+            result = infer(args.model, _load_inputs(args.inputs), args.runtime, args.threads)
+            np.save(args.outputs, result.pop("outputs"))
+            result["outputs"] = args.outputs
         else:
             timings = benchmark(args.model, args.runtime, args.threads, args.warmup, args.runs, args.seed)
             result = timings.to_dict(with_samples=args.samples)
@@ -41,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         return HARNESS_ERROR_EXIT
     print(json.dumps(result))
     return 0
+
+
+def _load_inputs(path: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"cannot read inputs {path}: {exc}") from exc
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ class Timings:
     first_run_ms: float
     mean_ms: float
     median_ms: float
+    p10_ms: float
     p90_ms: float
     std_ms: float
     min_ms: float
@@ -69,12 +70,16 @@ class Timings:
 
 
 def summarise(samples_ms: list[float]) -> dict[str, float]:
-    """Mean, median, p90 (linear interpolation, as numpy), std (population), min and max."""
+    """Mean, median, p10 and p90 (linear interpolation, as numpy), std (population), min and max.
+
+    p10..p90 is the spread the report draws: it ignores the scheduler hiccups that make min and max noisy.
+    """
     if not samples_ms:
         raise HarnessError("no timed runs: pass --runs 1 or more")
     values = np.asarray(samples_ms, dtype=np.float64)
     return {"mean_ms": float(values.mean()), "median_ms": float(np.median(values)),
-            "p90_ms": float(np.percentile(values, 90)), "std_ms": float(values.std()),
+            "p10_ms": float(np.percentile(values, 10)), "p90_ms": float(np.percentile(values, 90)),
+            "std_ms": float(values.std()),
             "min_ms": float(values.min()), "max_ms": float(values.max())}
 
 
@@ -179,6 +184,35 @@ class _TFLiteModel:
     def run(self) -> None:
         self.interpreter.invoke()
 
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Float output for one float input sample batch, (de)quantising int8 I/O with the tensors' scales."""
+        detail = self.details[0]
+        self.interpreter.set_tensor(detail["index"], _quantize(x, detail))
+        self.interpreter.invoke()
+        out = self.interpreter.get_output_details()[0]
+        return _dequantize(self.interpreter.get_tensor(out["index"]), out)
+
+    def output_step(self) -> float:
+        """The output's quantisation step (0 for a float output): the resolution an INT8 file answers in."""
+        out = self.interpreter.get_output_details()[0]
+        return 0.0 if np.dtype(out["dtype"]).kind == "f" else float(out["quantization"][0])
+
+
+def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return x.astype(dtype)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(x / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+    if np.dtype(detail["dtype"]).kind == "f":
+        return y.astype(np.float32)
+    scale, zero = detail["quantization"]
+    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+
 
 _ONNX_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
                 "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32",
@@ -206,6 +240,38 @@ class _OnnxModel:
 
     def run(self) -> None:
         self.session.run(None, self.feed)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.specs[0].name: x.astype(self.specs[0].dtype)})[0],
+                          dtype=np.float32)
+
+    def output_step(self) -> float:
+        return 0.0  # QDQ files dequantise inside the graph: float outputs
+
+
+def infer(model_path: str, inputs: np.ndarray, runtime: str = "auto", threads: int = 1) -> dict[str, Any]:
+    """Run ``inputs`` through the model one sample at a time; float outputs plus what produced them.
+
+    This is how the host checks that a device computes what the host computed (``runtime_bench infer``):
+    timings under emulation mean nothing, outputs do.
+    """
+    if not os.path.isfile(model_path):
+        raise HarnessError(f"model file {model_path} does not exist")
+    name = pick_runtime(model_path, runtime)
+    module = _import_runtime(name)
+    try:
+        model = (_TFLiteModel if name in TFLITE_RUNTIMES else _OnnxModel)(module, model_path, threads)
+    except HarnessError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - runtimes raise bare RuntimeError/ValueError for bad files
+        raise HarnessError(f"{name} cannot load {os.path.basename(model_path)}: {str(exc).splitlines()[0]}") from exc
+    expected = model.specs[0].shape[1:]
+    if list(inputs.shape[1:]) != list(expected):
+        raise HarnessError(f"inputs have shape {list(inputs.shape)}, the model takes [N, "
+                           f"{', '.join(map(str, expected))}]")
+    outputs = np.concatenate([model.infer(inputs[i : i + 1]) for i in range(len(inputs))])
+    return {"model": os.path.basename(model_path), "runtime": name, "runtime_version": _version(name),
+            "output_step": model.output_step(), "outputs": outputs}
 
 
 def benchmark(model_path: str, runtime: str = "auto", threads: int = 1, warmup: int = 10, runs: int = 100,
@@ -254,5 +320,10 @@ def available_runtimes() -> dict[str, str]:
     return found
 
 
-def python_info() -> dict[str, str]:
-    return {"python": sys.version.split()[0], "numpy": np.__version__}
+def python_info() -> dict[str, Any]:
+    """Interpreter, numpy, CPU architecture, and whether torch is importable (a Pi image should not need it)."""
+    import platform
+
+    modules = [m for m in ("torch",) if importlib.util.find_spec(m) is not None]
+    return {"python": sys.version.split()[0], "numpy": np.__version__, "machine": platform.machine(),
+            "modules": modules}

@@ -70,7 +70,7 @@ def test_report_markdown_json_and_plots(tmp_path):
     )
     paths = report.write(tmp_path)
     md = (tmp_path / "report.md").read_text()
-    assert "| load | 1,000 | 1,000 | 5,000 | 3.9 KiB | 98.00 % |" in md
+    assert "| load | 1,000 | 1,000 | 5,000 | 3.9 KiB | - | 98.00 % |" in md  # weights, then file (none)
     assert "| onnx_int8 | onnxruntime | 0.05 |" in md
     assert json.loads((tmp_path / "report.json").read_text())["stages"][1]["size_bytes"] == 300
     for key in ("plot_stages", "plot_latency", "plot_rate"):

@@ -17,11 +17,12 @@ import logging
 import sys
 import traceback
 import warnings
+from typing import Any
 
 import click
 
 from edgeprune import __version__
-from edgeprune.cli import bench, compress, export, nnr, prune, simplify
+from edgeprune.cli import _help, bench, compress, export, nnr, prune, simplify  # _help first: it patches click
 from edgeprune.errors import EdgepruneError
 
 STAGE_MODULES = (prune, simplify, export, nnr, bench)
@@ -43,14 +44,67 @@ class _Group(click.Group):
             sys.exit(130)
 
 
+# Options a user may type before or after the subcommand. The verbosity flags are added to every
+# subcommand here (no subcommand declares them); --seed, --json and --force are declared by the
+# subcommands where they mean something, and the group's value becomes that subcommand's default.
+_VERBOSITY = ("quiet", "verbose", "debug")
+_FORWARDED = {"seed": "seed", "as_json": "as_json", "force": "force"}  # group parameter -> subcommand parameter
+
+
+def _apply_verbosity(obj: dict[str, Any]) -> None:
+    """Set logging and warning filters from ``obj``'s quiet/verbose/debug (callable again after each flag)."""
+    level = logging.ERROR if obj.get("quiet") else logging.DEBUG if obj.get("verbose") else logging.WARNING
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+    if not obj.get("verbose"):  # deprecation notices from torch/litert internals are not the user's business
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _verbosity_callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """A subcommand's --quiet/--verbose/--debug: the same switch as before the subcommand."""
+    if value:
+        root = ctx.find_root()
+        root.ensure_object(dict)
+        root.obj[param.name] = True
+        _apply_verbosity(root.obj)
+
+
+def _verbosity_options() -> list[click.Option]:
+    return [
+        click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=_verbosity_callback,
+                     help="Print only errors (and --json output)."),
+        click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, callback=_verbosity_callback,
+                     help="Print details of every stage."),
+        click.Option(["--debug"], is_flag=True, expose_value=False, callback=_verbosity_callback,
+                     help="Show full tracebacks for errors."),
+    ]
+
+
+def add_global_options(command: click.Command) -> click.Command:
+    """Give ``command`` the verbosity flags (unless it declares them itself) so they work after it too."""
+    taken = {opt for p in command.params for opt in getattr(p, "opts", [])}
+    for option in _verbosity_options():
+        if not taken.intersection(option.opts):
+            command.params.append(option)
+    return command
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="edgeprune")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors (and --json output).")
 @click.option("-v", "--verbose", is_flag=True, help="Print details of every stage.")
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.option("--seed", type=int, default=None,
+              help="Seed for data splits, training and sampling (for the subcommands that take --seed) [default: 0].")
+@click.option("--json", "as_json", is_flag=True, default=None, help="Print the machine-readable result on stdout.")
+@click.option("--force", is_flag=True, default=None, help="Replace existing output (subcommands that write files).")
 @click.pass_context
-def cli(ctx: click.Context, quiet: bool, verbose: bool, debug: bool) -> None:
+def cli(ctx: click.Context, quiet: bool, verbose: bool, debug: bool, seed: int | None, as_json: bool | None,
+        force: bool | None) -> None:
     """Compress trained PyTorch models for edge devices.
+
+    Every option here may also be given after the subcommand.
 
     \b
     Examples:
@@ -60,18 +114,29 @@ def cli(ctx: click.Context, quiet: bool, verbose: bool, debug: bool) -> None:
       edgeprune inspect out/model.nnr
     """
     ctx.ensure_object(dict)
-    ctx.obj.update(quiet=quiet, verbose=verbose, debug=debug)
-    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:  # deprecation notices from torch/litert internals are not the user's business
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+    ctx.obj.update({k: v for k, v in (("quiet", quiet), ("verbose", verbose), ("debug", debug)) if v})
+    _apply_verbosity(ctx.obj)
+    given = {name: value for name, value in (("seed", seed), ("as_json", as_json), ("force", force)) if value}
+    if seed is not None:
+        given["seed"] = seed
+    if given:
+        # click reads a subcommand's defaults from the parent's default_map under the subcommand's name;
+        # the command line after the subcommand still wins.
+        ctx.default_map = {
+            name: {_FORWARDED[k]: v for k, v in given.items() if _FORWARDED[k] in {p.name for p in command.params}}
+            for name, command in ctx.command.commands.items()  # type: ignore[attr-defined]
+        }
 
 
-cli.add_command(compress.compress)
+_help.group_compress_options([
+    ("Prune (SeReNe / L1)", prune.compress_options), ("Simplify", simplify.compress_options),
+    ("Quantize and export (ONNX, TFLite)", export.compress_options), ("Encode (MPEG-NNR)", nnr.compress_options),
+    ("Bench", bench.compress_options),
+])
+cli.add_command(add_global_options(compress.compress))
 for _module in STAGE_MODULES:
     for _command in _module.COMMANDS:
-        cli.add_command(_command)
+        cli.add_command(add_global_options(_command))
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ _OPTION_BUILDERS = (*(m.options_from for m in _STAGE_CLI), export.quantize_optio
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), default="out", help="Output directory.")
 @force_option
 @click.option("--target", default="host", help="Device profile to benchmark on (see `edgeprune devices`).")
-@click.option("--stages", help=f"Comma-separated stages to run (default all: {','.join(STAGE_ORDER)}).")
+@click.option("--stages", help=f"Comma-separated stages to run (default: all of {', '.join(STAGE_ORDER)}).")
 @click.option("--skip", help="Comma-separated stages to skip.")
 @json_option
 @compose(*(m.compress_options for m in _STAGE_CLI))
@@ -88,6 +88,7 @@ def compress(
         art.meta["load_seconds"] = time.perf_counter() - load_start
         if art.data is not None:
             art.meta["data"] = art.data.name
+            art.meta["test_samples"] = len(art.data.test)
         report = run_pipeline(art, stage_ctx, chosen)
         files = report.write(work_dir)
     result = report.to_dict()
@@ -110,10 +111,11 @@ def _check_target(target: str) -> None:
 
 
 def _summary(report, out: Path) -> str:  # noqa: ANN001 - Report
-    lines = [f"wrote {out}/ :"]
+    from edgeprune.report import stage_summary_cells
+
+    lines = [f"wrote {out}/ :", f"  {'stage':<9} {'weights':>11} {'file':>11} {'accuracy':>9}"]
     for s in report.stages:
-        acc = f"acc {100 * s.accuracy:.2f} %" if s.accuracy is not None else ""
-        size = f"{s.size_bytes / 1024:.1f} KiB" if s.size_bytes else ""
-        lines.append(f"  {s.name:<9} {size:>12} {acc:>14}  ({s.seconds:.1f} s)")
-    lines.append(f"report: {out / 'report.md'}")
+        weights, file, acc = stage_summary_cells(report, s)
+        lines.append(f"  {s.name:<9} {weights:>11} {file:>11} {acc:>9}  ({s.seconds:.1f} s)")
+    lines.append(f"report: {out / 'report.md'} (and report.html)")
     return "\n".join(lines)

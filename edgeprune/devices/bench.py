@@ -358,7 +358,7 @@ def _benchmark_one(session: DeviceSession, harness: Any, model: ModelFile, threa
                              "and was killed", "raise --timeout or lower --runs") from exc
     parsed = harness.parse(model, result)
     session.retrying(lambda: session.transport.remove(remote))
-    keep = ("runtime", "runtime_version", "median_ms", "p90_ms", "mean_ms", "std_ms", "min_ms", "max_ms",
+    keep = ("runtime", "runtime_version", "median_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms", "min_ms", "max_ms",
             "init_ms", "first_run_ms", "peak_rss_mb")
     row = {**_common_row(model, threads, session.options), "tool": harness.tool,
            **{k: parsed.get(k) for k in keep}}

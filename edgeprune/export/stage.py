@@ -65,7 +65,13 @@ class _Verification:
 
     def measure(self, outputs: np.ndarray) -> dict[str, float | None]:
         accuracy = None if self.labels is None else float((outputs.argmax(1) == self.labels.numpy()).mean())
-        return {"accuracy": accuracy, "max_abs_diff": float(np.abs(outputs - self.reference).max())}
+        # max|delta| alone has no scale: relative to the reference's logit range it says how far off the file is,
+        # and top-1 agreement says whether that ever changes a prediction.
+        span = float(self.reference.max() - self.reference.min())
+        max_abs = float(np.abs(outputs - self.reference).max())
+        return {"accuracy": accuracy, "max_abs_diff": max_abs,
+                "max_abs_diff_relative": max_abs / span if span else None,
+                "top1_agreement": float((outputs.argmax(1) == self.reference.argmax(1)).mean())}
 
 
 def _verification_set(art: Artifact, samples: int) -> _Verification:
