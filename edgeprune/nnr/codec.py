@@ -5,9 +5,9 @@ What goes where in a stream edgeprune writes (design brief, section 3.3):
 * ``NNR_STR`` (profile 1) and ``NNR_MPS`` (uniform quantisation, qp density 2, base qp 0), as NNCodec;
 * ``NNR_TPL`` with storage format 0 and a JSON string: what NNR has no field for - the original dtype
   and shape of every tensor, how it was coded (qp / int8 / int / raw), the per-channel scales of INT8
-  deploy levels, a CRC-32 of every NDU, the model's input shape and its architecture (a factory
-  reference, or the ``torch.export`` program with zeroed weights, xz-compressed, so that the .nnr
-  alone rebuilds a loadable model);
+  deploy levels, a CRC-32 of every NDU, the model's input shape and its architecture as a declarative
+  graph of known operators (:mod:`edgeprune.nnr.topology`: data only, so that the .nnr alone rebuilds
+  a loadable model and decoding it never runs code named by the file);
 * one ``NNR_NDU`` per tensor, in ``state_dict`` order: FLOAT (qp-quantised, CABAC, DQ on by default)
   for float tensors, INT (CABAC-coded integers, no qp) for INT8 deploy levels and integer buffers.
 
@@ -18,12 +18,10 @@ unit types by size. Tensors are coded on a thread pool: the C coder releases the
 from __future__ import annotations
 
 import base64
-import copy
 import json
-import lzma
+import logging
 import math
 import os
-import tempfile
 import zlib
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.errors import BitstreamError, CheckpointError
-from edgeprune.nnr import _cabac
+from edgeprune.errors import BitstreamError
+from edgeprune.nnr import _cabac, topology
 from edgeprune.nnr.bitstream import (
     PayloadType,
     UnitType,
@@ -50,6 +48,7 @@ from edgeprune.nnr.bitstream import (
 PROFILE = 1
 QP_DENSITY = 2
 NUM_GTX_FLAGS = 11          # cabac_unary_length_minus1 = 10, NNCodec's default
+log = logging.getLogger(__name__)
 TPL_FORMAT = "edgeprune-nnr"
 TPL_VERSION = 1
 MAX_TOTAL_ELEMENTS = 1 << 28  # 1 GiB of float32: far above any edge model, far below a memory bomb
@@ -445,31 +444,16 @@ def model_tensors(model: nn.Module) -> dict[str, np.ndarray]:
 
 
 def architecture_record(model: nn.Module, example_input: torch.Tensor, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """How the decoder rebuilds the module: a factory reference when it still produces exactly these
-    tensor shapes (an unpruned model loaded with --arch), else the torch.export program with zeroed
-    weights, xz-compressed (zeros cost almost nothing; the graph itself is a few KiB)."""
-    arch = meta.get("arch")
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if arch:
-        from edgeprune.checkpoint import build_arch
-
-        try:
-            fresh = build_arch(arch, meta.get("arch_kwargs") or {})
-            if {k: tuple(v.shape) for k, v in fresh.state_dict().items()} == shapes:
-                return {"factory": arch, "kwargs": meta.get("arch_kwargs") or {}}
-        except CheckpointError:
-            pass
-    from edgeprune.checkpoint import save_model
-
-    hollow = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        for tensor in hollow.state_dict().values():
-            if tensor.is_floating_point():
-                tensor.zero_()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = save_model(hollow, example_input, Path(tmp) / "arch.pt2")
-        blob = lzma.compress(path.read_bytes(), preset=9 | lzma.PRESET_EXTREME)
-    return {"exported_program_xz": base64.b64encode(blob).decode()}
+    """How the decoder rebuilds the module: a declarative graph of known operators
+    (:mod:`edgeprune.nnr.topology`), never a Python name or a pickle, so that decoding a downloaded
+    .nnr cannot run code. A model the graph cannot describe is stored without an architecture
+    (``decode`` then asks for ``--arch``). ``meta`` is accepted for API stability."""
+    del meta
+    try:
+        return {"graph": topology.describe(model, example_input)}
+    except topology.TopologyUnsupported as exc:
+        log.warning("the .nnr will not carry the architecture (%s); decode it with --arch", exc)
+        return {}
 
 
 @dataclass
@@ -541,36 +525,51 @@ def decode_model(source: str | os.PathLike | bytes | bytearray, arch: str | None
                  input_shape: tuple[int, ...] | None = None) -> tuple[nn.Module, torch.Tensor, DecodedStream]:
     """Rebuild (model, example_input, decoded stream) from a .nnr alone, or with ``arch`` (and
     ``input_shape``) overriding what it carries."""
-    from edgeprune.checkpoint import build_arch, load_model
+    from edgeprune.checkpoint import build_arch
 
     decoded = decode_stream(source)
-    topology = decoded.topology
-    shape = list(input_shape) if input_shape else topology.get("input_shape")
-    record = topology.get("architecture") or {}
-    if arch:
+    topo = decoded.topology
+    shape = list(input_shape) if input_shape else topo.get("input_shape")
+    record = topo.get("architecture") or {}
+    if not isinstance(record, dict):
+        raise BitstreamError("the architecture in the .nnr is not an object", "the file is damaged; pass --arch")
+    if arch:  # the user's own code, named on the command line
         model = build_arch(arch, arch_kwargs)
-    elif isinstance(record, dict) and isinstance(record.get("factory"), str):
-        model = build_arch(record["factory"], record.get("kwargs") or {})
-    elif isinstance(record, dict) and isinstance(record.get("exported_program_xz"), str):
-        try:
-            blob = lzma.decompress(base64.b64decode(record["exported_program_xz"], validate=True))
-        except (ValueError, lzma.LZMAError):
-            raise BitstreamError("the architecture stored in the .nnr is damaged",
-                                 "pass --arch to rebuild it") from None
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "arch.pt2"
-            path.write_bytes(blob)
-            model = load_model(path).model
+    elif "graph" in record:
+        if not _valid_input_shape(shape):
+            raise BitstreamError("the .nnr records an invalid input shape", "pass --input-shape")
+        model = topology.build_module(record["graph"], decoded.tensors, (1, *shape[1:]))
+    elif "factory" in record or "exported_program_xz" in record:
+        raise BitstreamError("this .nnr names Python code to build its model (an older edgeprune format), "
+                             "which decode never runs from a file",
+                             "pass --arch package.module:factory if you trust it, or re-encode the model")
     else:
         raise BitstreamError("this .nnr carries no architecture (e.g. written by NNCodec)",
                              "pass --arch package.module:factory (and --input-shape)")
     model = load_decoded(model.float(), decoded)
-    if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
+    if not _valid_input_shape(shape):
         shape = list(getattr(model, "input_shape", []) or [])
-    if not shape:
-        raise BitstreamError("the .nnr does not record the model's input shape", "pass --input-shape")
-    example = torch.zeros(*shape)[:1]
+    if not _valid_input_shape(shape):
+        raise BitstreamError("the .nnr does not record a valid input shape for the model", "pass --input-shape")
+    example = torch.zeros(1, *shape[1:])
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as exc:  # noqa: BLE001 - the rebuilt graph comes from a file; any failure is the file's
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise BitstreamError(f"the model rebuilt from the .nnr does not run on inputs of shape {list(example.shape)}: "
+                             f"{first}", "check --arch / --input-shape, or re-encode the model") from None
     return model, example, decoded
+
+
+MAX_INPUT_ELEMENTS = 1 << 24  # one input sample (64 MiB float32): far above any edge model's input
+
+
+def _valid_input_shape(shape: Any) -> bool:
+    """A list of 2..8 positive ints whose single-sample size stays under :data:`MAX_INPUT_ELEMENTS`."""
+    return (isinstance(shape, (list, tuple)) and 2 <= len(shape) <= 8
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+            and math.prod(shape[1:]) <= MAX_INPUT_ELEMENTS)
 
 
 def inspect_stream(source: str | os.PathLike | bytes | bytearray) -> dict[str, Any]:
