@@ -166,7 +166,11 @@ def export_program(model: nn.Module, example_input: torch.Tensor) -> torch.expor
 
 
 def build_arch(arch: str, arch_kwargs: str | dict | None) -> nn.Module:
-    """Instantiate ``package.module:factory`` with keyword arguments from JSON."""
+    """Instantiate ``package.module:factory`` with keyword arguments from JSON.
+
+    This imports and runs the *user's own code*: it is called only with ``--arch`` from the command
+    line (or a library caller), never with a name read from a model, bitstream or data file.
+    """
     if ":" not in arch:
         raise CheckpointError(
             f"invalid --arch {arch!r}", "write it as package.module:factory, e.g. edgeprune.models:lenet5"
@@ -182,11 +186,15 @@ def build_arch(arch: str, arch_kwargs: str | dict | None) -> nn.Module:
         raise CheckpointError(
             f"{module_name!r} has no attribute {attr!r}", "check the factory name in --arch"
         ) from None
+    if not callable(factory) or isinstance(factory, type) and not issubclass(factory, nn.Module):
+        raise CheckpointError(f"{arch} is not a model factory (a callable returning an nn.Module)",
+                              "point --arch at your model class or factory function")
     kwargs = _parse_kwargs(arch_kwargs)
     try:
         model = factory(**kwargs)
-    except TypeError as exc:
-        raise CheckpointError(f"cannot build {arch} with {kwargs}: {exc}", "fix --arch-kwargs") from None
+    except (TypeError, ValueError, RuntimeError, AssertionError, IndexError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"cannot build {arch} with {kwargs}: {first}", "fix --arch-kwargs") from None
     if not isinstance(model, nn.Module):
         raise CheckpointError(
             f"{arch} returned a {type(model).__name__}, not an nn.Module", "point --arch at a model factory"
@@ -207,6 +215,11 @@ def _parse_kwargs(arch_kwargs: str | dict | None) -> dict[str, Any]:
         ) from None
     if not isinstance(kwargs, dict):
         raise CheckpointError("--arch-kwargs must be a JSON object", "write e.g. '{\"num_classes\": 10}'")
+    for key, value in kwargs.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CheckpointError(f"--arch-kwargs {key} is {value}", "give finite numbers")
+        if isinstance(value, int) and not isinstance(value, bool) and not -(1 << 24) <= value <= 1 << 24:
+            raise CheckpointError(f"--arch-kwargs {key} = {value} is out of range", "give a realistic size")
     return kwargs
 
 

@@ -267,11 +267,43 @@ def _topology_of(units: list) -> dict[str, Any]:
     tpls = [u for u in units if u.unit_type == UnitType.TPL]
     if not tpls or not tpls[0].fields.get("topology_data"):
         return {}
+    text = tpls[0].fields["topology_data"]
+    if len(text) > MAX_TOPOLOGY_BYTES or _json_depth_exceeds(text, MAX_JSON_DEPTH):
+        raise BitstreamError(f"the topology unit is larger or more deeply nested than an edgeprune stream "
+                             f"({len(text)} bytes, limits {MAX_TOPOLOGY_BYTES} bytes / depth {MAX_JSON_DEPTH})",
+                             "the file is damaged or hostile")
     try:
-        topology = json.loads(tpls[0].fields["topology_data"])
-    except json.JSONDecodeError:
+        topology = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
         return {}
     return topology if isinstance(topology, dict) and topology.get("format") == TPL_FORMAT else {}
+
+
+MAX_TOPOLOGY_BYTES = 16 << 20  # JSON of the TPL unit: ~100x the largest zoo model's
+MAX_JSON_DEPTH = 32            # the deepest edgeprune topology nests 7 levels
+
+
+def _json_depth_exceeds(text: str, limit: int) -> bool:
+    """Whether brackets nest deeper than ``limit`` (checked before json.loads, which recurses)."""
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
 
 
 def _check_entry(entry: Any) -> dict[str, Any]:
@@ -282,7 +314,10 @@ def _check_entry(entry: Any) -> dict[str, Any]:
         raise BitstreamError("the topology unit describes a tensor incompletely", "the file is damaged; re-encode")
     if entry["dtype"] not in TENSOR_DTYPES:  # never let numpy parse an arbitrary string as a dtype
         raise BitstreamError(f"unsupported dtype {entry['dtype']!r} in the topology unit", "the file is damaged")
-    if entry["mode"] == "empty" and int(np.prod(entry["shape"])) != 0:
+    if math.prod(entry["shape"]) > MAX_TOTAL_ELEMENTS:
+        raise BitstreamError(f"tensor {entry['name'][:60]!r} declares {math.prod(entry['shape'])} elements, "
+                             f"more than the limit of {MAX_TOTAL_ELEMENTS}", "the file is damaged")
+    if entry["mode"] == "empty" and math.prod(entry["shape"]) != 0:
         raise BitstreamError(f"tensor {entry['name']!r} is marked empty but has shape {entry['shape']}",
                              "the file is damaged")
     return entry
@@ -302,8 +337,8 @@ def decode_stream(source: str | os.PathLike | bytes | bytearray, max_elements: i
     ndus = [u for u in units if u.unit_type == UnitType.NDU]
     total = 0
     for u in ndus:
-        n = int(np.prod(u.fields["tensor_dimensions"]))
-        if n == 0 or n > max_elements:
+        n = math.prod(u.fields["tensor_dimensions"])  # Python ints: a crafted product cannot wrap around
+        if n <= 0 or n > max_elements:
             raise BitstreamError(f"tensor {u.fields['topology_elem_id']!r} declares {n} elements",
                                  "the file is damaged")
         # Every coded level (or skipped row) costs at least one bin, and a bin at least ~0.01 bit (the
@@ -409,7 +444,11 @@ def _apply_topology(topology: dict[str, Any], by_name: dict, tensors: dict[str, 
                                  "the file is damaged")
         value = tensors[name]
         if mode == "int8":
-            scale = np.asarray(entry.get("scale", []), dtype=np.float32)
+            raw_scale = entry.get("scale", [])
+            if not (isinstance(raw_scale, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                        and math.isfinite(v) for v in raw_scale)):
+                raise BitstreamError(f"INT8 tensor {name!r} has malformed scales", "the file is damaged")
+            scale = np.asarray(raw_scale, dtype=np.float32)
             axis = entry.get("axis", 0)
             axis_ok = isinstance(axis, int) and 0 <= axis < max(1, len(shape))
             if not axis_ok or scale.size != (shape[axis] if shape else 1):
