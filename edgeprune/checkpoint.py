@@ -319,7 +319,8 @@ def _load_pickle(path: Path, trust: bool) -> Any:
             f"{path} contains pickled Python objects (e.g. a whole model), which can run code when loaded",
             "pass --trust-checkpoint if you trust its source, or save a state_dict and use --arch",
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, IndexError, KeyError, TypeError,
+            MemoryError, OverflowError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path} is corrupt or truncated: {first[:200]}", "re-save the model") from None
     except (AttributeError, ModuleNotFoundError) as exc:
