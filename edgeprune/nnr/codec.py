@@ -51,7 +51,9 @@ NUM_GTX_FLAGS = 11          # cabac_unary_length_minus1 = 10, NNCodec's default
 log = logging.getLogger(__name__)
 TPL_FORMAT = "edgeprune-nnr"
 TPL_VERSION = 1
-MAX_TOTAL_ELEMENTS = 1 << 28  # 1 GiB of float32: far above any edge model, far below a memory bomb
+# Weights a stream may declare (all tensors together): 32 M (128 MiB of float32, ~3 copies while
+# decoding) lets a 1 GiB Raspberry Pi decode any model it could run; EDGEPRUNE_MAX_WEIGHTS overrides.
+MAX_TOTAL_ELEMENTS = int(os.environ.get("EDGEPRUNE_MAX_WEIGHTS", str(1 << 25)))
 TENSOR_DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
                            "float16", "float32", "float64"})
 BINS_PER_BYTE_LIMIT = 2048   # generous bound on decodable bins per payload byte (see decode_stream)
@@ -260,6 +262,10 @@ def _read_bytes(source: str | os.PathLike | bytes | bytearray) -> bytes:
     path = Path(source)
     if not path.is_file():
         raise BitstreamError(f"{path} does not exist or is not a file", "check the path to the .nnr file")
+    limit = 4 * MAX_TOTAL_ELEMENTS + MAX_TOPOLOGY_BYTES  # raw float32 of every weight plus the topology
+    if path.stat().st_size > limit:
+        raise BitstreamError(f"{path} is {path.stat().st_size} bytes, more than a stream of "
+                             f"{MAX_TOTAL_ELEMENTS} weights can be", "set EDGEPRUNE_MAX_WEIGHTS if it is real")
     return path.read_bytes()
 
 
@@ -352,7 +358,7 @@ def decode_stream(source: str | os.PathLike | bytes | bytearray, max_elements: i
         total += n
     if total > max_elements:
         raise BitstreamError(f"the stream declares {total} weights, more than the limit of {max_elements}",
-                             "pass a larger max_elements if this is really intended")
+                             "set EDGEPRUNE_MAX_WEIGHTS if this host has the memory")
 
     def decode_one(u) -> tuple[np.ndarray, int | None]:
         f = u.fields
