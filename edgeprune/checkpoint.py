@@ -2,7 +2,13 @@
 
 Supported inputs (detected from the file's content, not its name):
 
-* ``torch.export`` programs (``.pt2``, a zip with ``serialized_exported_program``): safe, no code runs;
+* ``torch.export`` programs (``.pt2``): ``torch.export.load`` itself is *not* safe - it unpickles
+  opaque constants and ``use_pickle`` weights, falls back to ``torch.load(weights_only=False)`` for
+  sample inputs, ``exec``s the archive's guard code and ``sympify``s (``eval``s) its shape
+  expressions. :func:`inspect_exported_archive` therefore reads the archive's own JSON first and
+  refuses anything outside what plain ``torch.export.save`` of an aten graph writes (tensor
+  payloads, aten / arithmetic operators, shape expressions and guards made of sizes and integer
+  arithmetic) unless ``trust=True``;
 * TorchScript archives (a zip with ``constants.pkl``/``code/``): loaded with ``torch.jit.load``
   (TorchScript code is interpreted, not arbitrary Python) and converted to an exported program;
 * a ``state_dict`` plus ``--arch package.module:factory`` (and ``--arch-kwargs`` JSON): the tensors are
@@ -18,7 +24,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import pickle
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -74,6 +82,8 @@ def load_model(
     kind = _sniff(path)
     meta: dict[str, Any] = {"source": str(path), "format": kind}
     if kind == "exported-program":
+        if not trust:
+            inspect_exported_archive(path)
         model, saved_shape = _load_exported(path)
         input_shape = input_shape or saved_shape
     elif kind == "torchscript":
@@ -156,7 +166,11 @@ def export_program(model: nn.Module, example_input: torch.Tensor) -> torch.expor
 
 
 def build_arch(arch: str, arch_kwargs: str | dict | None) -> nn.Module:
-    """Instantiate ``package.module:factory`` with keyword arguments from JSON."""
+    """Instantiate ``package.module:factory`` with keyword arguments from JSON.
+
+    This imports and runs the *user's own code*: it is called only with ``--arch`` from the command
+    line (or a library caller), never with a name read from a model, bitstream or data file.
+    """
     if ":" not in arch:
         raise CheckpointError(
             f"invalid --arch {arch!r}", "write it as package.module:factory, e.g. edgeprune.models:lenet5"
@@ -172,11 +186,15 @@ def build_arch(arch: str, arch_kwargs: str | dict | None) -> nn.Module:
         raise CheckpointError(
             f"{module_name!r} has no attribute {attr!r}", "check the factory name in --arch"
         ) from None
+    if not callable(factory) or isinstance(factory, type) and not issubclass(factory, nn.Module):
+        raise CheckpointError(f"{arch} is not a model factory (a callable returning an nn.Module)",
+                              "point --arch at your model class or factory function")
     kwargs = _parse_kwargs(arch_kwargs)
     try:
         model = factory(**kwargs)
-    except TypeError as exc:
-        raise CheckpointError(f"cannot build {arch} with {kwargs}: {exc}", "fix --arch-kwargs") from None
+    except (TypeError, ValueError, RuntimeError, AssertionError, IndexError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"cannot build {arch} with {kwargs}: {first}", "fix --arch-kwargs") from None
     if not isinstance(model, nn.Module):
         raise CheckpointError(
             f"{arch} returned a {type(model).__name__}, not an nn.Module", "point --arch at a model factory"
@@ -197,6 +215,11 @@ def _parse_kwargs(arch_kwargs: str | dict | None) -> dict[str, Any]:
         ) from None
     if not isinstance(kwargs, dict):
         raise CheckpointError("--arch-kwargs must be a JSON object", "write e.g. '{\"num_classes\": 10}'")
+    for key, value in kwargs.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CheckpointError(f"--arch-kwargs {key} is {value}", "give finite numbers")
+        if isinstance(value, int) and not isinstance(value, bool) and not -(1 << 24) <= value <= 1 << 24:
+            raise CheckpointError(f"--arch-kwargs {key} = {value} is out of range", "give a realistic size")
     return kwargs
 
 
@@ -238,9 +261,7 @@ def _load_exported(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
         raise CheckpointError(
             f"cannot load exported program {path}: {str(exc).splitlines()[0][:200]}", "re-export the model"
         ) from None
-    shape = None
-    if extra["edgeprune.json"]:
-        shape = tuple(json.loads(extra["edgeprune.json"]).get("input_shape", ())) or None
+    shape = _saved_input_shape(path, extra["edgeprune.json"])
     dims = _input_dims(program)
     if shape is None and dims is not None:
         # A program exported elsewhere: a symbolic dimension takes the size it was traced with (the batch: 1).
@@ -331,7 +352,8 @@ def _load_pickle(path: Path, trust: bool) -> Any:
             f"{path} contains pickled Python objects (e.g. a whole model), which can run code when loaded",
             "pass --trust-checkpoint if you trust its source, or save a state_dict and use --arch",
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, IndexError, KeyError, TypeError,
+            MemoryError, OverflowError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path} is corrupt or truncated: {first[:200]}", "re-save the model") from None
     except (AttributeError, ModuleNotFoundError) as exc:
@@ -380,3 +402,166 @@ def _guess_input_shape(model: nn.Module) -> tuple[int, ...] | None:
     """The shape the model declares via an ``input_shape`` attribute (our zoo/examples), if any."""
     shape = getattr(model, "input_shape", None)
     return tuple(shape) if shape else None
+
+
+MAX_INPUT_ELEMENTS = 1 << 24   # one input sample (64 MiB of float32): far above any edge model's input
+
+
+def _saved_input_shape(path: Path, text: str) -> tuple[int, ...] | None:
+    """The input shape edgeprune recorded in ``extra/edgeprune.json`` (validated; None when absent)."""
+    if not text:
+        return None
+    problem = "is not a JSON object"
+    try:
+        record = json.loads(text) if len(text) < 1 << 16 else None
+    except (json.JSONDecodeError, RecursionError):
+        record = None
+    shape = record.get("input_shape") if isinstance(record, dict) else None
+    if isinstance(record, dict):
+        problem = "has an invalid input_shape"
+        if shape is None:
+            return None
+        if (isinstance(shape, list) and 2 <= len(shape) <= 8
+                and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+                and math.prod(shape[1:]) <= MAX_INPUT_ELEMENTS):
+            return tuple(shape)
+    raise CheckpointError(f"edgeprune.json inside {path} {problem}",
+                          "re-save the model with edgeprune, or pass --input-shape")
+
+
+# ------------------------------------------------------------------ .pt2 inspection
+
+MAX_ARCHIVE_JSON = 64 << 20    # a model.json of 64 MiB describes ~100k nodes: far beyond edge models
+_ROOT_FILES = re.compile(r"^(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|"
+                         r"extra/[\w.\-]{1,128}|models/\w{1,128}\.json|data/sample_inputs/\w{1,128}\.pt|"
+                         r"data/weights/weight_\d{1,9}|data/weights/\w{1,128}_weights_config\.json|"
+                         r"data/constants/tensor_\d{1,9}|data/constants/\w{1,128}_constants_config\.json)$")
+_OPERATOR_TARGET = re.compile(r"^(torch\.ops\.aten\.\w{1,64}\.\w{1,64}|"
+                              r"_operator\.(add|sub|mul|floordiv|truediv|mod|neg|pow|getitem|eq|ne|lt|le|gt|ge)|"
+                              r"torch\.sym_(max|min|not|float|int|sqrt|ite)|math\.(ceil|floor|trunc|sqrt))$")
+_SYMPY_NAMES = frozenset({
+    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "FloorDiv", "Mod", "PythonMod", "CleanDiv",
+    "CeilToInt", "FloorToInt", "TruncToInt", "IntTrueDiv", "FloatTrueDiv", "ToFloat", "Max", "Min", "Abs",
+    "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "True", "False", "oo", "zoo", "positive",
+    "integer", "nonnegative", "real", "finite", "ModularIndexing", "Where", "OpaqueUnaryFn_sqrt",
+})
+_SYMBOL_NAME = re.compile(r"^[a-z]{1,8}\d{0,9}$")
+_GUARD_TERM = re.compile(r"L\['[A-Za-z_]\w{0,63}'\]\.(size|stride)\(\)\[\d{1,2}\]")
+_GUARD_WORDS = re.compile(r"\b(max|min|and|or|not|True|False)\b")
+_GUARD_REST = re.compile(r"^[\d\s()+\-*/%<>=!,]*$")
+
+
+def _refuse(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(f"{path} {problem}, which can run code when loaded",
+                           "pass --trust-checkpoint only if you trust its source")
+
+
+def inspect_exported_archive(path: Path) -> None:
+    """Refuse a ``.pt2`` whose loading could run code, *before* ``torch.export.load`` sees it.
+
+    Reads only the zip directory and the archive's JSON: every file must be one that plain
+    ``torch.export.save`` writes for tensors (pickled weights/constants, opaque or custom objects,
+    legacy pickles and unknown payloads are refused), every graph operator must be an aten op or
+    integer arithmetic, every shape expression (which torch ``sympify``s) must use only sympy's
+    arithmetic names, every guard (which torch ``exec``s) only input sizes and integer arithmetic,
+    and the sample inputs must load with ``weights_only=True`` (torch retries them unsafely).
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            roots = {info.filename.split("/", 1)[0] for info in infos}
+            if len(roots) != 1:
+                raise _refuse(path, "is not a single torch.export archive")
+            root = roots.pop() + "/"
+            files = {info.filename[len(root):]: info for info in infos if not info.filename.endswith("/")}
+            for name in files:
+                if not _ROOT_FILES.match(name):
+                    raise _refuse(path, f"contains an unknown payload {name[:80]!r}")
+            models = [n for n in files if n.startswith("models/")]
+            if not models:
+                raise _refuse(path, "has no exported program")
+
+            def read_json(name: str) -> Any:
+                info = files.get(name)
+                if info is None:
+                    raise _refuse(path, f"lacks {name} (a legacy format whose payloads are pickles)")
+                if info.file_size > MAX_ARCHIVE_JSON:
+                    raise CheckpointError(f"{name} inside {path} is {info.file_size} bytes, over the "
+                                          f"{MAX_ARCHIVE_JSON >> 20} MiB limit", "re-export the model")
+                try:
+                    return json.loads(zf.read(info))
+                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+                    raise CheckpointError(f"{name} inside {path} is not valid JSON", "re-export the model") from None
+
+            for model_file in models:
+                model = model_file[len("models/"):-len(".json")]
+                for kind, prefix in (("weights", "weight_"), ("constants", "tensor_")):
+                    config = read_json(f"data/{kind}/{model}_{kind}_config.json")
+                    entries = config.get("config") if isinstance(config, dict) else None
+                    if not isinstance(entries, dict):
+                        raise _refuse(path, f"has a malformed {kind} config")
+                    for fqn, meta in entries.items():
+                        if not isinstance(meta, dict) or meta.get("use_pickle") is not False:
+                            raise _refuse(path, f"stores {kind[:-1]} {str(fqn)[:60]!r} as a pickle")
+                        name = meta.get("path_name")
+                        if not (isinstance(name, str) and name.startswith(prefix)
+                                and f"data/{kind}/{name}" in files):
+                            raise _refuse(path, f"stores {kind[:-1]} {str(fqn)[:60]!r} as an unknown payload")
+                _check_program(path, read_json(model_file))
+                sample = files.get(f"data/sample_inputs/{model}.pt")
+                if sample is not None:
+                    _check_sample_inputs(path, zf.read(sample))
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as exc:
+        raise CheckpointError(f"{path} is a corrupt archive: {exc}", "re-save the model") from None
+
+
+def _check_program(path: Path, program: Any) -> None:
+    """Operators, shape expressions and guard code of one serialized exported program."""
+    if not isinstance(program, dict):
+        raise _refuse(path, "has a malformed exported program")
+    for guard in program.get("guards_code") or []:
+        if not (isinstance(guard, str) and len(guard) < 4096 and _is_size_guard(guard)):
+            raise _refuse(path, f"carries guard code {str(guard)[:60]!r}")
+    for symbol in program.get("range_constraints") or {}:
+        if not _SYMBOL_NAME.match(str(symbol)):
+            raise _refuse(path, f"names a shape symbol {str(symbol)[:40]!r}")
+    stack: list[Any] = [program]
+    while stack:  # iterative walk: a deep document cannot exhaust the Python stack
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "target" and isinstance(value, str) and not _OPERATOR_TARGET.match(value):
+                    raise _refuse(path, f"calls {value[:80]!r}, which is not an aten operator")
+                if key == "expr_str" and not _is_arithmetic_expression(value):
+                    raise _refuse(path, f"carries a shape expression {str(value)[:60]!r}")
+                if isinstance(value, (dict, list)):
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, (dict, list)))
+
+
+def _is_size_guard(guard: str) -> bool:
+    """True for guards such as ``max(1, L['x'].size()[3] // 2) > 1``: sizes, integers, comparisons."""
+    return bool(_GUARD_REST.match(_GUARD_WORDS.sub(" ", _GUARD_TERM.sub("0", guard))))
+
+
+def _is_arithmetic_expression(text: Any) -> bool:
+    """True for sympy reprs such as ``Mul(Integer(2), Symbol('s0', positive=True))`` and nothing else."""
+    if not isinstance(text, str) or len(text) > 4096:
+        return False
+    bare = re.sub(r"'([a-z]{1,8}\d{0,9})'", "0", text)
+    if not re.fullmatch(r"[\w\s(),=.\-]*", bare):
+        return False
+    return all(word in _SYMPY_NAMES for word in re.findall(r"[A-Za-z_]\w*", bare))
+
+
+def _check_sample_inputs(path: Path, data: bytes) -> None:
+    """torch retries sample inputs with ``weights_only=False``: make sure the safe load works."""
+    import io
+
+    if not data:
+        return
+    try:
+        torch.load(io.BytesIO(data), weights_only=True)
+    except Exception:  # noqa: BLE001 - any failure means torch would retry with a full unpickler
+        raise _refuse(path, "has sample inputs that are not plain tensors") from None

@@ -17,7 +17,11 @@ that ship an official test split keep it as the test set.
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import pickle
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +32,16 @@ from torch.utils.data import DataLoader, TensorDataset
 from edgeprune.errors import DataError
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+# Raw bytes a dataset may decode to before edgeprune converts it to float32 (x4): 256 MiB keeps a
+# 1 GiB Raspberry Pi alive. Override with EDGEPRUNE_MAX_DATA_MB for bigger datasets on bigger hosts.
+MAX_DATA_BYTES = int(float(os.environ.get("EDGEPRUNE_MAX_DATA_MB", "256")) * (1 << 20))
+MAX_IMAGE_PIXELS = 16 << 20    # one image; Pillow's own bomb check allows ~90 M pixels
+MAX_LABEL = 1 << 16            # class indices beyond this are certainly not a classification task
+
+
+def _too_big(what: str, nbytes: int) -> DataError:
+    return DataError(f"{what} would decode to {nbytes / (1 << 20):.0f} MiB, more than the "
+                     f"{MAX_DATA_BYTES >> 20} MiB limit", "set EDGEPRUNE_MAX_DATA_MB if this host has the memory")
 
 
 @dataclass
@@ -60,6 +74,15 @@ class DataBundle:
     def calibration_batch(self, n: int = 128) -> torch.Tensor:
         """The first ``n`` training inputs: a fixed, real calibration set for quantisation."""
         return self.train.tensors[0][:n]
+
+    def check_labels(self, num_outputs: int) -> None:
+        """Raise a DataError when labels index past the model's ``num_outputs`` classes."""
+        if self.num_classes > num_outputs:
+            raise DataError(
+                f"dataset {self.name!r} has labels up to {self.num_classes - 1} but the model has "
+                f"{num_outputs} outputs",
+                "use a model with one output per class (e.g. --arch-kwargs '{\"num_classes\": N}')",
+            )
 
     def check_fits(self, input_shape: tuple[int, ...]) -> None:
         """Raise a DataError when samples do not have the model's input shape (batch dim ignored)."""
@@ -122,12 +145,19 @@ def _digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
+        with zipfile.ZipFile(path) as zf:  # sizes from the zip directory, before anything is inflated
+            total = sum(info.file_size for info in zf.infolist())
+        if total > MAX_DATA_BYTES:
+            raise _too_big(str(path), total)
         with np.load(path, allow_pickle=False) as f:
             if "x" not in f or "y" not in f:
                 raise DataError(f"{path} has arrays {sorted(f.files)}", "save the inputs as 'x' and the labels as 'y'")
             x, y = f["x"], f["y"]
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path} is not a readable .npz file: {exc}", "re-create it with numpy.savez") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise DataError(f"{path} is not a readable .npz file: {first}", "re-create it with numpy.savez") from None
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{path}: inputs x have dtype {x.dtype}", "store real numbers (float or integer pixels)")
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim not in (2, 4) or y.ndim != 1 or len(x) != len(y):
@@ -155,14 +185,16 @@ def _read_idx(file: Path) -> np.ndarray:
     opener = gzip.open if file.suffix == ".gz" else open
     try:
         with opener(file, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as exc:
+            raw = f.read(MAX_DATA_BYTES + 1)  # a gzip bomb stops here
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"cannot read {file}: {exc}", "re-extract the IDX files") from None
+    if len(raw) > MAX_DATA_BYTES:
+        raise _too_big(str(file), len(raw))
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{file} is not an unsigned-byte IDX file", "give the original MNIST/Fashion-MNIST files")
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = 4 + 4 * ndim + int(np.prod(dims))
+    expected = 4 + 4 * ndim + math.prod(dims)  # Python ints: crafted dimensions cannot wrap around
     if len(raw) != expected:
         raise DataError(f"{file} is truncated ({len(raw)} of {expected} bytes)", "re-extract the IDX files")
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
@@ -175,6 +207,10 @@ def _idx_dir(path: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarra
         if f is None:
             raise DataError(f"{path} lacks the {prefix} IDX file", "the directory needs all four MNIST IDX files")
         parts[key] = _read_idx(f)
+    for images, labels in (("x", "y"), ("xt", "yt")):
+        if parts[images].ndim != 3 or parts[labels].ndim != 1 or len(parts[images]) != len(parts[labels]):
+            raise DataError(f"{path}: the IDX files hold {list(parts[images].shape)} images and "
+                            f"{list(parts[labels].shape)} labels", "give matching MNIST image and label files")
     to_x = lambda a: (a.astype(np.float32) / 255.0)[:, None]  # noqa: E731
     return (to_x(parts["x"]), parts["y"].astype(np.int64)), (to_x(parts["xt"]), parts["yt"].astype(np.int64))
 
@@ -211,22 +247,34 @@ def _cifar_dir(path: Path):  # noqa: ANN202 - internal tuple
     for name in ("cifar-10-batches-py", "cifar-100-python"):
         if (path / name).is_dir():
             root = path / name
+    if not isinstance(meta := _unpickle(root / "batches.meta") if (root / "batches.meta").exists() else {}, dict):
+        raise DataError(f"{root}/batches.meta is not a dict", "re-extract the CIFAR archive")
     if (root / "data_batch_1").exists():
         batches = [_unpickle(root / f"data_batch_{i}") for i in range(1, 6) if (root / f"data_batch_{i}").exists()]
         test = _unpickle(root / "test_batch")
         label_key = "labels"
-        meta = _unpickle(root / "batches.meta") if (root / "batches.meta").exists() else {}
-        classes = list(meta.get("label_names", [str(i) for i in range(10)]))
+        classes = [str(c) for c in meta.get("label_names", [str(i) for i in range(10)])]
     elif (root / "train").is_file() and (root / "test").is_file():
         batches, test, label_key = [_unpickle(root / "train")], _unpickle(root / "test"), "fine_labels"
         meta = _unpickle(root / "meta") if (root / "meta").exists() else {}
-        classes = list(meta.get("fine_label_names", [str(i) for i in range(100)]))
+        meta = meta if isinstance(meta, dict) else {}
+        classes = [str(c) for c in meta.get("fine_label_names", [str(i) for i in range(100)])]
     else:
         return None
 
     def arrays(batch_list: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-        x = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batch_list])
-        y = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batch_list])
+        for b in batch_list:
+            if not (isinstance(b, dict) and isinstance(b.get("data"), np.ndarray) and label_key in b):
+                raise DataError(f"a CIFAR batch under {root} is not a dict with 'data' and {label_key!r}",
+                                "re-extract the CIFAR archive")
+        try:
+            x = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batch_list])
+            y = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batch_list])
+            if x.size % (3 * 32 * 32) or len(x.reshape(-1, 3, 32, 32)) != len(y):
+                raise ValueError(f"{x.size} pixel values for {len(y)} labels")
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise DataError(f"CIFAR batches under {root} are malformed: {str(exc)[:120]}",
+                            "re-extract the CIFAR archive") from None
         return x.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, y
 
     return arrays(batches), arrays([test]), classes
@@ -244,9 +292,12 @@ def _image_folder(path: Path, subdirs: list[Path]) -> tuple[np.ndarray, np.ndarr
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             try:
-                with Image.open(file) as im:
+                with Image.open(file) as im:  # reads the header only: the size is known before decoding
+                    if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                        raise DataError(f"image {file} has {im.size[0]}x{im.size[1]} pixels, more than the "
+                                        f"{MAX_IMAGE_PIXELS} allowed", "resize the images first")
                     arr = np.asarray(im.convert("RGB" if im.mode not in ("L", "I;16") else "L"))
-            except (UnidentifiedImageError, OSError) as exc:
+            except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
                 raise DataError(f"cannot read image {file}: {exc}", "remove or fix the file") from None
             if size is None:
                 size = arr.shape
@@ -277,6 +328,7 @@ def _split(
     """Shuffle with ``seed``, carve out val (and test when none ships), normalise with train stats."""
     if len(x) < 10:
         raise DataError(f"dataset {name!r} has only {len(x)} samples", "provide at least 10 labelled samples")
+    _check_values(name, x, y, x_test, y_test)
     order = np.random.default_rng(seed).permutation(len(x))
     x, y = x[order], y[order]
     n = len(x)
@@ -302,3 +354,19 @@ def _split(
         num_classes=num_classes,
         classes=classes or [str(i) for i in range(num_classes)],
     )
+
+
+def _check_values(name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None,
+                  y_test: np.ndarray | None) -> None:
+    """Refuse data that would train or calibrate into NaN, or index past the classifier's outputs."""
+    for arr in (x, x_test):
+        if arr is not None and arr.nbytes > MAX_DATA_BYTES * 4:
+            raise _too_big(f"dataset {name!r}", arr.nbytes)
+        if arr is not None and not np.all(np.isfinite(arr)):
+            raise DataError(f"dataset {name!r} contains NaN or infinite inputs", "clean the data first")
+    labels = np.concatenate([y, y_test]) if y_test is not None else y
+    if labels.size and (labels.min() < 0 or labels.max() >= MAX_LABEL):
+        raise DataError(f"dataset {name!r} has labels from {labels.min()} to {labels.max()}",
+                        f"labels must be class indices 0..N-1 (N < {MAX_LABEL})")
+    if len(np.unique(labels)) < 2:
+        raise DataError(f"dataset {name!r} has a single class", "a classifier needs at least two classes")

@@ -49,13 +49,14 @@ def test_encode_inspect_decode_rebuilds_the_model_from_the_nnr_alone(runner, cli
     assert "bits/weight" in human.output and "fc1.weight" in human.output
 
 
-def test_state_dict_with_arch_is_referenced_not_embedded(runner, cli, trained_lenet5, tmp_path):
+def test_state_dict_with_arch_is_embedded_as_data_not_as_a_factory_name(runner, cli, trained_lenet5, tmp_path):
     weights = tmp_path / "sd.pt"
     torch.save(trained_lenet5.model.state_dict(), weights)
     nnr = tmp_path / "sd.nnr"
     invoke_json(runner, cli, ["encode", str(weights), "--arch", "edgeprune.models:lenet5", "--arch-kwargs",
                               '{"input_size": 8}', "--input-shape", "1,1,8,8", "-o", str(nnr)])
-    assert invoke_json(runner, cli, ["inspect", str(nnr)])["architecture"] == "factory"
+    assert invoke_json(runner, cli, ["inspect", str(nnr)])["architecture"] == "embedded"
+    assert b"edgeprune.models" not in nnr.read_bytes()  # decode must never import a name from the file
     out = tmp_path / "sd.pt2"
     invoke_json(runner, cli, ["decode", str(nnr), "-o", str(out)])
     assert load_model(out).example_input.shape == (1, 1, 8, 8)

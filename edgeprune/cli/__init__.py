@@ -13,19 +13,46 @@ so ``compress`` and the per-stage commands share one definition of every option.
 
 from __future__ import annotations
 
-import logging
+import os
+import signal
 import sys
-import traceback
-import warnings
+import threading
 from typing import Any
 
-import click
 
-from edgeprune import __version__
-from edgeprune.cli import _help, bench, compress, export, nnr, prune, simplify  # _help first: it patches click
-from edgeprune.errors import EdgepruneError
+def _interrupted_during_startup(signum: int, frame: object) -> None:
+    """Ctrl-C while torch & co. are still importing: nothing exists yet to clean up, so one line."""
+    sys.stderr.write("interrupted: nothing was written\n")
+    os._exit(130)
+
+
+_MAIN_THREAD = threading.current_thread() is threading.main_thread()
+if _MAIN_THREAD:  # the imports below take seconds; a KeyboardInterrupt inside them would be a traceback
+    signal.signal(signal.SIGINT, _interrupted_during_startup)
+
+import logging  # noqa: E402
+import traceback  # noqa: E402
+import warnings  # noqa: E402
+
+import click  # noqa: E402
+
+from edgeprune import __version__  # noqa: E402
+from edgeprune.cli import _help, bench, compress, export, nnr, prune, simplify  # noqa: E402  (_help first: it patches click)
+from edgeprune.errors import EdgepruneError  # noqa: E402
+
+if _MAIN_THREAD:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 STAGE_MODULES = (prune, simplify, export, nnr, bench)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``docker stop``, CI cancellation): unwinds like Ctrl-C, so every atomic
+    writer removes its temporary file or directory on the way out."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 class _Group(click.Group):
@@ -39,9 +66,12 @@ class _Group(click.Group):
                 traceback.print_exc()
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted: no partial output was left behind", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            click.echo(f"{what}: no partial output was left behind", err=True)
+            sys.exit(128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT))
 
 
 # Options a user may type before or after the subcommand. The verbosity flags are added to every
@@ -140,6 +170,8 @@ for _module in STAGE_MODULES:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: SIGTERM is handled like Ctrl-C (nothing partial is left behind)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     cli(prog_name="edgeprune")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from edgeprune.cli.common import compose, emit, force_option, json_option, refuse_existing_file
+from edgeprune.cli.common import FiniteFloatRange, compose, emit, force_option, json_option, refuse_existing_file
 from edgeprune.devices.bench import BenchOptions, ModelFile, benchmark_files
 from edgeprune.devices.profiles import list_profiles, load_profile, search_paths
 from edgeprune.devices.stage import headline_latency
@@ -25,7 +25,7 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("threads", "threads", {"type": click.IntRange(min=1), "help": "Runtime threads (default: the profile's)."}),
     ("runs", "runs", {"type": click.IntRange(min=1), "help": "Timed runs per model [default: 100]."}),
     ("warmup", "warmup", {"type": click.IntRange(min=0), "help": "Untimed warm-up runs [default: 10]."}),
-    ("timeout", "timeout_s", {"type": click.FloatRange(min=0, min_open=True),
+    ("timeout", "timeout_s", {"type": FiniteFloatRange(min=0, min_open=True),
                               "help": "Seconds allowed per model before it is killed (default: the profile's)."}),
     ("retries", "retries", {"type": click.IntRange(min=1),
                             "help": "Attempts for connecting and transfers when the link drops [default: 3]."}),
@@ -111,7 +111,7 @@ def bench(ctx: click.Context, models: tuple[str, ...], target: str, output: str 
 @click.argument("names", nargs=-1)
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Try to reach each target (connect and run `uname -m`).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+@click.option("--timeout", type=FiniteFloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="Seconds to wait for each target when checking.")
 @json_option
 @click.pass_context

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+import torch
 
 from edgeprune.artifact import Artifact, StageContext
 from edgeprune.checkpoint import load_model, parse_input_shape
 from edgeprune.data import DataBundle, load_data
 from edgeprune.errors import OutputExistsError
 from edgeprune.progress import Progress
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A click float range that also refuses nan and +-inf (which every comparison lets through)."""
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201 - click's signature
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def compose(*decorators: Callable) -> Callable:
@@ -58,6 +70,10 @@ def load_artifact(kwargs: dict[str, Any], model_path: str | None) -> Artifact:
     data = load_data_option(kwargs.get("data"), kwargs.get("seed", 0))
     if data is not None:
         data.check_fits(tuple(loaded.example_input.shape))
+        with torch.no_grad():
+            outputs = loaded.model(loaded.example_input)
+        if isinstance(outputs, torch.Tensor) and outputs.ndim == 2:
+            data.check_labels(int(outputs.shape[1]))
     return Artifact(model=loaded.model, example_input=loaded.example_input, data=data, meta=loaded.meta)
 
 

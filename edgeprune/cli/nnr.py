@@ -14,6 +14,7 @@ import click
 
 from edgeprune.checkpoint import parse_input_shape, save_model
 from edgeprune.cli.common import (
+    FiniteFloatRange,
     compose,
     data_options,
     emit,
@@ -29,9 +30,9 @@ from edgeprune.nnr.codec import QP_MAX, QP_MIN, ModelEncodeOptions, decode_model
 from edgeprune.nnr.stage import NnrOptions
 
 _budget_options = compose(
-    click.option("--bits-per-weight", type=click.FloatRange(min=0, min_open=True),
+    click.option("--bits-per-weight", type=FiniteFloatRange(min=0, min_open=True),
                  help="Choose a qp per tensor (Fisher sensitivity) so the weights cost this many bits each."),
-    click.option("--target-accuracy-drop", type=click.FloatRange(min=0),
+    click.option("--target-accuracy-drop", type=FiniteFloatRange(min=0),
                  help="Choose a qp per tensor for the smallest stream within this many points of the float "
                       "model's validation accuracy (needs --data)."),
 )
@@ -45,7 +46,7 @@ _budget_options = compose(
                    "default: a per-tensor choice from the weight spread.")
 @click.option("--int8", is_flag=True, help="Code the INT8 deploy levels (BN folded, per-channel scales) instead.")
 @click.option("--dq/--no-dq", default=True, help="Dependent quantisation (8-state trellis).")
-@click.option("--rdoq", type=click.FloatRange(min=0), default=0.0,
+@click.option("--rdoq", type=FiniteFloatRange(min=0), default=0.0,
               help="RDOQ lambda scale (uniform quantisation only, needs --no-dq; measured near-useless: off).")
 @click.option("--estimator-search", is_flag=True,
               help="Pick each context's estimator like NNCodec (about 0.5-1 % smaller, slower to encode).")

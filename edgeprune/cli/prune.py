@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from edgeprune.cli.common import (
+    FiniteFloatRange,
     compose,
     data_options,
     emit,
@@ -45,7 +46,7 @@ _OPTIONS: list[tuple[str, bool, dict[str, Any]]] = [
         },
     ),
     ("epochs", True, {"type": click.IntRange(1), "help": "Training epochs in all (pruning + fine-tuning)."}),
-    ("lr", True, {"type": click.FloatRange(min=0, min_open=True), "help": "Learning rate."}),
+    ("lr", True, {"type": FiniteFloatRange(min=0, min_open=True), "help": "Learning rate."}),
     (
         "optimizer",
         True,
@@ -57,12 +58,12 @@ _OPTIONS: list[tuple[str, bool, dict[str, Any]]] = [
         True,
         {"type": click.IntRange(1), "help": "Global batch size (split over torchrun processes)."},
     ),
-    ("weight_decay", True, {"type": click.FloatRange(min=0), "help": "Optimizer weight decay."}),
-    ("lmbda", False, {"type": click.FloatRange(min=0), "help": "SeReNe regularisation strength lambda."}),
+    ("weight_decay", True, {"type": FiniteFloatRange(min=0), "help": "Optimizer weight decay."}),
+    ("lmbda", False, {"type": FiniteFloatRange(min=0), "help": "SeReNe regularisation strength lambda."}),
     (
         "twt",
         False,
-        {"type": click.FloatRange(min=0), "help": "Threshold search: allowed relative loss increase."},
+        {"type": FiniteFloatRange(min=0), "help": "Threshold search: allowed relative loss increase."},
     ),
     (
         "pwe",
@@ -93,7 +94,7 @@ _OPTIONS: list[tuple[str, bool, dict[str, Any]]] = [
         "target_sparsity",
         False,
         {
-            "type": click.FloatRange(0, 1, min_open=True, max_open=True),
+            "type": FiniteFloatRange(0, 1, min_open=True, max_open=True),
             "help": "Stop pruning once this fraction of parameters is removable.",
         },
     ),
@@ -101,14 +102,14 @@ _OPTIONS: list[tuple[str, bool, dict[str, Any]]] = [
         "target_macs",
         False,
         {
-            "type": click.FloatRange(0, 1, min_open=True, max_open=True),
+            "type": FiniteFloatRange(0, 1, min_open=True, max_open=True),
             "help": "Stop pruning once MACs fall to this fraction.",
         },
     ),
     (
         "max_accuracy_drop",
         True,
-        {"type": click.FloatRange(min=0), "help": "Largest validation accuracy drop allowed, in points."},
+        {"type": FiniteFloatRange(min=0), "help": "Largest validation accuracy drop allowed, in points."},
     ),
     ("finetune_epochs", True, {"type": click.IntRange(0), "help": "Final epochs that only fine-tune."}),
     (

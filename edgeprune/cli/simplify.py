@@ -10,6 +10,7 @@ import click
 
 from edgeprune.checkpoint import save_model
 from edgeprune.cli.common import (
+    FiniteFloatRange,
     compose,
     data_options,
     emit,
@@ -31,7 +32,7 @@ _simplify_options = compose(
     ),
     click.option("--keep-batchnorm", is_flag=True, help="Do not fold BatchNorm into the preceding Conv/Linear."),
     click.option(
-        "--simplify-tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-9, show_default=True,
+        "--simplify-tolerance", type=FiniteFloatRange(min=0, min_open=True), default=1e-9, show_default=True,
         help="Largest float64 output difference the equivalence proof accepts.",
     ),
 )

@@ -116,7 +116,11 @@ class AdbTransport(Transport):
         if "unauthorized" in state:
             raise AuthFailed(f"{self._device()} has not authorised this computer for USB debugging",
                              "unlock the device and accept the 'Allow USB debugging?' prompt")
-        raise Unreachable(f"{self._device()} is not available over adb ({state or 'no answer'})",
+        if "daemon" in state or "server" in state:
+            raise Unreachable(f"no adb server answers at {a.server_host}:{a.server_port}",
+                              f"start one with `adb -P {a.server_port} start-server`, or fix [adb] server_host/port")
+        reason = state.splitlines()[0][:120] if state else "no answer"
+        raise Unreachable(f"{self._device()} is not available over adb ({reason})",
                           "check `adb devices`: connect the device, enable USB debugging, or fix [adb] serial")
 
     def _state(self) -> str:

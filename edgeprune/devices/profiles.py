@@ -15,6 +15,7 @@ so the runtimes and thread defaults of the built-in board are not copied by hand
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -183,13 +184,43 @@ def _build(raw: dict[str, Any], path: Path) -> DeviceProfile:
         data[key] = cls(**table)
     for key in ("runtimes", "benchmark_args"):
         if key in data:
+            if not isinstance(data[key], list):
+                raise DeviceError(f"device profile {path}: {key} must be a list of strings",
+                                  f'write it like {key} = ["..."]')
             data[key] = tuple(data[key])
     try:
         profile = DeviceProfile(**data, source=str(path))
     except TypeError as exc:
         raise DeviceError(f"device profile {path} is malformed: {exc}", "compare it with devices/host.toml") from exc
+    for obj, prefix in ((profile, ""), (profile.ssh, "ssh."), (profile.adb, "adb.")):
+        _check_types(obj, prefix, path)
     _validate(profile)
     return profile
+
+
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+               "tuple[str, ...]": "a list of strings"}
+
+
+def _check_types(obj: Any, prefix: str, path: Path) -> None:
+    """Every value has its field's type: ``threads = "four"`` fails here, not deep inside a benchmark."""
+    for f in dataclasses.fields(obj):
+        value, kind = getattr(obj, f.name), str(f.type)
+        if kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        elif kind == "str":
+            ok = isinstance(value, str)
+        elif kind == "bool":
+            ok = isinstance(value, bool)
+        elif kind == "tuple[str, ...]":
+            ok = all(isinstance(v, str) for v in value)
+        else:
+            continue
+        if not ok:
+            raise DeviceError(f"device profile {path}: {prefix}{f.name} = {value!r} is not {_TYPE_NAMES[kind]}",
+                              f"write {prefix}{f.name} as {_TYPE_NAMES[kind]}, e.g. as in devices/host.toml")
 
 
 def _validate(p: DeviceProfile) -> None:
@@ -203,8 +234,15 @@ def _validate(p: DeviceProfile) -> None:
     bad_runtime = next((r for r in p.runtimes if r not in RUNTIMES), None)
     if bad_runtime:
         fail(f"runtime {bad_runtime!r} is unknown", f"use some of {', '.join(RUNTIMES)}")
-    if p.threads < 1:
-        fail("threads must be at least 1", "set threads = 1 or more")
+    if not 1 <= p.threads <= 1024:
+        fail(f"threads = {p.threads} is invalid", "set threads between 1 and the device's core count")
+    for name, port in (("ssh.port", p.ssh.port), ("adb.server_port", p.adb.server_port)):
+        if not 1 <= port <= 65535:
+            fail(f"{name} = {port} is not a valid TCP port", "use a port between 1 and 65535")
+    for name, seconds in (("timeout_s", p.timeout_s), ("ssh.connect_timeout_s", p.ssh.connect_timeout_s),
+                          ("adb.connect_timeout_s", p.adb.connect_timeout_s)):
+        if not 0 < seconds <= 86400:
+            fail(f"{name} = {seconds} is invalid", "give a positive number of seconds (at most a day)")
     if p.affinity and not all(c in "0123456789abcdefABCDEF" for c in p.affinity.removeprefix("0x")):
         fail(f"affinity {p.affinity!r} is not a hexadecimal CPU mask", 'write it like "f0"')
     if p.transport == "ssh" and not p.ssh.host:

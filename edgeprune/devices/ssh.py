@@ -8,6 +8,7 @@ anyone impersonate it.
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import time
 from pathlib import Path
@@ -40,6 +41,10 @@ class SshTransport(Transport):
 
     def connect(self) -> None:
         s = self.profile.ssh
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            # paramiko's transport thread logs every failed handshake as a ~100-line traceback at
+            # ERROR level; the one-line Unreachable/AuthFailed below says the same (--verbose shows it).
+            logging.getLogger("paramiko").setLevel(logging.CRITICAL + 1)
         client = paramiko.SSHClient()
         client.load_system_host_keys()
         if s.known_hosts:

@@ -5,9 +5,9 @@ What goes where in a stream edgeprune writes (design brief, section 3.3):
 * ``NNR_STR`` (profile 1) and ``NNR_MPS`` (uniform quantisation, qp density 2, base qp 0), as NNCodec;
 * ``NNR_TPL`` with storage format 0 and a JSON string: what NNR has no field for - the original dtype
   and shape of every tensor, how it was coded (qp / int8 / int / raw), the per-channel scales of INT8
-  deploy levels, a CRC-32 of every NDU, the model's input shape and its architecture (a factory
-  reference, or the ``torch.export`` program with zeroed weights, xz-compressed, so that the .nnr
-  alone rebuilds a loadable model);
+  deploy levels, a CRC-32 of every NDU, the model's input shape and its architecture as a declarative
+  graph of known operators (:mod:`edgeprune.nnr.topology`: data only, so that the .nnr alone rebuilds
+  a loadable model and decoding it never runs code named by the file);
 * one ``NNR_NDU`` per tensor, in ``state_dict`` order: FLOAT (qp-quantised, CABAC, DQ on by default)
   for float tensors, INT (CABAC-coded integers, no qp) for INT8 deploy levels and integer buffers.
 
@@ -18,12 +18,10 @@ unit types by size. Tensors are coded on a thread pool: the C coder releases the
 from __future__ import annotations
 
 import base64
-import copy
 import json
-import lzma
+import logging
 import math
 import os
-import tempfile
 import zlib
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.errors import BitstreamError, CheckpointError
-from edgeprune.nnr import _cabac
+from edgeprune.errors import BitstreamError
+from edgeprune.nnr import _cabac, topology
 from edgeprune.nnr.bitstream import (
     PayloadType,
     UnitType,
@@ -50,9 +48,12 @@ from edgeprune.nnr.bitstream import (
 PROFILE = 1
 QP_DENSITY = 2
 NUM_GTX_FLAGS = 11          # cabac_unary_length_minus1 = 10, NNCodec's default
+log = logging.getLogger(__name__)
 TPL_FORMAT = "edgeprune-nnr"
 TPL_VERSION = 1
-MAX_TOTAL_ELEMENTS = 1 << 28  # 1 GiB of float32: far above any edge model, far below a memory bomb
+# Weights a stream may declare (all tensors together): 32 M (128 MiB of float32, ~3 copies while
+# decoding) lets a 1 GiB Raspberry Pi decode any model it could run; EDGEPRUNE_MAX_WEIGHTS overrides.
+MAX_TOTAL_ELEMENTS = int(os.environ.get("EDGEPRUNE_MAX_WEIGHTS", str(1 << 25)))
 TENSOR_DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
                            "float16", "float32", "float64"})
 BINS_PER_BYTE_LIMIT = 2048   # generous bound on decodable bins per payload byte (see decode_stream)
@@ -261,6 +262,10 @@ def _read_bytes(source: str | os.PathLike | bytes | bytearray) -> bytes:
     path = Path(source)
     if not path.is_file():
         raise BitstreamError(f"{path} does not exist or is not a file", "check the path to the .nnr file")
+    limit = 4 * MAX_TOTAL_ELEMENTS + MAX_TOPOLOGY_BYTES  # raw float32 of every weight plus the topology
+    if path.stat().st_size > limit:
+        raise BitstreamError(f"{path} is {path.stat().st_size} bytes, more than a stream of "
+                             f"{MAX_TOTAL_ELEMENTS} weights can be", "set EDGEPRUNE_MAX_WEIGHTS if it is real")
     return path.read_bytes()
 
 
@@ -268,11 +273,43 @@ def _topology_of(units: list) -> dict[str, Any]:
     tpls = [u for u in units if u.unit_type == UnitType.TPL]
     if not tpls or not tpls[0].fields.get("topology_data"):
         return {}
+    text = tpls[0].fields["topology_data"]
+    if len(text) > MAX_TOPOLOGY_BYTES or _json_depth_exceeds(text, MAX_JSON_DEPTH):
+        raise BitstreamError(f"the topology unit is larger or more deeply nested than an edgeprune stream "
+                             f"({len(text)} bytes, limits {MAX_TOPOLOGY_BYTES} bytes / depth {MAX_JSON_DEPTH})",
+                             "the file is damaged or hostile")
     try:
-        topology = json.loads(tpls[0].fields["topology_data"])
-    except json.JSONDecodeError:
+        topology = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
         return {}
     return topology if isinstance(topology, dict) and topology.get("format") == TPL_FORMAT else {}
+
+
+MAX_TOPOLOGY_BYTES = 16 << 20  # JSON of the TPL unit: ~100x the largest zoo model's
+MAX_JSON_DEPTH = 32            # the deepest edgeprune topology nests 7 levels
+
+
+def _json_depth_exceeds(text: str, limit: int) -> bool:
+    """Whether brackets nest deeper than ``limit`` (checked before json.loads, which recurses)."""
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
 
 
 def _check_entry(entry: Any) -> dict[str, Any]:
@@ -283,7 +320,10 @@ def _check_entry(entry: Any) -> dict[str, Any]:
         raise BitstreamError("the topology unit describes a tensor incompletely", "the file is damaged; re-encode")
     if entry["dtype"] not in TENSOR_DTYPES:  # never let numpy parse an arbitrary string as a dtype
         raise BitstreamError(f"unsupported dtype {entry['dtype']!r} in the topology unit", "the file is damaged")
-    if entry["mode"] == "empty" and int(np.prod(entry["shape"])) != 0:
+    if math.prod(entry["shape"]) > MAX_TOTAL_ELEMENTS:
+        raise BitstreamError(f"tensor {entry['name'][:60]!r} declares {math.prod(entry['shape'])} elements, "
+                             f"more than the limit of {MAX_TOTAL_ELEMENTS}", "the file is damaged")
+    if entry["mode"] == "empty" and math.prod(entry["shape"]) != 0:
         raise BitstreamError(f"tensor {entry['name']!r} is marked empty but has shape {entry['shape']}",
                              "the file is damaged")
     return entry
@@ -303,8 +343,8 @@ def decode_stream(source: str | os.PathLike | bytes | bytearray, max_elements: i
     ndus = [u for u in units if u.unit_type == UnitType.NDU]
     total = 0
     for u in ndus:
-        n = int(np.prod(u.fields["tensor_dimensions"]))
-        if n == 0 or n > max_elements:
+        n = math.prod(u.fields["tensor_dimensions"])  # Python ints: a crafted product cannot wrap around
+        if n <= 0 or n > max_elements:
             raise BitstreamError(f"tensor {u.fields['topology_elem_id']!r} declares {n} elements",
                                  "the file is damaged")
         # Every coded level (or skipped row) costs at least one bin, and a bin at least ~0.01 bit (the
@@ -318,7 +358,7 @@ def decode_stream(source: str | os.PathLike | bytes | bytearray, max_elements: i
         total += n
     if total > max_elements:
         raise BitstreamError(f"the stream declares {total} weights, more than the limit of {max_elements}",
-                             "pass a larger max_elements if this is really intended")
+                             "set EDGEPRUNE_MAX_WEIGHTS if this host has the memory")
 
     def decode_one(u) -> tuple[np.ndarray, int | None]:
         f = u.fields
@@ -410,7 +450,11 @@ def _apply_topology(topology: dict[str, Any], by_name: dict, tensors: dict[str, 
                                  "the file is damaged")
         value = tensors[name]
         if mode == "int8":
-            scale = np.asarray(entry.get("scale", []), dtype=np.float32)
+            raw_scale = entry.get("scale", [])
+            if not (isinstance(raw_scale, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                        and math.isfinite(v) for v in raw_scale)):
+                raise BitstreamError(f"INT8 tensor {name!r} has malformed scales", "the file is damaged")
+            scale = np.asarray(raw_scale, dtype=np.float32)
             axis = entry.get("axis", 0)
             axis_ok = isinstance(axis, int) and 0 <= axis < max(1, len(shape))
             if not axis_ok or scale.size != (shape[axis] if shape else 1):
@@ -445,31 +489,16 @@ def model_tensors(model: nn.Module) -> dict[str, np.ndarray]:
 
 
 def architecture_record(model: nn.Module, example_input: torch.Tensor, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """How the decoder rebuilds the module: a factory reference when it still produces exactly these
-    tensor shapes (an unpruned model loaded with --arch), else the torch.export program with zeroed
-    weights, xz-compressed (zeros cost almost nothing; the graph itself is a few KiB)."""
-    arch = meta.get("arch")
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if arch:
-        from edgeprune.checkpoint import build_arch
-
-        try:
-            fresh = build_arch(arch, meta.get("arch_kwargs") or {})
-            if {k: tuple(v.shape) for k, v in fresh.state_dict().items()} == shapes:
-                return {"factory": arch, "kwargs": meta.get("arch_kwargs") or {}}
-        except CheckpointError:
-            pass
-    from edgeprune.checkpoint import save_model
-
-    hollow = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        for tensor in hollow.state_dict().values():
-            if tensor.is_floating_point():
-                tensor.zero_()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = save_model(hollow, example_input, Path(tmp) / "arch.pt2")
-        blob = lzma.compress(path.read_bytes(), preset=9 | lzma.PRESET_EXTREME)
-    return {"exported_program_xz": base64.b64encode(blob).decode()}
+    """How the decoder rebuilds the module: a declarative graph of known operators
+    (:mod:`edgeprune.nnr.topology`), never a Python name or a pickle, so that decoding a downloaded
+    .nnr cannot run code. A model the graph cannot describe is stored without an architecture
+    (``decode`` then asks for ``--arch``). ``meta`` is accepted for API stability."""
+    del meta
+    try:
+        return {"graph": topology.describe(model, example_input)}
+    except topology.TopologyUnsupported as exc:
+        log.warning("the .nnr will not carry the architecture (%s); decode it with --arch", exc)
+        return {}
 
 
 @dataclass
@@ -541,36 +570,51 @@ def decode_model(source: str | os.PathLike | bytes | bytearray, arch: str | None
                  input_shape: tuple[int, ...] | None = None) -> tuple[nn.Module, torch.Tensor, DecodedStream]:
     """Rebuild (model, example_input, decoded stream) from a .nnr alone, or with ``arch`` (and
     ``input_shape``) overriding what it carries."""
-    from edgeprune.checkpoint import build_arch, load_model
+    from edgeprune.checkpoint import build_arch
 
     decoded = decode_stream(source)
-    topology = decoded.topology
-    shape = list(input_shape) if input_shape else topology.get("input_shape")
-    record = topology.get("architecture") or {}
-    if arch:
+    topo = decoded.topology
+    shape = list(input_shape) if input_shape else topo.get("input_shape")
+    record = topo.get("architecture") or {}
+    if not isinstance(record, dict):
+        raise BitstreamError("the architecture in the .nnr is not an object", "the file is damaged; pass --arch")
+    if arch:  # the user's own code, named on the command line
         model = build_arch(arch, arch_kwargs)
-    elif isinstance(record, dict) and isinstance(record.get("factory"), str):
-        model = build_arch(record["factory"], record.get("kwargs") or {})
-    elif isinstance(record, dict) and isinstance(record.get("exported_program_xz"), str):
-        try:
-            blob = lzma.decompress(base64.b64decode(record["exported_program_xz"], validate=True))
-        except (ValueError, lzma.LZMAError):
-            raise BitstreamError("the architecture stored in the .nnr is damaged",
-                                 "pass --arch to rebuild it") from None
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "arch.pt2"
-            path.write_bytes(blob)
-            model = load_model(path).model
+    elif "graph" in record:
+        if not _valid_input_shape(shape):
+            raise BitstreamError("the .nnr records an invalid input shape", "pass --input-shape")
+        model = topology.build_module(record["graph"], decoded.tensors, (1, *shape[1:]))
+    elif "factory" in record or "exported_program_xz" in record:
+        raise BitstreamError("this .nnr names Python code to build its model (an older edgeprune format), "
+                             "which decode never runs from a file",
+                             "pass --arch package.module:factory if you trust it, or re-encode the model")
     else:
         raise BitstreamError("this .nnr carries no architecture (e.g. written by NNCodec)",
                              "pass --arch package.module:factory (and --input-shape)")
     model = load_decoded(model.float(), decoded)
-    if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
+    if not _valid_input_shape(shape):
         shape = list(getattr(model, "input_shape", []) or [])
-    if not shape:
-        raise BitstreamError("the .nnr does not record the model's input shape", "pass --input-shape")
-    example = torch.zeros(*shape)[:1]
+    if not _valid_input_shape(shape):
+        raise BitstreamError("the .nnr does not record a valid input shape for the model", "pass --input-shape")
+    example = torch.zeros(1, *shape[1:])
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as exc:  # noqa: BLE001 - the rebuilt graph comes from a file; any failure is the file's
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise BitstreamError(f"the model rebuilt from the .nnr does not run on inputs of shape {list(example.shape)}: "
+                             f"{first}", "check --arch / --input-shape, or re-encode the model") from None
     return model, example, decoded
+
+
+MAX_INPUT_ELEMENTS = 1 << 24  # one input sample (64 MiB float32): far above any edge model's input
+
+
+def _valid_input_shape(shape: Any) -> bool:
+    """A list of 2..8 positive ints whose single-sample size stays under :data:`MAX_INPUT_ELEMENTS`."""
+    return (isinstance(shape, (list, tuple)) and 2 <= len(shape) <= 8
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+            and math.prod(shape[1:]) <= MAX_INPUT_ELEMENTS)
 
 
 def inspect_stream(source: str | os.PathLike | bytes | bytearray) -> dict[str, Any]:

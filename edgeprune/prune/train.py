@@ -232,10 +232,15 @@ def _load_checkpoint(
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise EdgepruneError(
-            f"cannot read training checkpoint {path}: {exc}",
+            f"cannot read training checkpoint {path}: {first}",
             "delete it to start over, or point --checkpoint elsewhere",
         ) from None
+    fields = ("config", "model", "optimizer", "schedule", "rng", "state", "epoch", "history")
+    if not isinstance(payload, dict) or any(k not in payload for k in fields) or not isinstance(payload["state"], dict):
+        raise EdgepruneError(f"{path} is not an edgeprune training checkpoint",
+                             "delete it to start over, or point --checkpoint elsewhere")
     if payload.get("config") != asdict(cfg):
         raise EdgepruneError(
             f"training checkpoint {path} was written with different settings",
@@ -247,10 +252,15 @@ def _load_checkpoint(
             f"training checkpoint {path} lacks the {missing[0]!r} state",
             "it was written by a different pruning method; delete it to start over",
         )
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    schedule.load_state_dict(payload["schedule"])
-    torch.set_rng_state(payload["rng"])
-    for name, obj in state.items():
-        obj.load_state_dict(payload["state"][name])
-    return int(payload["epoch"]) + 1, list(payload["history"])
+    try:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        schedule.load_state_dict(payload["schedule"])
+        torch.set_rng_state(payload["rng"])
+        for name, obj in state.items():
+            obj.load_state_dict(payload["state"][name])
+        return int(payload["epoch"]) + 1, list(payload["history"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise EdgepruneError(f"training checkpoint {path} is damaged: {first}",
+                             "delete it to start over, or point --checkpoint elsewhere") from None

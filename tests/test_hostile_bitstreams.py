@@ -1,0 +1,98 @@
+"""Crafted .nnr files: every one is refused with one line and exit 2, before any large allocation."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tracemalloc
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeprune import models
+from edgeprune.errors import BitstreamError
+from edgeprune.nnr.bitstream import UnitType, parse_units
+from edgeprune.nnr.codec import ModelEncodeOptions, decode_model, encode_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_safety_topology import with_topology  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def stream() -> bytes:
+    torch.manual_seed(0)
+    return encode_model(models.lenet5(input_size=8).eval(), torch.zeros(1, 1, 8, 8),
+                        ModelEncodeOptions(threads=1)).data
+
+
+def _tensors(edit):  # noqa: ANN001, ANN202 - edit(list of tensor entries)
+    def apply(t: dict) -> dict:
+        edit(t["tensors"])
+        return t
+    return apply
+
+
+CASES = {
+    "overflowing empty": (_tensors(lambda ts: ts.append({"name": "x", "shape": [65536] * 4, "dtype": "float32",
+                                                          "mode": "empty"})), "elements"),
+    "negative size": (_tensors(lambda ts: ts[0].__setitem__("shape", [-1, 5])), "incompletely"),
+    "scale string": (_tensors(lambda ts: ts[0].update(mode="int8", scale="big", axis=0)), "malformed scales"),
+    "scale dict": (_tensors(lambda ts: ts[0].update(mode="int8", scale={"a": 1}, axis=0)), "malformed scales"),
+    "scale ragged": (_tensors(lambda ts: ts[0].update(mode="int8", scale=[[1], 2], axis=0)), "malformed scales"),
+    "scale nan": (_tensors(lambda ts: ts[0].update(mode="int8", scale=[float("nan")] * 20, axis=0)), "malformed"),
+    "deep json": (lambda t: '{"format":"edgeprune-nnr","a":' + "[" * 200_000 + "]" * 200_000 + "}", "nested"),
+    "architecture list": (lambda t: {**t, "architecture": [1]}, "not an object"),
+    "factory kwargs list": (lambda t: {**t, "architecture": {"factory": "os:system", "kwargs": ["ls"]}},
+                            "never runs"),
+    "input shape bomb": (lambda t: {**t, "input_shape": [1, 65536, 65536, 3]}, "input shape"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_crafted_topology_is_one_line(runner, cli, stream, tmp_path, case):
+    edit, message = CASES[case]
+    data = with_topology(stream, edit)
+    tracemalloc.start()
+    try:
+        with pytest.raises(BitstreamError, match=message):
+            decode_model(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 << 20
+    src, out = tmp_path / "evil.nnr", tmp_path / "out"
+    src.write_bytes(data)
+    out.mkdir()
+    result = runner.invoke(cli, ["decode", str(src), "-o", str(out / "m.pt2")])
+    assert result.exit_code == 2 and result.output.startswith("error:"), result.output
+    assert len(result.output.strip().splitlines()) == 1 and list(out.iterdir()) == []
+
+
+def test_ndu_dimensions_whose_product_wraps_around(stream):
+    """Dimensions chosen so that an int64 product is 0 or negative (numpy wraps silently)."""
+    ndu = next(u for u in parse_units(stream) if u.unit_type == UnitType.NDU)
+    dims = ndu.fields["tensor_dimensions"]
+    assert len(dims) == 4
+    from edgeprune.nnr.codec import decode_stream
+
+    for wrapped in ([1 << 32, 1 << 32, 1, 1], [1 << 32, 1 << 31, 1, 1]):
+        data = _with_dims(stream, ndu, wrapped)
+        with pytest.raises(BitstreamError, match="elements"):
+            decode_stream(data)
+
+
+def _with_dims(stream: bytes, ndu, dims: list[int]) -> bytes:  # noqa: ANN001
+    """Rewrite one NDU with other dimensions through the bitstream writer (valid syntax, bad sizes)."""
+    from edgeprune.nnr.bitstream import PayloadType, write_ndu
+
+    f = ndu.fields
+    unit = write_ndu(1, f["topology_elem_id"], 0, PayloadType(f["nnr_compressed_data_unit_payload_type"]), dims,
+                     bool(f.get("dq_flag")), f.get("cabac_unary_length_minus1", 10) + 1, ndu.payload)
+    return stream[:ndu.offset] + unit + stream[ndu.offset + ndu.size:]
+
+
+def test_topology_json_is_not_parsed_when_too_large(stream):
+    big = with_topology(stream, lambda t: json.dumps({**t, "pad": "x" * (17 << 20)}))
+    with pytest.raises(BitstreamError, match="larger or more deeply nested"):
+        decode_model(big)
