@@ -391,7 +391,7 @@ def _guess_input_shape(model: nn.Module) -> tuple[int, ...] | None:
     return tuple(shape) if shape else None
 
 
-MAX_INPUT_ELEMENTS = 1 << 24   # one input sample (64 MiB of float32): far above any edge model's input
+MAX_INPUT_ELEMENTS = 1 << 22   # one input sample (16 MiB of float32; 3x1024x1024 fits): far above edge inputs
 
 
 def _saved_input_shape(path: Path, text: str) -> tuple[int, ...] | None:
