@@ -113,9 +113,14 @@ def load_model(
         input_shape = _guess_input_shape(model)
     if input_shape is None:
         raise CheckpointError(f"cannot tell the input shape of {path}", "pass --input-shape, e.g. 1,3,32,32")
+    if len(input_shape) < 2 or math.prod(input_shape[1:]) > MAX_INPUT_ELEMENTS:
+        raise CheckpointError(f"input shape {list(input_shape)} is too large for one sample",
+                              "pass a realistic --input-shape, e.g. 1,3,32,32")
     model = model.float().eval()
-    example = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))[:1]
+    example = torch.randn(1, *input_shape[1:], generator=torch.Generator().manual_seed(0))
     check_input_shape(model, example)
+    if meta["format"] == "exported-program":
+        _check_dynamic_batch(model, example, path)
     meta["input_shape"] = list(example.shape)
     return LoadedModel(model, example, meta)
 
@@ -130,6 +135,21 @@ def check_input_shape(model: nn.Module, example: torch.Tensor) -> None:
         raise CheckpointError(
             f"the model does not accept inputs of shape {list(example.shape)}: {first[:200]}",
             "pass the right --input-shape (batch,channels,height,width)",
+        ) from None
+
+
+def _check_dynamic_batch(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Training, evaluation and calibration run batches: a program exported for batch 1 only fails
+    there with torch's "Guard failed"; say so up front instead."""
+    try:
+        with torch.no_grad():
+            model(example.expand(2, *example.shape[1:]).contiguous())
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise CheckpointError(
+            f"{path} was exported for a fixed batch size and does not accept a batch of 2 ({first})",
+            "re-export it with a dynamic batch: torch.export.export(model, (x,), "
+            "dynamic_shapes=({0: torch.export.Dim('batch')},))",
         ) from None
 
 
@@ -404,7 +424,7 @@ def _guess_input_shape(model: nn.Module) -> tuple[int, ...] | None:
     return tuple(shape) if shape else None
 
 
-MAX_INPUT_ELEMENTS = 1 << 24   # one input sample (64 MiB of float32): far above any edge model's input
+MAX_INPUT_ELEMENTS = 1 << 22   # one input sample (16 MiB of float32; 3x1024x1024 fits): far above edge inputs
 
 
 def _saved_input_shape(path: Path, text: str) -> tuple[int, ...] | None:

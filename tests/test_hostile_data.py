@@ -148,3 +148,18 @@ def test_output_that_is_a_dangling_symlink_or_the_current_directory(runner, cli,
     result = runner.invoke(cli, ["compress", str(lenet), "--data", "digits", "-o", target, "--force"])
     assert result.exit_code == 2 and result.output.startswith("error:"), result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.slow  # trains the example LeNet-5 once per session
+@pytest.mark.parametrize("payload", [[1, 2, 3], {"config": {}}, "text"])
+def test_resume_from_a_checkpoint_that_is_not_one(trained_lenet5, tmp_path, payload):
+    import copy
+
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.prune.pruner import PruneOptions, prune_model
+
+    checkpoint = tmp_path / "state.pt"
+    torch.save(payload, checkpoint)
+    with pytest.raises(EdgepruneError, match="not an edgeprune training checkpoint"):
+        prune_model(copy.deepcopy(trained_lenet5.model), trained_lenet5.example_input, trained_lenet5.data,
+                    PruneOptions(epochs=1, finetune_epochs=0, checkpoint=checkpoint, resume=True))

@@ -148,3 +148,15 @@ def test_invalid_edgeprune_json_is_one_line(runner, cli, pt2, tmp_path, text):
 
 def test_plain_archives_still_load(pt2):
     assert load_model(pt2).example_input.shape == (1, 1, 8, 8)
+
+
+def test_static_batch_program_is_one_line(runner, cli, tmp_path):
+    program = torch.export.export(models.lenet5(input_size=8).eval(), (torch.zeros(1, 1, 8, 8),))
+    path = tmp_path / "static.pt2"
+    torch.export.save(program, path)
+    with pytest.raises(CheckpointError, match="fixed batch size"):
+        load_model(path)
+    for command, extra in (("prune", ["--data", "digits"]), ("simplify", [])):
+        out = tmp_path / f"out-{command}"
+        result = runner.invoke(cli, [command, str(path), *extra, "-o", str(out)])
+        assert result.exit_code == 2 and "fixed batch size" in result.output and not out.exists()
