@@ -160,7 +160,7 @@ def ort_calibration_method(method: str):  # noqa: ANN201 - onnxruntime.quantizat
     from onnxruntime.quantization import CalibrationMethod
 
     return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-            "entropy": CalibrationMethod.Entropy, "mse": CalibrationMethod.Distribution}[method]
+            "entropy": CalibrationMethod.Entropy}[method]
 
 
 def read_int8_weights(path: Path) -> dict[str, np.ndarray]:
