@@ -85,23 +85,38 @@ class QuantizedWeights:
         return int(sum(t.levels.size for t in self.tensors.values()))
 
 
+WEIGHT_MODES = ("allocated", "maxabs")
+
+
 @dataclass
 class QuantOptions:
-    """Options of the quantize stage (``edgeprune quantize`` / ``compress --calibration ...``)."""
+    """Options of the quantize stage (``edgeprune quantize`` / ``compress --calibration ...``).
+
+    ``weights``: ``allocated`` (default) picks each tensor's step from its sensitivity for the
+    smallest model.nnr within ``target_accuracy_drop`` points (or at ``bits_per_weight``);
+    ``maxabs`` is classic INT8 (``max|w_c|/127`` per channel, the full -127..127 range).
+    """
 
     calibration: str = "minmax"
     calibration_samples: int = 128
     percentile: float = 99.99
+    weights: str = "allocated"
+    target_accuracy_drop: float | None = 0.5
+    bits_per_weight: float | None = None
 
 
-def quantize_tensor(weight: np.ndarray | torch.Tensor) -> QuantizedTensor:
-    """Symmetric per-output-channel INT8 quantisation of one weight (see the module docstring)."""
+def quantize_tensor(weight: np.ndarray | torch.Tensor, step: float | None = None) -> QuantizedTensor:
+    """Symmetric per-output-channel INT8 quantisation of one weight (see the module docstring).
+
+    ``step`` (from the rate allocation) sets the grid: ``scale_c = max(step, max|w_c|/127)``, so no
+    level leaves -127..127; None is max-abs INT8.
+    """
+    from edgeprune.nnr.allocate import int8_scales
+
     w = weight.detach().cpu().numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight)
     w = w.astype(np.float32, copy=False)
-    absmax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
-    scale = (absmax / np.float32(QMAX)).astype(np.float32)
-    # Zero (or denormal-only) rows: no usable scale; their levels are 0 with any scale, 1.0 matches ORT.
-    scale[scale < np.finfo(np.float32).tiny] = 1.0
+    # Zero (or denormal-only) rows get scale 1.0: their levels are 0 with any scale, and 1.0 matches ORT.
+    scale = int8_scales(w, step)
     per_row = scale.reshape(-1, *([1] * (w.ndim - 1)))
     levels = np.clip(np.rint(w / per_row), -QMAX, QMAX).astype(np.int8)
     return QuantizedTensor(levels=levels, scale=scale, axis=0)
@@ -144,10 +159,18 @@ def quantized_weight_names(model: nn.Module) -> list[str]:
     return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, _PLAIN_WEIGHT_LAYERS)]
 
 
-def quantize_weights(model: nn.Module) -> QuantizedWeights:
-    """Quantise every conv/linear weight of ``model`` (fold BatchNorm first: see :func:`to_deploy_graph`)."""
+def quantize_weights(model: nn.Module, qps: dict[str, int] | None = None) -> QuantizedWeights:
+    """Quantise every conv/linear weight of ``model`` (fold BatchNorm first: see :func:`to_deploy_graph`).
+
+    ``qps`` (NNC qp per tensor, from :func:`edgeprune.nnr.allocate.allocate_int8`) gives each tensor's
+    step; tensors without one, or ``qps`` None, get max-abs INT8.
+    """
+    from edgeprune.nnr.codec import step_size
+
     state = model.state_dict()
-    return QuantizedWeights(tensors={name: quantize_tensor(state[name]) for name in quantized_weight_names(model)})
+    qps = qps or {}
+    return QuantizedWeights(tensors={name: quantize_tensor(state[name], step_size(qps[name]) if name in qps else None)
+                                     for name in quantized_weight_names(model)})
 
 
 def with_quantized_weights(model: nn.Module, quant: QuantizedWeights) -> nn.Module:
@@ -402,7 +425,17 @@ def run_stage(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     deploy, folded = to_deploy_graph(original, art.example_input)
     with torch.no_grad():
         fold_diff = float((original(batch) - deploy(batch)).abs().max())
-    quant = quantize_weights(deploy)
+    allocation = None
+    if opts.weights == "allocated":
+        from edgeprune.nnr.allocate import allocate_int8
+
+        drop, bits = _budget(opts, ctx)
+        allocation = allocate_int8(deploy, quantized_weight_names(deploy), art.data, drop, bits, quantize_weights)
+        quant = quantize_weights(deploy, allocation.qps)
+    elif opts.weights == "maxabs":
+        quant = quantize_weights(deploy)
+    else:
+        raise DataError(f"unknown weight quantisation {opts.weights!r}", f"choose one of {', '.join(WEIGHT_MODES)}")
     quant.activation_ranges = calibrate_activations(deploy, batch, opts.calibration, opts.percentile)
     quant.calibration = {"method": opts.calibration, "samples": len(batch), "percentile": opts.percentile}
     art.model = deploy
@@ -417,10 +450,31 @@ def run_stage(art: Artifact, ctx: StageContext) -> dict[str, Any]:
         "calibration": quant.calibration,
         "size_bytes": art.files["quant"].stat().st_size,
     }
+    result["weight_quantisation"] = opts.weights
+    if allocation is not None:
+        result.update(allocation_bits_per_weight=round(allocation.bits_per_weight, 4),
+                      allocation_sensitivity=allocation.sensitivity, allocation_trials=allocation.trials,
+                      allocation_agreement=allocation.agreement,
+                      max_abs_level=int(max((int(np.abs(t.levels).max()) for t in quant.tensors.values()), default=0)))
     if art.data is not None:
         # Accuracy with INT8 weights and float activations: the share of the INT8 loss due to weights.
         result["accuracy"] = evaluate(with_quantized_weights(deploy, quant), art.data.loader("test", 256))["accuracy"]
     return result
+
+
+def _budget(opts: QuantOptions, ctx: StageContext) -> tuple[float | None, float | None]:
+    """The one rate knob: the encode stage's budget when the user gave one there (``compress
+    --target-accuracy-drop/--bits-per-weight`` set it), else the quantize options' (0.5 point)."""
+    from edgeprune.nnr.stage import NnrOptions
+
+    nnr = ctx.options_for("nnr", NnrOptions)
+    if nnr.bits_per_weight is not None:
+        return None, nnr.bits_per_weight
+    if nnr.target_accuracy_drop is not None:
+        return nnr.target_accuracy_drop, None
+    if opts.bits_per_weight is not None:
+        return None, opts.bits_per_weight
+    return opts.target_accuracy_drop, None
 
 
 def weight_sqnr_db(model: nn.Module, quant: QuantizedWeights) -> float:

@@ -15,12 +15,13 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
+from support.tolerance import accuracy_tolerance
 from torch import nn
 
 from edgeprune import quant
 from edgeprune.artifact import Artifact, StageContext
 from edgeprune.checkpoint import save_model
-from edgeprune.errors import ExportError, GraphError
+from edgeprune.errors import ExportError, GraphError, VerificationError
 from edgeprune.export import onnx as onnx_export
 from edgeprune.export import stage as export_stage
 from edgeprune.export import tflite as tflite_export
@@ -57,7 +58,8 @@ def _assert_verified(result: dict, fp32_accuracy: float, runtime: str) -> None:
     rows = {r["precision"]: r for r in result["exports"] if r["runtime"] == runtime}
     assert rows["fp32"]["max_abs_diff"] < 1e-4
     assert rows["fp32"]["accuracy"] == pytest.approx(fp32_accuracy)
-    assert abs(rows["int8"]["accuracy"] - fp32_accuracy) <= 0.01, "INT8 must stay within 1 point of fp32"
+    tolerance = accuracy_tolerance(rows["int8"]["samples"])
+    assert abs(rows["int8"]["accuracy"] - fp32_accuracy) <= tolerance, "INT8 flips more than quantisation explains"
     assert rows["int8"]["weight_mismatches"] == 0
 
 
@@ -103,7 +105,7 @@ def test_static_batch_onnx_calibrates_and_runs_one_sample_at_a_time(lenet5_onnx,
     assert check.mismatches == 0
     x, y = art.data.test.tensors
     accuracy = float((onnx_export.run_session(int8, x).argmax(1) == y.numpy()).mean())
-    assert abs(accuracy - result["accuracy_onnxruntime_int8"]) <= 0.01
+    assert abs(accuracy - result["accuracy_onnxruntime_int8"]) <= accuracy_tolerance(len(y))
 
 
 def test_level_comparison_counts_missing_and_reshaped_tensors():
@@ -204,9 +206,51 @@ def test_encoded_nnr_levels_are_the_reference(lenet5_onnx, tmp_path, monkeypatch
                         raising=False)
     art = Artifact(model=art_done.model, example_input=art_done.example_input, data=art_done.data,
                    files={"nnr": nnr_file}, extras={"quant": art_done.extras["quant"]})
+    with pytest.raises(VerificationError, match=r"model_int8.onnx: 1 INT8 weights differ from model.nnr "
+                                                 r"\(1 in fc1.weight.*not written"):
+        export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
+    assert not (tmp_path / "model_int8.onnx").exists()
+    decoded["fc1.weight"][7, 11] = art_done.extras["quant"].tensors["fc1.weight"].levels[7, 11]
     result = export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
-    assert result["weight_reference"] == "model.nnr"
-    assert result["weight_check"]["onnx_int8"]["mismatching_tensors"] == {"fc1.weight": 1}
+    assert result["weight_reference"] == "model.nnr" and result["weight_mismatches"] == 0
+    assert (tmp_path / "model_int8.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_torchvision_mobilenet_v2_with_bn_exports_the_exact_levels(digits, tmp_path):
+    """A MobileNetV2 in torchvision's layout (depthwise, ReLU6, BN folded before quantising) whose
+    BatchNorms include near-dead channels (gamma ~ 1e-9 and 3e-6), so the folded weights of those
+    channels are far below litert's 2**-12 scale floor - the cause of 20,827 mismatching levels in
+    the ImageNet MobileNetV2. Both INT8 files must carry exactly the quantize stage's levels."""
+    from support import tv_layout
+
+    torch.manual_seed(0)
+    model = tv_layout.pretrained_like(tv_layout.mobilenet_v2(in_channels=1))
+    with torch.no_grad():
+        for i, bn in enumerate(m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.weight[1 + i % 3] = 1e-9 if i % 2 else 3e-6
+    images = nn.functional.interpolate(digits.test.tensors[0], size=32)  # 1x32x32, real pixel statistics
+    art = Artifact(model=model.eval(), example_input=images[:1].clone(), data=None)
+    deploy, folded = quant.to_deploy_graph(art.model, art.example_input)
+    assert folded == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    qw = quant.quantize_weights(deploy)
+    assert min(float(t.scale.min()) for t in qw.tensors.values()) < 2**-12 / 1000
+    snapped = quant.with_quantized_weights(deploy, qw)
+    scales = {n: t.scale for n, t in qw.tensors.items()}
+    reference = {n: t.levels for n, t in qw.tensors.items()}
+    tfl = tflite_export.export_int8(snapped, art.example_input, images[:64], tmp_path / "m.tflite",
+                                    weight_scales=scales)
+    check = match_by_content(reference, tflite_export.read_int8_weights(tfl))
+    assert check.missing == [] and check.mismatches == 0, check.as_dict()
+    fp32 = onnx_export.export_fp32(snapped, art.example_input, tmp_path / "m.onnx")
+    int8 = onnx_export.quantize_int8(fp32, tmp_path / "m_int8.onnx", images[:64], weight_scales=scales)
+    check = compare_levels(reference, onnx_export.read_int8_weights(int8))
+    assert check.missing == [] and check.mismatches == 0, check.as_dict()
+    with torch.no_grad():
+        expected = deploy(images[64:128]).argmax(1).numpy()
+    for outputs in (tflite_export.run_interpreter(tfl, images[64:128]), onnx_export.run_session(int8, images[64:128])):
+        # an untrained net has small logit margins, so INT8 may flip some; agreement far above chance (10 %)
+        assert float((outputs.argmax(1) == expected).mean()) >= 0.5
 
 
 @pytest.mark.slow
@@ -247,8 +291,9 @@ def test_tflite_int8_depthwise_and_pruned_levels(trained_mobilenet, trained_lene
         check = match_by_content({n: t.levels for n, t in qw.tensors.items()}, tflite_export.read_int8_weights(dest))
         assert check.mismatches == 0 and check.missing == []
         outputs = tflite_export.run_interpreter(dest, art.data.test.tensors[0], nhwc=nhwc)
-        accuracy = float((outputs.argmax(1) == art.data.test.tensors[1].numpy()).mean())
-        assert abs(accuracy - fp32_accuracy) <= 0.01
+        labels = art.data.test.tensors[1].numpy()
+        accuracy = float((outputs.argmax(1) == labels).mean())
+        assert abs(accuracy - fp32_accuracy) <= accuracy_tolerance(len(labels))
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from support.tolerance import accuracy_tolerance
 
 from edgeprune.artifact import StageContext
 from edgeprune.checkpoint import load_model, save_model
@@ -41,7 +42,8 @@ def test_encode_inspect_decode_rebuilds_the_model_from_the_nnr_alone(runner, cli
     invoke_json(runner, cli, ["decode", str(nnr), "-o", str(out)])
     decoded = load_model(out).model
     test = trained_lenet5.data.loader("test", 256)
-    assert evaluate(decoded, test)["accuracy"] >= evaluate(trained_lenet5.model, test)["accuracy"] - 0.01
+    tolerance = accuracy_tolerance(len(trained_lenet5.data.test))
+    assert evaluate(decoded, test)["accuracy"] >= evaluate(trained_lenet5.model, test)["accuracy"] - tolerance
     x = trained_lenet5.data.test.tensors[0][:64]
     with torch.no_grad():
         assert (decoded(x).argmax(1) == trained_lenet5.model(x).argmax(1)).float().mean() > 0.97
@@ -131,7 +133,8 @@ def test_encode_stage_writes_int8_stream_and_qp_stream_and_checks_the_round_trip
     for name, q in art.extras["quant"].tensors.items():
         np.testing.assert_array_equal(levels[name], q.levels)
     assert result["accuracy"] > 0.95 and result["qp_stream_accuracy"] > 0.95
-    assert result["qp_stream_size_bytes"] < result["size_bytes"]
+    # the rate-allocated INT8 levels are the smallest artefact, smaller than the DQ qp-mode stream
+    assert result["size_bytes"] < result["qp_stream_size_bytes"]
     assert result["qp_stream_size_bytes"] == (tmp_path / "model_qp.nnr").stat().st_size
     assert result["size_bytes"] == art.files["nnr"].stat().st_size
     sizes = [row["size_bytes"] for row in result["qp_sweep"]]

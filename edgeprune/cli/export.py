@@ -22,13 +22,16 @@ from edgeprune.cli.common import (
 )
 from edgeprune.export import stage as export_stage
 from edgeprune.fileio import atomic_directory, write_json
-from edgeprune.quant import CALIBRATION_METHODS, QuantOptions, run_stage
+from edgeprune.quant import CALIBRATION_METHODS, WEIGHT_MODES, QuantOptions, run_stage
 
 calibration_options = compose(
     click.option("--calibration", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True,
                  help="How activation ranges are calibrated: extremes, or percentiles that ignore outliers."),
     click.option("--calibration-samples", type=click.IntRange(1), default=128, show_default=True,
                  help="Training samples used to calibrate INT8 activations."),
+    click.option("--weight-quant", type=click.Choice(WEIGHT_MODES), default="allocated", show_default=True,
+                 help="INT8 weight levels: 'allocated' picks each tensor's step from its sensitivity (smallest "
+                      "model.nnr within --target-accuracy-drop, default 0.5 point); 'maxabs' uses max|w|/127."),
 )
 
 _export_file_options = compose(
@@ -42,7 +45,8 @@ _export_file_options = compose(
 def quantize_options_from(kwargs: dict[str, Any]) -> tuple[str, QuantOptions]:
     """Pop the quantize stage's options from ``kwargs``."""
     return "quantize", QuantOptions(calibration=kwargs.pop("calibration", "minmax"),
-                                    calibration_samples=kwargs.pop("calibration_samples", 128))
+                                    calibration_samples=kwargs.pop("calibration_samples", 128),
+                                    weights=kwargs.pop("weight_quant", "allocated"))
 
 
 def _export_options(kwargs: dict[str, Any], formats: str | None, int8: bool) -> export_stage.ExportOptions:

@@ -31,10 +31,11 @@ from edgeprune.nnr.stage import NnrOptions
 
 _budget_options = compose(
     click.option("--bits-per-weight", type=FiniteFloatRange(min=0, min_open=True),
-                 help="Choose a qp per tensor (Fisher sensitivity) so the weights cost this many bits each."),
+                 help="Choose a step per tensor (Fisher sensitivity) so the weights cost this many bits each "
+                      "(in compress: the INT8 levels model.nnr and the INT8 files share)."),
     click.option("--target-accuracy-drop", type=FiniteFloatRange(min=0),
-                 help="Choose a qp per tensor for the smallest stream within this many points of the float "
-                      "model's validation accuracy (needs --data)."),
+                 help="Choose a step per tensor for the smallest stream within this many points of the float "
+                      "model (needs --data; compress defaults to 0.5 for its INT8 levels)."),
 )
 
 

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -116,20 +116,51 @@ class _BatchReader:
         return next(self._chunks, None)
 
 
-def quantize_int8(snapped_fp32: Path, dest: Path, calibration: torch.Tensor, method: str = "minmax",
-                  percentile: float = 99.99) -> Path:
-    """Static QDQ INT8 ONNX from an fp32 ONNX of the weight-snapped model, calibrated on real samples."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+def weight_scale_overrides(model: onnx.ModelProto, weight_scales: Mapping[str, np.ndarray]) -> dict[str, list]:
+    """onnxruntime ``TensorQuantOverrides`` that pin every known weight's per-channel scales (axis 0).
 
-    calibrate = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method]
-    batch_dim = onnx.load(str(snapped_fp32), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    Why: onnxruntime would otherwise compute ``max|w|/127`` itself - equal to our scale only for
+    max-abs levels - and, for a bias that overflows int32 at ``s_in * s_w``, silently enlarge the weight
+    scale. Pinned scales (and ``QDQDisableWeightAdjustForInt32Bias``) make the file carry exactly the
+    levels that were coded into model.nnr, whatever rule chose them.
+    """
+    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    overrides: dict[str, list] = {}
+    for name, scale in weight_scales.items():
+        scale = np.asarray(scale, dtype=np.float32).reshape(-1)
+        if name in shapes and shapes[name] and shapes[name][0] == scale.size:
+            overrides[name] = [{"axis": 0, "scale": np.float32(s), "zero_point": np.int8(0)} for s in scale]
+    return overrides
+
+
+def quantize_int8(snapped_fp32: Path, dest: Path, calibration: torch.Tensor, method: str = "minmax",
+                  percentile: float = 99.99, weight_scales: Mapping[str, np.ndarray] | None = None) -> Path:
+    """Static QDQ INT8 ONNX from an fp32 ONNX of the weight-snapped model, calibrated on real samples.
+
+    ``weight_scales`` (state_dict name -> per-output-channel scale) pins the weight quantisation to the
+    quantize stage's grid (see :func:`weight_scale_overrides`).
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    model = onnx.load(str(snapped_fp32), load_external_data=False)
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     reader = _BatchReader(calibration, chunk=32 if batch_dim.dim_param else max(1, batch_dim.dim_value))
+    extra: dict = {"WeightSymmetric": True, "CalibPercentile": percentile, "QDQDisableWeightAdjustForInt32Bias": True}
+    if weight_scales:
+        extra["TensorQuantOverrides"] = weight_scale_overrides(model, weight_scales)
     with atomic_path(dest) as tmp, _quiet():
         quantize_static(str(snapped_fp32), str(tmp), reader, quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=calibrate,
-                        extra_options={"WeightSymmetric": True, "CalibPercentile": percentile})
+                        calibrate_method=ort_calibration_method(method), extra_options=extra)
     return dest
+
+
+def ort_calibration_method(method: str):  # noqa: ANN201 - onnxruntime.quantization.CalibrationMethod
+    """onnxruntime's calibrator for one of edgeprune's calibration method names."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy}[method]
 
 
 def read_int8_weights(path: Path) -> dict[str, np.ndarray]:

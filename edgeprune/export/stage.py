@@ -4,11 +4,13 @@ Files (``art.files`` keys): ``model.onnx`` (onnx_fp32), ``model_int8.onnx`` (onn
 (tflite_fp32), ``model_int8.tflite`` (tflite_int8). For every file the stage reports its size, export
 time, test accuracy in its runtime, and max |output - torch fp32 output|; for the INT8 files also the
 number of weight levels that differ from the reference (model.nnr when encoded, else the quantize
-stage's levels), which must be 0.
+stage's levels). That number is a gate: any mismatch is a VerificationError (exit 2) and the file is
+not written (:func:`level_gate`).
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ import torch
 
 from edgeprune import quant
 from edgeprune.artifact import Artifact, StageContext
-from edgeprune.errors import ExportError
+from edgeprune.errors import ExportError, VerificationError
 from edgeprune.export import onnx as onnx_export
 from edgeprune.export import tflite as tflite_export
 from edgeprune.export.verify import LevelCheck, compare_levels, match_by_content
@@ -69,7 +71,7 @@ class _Verification:
         # and top-1 agreement says whether that ever changes a prediction.
         span = float(self.reference.max() - self.reference.min())
         max_abs = float(np.abs(outputs - self.reference).max())
-        return {"accuracy": accuracy, "max_abs_diff": max_abs,
+        return {"accuracy": accuracy, "samples": len(outputs), "max_abs_diff": max_abs,
                 "max_abs_diff_relative": max_abs / span if span else None,
                 "top1_agreement": float((outputs.argmax(1) == self.reference.argmax(1)).mean())}
 
@@ -119,13 +121,13 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
             rows.append(_onnx_fp32(art, ctx, opts, verification))
             if snapped is not None:
                 row, checks["onnx_int8"] = _onnx_int8(art, ctx, opts, verification, snapped, calibration,
-                                                      reference, Path(scratch))
+                                                      reference, Path(scratch), qw, reference_name)
                 rows.append(row)
         if "tflite" in formats:
             rows.append(_tflite_fp32(art, ctx, opts, verification))
             if snapped is not None:
                 row, checks["tflite_int8"] = _tflite_int8(art, ctx, opts, verification, snapped, calibration,
-                                                          reference)
+                                                          reference, Path(scratch), qw, reference_name)
                 rows.append(row)
     dense = art.extras.get("dense_model")
     if opts.dense_baseline and dense is not None:
@@ -177,18 +179,40 @@ def _onnx_fp32(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Veri
     return _row(art, "onnx_fp32", "onnxruntime", "fp32", seconds, ver.measure(outputs))
 
 
+def level_gate(check: LevelCheck, candidate: Path, dest: Path, reference_name: str) -> Path:
+    """Move ``candidate`` to ``dest`` only when its INT8 weights equal the reference levels exactly.
+
+    Why a gate and not a number: a file whose levels differ from model.nnr is a different model from
+    the one that was coded and measured; writing it and exiting 0 would ship it. The candidate is
+    written elsewhere first, so on a mismatch nothing appears at ``dest``.
+    """
+    if check.mismatches:
+        candidate.unlink(missing_ok=True)
+        worst = max(check.per_tensor, key=lambda k: check.per_tensor[k])
+        what = "lacks" if worst in check.missing else "differs from"
+        raise VerificationError(
+            f"{dest.name}: {check.mismatches} INT8 weights differ from {reference_name} "
+            f"({check.per_tensor[worst]} in {worst}, which the file {what} the reference); not written",
+            "this is a bug in edgeprune's exporter (please report it); --no-int8 exports fp32 only")
+    shutil.move(candidate, dest)  # the scratch directory may be on another filesystem
+    return dest
+
+
 def _onnx_int8(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Verification, snapped: torch.nn.Module,
-               calibration: torch.Tensor, reference: dict[str, np.ndarray], scratch: Path
-               ) -> tuple[dict[str, Any], LevelCheck]:
+               calibration: torch.Tensor, reference: dict[str, np.ndarray], scratch: Path,
+               qw: quant.QuantizedWeights, reference_name: str) -> tuple[dict[str, Any], LevelCheck]:
     dest = ctx.out_dir / FILE_NAMES["onnx_int8"]
     qopts: quant.QuantOptions = ctx.options_for("quantize", quant.QuantOptions)
     start = time.perf_counter()
     snapped_onnx = onnx_export.export_fp32(snapped, art.example_input, scratch / "snapped.onnx", opts.opset,
                                            opts.dynamic_batch)
-    onnx_export.quantize_int8(snapped_onnx, dest, calibration, qopts.calibration, qopts.percentile)
+    candidate = onnx_export.quantize_int8(snapped_onnx, scratch / dest.name, calibration,
+                                          qopts.calibration, qopts.percentile,
+                                          weight_scales={n: t.scale for n, t in qw.tensors.items()})
     seconds = time.perf_counter() - start
+    check = compare_levels(reference, onnx_export.read_int8_weights(candidate))
+    level_gate(check, candidate, dest, reference_name)
     art.files["onnx_int8"] = dest
-    check = compare_levels(reference, onnx_export.read_int8_weights(dest))
     outputs = onnx_export.run_session(dest, ver.inputs, opts.threads)
     row = _row(art, "onnx_int8", "onnxruntime", "int8", seconds, ver.measure(outputs))
     row["weight_mismatches"] = check.mismatches
@@ -204,11 +228,14 @@ def _tflite_fp32(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Ve
 
 
 def _tflite_int8(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Verification, snapped: torch.nn.Module,
-                 calibration: torch.Tensor, reference: dict[str, np.ndarray]) -> tuple[dict[str, Any], LevelCheck]:
+                 calibration: torch.Tensor, reference: dict[str, np.ndarray], scratch: Path,
+                 qw: quant.QuantizedWeights, reference_name: str) -> tuple[dict[str, Any], LevelCheck]:
     dest = ctx.out_dir / FILE_NAMES["tflite_int8"]
-    _, seconds = _timed(tflite_export.export_int8, snapped, art.example_input, calibration, dest, opts.nhwc)
+    candidate, seconds = _timed(tflite_export.export_int8, snapped, art.example_input, calibration,
+                                scratch / dest.name, opts.nhwc, {n: t.scale for n, t in qw.tensors.items()})
+    check = match_by_content(reference, tflite_export.read_int8_weights(candidate))
+    level_gate(check, candidate, dest, reference_name)
     art.files["tflite_int8"] = dest
-    check = match_by_content(reference, tflite_export.read_int8_weights(dest))
     outputs = tflite_export.run_interpreter(dest, ver.inputs, opts.threads, opts.nhwc)
     row = _row(art, "tflite_int8", "litert", "int8", seconds, ver.measure(outputs))
     row["weight_mismatches"] = check.mismatches

@@ -16,6 +16,9 @@ litert-torch is the optional ``[tflite]`` extra (it pulls jax and ~1 GB); the in
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 
@@ -92,15 +95,60 @@ def export_fp32(model: nn.Module, example_input: torch.Tensor, dest: Path, nhwc:
     return _convert(module, example, dest)
 
 
-def export_int8(snapped_model: nn.Module, example_input: torch.Tensor, calibration: torch.Tensor, dest: Path,
-                nhwc: bool = False) -> Path:
-    """Full-integer INT8 .tflite of the weight-snapped model, calibrated on ``calibration`` (PT2E)."""
-    require_litert_torch()
+def content_key(tensor: torch.Tensor) -> str:
+    """Identify a weight by its values (PT2E's graph renames parameters; the values stay bit-identical)."""
+    array = tensor.detach().to(torch.float32).contiguous().cpu().numpy()
+    return f"{array.shape}:{hashlib.sha1(array.tobytes()).hexdigest()}"
+
+
+def _known_scale_quantizer(weight_scales: Mapping[str, np.ndarray]):  # noqa: ANN202 - a PT2EQuantizer
+    """litert-torch's symmetric per-channel quantizer, with weight scales pinned to ours.
+
+    Why: its weight observer computes ``max(max|w|/127, 2**-12)``. The 2**-12 floor (inherited from
+    XNNPACK's quantizer) re-quantises every channel with max|w| < 0.031 - after BatchNorm folding that
+    is many channels of a real MobileNetV2 (20,827 mismatching weights on the ImageNet model) - and a
+    max-abs rule could never carry rate-allocated levels anyway. The observer below returns the
+    quantize stage's scale for every weight it recognises by content, and falls back to litert's rule
+    for any other tensor.
+    """
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from torchao.quantization.pt2e.observer import PerChannelMinMaxObserver
+
+    scales = {key: torch.from_numpy(np.asarray(s, dtype=np.float32).reshape(-1).copy())
+              for key, s in weight_scales.items()}
+
+    class KnownScaleObserver(PerChannelMinMaxObserver):
+        def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+            self.known_scale = scales.get(content_key(x_orig))
+            return super().forward(x_orig)
+
+        def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+            known = getattr(self, "known_scale", None)
+            if known is None:
+                return super().calculate_qparams()
+            return known.clone(), torch.zeros(known.numel(), dtype=torch.int64)
+
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+    spec = config.weight
+    config = dataclasses.replace(config, weight=dataclasses.replace(
+        spec, observer_or_fake_quant_ctr=KnownScaleObserver.with_args(eps=2**-12)))
+    return PT2EQuantizer().set_global(config)
+
+
+def export_int8(snapped_model: nn.Module, example_input: torch.Tensor, calibration: torch.Tensor, dest: Path,
+                nhwc: bool = False, weight_scales: Mapping[str, np.ndarray] | None = None) -> Path:
+    """Full-integer INT8 .tflite of the weight-snapped model, calibrated on ``calibration`` (PT2E).
+
+    ``weight_scales`` (state_dict name -> per-output-channel scale) pins each weight's scale; the
+    snapped weights are then exact multiples of it, so the file holds exactly the quantize stage's levels.
+    """
+    require_litert_torch()
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    state = snapped_model.state_dict()
+    by_content = {content_key(state[name]): scale for name, scale in (weight_scales or {}).items() if name in state}
+    quantizer = _known_scale_quantizer(by_content)
     module, example = _channel_last(snapped_model.eval(), example_input, nhwc)
     graph = trace(module, example)
     try:

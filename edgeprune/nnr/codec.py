@@ -87,6 +87,35 @@ def default_qp(weight: np.ndarray) -> int:
     return qp_for_step(float(np.abs(w).max()) * VECTOR_STEP_PER_MAX)
 
 
+POSITIVE_REL_STEP = 2.0 ** -8  # step of a strictly positive 1-D tensor: <= its smallest value / 256
+RAW_ABOVE_BITS = 24           # ... unless that needs more than 24 bits of range: then store float32
+
+
+def positive_qp(values: np.ndarray) -> int | None:
+    """The qp of a strictly positive 1-D tensor (BatchNorm running variances, scales), or None for raw.
+
+    Why: the default 1-D step (max|w|/2048) decodes small variances of a layer with one large one to 0
+    or below, and the decoded model then divides by sqrt(var + eps) ~ 0 and produces NaN. A step of at
+    most min/256 keeps every entry within 0.4 % (DQ included) and positive; when max/min is so large
+    that this would need > 24 bits per value, float32 is cheaper and exact.
+    """
+    w = np.asarray(values, dtype=np.float32)
+    smallest, largest = float(w.min()), float(w.max())
+    if not smallest > 0:
+        raise ValueError("positive_qp needs strictly positive values")
+    qp = qp_for_step(smallest * POSITIVE_REL_STEP)
+    while step_size(qp) > smallest * POSITIVE_REL_STEP and qp > QP_MIN:
+        qp -= 1  # qp_for_step rounds to the nearest step; the bound must hold
+    if math.log2(largest / step_size(qp)) > RAW_ABOVE_BITS or step_size(qp) > smallest * POSITIVE_REL_STEP:
+        return None
+    return qp
+
+
+def is_positive_vector(values: np.ndarray) -> bool:
+    """A 1-D float tensor that must stay > 0 after decoding: every value is > 0 (running variances are)."""
+    return values.ndim <= 1 and values.size > 0 and bool(np.all(values > 0))
+
+
 def layout(shape: tuple[int, ...]) -> tuple[int, int]:
     """(rows, width) as NNC views a tensor: first dimension x the rest; one row when either is 1."""
     n = int(np.prod(shape)) if shape else 1
@@ -237,6 +266,15 @@ def encode_tensors(
             if not np.all(np.isfinite(f32)):
                 raise BitstreamError(f"tensor {name} contains NaN or infinity", "fix the model before encoding it")
             qp = default_qp(f32) if qps is None else (qps if isinstance(qps, int) else qps.get(name, default_qp(f32)))
+            if is_positive_vector(f32):
+                tight = positive_qp(f32)
+                if tight is None:
+                    entry["mode"] = "raw"
+                    job = _TensorJob(name, len(jobs), f32, "raw")
+                    entry["ndu"] = job.index
+                    jobs.append(job)
+                    continue
+                qp = min(int(qp), tight)
             if not QP_MIN <= int(qp) <= QP_MAX:
                 raise BitstreamError(f"qp {qp} for {name} is outside {QP_MIN}..{QP_MAX}", "choose a qp in that range")
             entry.update(mode="qp", qp=int(qp))
@@ -557,7 +595,10 @@ def load_decoded(model: nn.Module, decoded: DecodedStream) -> nn.Module:
                              "check --arch / --arch-kwargs")
     state = {}
     for k, ref in expected.items():
-        value = torch.from_numpy(np.ascontiguousarray(decoded.tensors[k])).to(ref.dtype)
+        array = np.array(decoded.tensors[k], copy=True, order="C")  # ascontiguousarray would make 0-dim 1-D
+        if array.size == 1 and ref.dim() == 0:
+            array = array.reshape(())  # an NDU has at least one dimension; streams without a topology say [1]
+        value = torch.from_numpy(array).to(ref.dtype)
         if tuple(value.shape) != tuple(ref.shape):
             raise BitstreamError(f"{k}: the .nnr has shape {list(value.shape)}, the architecture {list(ref.shape)}",
                                  "check --arch / --arch-kwargs")
