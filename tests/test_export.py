@@ -99,7 +99,8 @@ def test_static_batch_onnx_calibrates_and_runs_one_sample_at_a_time(lenet5_onnx,
     qw = art.extras["quant"]
     fp32 = onnx_export.export_fp32(quant.with_quantized_weights(art.model, qw), art.example_input,
                                    tmp_path / "static.onnx", dynamic_batch=False)
-    int8 = onnx_export.quantize_int8(fp32, tmp_path / "static_int8.onnx", art.data.calibration_batch(16))
+    int8 = onnx_export.quantize_int8(fp32, tmp_path / "static_int8.onnx", art.data.calibration_batch(16),
+                                     weight_scales={n: t.scale for n, t in qw.tensors.items()})
     assert onnx.load(str(int8)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     check = compare_levels({n: t.levels for n, t in qw.tensors.items()}, onnx_export.read_int8_weights(int8))
     assert check.mismatches == 0
