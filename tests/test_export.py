@@ -290,7 +290,8 @@ def test_tflite_int8_depthwise_and_pruned_levels(trained_mobilenet, trained_lene
         quant.run_stage(art, StageContext(out_dir=tmp_path / name))
         qw = art.extras["quant"]
         dest = tflite_export.export_int8(quant.with_quantized_weights(art.model, qw), art.example_input,
-                                         art.data.calibration_batch(128), tmp_path / name / "int8.tflite", nhwc=nhwc)
+                                         art.data.calibration_batch(128), tmp_path / name / "int8.tflite", nhwc=nhwc,
+                                         weight_scales={n: t.scale for n, t in qw.tensors.items()})
         check = match_by_content({n: t.levels for n, t in qw.tensors.items()}, tflite_export.read_int8_weights(dest))
         assert check.mismatches == 0 and check.missing == []
         outputs = tflite_export.run_interpreter(dest, art.data.test.tensors[0], nhwc=nhwc)
