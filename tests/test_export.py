@@ -99,7 +99,8 @@ def test_static_batch_onnx_calibrates_and_runs_one_sample_at_a_time(lenet5_onnx,
     qw = art.extras["quant"]
     fp32 = onnx_export.export_fp32(quant.with_quantized_weights(art.model, qw), art.example_input,
                                    tmp_path / "static.onnx", dynamic_batch=False)
-    int8 = onnx_export.quantize_int8(fp32, tmp_path / "static_int8.onnx", art.data.calibration_batch(16))
+    int8 = onnx_export.quantize_int8(fp32, tmp_path / "static_int8.onnx", art.data.calibration_batch(16),
+                                     weight_scales={n: t.scale for n, t in qw.tensors.items()})
     assert onnx.load(str(int8)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     check = compare_levels({n: t.levels for n, t in qw.tensors.items()}, onnx_export.read_int8_weights(int8))
     assert check.mismatches == 0
@@ -289,7 +290,8 @@ def test_tflite_int8_depthwise_and_pruned_levels(trained_mobilenet, trained_lene
         quant.run_stage(art, StageContext(out_dir=tmp_path / name))
         qw = art.extras["quant"]
         dest = tflite_export.export_int8(quant.with_quantized_weights(art.model, qw), art.example_input,
-                                         art.data.calibration_batch(128), tmp_path / name / "int8.tflite", nhwc=nhwc)
+                                         art.data.calibration_batch(128), tmp_path / name / "int8.tflite", nhwc=nhwc,
+                                         weight_scales={n: t.scale for n, t in qw.tensors.items()})
         check = match_by_content({n: t.levels for n, t in qw.tensors.items()}, tflite_export.read_int8_weights(dest))
         assert check.mismatches == 0 and check.missing == []
         outputs = tflite_export.run_interpreter(dest, art.data.test.tensors[0], nhwc=nhwc)
