@@ -88,6 +88,7 @@ def compress(
         art.meta["load_seconds"] = time.perf_counter() - load_start
         if art.data is not None:
             art.meta["data"] = art.data.name
+            art.meta["preprocessing"] = art.data.preprocessing
         report = run_pipeline(art, stage_ctx, chosen)
         files = report.write(work_dir)
     result = report.to_dict()
