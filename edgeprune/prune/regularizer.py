@@ -67,7 +67,8 @@ class SereneRegularizer:
         only (``gamma``), or conv rows and scale (``conv_gamma``, the earlier behaviour)."""
         if group.scales and bn_shrink != "conv_gamma":
             modules = {s.name.rpartition(".")[0] for s in group.scales}
-            shifts = [b for b in group.biases if b.name.rpartition(".")[0] in modules]
+            # the BN shift only: the group's bias slices also list the running statistics
+            shifts = [b for b in group.biases if b.name.endswith(".bias") and b.name.rpartition(".")[0] in modules]
             return [*group.scales, *(shifts if bn_shrink == "gamma_beta" else [])]
         return [*group.weights, *(group.biases if self.shrink_biases else [])]
 
