@@ -10,6 +10,7 @@ import torch
 
 from edgeprune.artifact import Artifact, StageContext
 from edgeprune.checkpoint import load_model
+from edgeprune.data import load_data
 from edgeprune.errors import DataError, EdgepruneError
 from edgeprune.metrics import evaluate
 from edgeprune.prune.pruner import PruneOptions, prune_model
@@ -124,10 +125,10 @@ def test_bad_options_are_refused(kwargs, message):
 
 
 @pytest.fixture
-def lenet_state(trained_lenet5, digits, tmp_path):
+def lenet_state(trained_lenet5, tmp_path):
     path = tmp_path / "lenet5.pt"
     torch.save(trained_lenet5.model.state_dict(), path)
-    x = digits.train.tensors[0]  # the example was trained on digits standardised with these
+    x = load_data("digits", seed=0).train.tensors[0]  # the example standardised digits with these
     return [
         "--normalize",
         f"{float(x.mean())!r},{float(x.std(unbiased=False)) + 1e-6!r}",
