@@ -428,6 +428,9 @@ def write_report(results: dict[str, Any]) -> None:
             "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for p in points:
+            if not p["params"]:  # a run that failed: no numbers to show
+                lines.append(f"| {p['method']} | {p['setting']} | - | - | - | - | - | - |")
+                continue
             drop = 100 * (dense["test_accuracy"] - p["test_accuracy"])
             lines.append(
                 f"| {p['method']} | {p['setting']} | {100 * p['test_accuracy']:.2f} % | {drop:+.2f} | "
