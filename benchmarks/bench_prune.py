@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "bench_prune.json"
 PLOT = ROOT / "benchmarks" / "prune_accuracy_size.png"
 SECTION = "## Pruning (SeReNe vs L1 vs Torch-Pruning)"
+METHODS = {"serene", "l1", "torch-pruning"}  # --methods runs a subset (e.g. one peer in a second process)
 
 
 @dataclass
@@ -81,7 +82,7 @@ class Experiment:
     epochs: int
     serene: list[dict[str, Any]]
     l1: list[dict[str, Any]]
-    tp_ratios: list[float]
+    tp_ratios: list[tuple[str, float]]
     common: dict[str, Any]
 
 
@@ -109,38 +110,51 @@ def run_edgeprune(
     return Point(method, label, seconds=seconds, **measure(small, x, exp.data))
 
 
-def run_torch_pruning(exp: Experiment, dense: nn.Module, x: torch.Tensor, ratio: float) -> Point:
-    """Torch-Pruning's MagnitudePruner (L1 group importance), iterative: one step per epoch, each
-    followed by an epoch of fine-tuning, then the remaining epochs of fine-tuning."""
+def run_torch_pruning(exp: Experiment, dense: nn.Module, x: torch.Tensor, ratio: float, kind: str) -> Point:
+    """Torch-Pruning, iterative: one pruning step per epoch, each followed by an epoch of fine-tuning,
+    then the remaining epochs of fine-tuning - the same epochs and the same learning-rate cycles
+    (warm-up + cosine per prune/fine-tune cycle) as edgeprune's methods. ``kind``: ``magnitude``
+    (MagnitudePruner, L1 group importance) or ``groupnorm`` (GroupNormPruner, group L2 importance
+    with its sparsity regulariser applied after every backward)."""
     import torch_pruning as tp
 
     model = copy.deepcopy(dense)
     start = time.perf_counter()
     classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     steps = max(1, exp.epochs - exp.common["finetune_epochs"])
-    pruner = tp.pruner.MagnitudePruner(
-        model,
-        x,
-        importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=ratio,
-        iterative_steps=steps,
-        ignored_layers=[classifier],
-    )
+    if kind == "groupnorm":
+        pruner = tp.pruner.GroupNormPruner(
+            model, x, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=ratio,
+            iterative_steps=steps, ignored_layers=[classifier],
+        )  # fmt: skip
+    else:
+        pruner = tp.pruner.MagnitudePruner(
+            model, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
+            iterative_steps=steps, ignored_layers=[classifier],
+        )  # fmt: skip
     cfg = TrainConfig(
         epochs=1,
         lr=exp.common.get("lr", 0.05),
         batch_size=exp.common.get("batch_size", 64),
-        lr_schedule="constant",
+        lr_schedule="cycle",
         weight_decay=0.0,
     )
+    regularize = kind == "groupnorm"  # its regulariser acts on the gradients before each step
     for step in range(steps):
         pruner.step()
-        fit(model, exp.data, TrainConfig(**{**asdict(cfg), "seed": step}))
-    fit(
-        model, exp.data, TrainConfig(**{**asdict(cfg), "epochs": exp.epochs - steps, "lr_schedule": "cosine"})
-    )
+        _fit_tp(model, exp.data, TrainConfig(**{**asdict(cfg), "seed": step}), pruner if regularize else None)
+    _fit_tp(model, exp.data, TrainConfig(**{**asdict(cfg), "epochs": exp.epochs - steps}), None)
     seconds = time.perf_counter() - start
-    return Point("torch-pruning", f"ratio={ratio}", seconds=seconds, **measure(model, x, exp.data))
+    return Point("torch-pruning", f"{kind}, ratio={ratio}", seconds=seconds, **measure(model, x, exp.data))
+
+
+def _fit_tp(model: nn.Module, data: DataBundle, cfg: TrainConfig, pruner: Any) -> None:
+    """edgeprune's training loop, with Torch-Pruning's regulariser run on the gradients before each
+    optimizer step when ``pruner`` has one."""
+    optimizer = make_optimizer(model, cfg)
+    if pruner is not None:  # a pre-step hook: the LR scheduler wraps optimizer.step itself
+        optimizer.register_step_pre_hook(lambda *_: pruner.regularize(model))
+    fit(model, data, cfg, optimizer=optimizer)
 
 
 def run_experiment(exp: Experiment) -> dict[str, Any]:
@@ -159,15 +173,17 @@ def run_experiment(exp: Experiment) -> dict[str, Any]:
     ]
     print(points[-1], flush=True)
     for method, settings in (("serene", exp.serene), ("l1", exp.l1)):
+        if method not in METHODS:
+            continue
         for setting in settings:
             points.append(run_edgeprune(exp, dense, x, method, setting))
             print(points[-1], flush=True)
-    for ratio in exp.tp_ratios:
+    for kind, ratio in exp.tp_ratios if "torch-pruning" in METHODS else ():
         try:
-            points.append(run_torch_pruning(exp, dense, x, ratio))
+            points.append(run_torch_pruning(exp, dense, x, ratio, kind))
         except Exception as exc:  # noqa: BLE001 - record the peer's failure instead of aborting the run
             points.append(
-                Point("torch-pruning", f"ratio={ratio}: failed ({type(exc).__name__})", 0, 0, 0, 0, 0)
+                Point("torch-pruning", f"{kind}, ratio={ratio}: failed ({type(exc).__name__})", 0, 0, 0, 0, 0)
             )
         print(points[-1], flush=True)
     return {
@@ -178,57 +194,62 @@ def run_experiment(exp: Experiment) -> dict[str, Any]:
     }
 
 
-def subset(data: DataBundle, train: int, val: int) -> DataBundle:
-    """The first ``train``/``val`` samples of the (already shuffled) splits; the test set stays whole."""
+def subset(data: DataBundle, train: int, val: int, test: int | None = None) -> DataBundle:
+    """The first ``train``/``val`` (/``test``) samples of the (already shuffled) splits."""
     return DataBundle(
         data.name,
         TensorDataset(*(t[:train] for t in data.train.tensors)),
         TensorDataset(*(t[:val] for t in data.val.tensors)),
-        data.test,
+        data.test if test is None else TensorDataset(*(t[:test] for t in data.test.tensors)),
         data.num_classes,
         data.classes,
+        data.preprocessing,
     )
 
 
 def experiments() -> dict[str, Callable[[], Experiment]]:
+    """Reduced settings: the development machine has 2 cores shared by several jobs, so the
+    Fashion-MNIST runs use training subsets and a few epochs (stated in every table title)."""
+
     def digits() -> Experiment:
         return Experiment(
             "digits / LeNet-5",
             lambda: LeNet5(1, 10, 8),
-            load_data("digits"),
+            load_data("digits", normalize="standardize"),
             TrainConfig(epochs=15, lr=0.05),
             epochs=40,
-            serene=[{"lmbda": 0.005}, {}, {"lmbda": 0.02}],
+            serene=[{"lmbda": 0.1}, {}, {"lmbda": 0.4}],
             l1=[{}, {"twt": 0.1}, {"twt": 0.2}],
-            tp_ratios=[0.5, 0.7, 0.85],
+            tp_ratios=[("magnitude", 0.5), ("magnitude", 0.7), ("magnitude", 0.85), ("groupnorm", 0.7)],
             common={"lr": 0.05, "batch_size": 64, "finetune_epochs": 10},
         )
 
     def fmnist_lenet5() -> Experiment:
         full = load_data("fashion-mnist")
         return Experiment(
-            "Fashion-MNIST / LeNet-5 (54k train; 2k of the val split for the threshold search)",
+            "Fashion-MNIST / LeNet-5 (6k train subset, 1k val, 10k test; 6-epoch budget)",
             lambda: LeNet5(1, 10, 28),
-            subset(full, len(full.train), 2000),
-            TrainConfig(epochs=2, lr=0.05, batch_size=128),
-            epochs=4,
-            serene=[{"lmbda": 5e-4}, {"lmbda": 2e-3}],
-            l1=[{"twt": 0.1}],
-            tp_ratios=[0.5, 0.75],
-            common={"lr": 0.02, "batch_size": 128, "finetune_epochs": 1, "search_evaluations": 12},
+            subset(full, 6000, 1000),
+            TrainConfig(epochs=4, lr=0.05, batch_size=128),
+            epochs=6,
+            serene=[{"lmbda": 0.5, "twt": 0.2}],
+            l1=[{"twt": 0.2}],
+            tp_ratios=[("groupnorm", 0.75), ("magnitude", 0.75)],
+            common={"lr": 0.05, "batch_size": 128, "finetune_epochs": 1, "search_evaluations": 16},
         )
 
     def fmnist_resnet20() -> Experiment:
+        full = load_data("fashion-mnist")
         return Experiment(
-            "Fashion-MNIST / ResNet-20 (projection shortcuts; 4k train subset, 1k val)",
+            "Fashion-MNIST / ResNet-20 (projection shortcuts; 2k train subset, 500 val, 2k test; 5-epoch budget)",
             lambda: ResNetCifar((3, 3, 3), (16, 32, 64), "B", 1, 10),
-            subset(load_data("fashion-mnist"), 4000, 1000),
-            TrainConfig(epochs=3, lr=0.05, batch_size=128),
-            epochs=4,
-            serene=[{"lmbda": 3e-2, "twt": 0.1}],
-            l1=[{"twt": 0.1}],
-            tp_ratios=[0.5],
-            common={"lr": 0.02, "batch_size": 128, "finetune_epochs": 1, "search_evaluations": 10},
+            subset(full, 2000, 500, test=2000),
+            TrainConfig(epochs=4, lr=0.05, batch_size=128),
+            epochs=5,
+            serene=[{"lmbda": 0.5, "twt": 0.2}],
+            l1=[{"twt": 0.2}],
+            tp_ratios=[("magnitude", 0.5), ("groupnorm", 0.5)],
+            common={"lr": 0.05, "batch_size": 128, "finetune_epochs": 1, "search_evaluations": 16},
         )
 
     return {"digits": digits, "fmnist-lenet5": fmnist_lenet5, "fmnist-resnet20": fmnist_resnet20}
@@ -258,6 +279,37 @@ def part_ablation() -> dict[str, Any]:
                 "kept": [r["kept"] for r in result.groups],
                 "params_remaining": result.params_remaining,
                 "macs_remaining": result.macs_remaining,
+                "test_accuracy": evaluate(model, data.loader("test", 1000))["accuracy"],
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        print(rows[-1], flush=True)
+    return {"rows": rows, "dense_test_accuracy": evaluate(dense, data.loader("test", 1000))["accuracy"]}
+
+
+def part_bn_ablation() -> dict[str, Any]:
+    """What the SeReNe shrink scales under BatchNorm (digits / ResNet-20 with projection shortcuts,
+    same dense model, same budget): gamma and beta (BN-output space, the default), gamma only, or
+    conv rows and gamma (the earlier behaviour)."""
+    data = load_data("digits")
+    torch.manual_seed(0)
+    dense = ResNetCifar((3, 3, 3), (16, 32, 64), "B", 1, 10)
+    fit(dense, data, TrainConfig(epochs=4, lr=0.05))
+    x = data.test.tensors[0][:1].clone()
+    rows = []
+    for bn_shrink in ("gamma_beta", "gamma", "conv_gamma"):
+        model = copy.deepcopy(dense)
+        start = time.perf_counter()
+        options = PruneOptions(epochs=6, finetune_epochs=1, lmbda=0.5, twt=0.2, bn_shrink=bn_shrink)
+        result = prune_model(model, x, data, options)
+        rows.append(
+            {
+                "setting": f"bn_shrink={bn_shrink}",
+                "val_after_first_shrink_epoch": result.history[1]["accuracy"],
+                "channels_removed": sum(r["removed"] for r in result.groups),
+                "params_remaining": result.params_remaining,
+                "macs_remaining": result.macs_remaining,
+                "rolled_back": result.rolled_back,
                 "test_accuracy": evaluate(model, data.loader("test", 1000))["accuracy"],
                 "seconds": time.perf_counter() - start,
             }
@@ -331,17 +383,23 @@ def write_report(results: dict[str, Any]) -> None:
         SECTION,
         "",
         f"`{results['command']}` on {results['machine']}, {results['date']} "
-        "(all timings single-threaded, `OMP_NUM_THREADS=1`, on a shared machine: compare ratios only).",
+        "(all timings single-threaded, `OMP_NUM_THREADS=1`, on a shared, overloaded machine - load average "
+        "12-21 on 2 cores: compare ratios only).",
         "",
     ]
     lines += [
-        "Methods, all starting from the same trained dense model with the same epoch budget: **SeReNe** "
-        "(`--method serene`: lower-bound sensitivity, decoupled shrink, PWE 0 plateau, TWT threshold search "
-        "on channel groups, then fine-tuning); **L1** (`--method l1`: the same schedule and search without "
-        "the regulariser, channels ranked by L1 norm relative to their layer); **Torch-Pruning** 1.6.1 "
-        "`MagnitudePruner` (L1 group importance, one iterative step per epoch with fine-tuning, classifier "
-        "ignored). Sizes are of the simplified model (edgeprune.simplify for SeReNe/L1; Torch-Pruning slices "
-        "physically); NNR = `edgeprune.nnr.encode_model` bitstream bytes at the default per-tensor qp.",
+        "Methods, all starting from the same trained dense model with the same epoch budget and the same "
+        "learning-rate cycles (linear warm-up over 10 %, then cosine, restarted per prune/fine-tune cycle): "
+        "**SeReNe** (`--method serene`: one warm-up epoch that sets the accuracy floor, lower-bound "
+        "sensitivity, decoupled shrink with lambda per epoch - in BN-output space (gamma, beta) under "
+        "BatchNorm - PWE 0 plateau, greedy TWT search over coupled channel groups ranked by score per "
+        "cost, then fine-tuning); **L1** (`--method l1`: the same schedule and search without the "
+        "regulariser, channels ranked by L1 norm relative to their layer); **Torch-Pruning** 1.6.1 "
+        "`MagnitudePruner` (L1 group importance) and `GroupNormPruner` (group L2 importance plus its "
+        "sparsity regulariser), one iterative step per epoch with fine-tuning, classifier ignored. Sizes are "
+        "of the simplified model (edgeprune.simplify for SeReNe/L1; Torch-Pruning slices physically); "
+        "NNR = `edgeprune.nnr.encode_model` bitstream bytes at the default per-tensor qp; drop = dense minus "
+        "pruned test accuracy in points.",
         "",
     ]
     if "steps" in results:
@@ -366,13 +424,17 @@ def write_report(results: dict[str, Any]) -> None:
             f"**{exp['experiment']}** (pruning budget {exp['epochs']} epochs for every method; common "
             f"options {exp['common']}):",
             "",
-            "| method | setting | test acc | params | MACs | NNR bytes | time |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            "| method | setting | test acc | drop | params | MACs | NNR bytes | time |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for p in points:
+            if not p["params"]:  # a run that failed: no numbers to show
+                lines.append(f"| {p['method']} | {p['setting']} | - | - | - | - | - | - |")
+                continue
+            drop = 100 * (dense["test_accuracy"] - p["test_accuracy"])
             lines.append(
-                f"| {p['method']} | {p['setting']} | {100 * p['test_accuracy']:.2f} % | {p['params']:,} | "
-                f"{p['macs']:,} | {p['nnr_bytes']:,} | {p['seconds']:.0f} s |"
+                f"| {p['method']} | {p['setting']} | {100 * p['test_accuracy']:.2f} % | {drop:+.2f} | "
+                f"{p['params']:,} | {p['macs']:,} | {p['nnr_bytes']:,} | {p['seconds']:.0f} s |"
             )
         best = {m: _best(points, m, floor) for m in ("serene", "l1", "torch-pruning")}
         summary = []
@@ -384,8 +446,18 @@ def write_report(results: dict[str, Any]) -> None:
                         f"{peer} / SeReNe at equal accuracy: params {ratio['params']:.2f}x, "
                         f"MACs {ratio['macs']:.2f}x, NNR {ratio['nnr_bytes']:.2f}x"
                     )
-                else:
+                elif any(p["method"] == peer and p["params"] for p in points):
                     summary.append(f"{peer}: no model within 1 point of the dense accuracy")
+                else:
+                    summary.append(f"{peer}: not measured")
+            if best["torch-pruning"]:
+                macs = best["serene"]["macs"] / best["torch-pruning"]["macs"]
+                verdict = "met" if macs <= 0.8 else "**missed**"
+                summary.append(f"goal SeReNe MACs <= 0.8x Torch-Pruning's: {macs:.2f}x, {verdict}")
+            if best["l1"]:
+                params = best["l1"]["params"] / best["serene"]["params"]
+                verdict = "met" if params >= 1.3 else "**missed**"
+                summary.append(f"goal L1/SeReNe params >= 1.3x: {params:.2f}x, {verdict}")
         else:
             summary.append("SeReNe: no model within 1 point of the dense accuracy")
         lines += [
@@ -408,6 +480,23 @@ def write_report(results: dict[str, Any]) -> None:
         lines += [
             f"| {r['setting']} | {'/'.join(map(str, r['kept']))} | {100 * r['params_remaining']:.1f} % | "
             f"{100 * r['macs_remaining']:.1f} % | {100 * r['test_accuracy']:.2f} % | {r['seconds']:.0f} s |"
+            for r in ab["rows"]
+        ]
+        lines.append("")
+    if "bn-ablation" in results:
+        ab = results["bn-ablation"]
+        lines += [
+            f"**SeReNe under BatchNorm: what the shrink scales** (digits / ResNet-20 with projection shortcuts, "
+            f"lambda 0.5/epoch, TWT 0.2, 6 epochs; dense test accuracy {100 * ab['dense_test_accuracy']:.2f} %):",
+            "",
+            "| setting | val acc after the first shrink epoch | channels removed (of 448) | params left | "
+            "MACs left | test acc | rolled back | time |",
+            "|---|---:|---:|---:|---:|---:|---|---:|",
+        ]
+        lines += [
+            f"| {r['setting']} | {100 * r['val_after_first_shrink_epoch']:.2f} % | {r['channels_removed']} | "
+            f"{100 * r['params_remaining']:.1f} % | {100 * r['macs_remaining']:.1f} % | "
+            f"{100 * r['test_accuracy']:.2f} % | {'yes' if r['rolled_back'] else 'no'} | {r['seconds']:.0f} s |"
             for r in ab["rows"]
         ]
         lines.append("")
@@ -456,11 +545,13 @@ def main() -> None:
     parser.add_argument(
         "--report", action="store_true", help="rewrite the BENCHMARKS.md section and the plot"
     )
+    parser.add_argument("--methods", default="serene,l1,torch-pruning", help="methods to run (dense always)")
     args = parser.parse_args()
+    METHODS.intersection_update(args.methods.split(","))
     torch.set_num_threads(1)
     known = experiments()
     for part in [p for p in args.parts.split(",") if p]:
-        measured = {"steps": part_steps, "ablation": part_ablation}
+        measured = {"steps": part_steps, "ablation": part_ablation, "bn-ablation": part_bn_ablation}
         outcome = measured[part]() if part in measured else run_experiment(known[part]())
         # re-read: parts may run in separate processes side by side
         results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}

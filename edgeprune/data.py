@@ -9,9 +9,17 @@
 * an ImageFolder tree (``root/<class>/<image>``; images read with Pillow);
 * an ``.npz`` file with arrays ``x`` (N, C, H, W) or (N, H, W) and ``y`` (N,) integer labels.
 
-Every source becomes a :class:`DataBundle` of float32 NCHW tensors normalised per channel with
-statistics of the training split, split deterministically into train/val/test by ``seed``. Sources
-that ship an official test split keep it as the test set.
+Every source becomes a :class:`DataBundle` of float32 NCHW tensors, split deterministically into
+train/val/test by ``seed``. Sources that ship an official test split keep it as the test set.
+
+Preprocessing is what the user's model was trained on, never a guess: an ``.npz`` reaches the
+model exactly as stored; image formats (IDX, CIFAR, image folders, digits) are scaled to [0, 1].
+``normalize=(mean, std)`` (per channel, ``--normalize MEAN,STD`` on the command line) then applies
+``(x - mean) / std`` when the model was trained on standardised inputs; ``normalize="standardize"``
+uses the training split's own statistics (what the embedded examples were trained with). Feeding a
+model differently normalised data than it was trained on costs most of its accuracy and makes
+pruning fine-tune it to the new inputs silently, so the bundle records what was applied
+(``DataBundle.preprocessing``) for the report.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ class DataBundle:
     test: TensorDataset
     num_classes: int
     classes: list[str]
+    preprocessing: str = "as given"
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -94,13 +103,72 @@ class DataBundle:
             )
 
 
+Normalize = tuple[list[float], list[float]] | str | None
+
+
+def parse_normalize(text: str | None) -> tuple[list[float], list[float]] | None:
+    """``"MEAN,STD"`` with per-channel values separated by '/' (``0.1307,0.3081`` or
+    ``0.485/0.456/0.406,0.229/0.224/0.225``) -> (mean, std); None stays None."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        mean, std = ([float(v) for v in p.split("/")] for p in parts) if len(parts) == 2 else (None, None)
+    except ValueError:
+        mean = std = None
+    if mean is None or std is None or len(mean) != len(std) or any(v <= 0 for v in std):
+        raise DataError(
+            f"--normalize {text!r} is not MEAN,STD with positive STD",
+            "e.g. --normalize 0.1307,0.3081 or, per channel, --normalize 0.49/0.48/0.45,0.25/0.24/0.26",
+        )
+    return mean, std
+
+
 def load_data(
     spec: str | Path,
     seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
+    normalize: Normalize = None,
 ) -> DataBundle:
     """Load the dataset named or pointed to by ``spec`` (see the module docstring)."""
+    bundle = _load(spec, seed, val_fraction, test_fraction)
+    return _normalize(bundle, normalize)
+
+
+def _normalize(bundle: DataBundle, normalize: Normalize) -> DataBundle:
+    """Apply ``normalize`` (see the module docstring) to every split and record it."""
+    if normalize is None:
+        return bundle
+    x = bundle.train.tensors[0]
+    axes = (0, *range(2, x.dim()))
+    if normalize == "standardize":
+        mean, std = x.mean(dim=axes), x.std(dim=axes, unbiased=False) + 1e-6
+        label = "standardised with the training split's statistics"
+    elif isinstance(normalize, str):
+        raise DataError(f"unknown normalisation {normalize!r}", "give (mean, std) or 'standardize'")
+    else:
+        mean, std = torch.tensor(normalize[0]), torch.tensor(normalize[1])
+        label = ""
+    channels = x.shape[1]
+    if mean.numel() == 1:
+        mean, std = mean.expand(channels), std.expand(channels)
+    if mean.numel() != channels:
+        raise DataError(
+            f"--normalize gives {mean.numel()} values per statistic but the data has {channels} channels",
+            "give one MEAN/STD value, or one per channel separated by '/'",
+        )
+    shape = (1, channels, *([1] * (x.dim() - 2)))
+    mean, std = mean.float().reshape(shape), std.float().reshape(shape)
+    for split in (bundle.train, bundle.val, bundle.test):
+        split.tensors = ((split.tensors[0] - mean) / std, split.tensors[1])
+    stats = f"mean={[round(float(v), 4) for v in mean.flatten()]}, std={[round(float(v), 4) for v in std.flatten()]}"
+    suffix = f" ({label})" if label else ""
+    bundle.preprocessing = f"{bundle.preprocessing}, then (x - mean) / std with {stats}{suffix}"
+    return bundle
+
+
+def _load(spec: str | Path, seed: int, val_fraction: float, test_fraction: float) -> DataBundle:
     spec_str = str(spec)
     if spec_str == "digits":
         x, y, classes = _digits()
@@ -117,7 +185,7 @@ def load_data(
         if path.suffix != ".npz":
             raise DataError(f"{path} is not an .npz file", "give a .npz with arrays 'x' and 'y', or a directory")
         x, y = _npz(path)
-        return _split(path.stem, x, y, None, None, None, seed, val_fraction, test_fraction)
+        return _split(path.stem, x, y, None, None, None, seed, val_fraction, test_fraction, "as given (.npz)")
     if _idx_file(path, "train-images") is not None:
         (x, y), (xt, yt) = _idx_dir(path)
         return _split(path.name, x, y, xt, yt, None, seed, val_fraction, test_fraction)
@@ -167,11 +235,7 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         )
     if not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{path}: labels y have dtype {y.dtype}", "store class indices as integers")
-    eight_bit = np.issubdtype(x.dtype, np.integer)
-    x = x.astype(np.float32)
-    if eight_bit:
-        x = x / 255.0
-    return x, y.astype(np.int64)
+    return x.astype(np.float32), y.astype(np.int64)  # as given: the model's own preprocessing
 
 
 def _idx_file(path: Path, prefix: str) -> Path | None:
@@ -324,8 +388,9 @@ def _split(
     seed: int,
     val_fraction: float,
     test_fraction: float,
+    preprocessing: str = "scaled to [0, 1]",
 ) -> DataBundle:
-    """Shuffle with ``seed``, carve out val (and test when none ships), normalise with train stats."""
+    """Shuffle with ``seed``, carve out val (and test when none ships); values are left as they are."""
     if len(x) < 10:
         raise DataError(f"dataset {name!r} has only {len(x)} samples", "provide at least 10 labelled samples")
     _check_values(name, x, y, x_test, y_test)
@@ -338,12 +403,9 @@ def _split(
         x_test, y_test = x[:n_test], y[:n_test]
     x_val, y_val = x[n_test : n_test + n_val], y[n_test : n_test + n_val]
     x_train, y_train = x[n_test + n_val :], y[n_test + n_val :]
-    axes = (0,) + tuple(range(2, x.ndim))
-    mean = x_train.mean(axis=axes, keepdims=True)
-    std = x_train.std(axis=axes, keepdims=True) + 1e-6
 
     def ds(a: np.ndarray, b: np.ndarray) -> TensorDataset:
-        return TensorDataset(torch.from_numpy(((a - mean) / std).astype(np.float32)), torch.from_numpy(b))
+        return TensorDataset(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)), torch.from_numpy(b))
 
     num_classes = int(max(y.max(), y_test.max())) + 1
     return DataBundle(
@@ -353,6 +415,7 @@ def _split(
         test=ds(x_test, y_test),
         num_classes=num_classes,
         classes=classes or [str(i) for i in range(num_classes)],
+        preprocessing=preprocessing,
     )
 
 

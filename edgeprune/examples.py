@@ -49,7 +49,8 @@ EXAMPLES: dict[str, Example] = {
 def build_example(name: str, seed: int = 0, data_spec: str | None = None, progress: Progress | None = None) -> Artifact:
     """Train example ``name`` (deterministically from ``seed``) and wrap it as an Artifact."""
     example = EXAMPLES[name]
-    data = load_data(data_spec or example.data, seed=seed)
+    # The examples were trained on standardised inputs and keep that normalisation.
+    data = load_data(data_spec or example.data, seed=seed, normalize="standardize")
     torch.manual_seed(seed)
     model = example.factory()
     cfg = TrainConfig(**{**example.train.__dict__, "seed": seed})

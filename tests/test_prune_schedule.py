@@ -74,14 +74,52 @@ def test_search_finds_the_largest_count_within_the_bound(lenet):
         and result.loss_after == pytest.approx(1.05)
         and result.bound == pytest.approx(1.05)
     )
-    assert result.evaluations <= math.ceil(math.log2(masks.total_channels())) + 1
+    # galloping + bisection to the blocker, then one failed try per other group
+    assert result.evaluations <= 2 * math.ceil(math.log2(masks.total_channels())) + len(masks.groups)
     assert sorted((gid, int(c)) for gid, cs in result.pruned.items() for c in cs) == sorted(
         (gid, c) for _, gid, c in expected
     )
     assert _dead_count(masks) == 0  # the search leaves the weights as it found them
     masks.apply()
     assert _dead_count(masks) == 5
-    assert candidates[4][0] <= result.threshold <= candidates[5][0]
+    assert result.threshold == candidates[4][0]  # the largest score accepted
+
+
+def test_one_channel_that_hurts_does_not_block_the_other_groups(lenet):
+    """Root cause of 'nothing pruned' on ResNet-20: the first-ranked channel (a residual-stream
+    channel) alone broke the bound and the old search stopped there. The search must skip its
+    group and keep pruning the others."""
+    _, masks, _ = lenet
+    candidates = channel_candidates(masks, "l1_relative")
+    _, blocker_group, blocker = candidates[0]
+    group = next(g for g in masks.groups if g.id == blocker_group)
+
+    def measure():
+        hurt = bool((group.channel_scores("l1")[blocker] == 0).item())
+        return {"loss": 10.0 if hurt else 1 + 5e-5 * _dead_count(masks), "accuracy": 1.0}
+
+    result = threshold_search(masks, measure, 0.05, "l1_relative", max_evaluations=64)
+    others = [g for g in masks.groups if g.id != blocker_group]
+    assert blocker_group not in result.pruned  # its group closed at the blocker ...
+    # ... and every other group loses all but its strongest channel (5e-5 per channel fits 5 %)
+    assert all(masks.kept(g.id) == 1 for g in others)
+
+
+def test_cost_ranks_channels_that_carry_more_first(lenet):
+    """Equal scores: the channel of the costlier group goes first (score per cost)."""
+    _, masks, _ = lenet
+    ids = [g.id for g in masks.groups]
+    cost = {gid: float(i + 1) for i, gid in enumerate(ids)}
+
+    def measure():  # admits exactly one zeroed channel
+        return {"loss": 1.0 + 0.1 * _dead_count(masks), "accuracy": 1.0}
+
+    with torch.no_grad():
+        for g in masks.groups:
+            for s in g.producers:
+                s.tensor.fill_(1.0)
+    result = threshold_search(masks, measure, 0.1, "l1_relative", max_evaluations=8, cost=cost)
+    assert list(result.pruned) == [ids[-1]] and result.channels == 1
 
 
 def test_search_respects_an_accuracy_floor_too(lenet):

@@ -10,6 +10,7 @@ import torch
 
 from edgeprune.artifact import Artifact, StageContext
 from edgeprune.checkpoint import load_model
+from edgeprune.data import load_data
 from edgeprune.errors import DataError, EdgepruneError
 from edgeprune.metrics import evaluate
 from edgeprune.prune.pruner import PruneOptions, prune_model
@@ -50,9 +51,10 @@ def test_targets_stop_pruning_early(trained_lenet5, target):
     assert result.events[-1].epoch == result.epochs_run - 1  # pruned, then one epoch of fine-tuning
 
 
-def test_accuracy_floor_restores_the_last_good_state(trained_lenet5):
-    """A destructive lambda wrecks accuracy; with the floor the run ends on a state that meets it."""
-    harsh = dict(epochs=3, finetune_epochs=0, lmbda=0.5, twt=0.0)
+def test_accuracy_floor_restores_the_last_good_state_and_says_so(trained_lenet5, capsys):
+    """A destructive lambda wrecks accuracy; with the floor the run ends on a state that meets it,
+    with a warning on stderr and ``rolled_back`` set - never silently."""
+    harsh = dict(epochs=3, finetune_epochs=0, lmbda=0.99, twt=0.0, warmup_epochs=0)
     unbounded = _copy(trained_lenet5)
     wrecked = prune_model(
         unbounded.model,
@@ -61,12 +63,15 @@ def test_accuracy_floor_restores_the_last_good_state(trained_lenet5):
         PruneOptions(**harsh, max_accuracy_drop=None),
     )
     floor = wrecked.val_before["accuracy"] - 0.01
-    assert wrecked.val_after["accuracy"] < floor
+    assert wrecked.val_after["accuracy"] < floor and not wrecked.rolled_back
+    capsys.readouterr()
     bounded = _copy(trained_lenet5)
     kept = prune_model(
         bounded.model, bounded.example_input, bounded.data, PruneOptions(**harsh, max_accuracy_drop=1.0)
     )
-    assert kept.val_after["accuracy"] >= floor
+    assert kept.val_after["accuracy"] >= floor and kept.rolled_back
+    warning = capsys.readouterr().err
+    assert "warning: pruning ended at" in warning and "rolled back to the state after epoch" in warning
 
 
 def test_stage_prunes_saves_and_reports(trained_lenet5, tmp_path):
@@ -75,9 +80,10 @@ def test_stage_prunes_saves_and_reports(trained_lenet5, tmp_path):
     metrics = run(art, ctx)
     assert art.files["pruned"] == tmp_path / "pruned.pt2"
     assert metrics["size_bytes"] == (tmp_path / "pruned.pt2").stat().st_size
-    assert metrics["method"] == "serene" and metrics["lambda"] == 0.01 and metrics["epochs_run"] == 5
+    assert metrics["method"] == "serene" and metrics["lambda"] == 0.35 and metrics["epochs_run"] == 5
     assert [row["layers"] for row in metrics["channels"]] == ["conv1", "conv2", "fc1"]
     assert metrics["channels_kept"] < metrics["channels_total"] == 570
+    assert metrics["rolled_back"] is False and metrics["preprocessing"].startswith("scaled to [0, 1], then")
     assert metrics["accuracy_before"] == pytest.approx(trained_lenet5.meta["trained_test_accuracy"])
     json.dumps(metrics)  # the report must be able to serialise it
     saved = load_model(tmp_path / "pruned.pt2")
@@ -103,7 +109,11 @@ def test_stage_without_data_refuses_unless_method_none(trained_lenet5, tmp_path)
     ("kwargs", "message"),
     [
         ({"method": "random"}, "unknown pruning method 'random'"),
-        ({"target_macs": 1.5}, "target-macs must be between"),
+        ({"target_macs": -1}, "target-macs must be positive"),
+        ({"target_sparsity": 1.5}, "target-sparsity must be between"),
+        ({"lmbda": 1.0}, "must be below 1"),
+        ({"device": "tpu"}, "unknown device 'tpu'"),
+        ({"bn_shrink": "beta"}, "unknown BatchNorm shrink"),
         ({"twt": -1}, "must not be negative"),
         ({"sensitivity": "exact"}, "unknown sensitivity setting"),
         ({"score": "l2"}, "unknown channel score"),
@@ -118,7 +128,10 @@ def test_bad_options_are_refused(kwargs, message):
 def lenet_state(trained_lenet5, tmp_path):
     path = tmp_path / "lenet5.pt"
     torch.save(trained_lenet5.model.state_dict(), path)
+    x = load_data("digits", seed=0).train.tensors[0]  # the example standardised digits with these
     return [
+        "--normalize",
+        f"{float(x.mean())!r},{float(x.std(unbiased=False)) + 1e-6!r}",
         str(path),
         "--arch",
         "edgeprune.models:lenet5",

@@ -118,19 +118,20 @@ def test_coupled_groups_share_one_shrink_and_simplify_cleanly_once_pruned(name):
     # residual adds unite producers, concat and depthwise convs give channels several consumers
     assert any(len(g.producers) > 1 or len(g.consumers) > 1 for g in groups), "the model must couple channels"
     masks = ChannelMasks(model, groups)
-    before = {s.name: s.tensor.detach().clone() for g in masks.groups for s in g.weights}
     reg = SereneRegularizer(model, masks, lmbda=0.5)
+    slices = [s for g in masks.groups for s in [*g.weights, *reg.targets[g.id]]]
+    assert not any("running" in s.name for s in slices)  # BN statistics are never shrunk
+    before = {s.name: s.tensor.detach().clone() for s in slices}
     model.train()
     with reg:
         reg.observe(model(x))
     reg.shrink()
     expected = dict(before)  # a tensor can hold entries of several groups (BN after a concat)
-    tensors = {}
+    tensors = {s.name: s.tensor.detach() for s in slices}  # conv rows under a BN must stay as they were
     for g in masks.groups:
         factor = 1 - 0.5 * torch.relu(1 - reg.sensitivity[g.id])
-        for s in g.weights:
+        for s in reg.targets[g.id]:  # under BatchNorm: gamma and beta (BN-output space)
             expected[s.name] = expected[s.name] * s.channel_view(factor)
-            tensors[s.name] = s.tensor.detach()
     for name, tensor in tensors.items():
         torch.testing.assert_close(tensor, expected[name])
     # prune the weakest third of every group's channels (at least one stays)

@@ -15,7 +15,7 @@ import torch
 from edgeprune.errors import EdgepruneError
 from edgeprune.models import LeNet5
 from edgeprune.progress import Progress
-from edgeprune.prune.pruner import PruneOptions, prune_model
+from edgeprune.prune.pruner import PruneOptions, per_step_lambda, prune_model
 from edgeprune.prune.train import TrainConfig, epoch_batches, fit, make_optimizer, make_schedule
 
 
@@ -56,6 +56,40 @@ def test_learning_rate_schedules():
             factors[1] = schedule.lr_lambdas[0](60)
             factors[2] = schedule.lr_lambdas[0](80)
         assert factors == pytest.approx(expected, abs=1e-12)
+
+
+def test_cycle_schedule_warms_up_then_decays_and_lambda_is_per_epoch():
+    model = torch.nn.Linear(2, 2)
+    cfg = TrainConfig(lr=1.0, lr_schedule="cycle")
+    schedule = make_schedule(make_optimizer(model, cfg), cfg, steps=100)
+    factors = [schedule.lr_lambdas[0](step) for step in (0, 5, 10, 55, 100, 150)]
+    assert factors == pytest.approx([0.1, 0.55, 1.0, 0.505, 0.01, 0.01], abs=1e-12)
+    # lambda is what an insensitive channel loses per epoch, whatever the number of steps
+    for steps in (1, 20, 421):
+        assert (1 - per_step_lambda(0.2, steps)) ** steps == pytest.approx(0.8)
+
+
+def test_pruning_restarts_the_lr_cycle_at_every_prune_and_for_the_fine_tuning(trained_lenet5):
+    model = copy.deepcopy(trained_lenet5.model)
+    seen = []
+    original = torch.optim.lr_scheduler.LambdaLR.step
+
+    def record(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.append(self.get_last_lr()[0])
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.lr_scheduler.LambdaLR, "step", record)
+        prune_model(
+            model, trained_lenet5.example_input, trained_lenet5.data,
+            PruneOptions(epochs=4, finetune_epochs=1, lr=0.05),
+        )  # fmt: skip
+    steps = len(seen) // 4  # warm-up epoch, two pruning epochs, one fine-tuning epoch
+    starts = [seen[i * steps] for i in range(4)]
+    ends = [seen[(i + 1) * steps - 1] for i in range(4)]
+    assert all(s < 0.05 * 0.6 for s in starts)  # every cycle starts warming up ...
+    assert all(e < 0.05 * 0.1 for e in ends)  # ... and ends low, where accuracy is compared
+    assert max(seen) == pytest.approx(0.05, rel=0.05)
 
 
 @pytest.mark.parametrize(
@@ -147,7 +181,7 @@ _DDP_SCRIPT = textwrap.dedent(
     import sys, torch
     from edgeprune.data import load_data
     from edgeprune.models import LeNet5
-    from edgeprune.prune.pruner import PruneOptions, prune_model
+    from edgeprune.prune.pruner import PruneOptions, per_step_lambda, prune_model
     from edgeprune.prune.train import is_main_process
 
     torch.set_num_threads(1)

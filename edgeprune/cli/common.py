@@ -13,7 +13,7 @@ import torch
 
 from edgeprune.artifact import Artifact, StageContext
 from edgeprune.checkpoint import load_model, parse_input_shape
-from edgeprune.data import DataBundle, load_data
+from edgeprune.data import DataBundle, load_data, parse_normalize
 from edgeprune.errors import OutputExistsError
 from edgeprune.progress import Progress
 
@@ -54,6 +54,13 @@ data_options = compose(
         help="Dataset: 'digits' (built in), an .npz, or a directory (MNIST IDX, CIFAR pickle, ImageFolder).",
     ),
     click.option("--seed", type=int, default=0, show_default=True, help="Seed for data splits, training and sampling."),
+    click.option(
+        "--normalize",
+        "data_normalize",
+        metavar="MEAN,STD",
+        help="Normalise inputs as the model was trained: (x - MEAN) / STD, per channel values separated by '/' "
+        "(e.g. 0.1307,0.3081). Default: .npz as stored, images scaled to [0, 1].",
+    ),
 )
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the machine-readable result on stdout.")
@@ -69,7 +76,7 @@ def load_artifact(kwargs: dict[str, Any], model_path: str | None) -> Artifact:
         trust=kwargs.pop("trust_checkpoint", False),
         input_shape=parse_input_shape(kwargs.pop("input_shape", None)),
     )
-    data = load_data_option(kwargs.get("data"), kwargs.get("seed", 0))
+    data = load_data_option(kwargs.get("data"), kwargs.get("seed", 0), kwargs.pop("data_normalize", None))
     if data is not None:
         data.check_fits(tuple(loaded.example_input.shape))
         with torch.no_grad():
@@ -79,8 +86,10 @@ def load_artifact(kwargs: dict[str, Any], model_path: str | None) -> Artifact:
     return Artifact(model=loaded.model, example_input=loaded.example_input, data=data, meta=loaded.meta)
 
 
-def load_data_option(spec: str | None, seed: int) -> DataBundle | None:
-    return None if spec is None else load_data(spec, seed=seed)
+def load_data_option(spec: str | None, seed: int, normalize: str | None = None) -> DataBundle | None:
+    if spec is None:
+        return None
+    return load_data(spec, seed=seed, normalize=parse_normalize(normalize))
 
 
 def progress_for(ctx: click.Context) -> Progress:

@@ -89,6 +89,7 @@ def compress(
         if art.data is not None:
             art.meta["data"] = art.data.name
             art.meta["test_samples"] = len(art.data.test)
+            art.meta["preprocessing"] = art.data.preprocessing
         report = run_pipeline(art, stage_ctx, chosen)
         files = report.write(work_dir)
     result = report.to_dict()

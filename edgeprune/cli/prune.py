@@ -31,7 +31,7 @@ from edgeprune.prune.pruner import METHODS, PruneOptions
 from edgeprune.prune.schedule import SCORES
 from edgeprune.prune.sensitivity import NORMALIZE, SPATIAL, VARIANTS
 from edgeprune.prune.stage import prune_artifact
-from edgeprune.prune.train import LR_SCHEDULES, OPTIMIZERS, is_main_process
+from edgeprune.prune.train import DEVICES, LR_SCHEDULES, OPTIMIZERS, is_main_process
 
 _DEFAULTS = PruneOptions()
 
@@ -59,7 +59,7 @@ _OPTIONS: list[tuple[str, bool, dict[str, Any]]] = [
         {"type": click.IntRange(1), "help": "Global batch size (split over torchrun processes)."},
     ),
     ("weight_decay", True, {"type": FiniteFloatRange(min=0), "help": "Optimizer weight decay."}),
-    ("lmbda", False, {"type": FiniteFloatRange(min=0), "help": "SeReNe regularisation strength lambda."}),
+    ("lmbda", False, {"type": FiniteFloatRange(min=0), "help": "SeReNe: shrink per epoch (0..1)."}),
     (
         "twt",
         False,
@@ -79,7 +79,11 @@ _OPTIONS: list[tuple[str, bool, dict[str, Any]]] = [
     (
         "normalize",
         True,
-        {"type": click.Choice(NORMALIZE), "help": "Per-group normalisation of sensitivities."},
+        {
+            "type": click.Choice(NORMALIZE),
+            "help": "Per-group normalisation of sensitivities.",
+            "flag": "sensitivity-norm",  # --normalize is the data's (MEAN,STD)
+        },
     ),
     (
         "score",
@@ -102,10 +106,20 @@ _OPTIONS: list[tuple[str, bool, dict[str, Any]]] = [
         "target_macs",
         False,
         {
-            "type": FiniteFloatRange(0, 1, min_open=True, max_open=True),
-            "help": "Stop pruning once MACs fall to this fraction.",
+            "type": FiniteFloatRange(0, min_open=True),
+            "help": "Stop pruning once MACs fall to this fraction (< 1) or count (>= 1, e.g. 2e6).",
         },
     ),
+    (
+        "target_params",
+        False,
+        {
+            "type": FiniteFloatRange(0, min_open=True),
+            "help": "Stop pruning once parameters fall to this fraction (< 1) or count (>= 1).",
+        },
+    ),
+    ("warmup_epochs", True, {"type": click.IntRange(0), "help": "Epochs before pruning; sets the floor."}),
+    ("device", True, {"type": click.Choice(DEVICES), "help": "Train on: auto (a GPU when present), cpu or cuda."}),
     (
         "max_accuracy_drop",
         True,
@@ -127,8 +141,9 @@ _FIELDS = {f.name for f in fields(PruneOptions)}
 
 def _decorators(prefixed: bool) -> Callable:
     options = []
-    for name, generic, kwargs in _OPTIONS:
-        flag = "--" + ("prune-" if prefixed and generic else "") + name.replace("_", "-")
+    for name, generic, declared in _OPTIONS:
+        kwargs = dict(declared)
+        flag = "--" + ("prune-" if prefixed and generic else "") + kwargs.pop("flag", name.replace("_", "-"))
         default = getattr(_DEFAULTS, name)
         text = kwargs["help"]
         if default is not None and "default:" not in text:
@@ -189,6 +204,7 @@ def prune(ctx: click.Context, model: str, output: Path, force: bool, as_json: bo
             f"wrote {output}: {result['channels_kept']}/{result['channels_total']} channels kept, "
             f"validation accuracy {100 * result['val_accuracy_before']:.2f} % -> "
             f"{100 * result['val_accuracy_after']:.2f} %"
+            + (" (ROLLED BACK: the accuracy bound was not met, see the warning)" if result["rolled_back"] else "")
         )
     emit(ctx, result, as_json, summary)
 

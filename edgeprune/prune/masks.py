@@ -41,7 +41,7 @@ class ResolvedSlice:
         """Expand a per-channel vector to a tensor broadcastable against ``self.tensor``
         (1 at positions along ``dim`` the group does not own)."""
         along = torch.ones(self.tensor.shape[self.dim], dtype=self.tensor.dtype, device=self.tensor.device)
-        along[self.flat_index] = values.to(along.dtype)[self.channel_of]
+        along[self.flat_index.to(along.device)] = values.to(along)[self.channel_of.to(along.device)]
         shape = [1] * self.tensor.dim()
         shape[self.dim] = -1
         return along.view(shape)
@@ -51,13 +51,13 @@ class ResolvedSlice:
         dims = [d for d in range(self.tensor.dim()) if d != self.dim]
         magnitude = self.tensor.detach().abs()
         if not dims:  # a 1-D tensor (BN scale): reducing over no dims would reduce over all
-            return magnitude[self.flat_index]
+            return magnitude[self.flat_index.to(magnitude.device)].cpu()
         along = magnitude.amax(dim=dims) if reduce == "maxabs" else magnitude.sum(dim=dims)
-        return along[self.flat_index]
+        return along[self.flat_index.to(along.device)].cpu()
 
     def zero_channels(self, channels: torch.Tensor, extra: Iterable[torch.Tensor] = ()) -> None:
         """Zero the positions owned by ``channels`` in the tensor and in every same-shaped ``extra``."""
-        positions = self.flat_index[torch.isin(self.channel_of, channels)]
+        positions = self.flat_index[torch.isin(self.channel_of, channels.cpu())].to(self.tensor.device)
         if positions.numel() == 0:
             return
         with torch.no_grad():
@@ -117,7 +117,13 @@ class GroupTensors:
     def channel_scores(self, reduce: str = "maxabs") -> torch.Tensor:
         """Per-channel magnitude: the largest |w| over all producer rows ("maxabs", so a channel is
         below T only when *every* producer entry is) or their summed |w| ("l1"), times the largest
-        |BN scale| of the channel when it has one (its effective gain under a BatchNorm)."""
+        |BN scale| of the channel when it has one (its effective gain under a BatchNorm); with
+        "maxabs", a channel under BatchNorm is scored by its largest |BN scale| alone."""
+        if self.scales and reduce == "maxabs":
+            # Under a BatchNorm the conv row's scale is normalised away: the channel's output
+            # varies by gamma * x_hat around its shift, and the shift is what simplify folds when
+            # the channel goes - so |gamma| alone is the size of what pruning removes.
+            return self._reduce(self.scales, "maxabs")
         scores = self._reduce(self.producers, reduce)
         if self.scales:
             scores = scores * self._reduce(self.scales, "maxabs")

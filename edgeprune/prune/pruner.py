@@ -17,13 +17,20 @@ as many channels as the loss bound - and the accuracy floor, with ``max_accuracy
 and the masks pin them at zero. Pruning stops at ``target_sparsity`` (fraction of parameters
 removed once simplified), ``target_macs`` (fraction of MACs remaining) or when only the
 ``finetune_epochs`` of the epoch budget are left; those epochs fine-tune with the masks fixed.
-If the final validation accuracy is below the floor, the last state that met it is restored.
+The first ``warmup_epochs`` train without shrinking or pruning; the accuracy floor
+(``max_accuracy_drop`` points) is then set from the validation accuracy after them. Every
+prune/fine-tune cycle has its own learning-rate cycle (warm-up + cosine). lambda is per epoch
+(what a fully insensitive channel loses in one epoch), so the shrink does not depend on the
+dataset or batch size. If the final validation accuracy is below the floor, the last state that
+met it is restored, a warning goes to stderr and the result says ``rolled_back``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +38,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from edgeprune.data import DataBundle
 from edgeprune.errors import EdgepruneError
@@ -38,10 +46,17 @@ from edgeprune.graph import analyze
 from edgeprune.metrics import evaluate
 from edgeprune.progress import QUIET, Progress
 from edgeprune.prune.masks import ChannelMasks
-from edgeprune.prune.regularizer import SereneRegularizer
+from edgeprune.prune.regularizer import BN_SHRINK, SereneRegularizer
 from edgeprune.prune.schedule import SCORES, PlateauDetector, threshold_search
 from edgeprune.prune.sensitivity import SensitivityConfig
-from edgeprune.prune.train import TrainConfig, fit, make_optimizer
+from edgeprune.prune.train import (
+    TrainConfig,
+    choose_threads,
+    cycle_factor,
+    fit,
+    make_optimizer,
+    resolve_device,
+)
 
 METHODS = ("serene", "l1", "none")
 
@@ -54,22 +69,26 @@ class PruneOptions:
     epochs: int = 40
     lr: float = 0.05
     optimizer: str = "sgd"
-    lr_schedule: str = "constant"
+    lr_schedule: str = "cycle"
     batch_size: int = 64
     weight_decay: float = 0.0
-    lmbda: float = 0.01
+    lmbda: float = 0.35  # per epoch: the fraction a fully insensitive channel loses in one epoch
     twt: float = 0.05
     pwe: int = 0
     sensitivity: str = "lower_bound"
     spatial: str = "mean"
     normalize: str = "group_max"
     target_sparsity: float | None = None
-    target_macs: float | None = None
+    target_macs: float | None = None  # MACs left: a fraction (< 1) or an absolute count (>= 1)
+    target_params: float | None = None  # parameters left: a fraction (< 1) or an absolute count (>= 1)
     max_accuracy_drop: float | None = 1.0
     finetune_epochs: int = 10
     search_evaluations: int = 16
+    bn_shrink: str = "gamma_beta"  # what the SeReNe shrink scales under a BatchNorm (regularizer.BN_SHRINK)
+    warmup_epochs: int = 1  # plain training before the first shrink; the accuracy floor is set after it
     score: str | None = None  # channel score of the threshold search; None: the method's own
     seed: int = 0
+    device: str = "auto"  # auto (a GPU when torch sees one), cpu or cuda
     checkpoint: Path | None = None
     resume: bool = False
 
@@ -78,23 +97,39 @@ class PruneOptions:
             raise EdgepruneError(
                 f"unknown pruning method {self.method!r}", f"choose one of {', '.join(METHODS)}"
             )
-        for name in ("target_sparsity", "target_macs"):
-            value = getattr(self, name)
-            if value is not None and not 0 < value < 1:
-                raise EdgepruneError(
-                    f"{name.replace('_', '-')} must be between 0 and 1 (got {value})",
-                    "give a fraction, e.g. 0.5",
-                )
-        if self.lmbda < 0 or self.twt < 0 or self.pwe < 0 or self.finetune_epochs < 0:
+        if self.target_sparsity is not None and not 0 < self.target_sparsity < 1:
             raise EdgepruneError(
-                "lambda, TWT, PWE and fine-tune epochs must not be negative",
-                "e.g. --lmbda 0.01 --twt 0.05 --pwe 0",
+                f"target-sparsity must be between 0 and 1 (got {self.target_sparsity})",
+                "give a fraction, e.g. 0.5",
+            )
+        for name in ("target_macs", "target_params"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise EdgepruneError(
+                    f"{name.replace('_', '-')} must be positive (got {value})",
+                    "give a fraction of the model (e.g. 0.5) or an absolute count (e.g. 2e6)",
+                )
+        if self.lmbda < 0 or self.twt < 0 or self.pwe < 0 or self.finetune_epochs < 0 or self.warmup_epochs < 0:
+            raise EdgepruneError(
+                "lambda, TWT, PWE, warm-up and fine-tune epochs must not be negative",
+                "e.g. --lmbda 0.2 --twt 0.05 --pwe 0",
+            )
+        if self.lmbda >= 1:
+            raise EdgepruneError(
+                "lambda is the fraction an insensitive channel shrinks per epoch "
+                f"and must be below 1 (got {self.lmbda})",
+                "e.g. --lmbda 0.2",
             )
         if self.score is not None and self.score not in SCORES:
             raise EdgepruneError(
                 f"unknown channel score {self.score!r}", f"choose one of {', '.join(SCORES)}"
             )
         self.sensitivity_config()  # validate the sensitivity settings early
+        if self.bn_shrink not in BN_SHRINK:
+            raise EdgepruneError(
+                f"unknown BatchNorm shrink {self.bn_shrink!r}", f"choose one of {', '.join(BN_SHRINK)}"
+            )
+        resolve_device(self.device)  # refuse an unknown device, or cuda without a GPU, before any work
 
     def sensitivity_config(self) -> SensitivityConfig:
         return SensitivityConfig(
@@ -139,6 +174,9 @@ class PruneResult:
     epochs_run: int
     seconds: float
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    rolled_back: bool = False  # the run ended below the floor and returned its last good state
+    val_reference: float | None = None  # validation accuracy the floor was set from (after warm-up)
+    floor: float | None = None
 
 
 class CostModel:
@@ -164,6 +202,28 @@ class CostModel:
             parameters[n].numel() * m for n, m in self.mac_weight.items() if n in parameters
         )
 
+    def fraction(self, target: float, what: str) -> float:
+        """A budget as a fraction of the dense model: fractions (< 1) as given, counts (>= 1) divided
+        by the dense model's parameters or MACs."""
+        if target < 1:
+            return target
+        return target / max(self.total_params if what == "params" else self.total_macs, 1)
+
+    def channel_cost(self, masks: ChannelMasks) -> dict[Any, float]:
+        """Per group, what one of its channels carries: its share of the parameters plus its share
+        of the MACs, summed over every slice it owns (producer rows, BN entries, consumer columns) -
+        a residual-stream channel spans many layers and so costs many times a leaf channel."""
+        out = {}
+        for g in masks.groups:
+            params = macs = 0.0
+            for s in [*g.weights, *g.biases, *g.consumers]:
+                entries = s.tensor.numel() / max(s.tensor.shape[s.dim], 1) * len(s.flat_index) / max(g.size, 1)
+                if s.name in self.param_names:
+                    params += entries
+                macs += entries * self.mac_weight.get(s.name, 0)
+            out[g.id] = params / max(self.total_params, 1) + macs / max(self.total_macs, 1)
+        return out
+
     def remaining(self, masks: ChannelMasks) -> tuple[float, float]:
         """(fraction of parameters, fraction of MACs) left after simplification."""
         removed = masks.removable_entries()
@@ -172,8 +232,20 @@ class CostModel:
         return 1 - params / max(self.total_params, 1), 1 - macs / max(self.total_macs, 1)
 
 
+def per_step_lambda(lmbda_per_epoch: float, steps_per_epoch: int) -> float:
+    """The per-step shrink rate that compounds to ``lmbda_per_epoch`` over one epoch, so the
+    shrink an epoch applies does not depend on the dataset or batch size."""
+    return 1.0 - (1.0 - lmbda_per_epoch) ** (1.0 / max(steps_per_epoch, 1))
+
+
+def warn(message: str) -> None:
+    """A warning the user must see: on stderr, even under --quiet."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 class _Controller:
-    """The epoch hook: plateau -> threshold search -> masks; stopping; the accuracy floor."""
+    """The epoch hook: warm-up -> (shrink, plateau -> threshold search -> masks)* -> fine-tuning;
+    the learning-rate cycles; stopping; the accuracy floor."""
 
     def __init__(
         self,
@@ -184,33 +256,74 @@ class _Controller:
         options: PruneOptions,
         cost: CostModel,
         regularizer: SereneRegularizer | None,
-        floor: float | None,
+        val_before: dict[str, float],
+        steps_per_epoch: int,
     ) -> None:
         self.model, self.data, self.masks, self.optimizer = model, data, masks, optimizer
-        self.options, self.cost, self.regularizer, self.floor = options, cost, regularizer, floor
+        self.options, self.cost, self.regularizer = options, cost, regularizer
+        self.steps_per_epoch = steps_per_epoch
+        self.lmbda_step = per_step_lambda(options.lmbda, steps_per_epoch)
         self.detector = PlateauDetector(options.pwe)
         self.events: list[PruneEvent] = []
         self.pruning = True
         self.finetune_left = options.finetune_epochs
+        pruning_epochs = options.epochs - options.finetune_epochs
+        # Warm up only when at least one pruning epoch is left after it.
+        self.warmup_left = options.warmup_epochs if pruning_epochs - options.warmup_epochs >= 1 else 0
+        self.reference = val_before["accuracy"]
+        self.floor: float | None = None
+        self._set_floor(self.reference)
+        self.cycle = (0, (self.warmup_left or options.pwe + 1) * steps_per_epoch)
+        if regularizer is not None:
+            regularizer.lmbda = 0.0 if self.warmup_left else self.lmbda_step
         self.good: dict[str, Any] = {}
-        self.remember()  # the starting point meets the accuracy floor by definition
+        self.good_epoch = 0
+        self.remember(0)  # the starting point meets the accuracy floor by definition
 
-    def remember(self) -> None:
+    def _set_floor(self, reference: float) -> None:
+        self.reference = reference
+        if self.options.max_accuracy_drop is not None:
+            self.floor = reference - self.options.max_accuracy_drop / 100
+
+    def lr_factor(self, step: int) -> float:
+        """The LR multiplier of the current cycle (warm-up + cosine, see train.cycle_factor)."""
+        start, length = self.cycle
+        return cycle_factor((step - start) / max(length, 1))
+
+    def _new_cycle(self, epoch: int, epochs: int) -> None:
+        self.cycle = ((epoch + 1) * self.steps_per_epoch, max(epochs, 1) * self.steps_per_epoch)
+
+    def remember(self, epoch: int) -> None:
         """Keep the current weights and masks as the latest state that meets the accuracy floor."""
         self.good = {"model": copy.deepcopy(self.model.state_dict()), "masks": self.masks.state_dict()}
+        self.good_epoch = epoch
 
     def measure(self) -> dict[str, float]:
         return evaluate(self.model, self.data.loader("val", 512))
 
     def after_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
-        last_pruning_epoch = self.options.epochs - self.options.finetune_epochs - 1
+        opts = self.options
+        if self.warmup_left:
+            self.warmup_left -= 1
+            if self.warmup_left == 0:
+                # Re-base: the floor is measured on the model trained at this schedule, not on a
+                # model whose accuracy the schedule itself would move (a swing the search cannot fix).
+                self._set_floor(metrics["accuracy"])
+                self.remember(epoch + 1)
+                if self.regularizer is not None:
+                    self.regularizer.lmbda = self.lmbda_step
+                self._new_cycle(epoch, opts.pwe + 1)
+            return False
+        last_pruning_epoch = opts.epochs - opts.finetune_epochs - 1
         if self.pruning and self.detector.update(metrics["loss"], self.model):
             self._prune(epoch)
             metrics = self.measure()
+            self._new_cycle(epoch, opts.pwe + 1)
         if self.floor is None or metrics["accuracy"] >= self.floor:
-            self.remember()
+            self.remember(epoch + 1)
         if self.pruning and (epoch >= last_pruning_epoch or self._target_reached()):
             self._stop_pruning()
+            self._new_cycle(epoch, self.finetune_left)
             return self.finetune_left == 0
         if not self.pruning:
             self.finetune_left -= 1
@@ -221,7 +334,13 @@ class _Controller:
         opts = self.options
         score = opts.score or ("maxabs_relative" if opts.method == "serene" else "l1_relative")
         result = threshold_search(
-            self.masks, self.measure, opts.twt, score, opts.search_evaluations, self.floor
+            self.masks,
+            self.measure,
+            opts.twt,
+            score,
+            opts.search_evaluations,
+            self.floor,
+            cost=self.cost.channel_cost(self.masks),
         )
         self.masks.apply(self.optimizer)
         params, macs = self.cost.remaining(self.masks)
@@ -242,8 +361,10 @@ class _Controller:
     def _target_reached(self) -> bool:
         params, macs = self.cost.remaining(self.masks)
         opts = self.options
-        return (opts.target_sparsity is not None and 1 - params >= opts.target_sparsity) or (
-            opts.target_macs is not None and macs <= opts.target_macs
+        return (
+            (opts.target_sparsity is not None and 1 - params >= opts.target_sparsity)
+            or (opts.target_macs is not None and macs <= self.cost.fraction(opts.target_macs, "macs"))
+            or (opts.target_params is not None and params <= self.cost.fraction(opts.target_params, "params"))
         )
 
     def _stop_pruning(self) -> None:
@@ -260,7 +381,11 @@ class _Controller:
             "detector": self.detector.state_dict(),
             "pruning": self.pruning,
             "finetune_left": self.finetune_left,
+            "warmup_left": self.warmup_left,
+            "reference": self.reference,
+            "cycle": self.cycle,
             "good": self.good,
+            "good_epoch": self.good_epoch,
             "events": [e.__dict__ for e in self.events],
             "lmbda": self.regularizer.lmbda if self.regularizer is not None else 0.0,
         }
@@ -268,6 +393,8 @@ class _Controller:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.detector.load_state_dict(state["detector"])
         self.pruning, self.finetune_left, self.good = state["pruning"], state["finetune_left"], state["good"]
+        self.warmup_left, self.cycle, self.good_epoch = state["warmup_left"], tuple(state["cycle"]), state["good_epoch"]
+        self._set_floor(state["reference"])
         self.events = [PruneEvent(**e) for e in state["events"]]
         if self.regularizer is not None:
             self.regularizer.lmbda = state["lmbda"]
@@ -280,9 +407,43 @@ def prune_model(
     options: PruneOptions,
     progress: Progress = QUIET,
 ) -> PruneResult:
-    """Prune ``model`` in place with ``options.method`` (see the module docstring)."""
+    """Prune ``model`` in place with ``options.method`` (see the module docstring).
+
+    Training runs on ``options.device`` with the intra-op thread count of
+    :func:`~edgeprune.prune.train.choose_threads`; the model is handed back on the CPU.
+    """
+    device = resolve_device(options.device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(choose_threads())
+    try:
+        return _prune_model(model, example_input, data, options, progress, device)
+    finally:
+        torch.set_num_threads(threads)
+        model.to("cpu")
+
+
+def _on_device(data: DataBundle, device: torch.device) -> DataBundle:
+    if device.type == "cpu":
+        return data
+
+    def move(split: TensorDataset) -> TensorDataset:
+        return TensorDataset(*(t.to(device) for t in split.tensors))
+
+    return dataclasses.replace(data, train=move(data.train), val=move(data.val), test=move(data.test))
+
+
+def _prune_model(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    data: DataBundle,
+    options: PruneOptions,
+    progress: Progress,
+    device: torch.device,
+) -> PruneResult:
     start = time.perf_counter()
     graph = analyze(model, example_input)
+    model.to(device)
+    data = _on_device(data, device)
     groups = graph.prunable_groups()
     if not groups:
         raise EdgepruneError(
@@ -294,22 +455,35 @@ def prune_model(
     masks.mark_dead()
     cost = CostModel(model, graph)
     val_before = evaluate(model, data.loader("val", 512))
-    floor = None
-    if options.max_accuracy_drop is not None:
-        floor = val_before["accuracy"] - options.max_accuracy_drop / 100
+    chance = 1.0 / max(data.num_classes, 2)
+    if val_before["accuracy"] < 1.5 * chance:
+        warn(
+            f"the model scores {100 * val_before['accuracy']:.1f} % on the validation data at load, "
+            f"near chance ({100 * chance:.1f} %): is the data preprocessed as in its training? "
+            "pass --normalize MEAN,STD if the model was trained on standardised inputs"
+        )
     cfg = options.train_config()
     torch.manual_seed(options.seed)
     optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = sum(1 for _ in range(0, len(data.train), cfg.batch_size))
     regularizer = None
     if options.method == "serene":
         regularizer = SereneRegularizer(
-            model, masks, options.lmbda, options.sensitivity_config(), optimizer=optimizer
+            model,
+            masks,
+            options.lmbda,
+            options.sensitivity_config(),
+            optimizer=optimizer,
+            bn_shrink=options.bn_shrink,
         )
-    controller = _Controller(model, data, masks, optimizer, options, cost, regularizer, floor)
+    controller = _Controller(
+        model, data, masks, optimizer, options, cost, regularizer, val_before, steps_per_epoch
+    )
     hooks: dict[str, Any] = {
         "step_hooks": (regularizer.shrink,) if regularizer else (lambda: masks.apply(optimizer),),
         "output_hooks": (regularizer.observe,) if regularizer else (),
         "epoch_hooks": (controller.after_epoch,),
+        "lr_factor": controller.lr_factor if options.lr_schedule == "cycle" else None,
     }
     state = {"masks": masks, "controller": controller}
     with regularizer if regularizer is not None else contextlib.nullcontext():
@@ -325,9 +499,20 @@ def prune_model(
             **hooks,
         )
     val_after = evaluate(model, data.loader("val", 512))
+    floor = controller.floor
+    rolled_back = False
     if floor is not None and val_after["accuracy"] < floor:
+        ended = val_after["accuracy"]
         controller.restore_good()
         val_after = evaluate(model, data.loader("val", 512))
+        rolled_back = True
+        warn(
+            f"pruning ended at {100 * ended:.2f} % validation accuracy, below the floor of "
+            f"{100 * floor:.2f} % ({options.max_accuracy_drop} points under {100 * controller.reference:.2f} %); "
+            f"rolled back to the state after epoch {controller.good_epoch} "
+            f"({masks.total_channels() - masks.total_kept()} channels removed). "
+            "Give more epochs, a smaller --lmbda/--twt or a larger --max-accuracy-drop"
+        )
     masks.apply()
     params, macs = cost.remaining(masks)
     rows = [
@@ -352,4 +537,7 @@ def prune_model(
         epochs_run=len(history),
         seconds=time.perf_counter() - start,
         masks={str(k): v.clone() for k, v in masks.keep.items()},
+        rolled_back=rolled_back,
+        val_reference=controller.reference,
+        floor=floor,
     )

@@ -7,14 +7,15 @@ PWE = 0, after every epoch - it restores the best snapshot, resets itself and fi
 regulariser makes the loss creep up, so "fires" reads "the shrink has cost more than 1 % for PWE
 epochs: time to cut what it has shrunk".
 
-The threshold search then finds the largest threshold T such that pruning every channel whose
-score (by default the largest |w| over *all* its producer entries) is below T keeps the validation
-loss <= (1 + TWT) * current loss. Channels, not parameters, are thresholded, so everything pruned
-is removable by simplify. The search bisects over the number of channels in ascending score
-order - the same search as bisecting T over the sorted scores, but exact and bounded by
-log2(#channels) + 1 evaluations (capped by ``max_evaluations``); only counts that were *measured*
-within the bound are ever accepted, so the bound holds even where the loss is not monotone in T.
-At least one channel of every group is always kept.
+The threshold search (TWT) then removes channels while the validation loss stays
+<= (1 + TWT) * current loss (and the accuracy floor holds). Channels, not parameters, are
+removed, so everything pruned is removable by simplify. Candidates are ranked by score (by
+default the largest |w| of the channel relative to its group) per cost (the parameters and MACs
+the channel carries in every layer it spans), and a greedy walk with galloping and bisection
+accepts the longest acceptable runs, closing a group whose next channel breaks the bound and
+moving on with the others (see :func:`threshold_search`); the number of evaluations is capped
+by ``max_evaluations``. Only measured states are ever accepted, so the bound holds even where
+the loss is not monotone. At least one channel of every group is always kept.
 """
 
 from __future__ import annotations
@@ -118,8 +119,9 @@ def threshold_search(
     score: str = "maxabs",
     max_evaluations: int = 16,
     min_accuracy: float | None = None,
+    cost: dict[Any, float] | None = None,
 ) -> ThresholdResult:
-    """Find and mark (in ``masks``) the largest set of low-score channels within the loss bound.
+    """Find and mark (in ``masks``) a large set of low-score channels within the loss bound.
 
     ``measure()`` returns the validation {"loss", "accuracy"} of the model as it currently is;
     candidate prunings are tried in place and undone. With ``min_accuracy`` a candidate must also
@@ -127,61 +129,82 @@ def threshold_search(
     model below it, at or above the current accuracy (pruning may then remove only what costs
     nothing; fine-tuning is what recovers the rest). Weights are left as found: the caller applies
     the masks (to weights and optimizer state) afterwards.
+
+    The search is a greedy walk over the candidates ranked by score per cost (``cost``: what one
+    channel of a group carries - parameters and MACs over every layer it spans; without it every
+    channel costs 1). Each round gallops (1, 2, 4, ... more candidates on top of what is already
+    accepted) and bisects to the longest acceptable run; the candidate that broke the bound is
+    the "blocker": its group is closed (its remaining channels score higher still) and the walk
+    moves on with the other groups. One channel that hurts - say, of a residual stream shared by
+    eight layers - therefore costs one round instead of stopping the search, which is what the
+    earlier "first k of one global list" search did. Only measured states are ever accepted.
     """
     base = measure()
     bound = base["loss"] * (1 + twt)
     if min_accuracy is not None:
         min_accuracy = min(min_accuracy, base["accuracy"])
     candidates = channel_candidates(masks, score)
+    if cost is not None:
+        candidates.sort(key=lambda t: (t[0] / max(cost.get(t[1], 1.0), 1e-12), str(t[1]), t[2]))
     backups = {s.name: s.tensor.detach().clone() for g in masks.groups for s in g.weights}
     tensors = {s.name: s.tensor for g in masks.groups for s in g.weights}
+    groups = {g.id: g for g in masks.groups}
     evaluations = 0
-    losses = {0: base["loss"]}
+    accepted: list[tuple[float, Any, int]] = []
+    loss_after = base["loss"]
 
-    def acceptable(k: int) -> bool:
+    def trial(extra: list[tuple[float, Any, int]]) -> tuple[bool, float]:
         nonlocal evaluations
         by_group: dict[Any, list[int]] = {}
-        for _, gid, c in candidates[:k]:
+        for _, gid, c in [*accepted, *extra]:
             by_group.setdefault(gid, []).append(c)
-        for g in masks.groups:
-            if g.id in by_group:
-                for s in g.weights:
-                    s.zero_channels(torch.tensor(by_group[g.id]))
+        for gid, channels in by_group.items():
+            for s in groups[gid].weights:
+                s.zero_channels(torch.tensor(channels))
         result = measure()
         with torch.no_grad():
             for name, saved in backups.items():
                 tensors[name].copy_(saved)
         evaluations += 1
-        losses[k] = result["loss"]
-        return result["loss"] <= bound and (min_accuracy is None or result["accuracy"] >= min_accuracy)
+        ok = result["loss"] <= bound and (min_accuracy is None or result["accuracy"] >= min_accuracy)
+        return ok, result["loss"]
 
-    lo, hi = 0, len(candidates) + 1
-    if candidates and evaluations < max_evaluations:
-        if acceptable(len(candidates)):
-            lo = len(candidates)
-        else:
-            hi = len(candidates)
-    while hi - lo > 1 and evaluations < max_evaluations:
-        mid = (lo + hi) // 2
-        if acceptable(mid):
-            lo = mid
-        else:
-            hi = mid
+    remaining = candidates
+    while remaining and evaluations < max_evaluations:
+        # Gallop: the longest prefix of `remaining` known to be acceptable (lo) and one known not (hi).
+        lo, hi, lo_loss, step = 0, None, loss_after, 1
+        while evaluations < max_evaluations:
+            k = min(step, len(remaining))
+            ok, loss = trial(remaining[:k])
+            if not ok:
+                hi = k
+                break
+            lo, lo_loss = k, loss
+            if k == len(remaining):
+                break
+            step *= 2
+        while hi is not None and hi - lo > 1 and evaluations < max_evaluations:
+            mid = (lo + hi) // 2
+            ok, loss = trial(remaining[:mid])
+            if ok:
+                lo, lo_loss = mid, loss
+            else:
+                hi = mid
+        accepted += remaining[:lo]
+        loss_after = lo_loss
+        if hi is None or hi - lo > 1:  # everything fitted, or out of evaluations mid-bisection
+            break
+        blocked = remaining[lo][1]
+        remaining = [t for t in remaining[lo + 1 :] if t[1] != blocked]
     pruned: dict[Any, list[int]] = {}
-    for _, gid, c in candidates[:lo]:
+    for _, gid, c in accepted:
         pruned.setdefault(gid, []).append(c)
     for gid, channels in pruned.items():
         masks.prune(gid, torch.tensor(channels))
-    if lo == 0:
-        threshold = 0.0
-    elif lo < len(candidates):
-        threshold = 0.5 * (candidates[lo - 1][0] + candidates[lo][0])
-    else:
-        threshold = candidates[-1][0]
     return ThresholdResult(
-        threshold=threshold,
+        threshold=max((t[0] for t in accepted), default=0.0),
         loss_before=base["loss"],
-        loss_after=losses[lo],
+        loss_after=loss_after,
         bound=bound,
         evaluations=evaluations,
         pruned={k: torch.tensor(v) for k, v in pruned.items()},

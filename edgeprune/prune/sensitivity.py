@@ -277,7 +277,7 @@ class SensitivityProbe:
         for g in self.groups:
             s = torch.zeros(g.size)
             for site in self.sites[g.id]:
-                values = site_sums[site.module][site.index].float() / max(count, 1)
+                values = site_sums[site.module].cpu()[site.index].float() / max(count, 1)
                 s.scatter_reduce_(0, site.channels, values, reduce="amax")
             if self.config.normalize == "group_max":
                 peak = s.max()

@@ -3,11 +3,12 @@
 #   openssh-server - a throw-away sshd on 127.0.0.1 drives the SSH transport end to end;
 #   adb            - the real adb client/server talks to tests/support/adb_peer.py (Debian has no adbd);
 #   chromium       - headless, renders report.html in tests/test_report.py (tables and embedded plots).
+#   dataset-fashion-mnist - /usr/share/datasets/fashion-mnist for benchmarks/bench_prune.py.
 # Idempotent: installs only what is missing. Without root (or without apt-get) it says what to
 # install by hand and exits 0, so a developer machine is never half-configured by surprise.
 set -euo pipefail
 
-packages=(openssh-server adb chromium)
+packages=(openssh-server adb chromium dataset-fashion-mnist)
 missing=()
 for pkg in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
