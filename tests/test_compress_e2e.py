@@ -22,7 +22,7 @@ def test_compress_example_writes_every_artefact_with_real_numbers(tmp_path, runn
     assert result.exit_code == 0, result.output
     assert EXPECTED_FILES <= {p.name for p in out.iterdir()}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "work directory left behind"
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)  # stderr may carry warnings
     assert report == json.loads((out / "report.json").read_text()) | {
         "output_dir": str(out), "report_files": report["report_files"]}
     stages = {s["name"]: s for s in report["stages"]}

@@ -72,7 +72,7 @@ class PruneOptions:
     lr_schedule: str = "cycle"
     batch_size: int = 64
     weight_decay: float = 0.0
-    lmbda: float = 0.35  # per epoch: the fraction a fully insensitive channel loses in one epoch
+    lmbda: float = 0.2  # per epoch: the fraction a fully insensitive channel loses in one epoch
     twt: float = 0.05
     pwe: int = 0
     sensitivity: str = "lower_bound"
