@@ -27,7 +27,7 @@ def trained_resnet(digits):
 @pytest.mark.parametrize("method", ["serene", "l1"])
 def test_short_run_on_a_bn_resnet_removes_channels_within_the_bound(trained_resnet, digits, method):
     model = copy.deepcopy(trained_resnet)
-    options = PruneOptions(method=method, epochs=4, finetune_epochs=1, twt=0.1, max_accuracy_drop=1.0)
+    options = PruneOptions(method=method, epochs=4, finetune_epochs=1, twt=0.1, max_accuracy_drop=1.0, lmbda=0.35)
     result = prune_model(model, torch.zeros(1, 1, 8, 8), digits, options)
     removed = sum(row["removed"] for row in result.groups)
     assert removed > 0.03 * sum(row["channels"] for row in result.groups)

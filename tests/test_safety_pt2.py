@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from edgeprune import models
 from edgeprune.checkpoint import load_model, save_model
@@ -150,13 +151,23 @@ def test_plain_archives_still_load(pt2):
     assert load_model(pt2).example_input.shape == (1, 1, 8, 8)
 
 
-def test_static_batch_program_is_one_line(runner, cli, tmp_path):
-    program = torch.export.export(models.lenet5(input_size=8).eval(), (torch.zeros(1, 1, 8, 8),))
+def test_a_graph_that_only_takes_its_traced_batch_is_one_line(runner, cli, tmp_path):
+    """A static batch is re-exported dynamic (tests/test_pt2_inputs.py); a graph that hard-codes it is refused."""
+
+    class FixedBatch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.reshape(1, 64))
+
+    program = torch.export.export(FixedBatch().eval(), (torch.zeros(1, 1, 8, 8),))
     path = tmp_path / "static.pt2"
     torch.export.save(program, path)
-    with pytest.raises(CheckpointError, match="fixed batch size"):
+    with pytest.raises(CheckpointError, match="fixed batch"):
         load_model(path)
     for command, extra in (("prune", ["--data", "digits"]), ("simplify", [])):
         out = tmp_path / f"out-{command}"
         result = runner.invoke(cli, [command, str(path), *extra, "-o", str(out)])
-        assert result.exit_code == 2 and "fixed batch size" in result.output and not out.exists()
+        assert result.exit_code == 2 and "fixed batch" in result.output and not out.exists()

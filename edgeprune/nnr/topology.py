@@ -279,7 +279,7 @@ def build_module(record: Any, state: Mapping[str, np.ndarray], input_shape: tupl
     root = nn.Module()
     buffer_set = set(buffers)
     for name, array in state.items():
-        _install(root, name, torch.from_numpy(np.ascontiguousarray(array)), parameter=name not in buffer_set)
+        _install(root, name, torch.from_numpy(np.array(array, copy=True, order="C")), parameter=name not in buffer_set)
     const_values = [_decode_const(c, i) for i, c in enumerate(consts)]
     for i, tensor in enumerate(const_values):
         root.register_buffer(f"_nnr_const{i}", tensor, persistent=False)
