@@ -454,6 +454,7 @@ def run_stage(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     if allocation is not None:
         result.update(allocation_bits_per_weight=round(allocation.bits_per_weight, 4),
                       allocation_sensitivity=allocation.sensitivity, allocation_trials=allocation.trials,
+                      allocation_budget_met=allocation.budget_met,
                       allocation_agreement=allocation.agreement,
                       max_abs_level=int(max((int(np.abs(t.levels).max()) for t in quant.tensors.values()), default=0)))
     if art.data is not None:

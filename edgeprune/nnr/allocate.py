@@ -193,6 +193,7 @@ class Int8Allocation:
     reference_accuracy: float | None
     sensitivity: str                     # "fisher" (data) or "uniform" (no data: one step for all tensors)
     trials: int
+    budget_met: bool = True              # False: even max-abs INT8 misses the budget; the finest grid is kept
 
 
 def int8_scales(weight: np.ndarray, step: float | None) -> np.ndarray:
@@ -312,8 +313,10 @@ def allocate_int8(model: nn.Module, names: list[str], data,  # noqa: ANN001 - Da
         if not check(lo):
             lo, hi = lo - INT8_SEARCH_SPAN, lo
             if not check(lo):
-                raise EdgepruneError(f"INT8 weights lose more than {target_accuracy_drop} points even at the "
-                                     "finest grid", "raise --target-accuracy-drop or use --weight-quant maxabs")
+                # Even the finest INT8 grid (max|w_c|/127 everywhere) misses the budget: keep it - no INT8
+                # levels do better - and say so instead of failing the pipeline.
+                return Int8Allocation(at(lo), results[lo][0], results[lo][1], reference, "fisher", trials,
+                                      budget_met=False)
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if check(mid) else (lo, mid)
