@@ -29,6 +29,14 @@ def trained_lenet5(digits):
     return build_example("lenet5", seed=0)
 
 
+@pytest.fixture(scope="session")
+def example_normalize() -> str:
+    """The ``--normalize`` value that feeds ``--data digits`` to the example models as they were trained
+    (the examples standardise with the training split's statistics; the CLI passes data as given)."""
+    x = load_data("digits", seed=0).train.tensors[0]
+    return f"{float(x.mean()):.9g},{float(x.std(unbiased=False)) + 1e-6:.9g}"
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()

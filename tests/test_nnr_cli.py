@@ -76,8 +76,10 @@ def test_int8_mode_codes_exactly_the_deploy_levels(runner, cli, lenet_file, tmp_
         np.testing.assert_array_equal(levels[name], q.levels)
 
 
-def test_accuracy_budget_beats_nncodecs_default_qp_by_half(runner, cli, lenet_file, trained_lenet5, tmp_path):
+def test_accuracy_budget_beats_nncodecs_default_qp_by_half(runner, cli, lenet_file, trained_lenet5, example_normalize,
+                                                           tmp_path):
     budget = invoke_json(runner, cli, ["encode", str(lenet_file), "--target-accuracy-drop", "0.5", "--data", "digits",
+                                       "--normalize", example_normalize,
                                        "-o", str(tmp_path / "b.nnr")])
     default = invoke_json(runner, cli, ["encode", str(lenet_file), "--qp", "-38", "-o", str(tmp_path / "d.nnr")])
     assert budget["weight_bytes"] <= 0.5 * default["weight_bytes"]

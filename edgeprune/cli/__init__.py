@@ -58,6 +58,21 @@ def _terminate(signum: int, frame: object) -> None:
 class _Group(click.Group):
     """Turns user errors into one line and exit status 2; tracebacks only with --debug."""
 
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # noqa: ANN401 - click's
+        """Usage errors (a bad option value, a missing argument) as one ``error:`` line, not a help panel."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if getattr(exc, "ctx", None) else ""
+            click.echo(f"error: {exc.format_message()}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("interrupted: no partial output was left behind", err=True)
+            sys.exit(128 + signal.SIGINT)
+        sys.exit(result if isinstance(result, int) else 0)
+
     def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
         try:
             return super().invoke(ctx)

@@ -157,16 +157,11 @@ def usable_cpus() -> int:
 
 
 def choose_threads() -> int:
-    """Intra-op threads for training: one per usable CPU, but a single one when the machine is
-    already busier than those CPUs. OpenMP workers spin while they wait for each other; with the
-    CPUs taken by other processes every parallel region then waits for a descheduled thread - the
-    prune stage of `compress --example` went from 5 s idle to 285 s under load with 2 threads."""
-    cpus = usable_cpus()
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = 0.0
-    return 1 if load > cpus else cpus
+    """Intra-op threads for training: one per CPU this process may use.
+
+    Not reduced when the machine is busy: the thread count changes the order of floating-point
+    reductions, so a load-dependent choice made two runs with the same seed prune differently."""
+    return usable_cpus()
 
 
 def init_distributed(backend: str = "gloo") -> tuple[int, int]:
