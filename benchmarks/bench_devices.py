@@ -91,18 +91,28 @@ def measure(files: dict[str, Path], runs: int, repeats: int, ssh_profile) -> lis
     rows = []
     for k in FILES:
         d, p = statistics.median(device[k]), statistics.median(in_process[k])
-        rows.append({"file": k, "runtime": runtime[k], "device_ms": d, "device_min": min(device[k]),
-                     "device_max": max(device[k]), "spread": spread(device[k]), "in_process_ms": p,
-                     "in_process_spread": spread(in_process[k]), "ratio": d / p,
-                     "ssh_ms": statistics.median(over_ssh[k]) if over_ssh[k] else None,
-                     "ssh_ratio": statistics.median(over_ssh[k]) / d if over_ssh[k] else None})
+        rows.append(
+            {
+                "file": k,
+                "runtime": runtime[k],
+                "device_ms": d,
+                "device_min": min(device[k]),
+                "device_max": max(device[k]),
+                "spread": spread(device[k]),
+                "in_process_ms": p,
+                "in_process_spread": spread(in_process[k]),
+                "ratio": d / p,
+                "ssh_ms": statistics.median(over_ssh[k]) if over_ssh[k] else None,
+                "ssh_ratio": statistics.median(over_ssh[k]) / d if over_ssh[k] else None,
+            }
+        )
     return rows
 
 
-def markdown(results: dict[str, list[dict]], runs: int, repeats: int, command: str, seconds: float,
-             ssh: bool) -> str:
+def markdown(results: dict[str, list[dict]], runs: int, repeats: int, command: str, seconds: float, ssh: bool) -> str:
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs, Python "
         f"{platform.python_version()}; {date.today().isoformat()}; command: `{command}` ({seconds:.0f} s).",
         "",
@@ -121,9 +131,11 @@ def markdown(results: dict[str, list[dict]], runs: int, repeats: int, command: s
         for r in rows:
             ssh_ms = "-" if r["ssh_ms"] is None else f"{r['ssh_ms']:.4f}"
             ssh_ratio = "-" if r["ssh_ratio"] is None else f"{r['ssh_ratio']:.2f}"
-            lines.append(f"| {model} | {r['file']} | {r['runtime']} | {r['device_ms']:.4f} "
-                         f"({r['device_min']:.4f}-{r['device_max']:.4f}) | {100 * r['spread']:.1f} % "
-                         f"| {r['in_process_ms']:.4f} | {r['ratio']:.2f} | {ssh_ms} | {ssh_ratio} |")
+            lines.append(
+                f"| {model} | {r['file']} | {r['runtime']} | {r['device_ms']:.4f} "
+                f"({r['device_min']:.4f}-{r['device_max']:.4f}) | {100 * r['spread']:.1f} % "
+                f"| {r['in_process_ms']:.4f} | {r['ratio']:.2f} | {ssh_ms} | {ssh_ratio} |"
+            )
     spreads = [r["spread"] for rows in results.values() for r in rows]
     ratios = [r["ratio"] for rows in results.values() for r in rows]
     lines += [
@@ -131,9 +143,12 @@ def markdown(results: dict[str, list[dict]], runs: int, repeats: int, command: s
         f"Across all files the device path's repeat-to-repeat spread is {100 * min(spreads):.1f}-"
         f"{100 * max(spreads):.1f} % (median {100 * statistics.median(spreads):.1f} %) and its median is "
         f"{min(ratios):.2f}-{max(ratios):.2f}x the in-process number"
-        + (": within 10 %, so the transport adds start-up time (reported separately as init_ms) but leaves "
-           "the per-inference latency alone." if all(0.9 <= r <= 1.1 for r in ratios) else
-           ": some files differ by more than 10 % between the paths; see the spread column for the noise.")
+        + (
+            ": within 10 %, so the transport adds start-up time (reported separately as init_ms) but leaves "
+            "the per-inference latency alone."
+            if all(0.9 <= r <= 1.1 for r in ratios)
+            else ": some files differ by more than 10 % between the paths; see the spread column for the noise."
+        )
         + " These are sub-0.1 ms models on a shared x86 VM: compare ratios, not absolute "
         "microseconds, and re-run on the target itself (`edgeprune bench --target rpi3`) for real device "
         "numbers. `sudo tools/emulated-pi.sh MODEL...` runs the harness in a Debian arm64 rootfs under "

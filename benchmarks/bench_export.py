@@ -62,8 +62,9 @@ def upsampled_digits(side: int) -> DataBundle:
         x, y = ds.tensors
         return TensorDataset(F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False), y)
 
-    return replace(digits, name=f"digits{side}", train=resize(digits.train), val=resize(digits.val),
-                   test=resize(digits.test))
+    return replace(
+        digits, name=f"digits{side}", train=resize(digits.train), val=resize(digits.val), test=resize(digits.test)
+    )
 
 
 def trained(model: nn.Module, data: DataBundle, epochs: int) -> Artifact:
@@ -74,6 +75,7 @@ def trained(model: nn.Module, data: DataBundle, epochs: int) -> Artifact:
 
 def channel_reduced_lenet5(dense: LeNet5, data: DataBundle, keep: float = 0.5, epochs: int = 3) -> Artifact:
     """LeNet-5 with the ``keep`` share of conv1/conv2/fc1 channels of largest L1 norm, fine-tuned."""
+
     def top(weight: torch.Tensor) -> torch.Tensor:
         n = max(1, round(keep * weight.shape[0]))
         return weight.abs().flatten(1).sum(1).topk(n).indices.sort().values
@@ -170,31 +172,48 @@ def bench_model(name: str, art: Artifact, runs: int, out_dir: Path) -> list[dict
         ("LiteRT XNNPACK", _litert_runner, "tflite", "litert"),
     ):
         fp32_row, int8_row = files[f"{row_prefix}_fp32"], files[f"{row_prefix}_int8"]
-        t_fp32, t_int8 = paired_medians(runner(art.files[f"{file_prefix}_fp32"], x),
-                                        runner(art.files[f"{file_prefix}_int8"], x), runs)
-        rows.append({
-            "model": name, "params": params, "macs": macs, "runtime": runtime,
-            "fp32_us": t_fp32, "int8_us": t_int8, "speedup": t_fp32 / t_int8,
-            "torch_acc": fp32_accuracy, "fp32_acc": fp32_row["accuracy"], "int8_acc": int8_row["accuracy"],
-            "fp32_kib": fp32_row["size_bytes"] / 1024, "int8_kib": int8_row["size_bytes"] / 1024,
-            "max_diff_fp32": fp32_row["max_abs_diff"], "mismatches": int8_row["weight_mismatches"],
-        })
-        print(f"{name:<18} {runtime:<16} fp32 {t_fp32:8.1f} us  int8 {t_int8:8.1f} us  x{t_fp32 / t_int8:.2f}  "
-              f"acc {100 * fp32_row['accuracy']:.2f} -> {100 * int8_row['accuracy']:.2f} %  "
-              f"mismatches {int8_row['weight_mismatches']}", flush=True)
+        t_fp32, t_int8 = paired_medians(
+            runner(art.files[f"{file_prefix}_fp32"], x), runner(art.files[f"{file_prefix}_int8"], x), runs
+        )
+        rows.append(
+            {
+                "model": name,
+                "params": params,
+                "macs": macs,
+                "runtime": runtime,
+                "fp32_us": t_fp32,
+                "int8_us": t_int8,
+                "speedup": t_fp32 / t_int8,
+                "torch_acc": fp32_accuracy,
+                "fp32_acc": fp32_row["accuracy"],
+                "int8_acc": int8_row["accuracy"],
+                "fp32_kib": fp32_row["size_bytes"] / 1024,
+                "int8_kib": int8_row["size_bytes"] / 1024,
+                "max_diff_fp32": fp32_row["max_abs_diff"],
+                "mismatches": int8_row["weight_mismatches"],
+            }
+        )
+        print(
+            f"{name:<18} {runtime:<16} fp32 {t_fp32:8.1f} us  int8 {t_int8:8.1f} us  x{t_fp32 / t_int8:.2f}  "
+            f"acc {100 * fp32_row['accuracy']:.2f} -> {100 * int8_row['accuracy']:.2f} %  "
+            f"mismatches {int8_row['weight_mismatches']}",
+            flush=True,
+        )
     return rows
 
 
 def markdown(rows: list[dict], runs: int, command: str) -> str:
     n_test = 359
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared VM), Python {platform.python_version()}, "
         f"torch {torch.__version__}; date {date.today().isoformat()}; command `{command}`.",
         f"Latency: batch 1, 1 thread, median of {runs} runs per file after warm-up, fp32 and INT8 timed in "
         f"{BLOCKS} alternating blocks in the same process. Accuracy: top-1 on the {n_test} held-out test digits "
         "in each runtime (torch fp32 in brackets). Mismatches: INT8 weight levels in the file that differ from "
-        "the quantize stage's (target 0).", "",
+        "the quantize stage's (target 0).",
+        "",
         "| model | params | MACs | runtime | fp32 µs | INT8 µs | INT8 speed-up | acc fp32 (torch) | acc INT8 "
         "| Δ acc (pts) | size fp32 → INT8 KiB | fp32 max abs diff | mismatches |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -205,7 +224,8 @@ def markdown(rows: list[dict], runs: int, command: str) -> str:
             f"{r['int8_us']:.1f} | **{r['speedup']:.2f}×** | {100 * r['fp32_acc']:.2f} % "
             f"({100 * r['torch_acc']:.2f} %) | {100 * r['int8_acc']:.2f} % | "
             f"{100 * (r['int8_acc'] - r['fp32_acc']):+.2f} | {r['fp32_kib']:.1f} → {r['int8_kib']:.1f} | "
-            f"{r['max_diff_fp32']:.1e} | {r['mismatches']} |")
+            f"{r['max_diff_fp32']:.1e} | {r['mismatches']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -59,8 +59,12 @@ def oracle(ops: list[dict]) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         req, resp = Path(tmp) / "req.json", Path(tmp) / "resp.json"
         req.write_text(json.dumps(ops))
-        subprocess.run([str(VENV_PYTHON), str(ORACLE), str(req), str(resp)], check=True, cwd=tmp,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+        subprocess.run(
+            [str(VENV_PYTHON), str(ORACLE), str(req), str(resp)],
+            check=True,
+            cwd=tmp,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         return json.loads(resp.read_text())
 
 
@@ -99,8 +103,10 @@ def pruned_lenet(dense):  # noqa: ANN001 - Artifact
 
     art = copy.deepcopy(dense)
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = StageContext(out_dir=Path(tmp), options={"prune": PruneOptions(method="l1", epochs=6, finetune_epochs=2,
-                                                                             target_sparsity=0.6)})
+        ctx = StageContext(
+            out_dir=Path(tmp),
+            options={"prune": PruneOptions(method="l1", epochs=6, finetune_epochs=2, target_sparsity=0.6)},
+        )
         prune_run(art, ctx)
         simplify_run(art, ctx)
     return art
@@ -110,8 +116,14 @@ def same_qp_rows(name: str, model, data) -> list[dict]:  # noqa: ANN001
     params = float_params(model)
     qps = (-38, -30, -22)
     nonweight = -75
-    ops = [{"op": "compress", "params": {k: arr(v) for k, v in params.items()},
-            "kwargs": {"qp": qp, "nonweight_qp": nonweight}} for qp in qps]
+    ops = [
+        {
+            "op": "compress",
+            "params": {k: arr(v) for k, v in params.items()},
+            "kwargs": {"qp": qp, "nonweight_qp": nonweight},
+        }
+        for qp in qps
+    ]
     theirs = oracle(ops)
     rows = []
     for qp, r in zip(qps, theirs, strict=True):
@@ -128,22 +140,29 @@ def same_qp_rows(name: str, model, data) -> list[dict]:  # noqa: ANN001
         if data is not None:
             candidate = load_decoded(copy.deepcopy(model), _with_ints(decode_stream(fast.data), model))
             acc = evaluate(candidate, data.loader("test", 256))["accuracy"]
-        rows.append({
-            "model": name, "qp": qp, "nncodec_bytes": len(stream), "nncodec_ndu_bytes": ndu_bytes(stream),
-            "edgeprune_same_opts_ndu_bytes": ndu_bytes(same.data),
-            "byte_identical_ndus": ndu_bytes(same.data) == ndu_bytes(stream)
-            and all(a == b for a, b in zip(_ndus(same.data), _ndus(stream), strict=True)),
-            "edgeprune_fast_ndu_bytes": ndu_bytes(fast.data),
-            "bits_per_weight": 8 * ndu_bytes(stream) / sum(v.size for v in params.values()),
-            "psnr_db": psnr_db(params, decoded.tensors), "h0_bytes": entropy_bytes(levels),
-            "lzma9e_bytes": len(lzma.compress(packed, preset=9 | lzma.PRESET_EXTREME)), "zstd19_bytes": zstd,
-            "accuracy_fast": acc,
-        })
+        rows.append(
+            {
+                "model": name,
+                "qp": qp,
+                "nncodec_bytes": len(stream),
+                "nncodec_ndu_bytes": ndu_bytes(stream),
+                "edgeprune_same_opts_ndu_bytes": ndu_bytes(same.data),
+                "byte_identical_ndus": ndu_bytes(same.data) == ndu_bytes(stream)
+                and all(a == b for a, b in zip(_ndus(same.data), _ndus(stream), strict=True)),
+                "edgeprune_fast_ndu_bytes": ndu_bytes(fast.data),
+                "bits_per_weight": 8 * ndu_bytes(stream) / sum(v.size for v in params.values()),
+                "psnr_db": psnr_db(params, decoded.tensors),
+                "h0_bytes": entropy_bytes(levels),
+                "lzma9e_bytes": len(lzma.compress(packed, preset=9 | lzma.PRESET_EXTREME)),
+                "zstd19_bytes": zstd,
+                "accuracy_fast": acc,
+            }
+        )
     return rows
 
 
 def _ndus(data: bytes) -> list[bytes]:
-    return [data[u.offset:u.offset + u.size] for u in parse_units(data) if u.unit_type == UnitType.NDU]
+    return [data[u.offset : u.offset + u.size] for u in parse_units(data) if u.unit_type == UnitType.NDU]
 
 
 def throughput_rows(params: dict[str, np.ndarray], qp: int = -32) -> list[dict]:
@@ -152,8 +171,14 @@ def throughput_rows(params: dict[str, np.ndarray], qp: int = -32) -> list[dict]:
     enc = oracle(ops)[0]
     stream = base64.b64decode(enc["bitstream"])
     dec = oracle([{"op": "decompress", "bitstream": enc["bitstream"], "repeat": 2}])[0]
-    rows = [{"coder": "NNCodec 2.1.3 (DQ, estimator search)", "threads": 1, "encode_s": enc["seconds"],
-             "decode_s": dec["seconds"]}]
+    rows = [
+        {
+            "coder": "NNCodec 2.1.3 (DQ, estimator search)",
+            "threads": 1,
+            "encode_s": enc["seconds"],
+            "decode_s": dec["seconds"],
+        }
+    ]
     threads = [1, min(2, os.cpu_count() or 1)]
     for search in (True, False):
         for t in sorted(set(threads)):
@@ -165,15 +190,22 @@ def throughput_rows(params: dict[str, np.ndarray], qp: int = -32) -> list[dict]:
                 w0, c0 = time.perf_counter(), time.process_time()
                 decode_stream(ours.data, threads=t)
                 d, dw = min(d, time.process_time() - c0), min(dw, time.perf_counter() - w0)
-            rows.append({"coder": f"edgeprune (DQ, estimator search {'on' if search else 'off'})", "threads": t,
-                         "encode_s": e, "decode_s": d, "encode_wall_s": ew, "decode_wall_s": dw})
+            rows.append(
+                {
+                    "coder": f"edgeprune (DQ, estimator search {'on' if search else 'off'})",
+                    "threads": t,
+                    "encode_s": e,
+                    "decode_s": d,
+                    "encode_wall_s": ew,
+                    "decode_wall_s": dw,
+                }
+            )
     d = float("inf")
     for _ in range(REPEAT):
         t0 = time.process_time()
         decode_stream(stream, threads=1)
         d = min(d, time.process_time() - t0)
-    rows.append({"coder": "edgeprune decoding NNCodec's stream", "threads": 1, "encode_s": float("nan"),
-                 "decode_s": d})
+    rows.append({"coder": "edgeprune decoding NNCodec's stream", "threads": 1, "encode_s": float("nan"), "decode_s": d})
     for r in rows:
         r["weights"] = n
         r["encode_Mparams_s"] = n / r["encode_s"] / 1e6 if r["encode_s"] == r["encode_s"] else float("nan")
@@ -185,21 +217,28 @@ def curve(name: str, model, data) -> dict:  # noqa: ANN001
     params = float_params(model)
     float_acc = evaluate(model, data.loader("test", 256))["accuracy"]
     qps = (-38, -34, -30, -26, -22, -18, -14)
-    theirs = oracle([{"op": "compress", "params": {k: arr(v) for k, v in params.items()}, "kwargs": {"qp": qp}}
-                     for qp in qps])
+    theirs = oracle(
+        [{"op": "compress", "params": {k: arr(v) for k, v in params.items()}, "kwargs": {"qp": qp}} for qp in qps]
+    )
     nncodec = []
     for qp, r in zip(qps, theirs, strict=True):
         stream = base64.b64decode(r["bitstream"])
         candidate = load_decoded(copy.deepcopy(model), _with_ints(decode_stream(stream), model))
-        nncodec.append({"qp": qp, "bytes": len(stream),
-                        "accuracy": evaluate(candidate, data.loader("test", 256))["accuracy"]})
+        nncodec.append(
+            {"qp": qp, "bytes": len(stream), "accuracy": evaluate(candidate, data.loader("test", 256))["accuracy"]}
+        )
     ours = []
     for bpw in (0.4, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0):
         allocation = allocate_qps(model, data, bits_per_weight=bpw)
         stream = encode_tensors(model_tensors(model), qps=allocation.qps)
         candidate = load_decoded(copy.deepcopy(model), decode_stream(stream.data))
-        ours.append({"target_bpw": bpw, "bytes": stream.weight_bytes + 18,
-                     "accuracy": evaluate(candidate, data.loader("test", 256))["accuracy"]})
+        ours.append(
+            {
+                "target_bpw": bpw,
+                "bytes": stream.weight_bytes + 18,
+                "accuracy": evaluate(candidate, data.loader("test", 256))["accuracy"],
+            }
+        )
     return {"model": name, "float_accuracy": float_acc, "nncodec": nncodec, "edgeprune": ours}
 
 
@@ -218,10 +257,18 @@ def plot(curves: list[dict], dest: Path) -> None:
 
     fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4.2))
     for ax, c in zip(np.atleast_1d(axes), curves, strict=True):
-        ax.plot([r["bytes"] / 1024 for r in c["nncodec"]], [100 * r["accuracy"] for r in c["nncodec"]], "o-",
-                label="NNCodec, one qp for all (-38 ... -14)")
-        ax.plot([r["bytes"] / 1024 for r in c["edgeprune"]], [100 * r["accuracy"] for r in c["edgeprune"]], "s-",
-                label="edgeprune, per-tensor qp (Fisher)")
+        ax.plot(
+            [r["bytes"] / 1024 for r in c["nncodec"]],
+            [100 * r["accuracy"] for r in c["nncodec"]],
+            "o-",
+            label="NNCodec, one qp for all (-38 ... -14)",
+        )
+        ax.plot(
+            [r["bytes"] / 1024 for r in c["edgeprune"]],
+            [100 * r["accuracy"] for r in c["edgeprune"]],
+            "s-",
+            label="edgeprune, per-tensor qp (Fisher)",
+        )
         ax.axhline(100 * c["float_accuracy"] - 0.5, color="grey", ls="--", lw=0.8, label="float - 0.5 point")
         ax.set_xscale("log")
         ax.set_xlabel("bitstream KiB (weights)")
@@ -244,47 +291,74 @@ def equal_accuracy_ratio(c: dict) -> tuple[float | None, dict | None]:
 
 
 def markdown(same: list[dict], speed: list[dict], curves: list[dict], seconds: float) -> str:
-    lines = [f"Machine: {platform.node()} ({os.cpu_count()} CPUs, {platform.machine()}), "
-             f"Python {platform.python_version()}, "
-             f"torch {torch.__version__}; date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
-             f"command `python benchmarks/bench_nnr.py` ({seconds:.0f} s). NNCodec 2.1.3 runs in `.venv-nncodec`.",
-             "", "**Same weights, same qp** (NNCodec defaults: DQ, estimator search, 1-D tensors at qp -75). "
-             "'same opts' = edgeprune with NNCodec's options; 'fast' = edgeprune's defaults (no estimator search, "
-             "row skipping). Sizes are NDU bytes (the tensors).", "",
-             "| model | qp | NNCodec B | edgeprune same opts B | identical NDUs | edgeprune fast B (ratio) "
-             "| bits/weight "
-             "| PSNR dB | H0 B | NNCodec/H0 | lzma-9e B | zstd-19 B |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {platform.node()} ({os.cpu_count()} CPUs, {platform.machine()}), "
+        f"Python {platform.python_version()}, "
+        f"torch {torch.__version__}; date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        f"command `python benchmarks/bench_nnr.py` ({seconds:.0f} s). NNCodec 2.1.3 runs in `.venv-nncodec`.",
+        "",
+        "**Same weights, same qp** (NNCodec defaults: DQ, estimator search, 1-D tensors at qp -75). "
+        "'same opts' = edgeprune with NNCodec's options; 'fast' = edgeprune's defaults (no estimator search, "
+        "row skipping). Sizes are NDU bytes (the tensors).",
+        "",
+        "| model | qp | NNCodec B | edgeprune same opts B | identical NDUs | edgeprune fast B (ratio) "
+        "| bits/weight "
+        "| PSNR dB | H0 B | NNCodec/H0 | lzma-9e B | zstd-19 B |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in same:
-        lines.append(f"| {r['model']} | {r['qp']} | {r['nncodec_ndu_bytes']:,} | "
-                     f"{r['edgeprune_same_opts_ndu_bytes']:,} | "
-                     f"{'yes' if r['byte_identical_ndus'] else 'NO'} | {r['edgeprune_fast_ndu_bytes']:,} "
-                     f"({r['edgeprune_fast_ndu_bytes'] / r['nncodec_ndu_bytes']:.3f}) | {r['bits_per_weight']:.2f} | "
-                     f"{r['psnr_db']:.1f} | {r['h0_bytes']:,.0f} | {r['nncodec_ndu_bytes'] / r['h0_bytes']:.3f} | "
-                     f"{r['lzma9e_bytes']:,} | {r['zstd19_bytes']:,} |")
+        lines.append(
+            f"| {r['model']} | {r['qp']} | {r['nncodec_ndu_bytes']:,} | "
+            f"{r['edgeprune_same_opts_ndu_bytes']:,} | "
+            f"{'yes' if r['byte_identical_ndus'] else 'NO'} | {r['edgeprune_fast_ndu_bytes']:,} "
+            f"({r['edgeprune_fast_ndu_bytes'] / r['nncodec_ndu_bytes']:.3f}) | {r['bits_per_weight']:.2f} | "
+            f"{r['psnr_db']:.1f} | {r['h0_bytes']:,.0f} | {r['nncodec_ndu_bytes'] / r['h0_bytes']:.3f} | "
+            f"{r['lzma9e_bytes']:,} | {r['zstd19_bytes']:,} |"
+        )
     base = speed[0] if speed else {}
-    lines += ["", f"**Throughput** ({base.get('weights', 0) / 1e6:.1f} M weights of VGG-16, qp -32, DQ; "
-              "end-to-end dict -> bytes -> dict; "
-              "process CPU time (all threads) and wall time; edgeprune best of 3, NNCodec compress once / "
-              "decompress best of 2; shared, overloaded 2-core VM, so wall times are only indicative):", "",
-              "| coder | threads | encode CPU s | encode Mparams/s | vs NNCodec | decode CPU s | decode Mparams/s "
-              "| vs NNCodec | encode / decode wall s |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"**Throughput** ({base.get('weights', 0) / 1e6:.1f} M weights of VGG-16, qp -32, DQ; "
+        "end-to-end dict -> bytes -> dict; "
+        "process CPU time (all threads) and wall time; edgeprune best of 3, NNCodec compress once / "
+        "decompress best of 2; shared, overloaded 2-core VM, so wall times are only indicative):",
+        "",
+        "| coder | threads | encode CPU s | encode Mparams/s | vs NNCodec | decode CPU s | decode Mparams/s "
+        "| vs NNCodec | encode / decode wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in speed:
-        enc = (f"{r['encode_s']:.2f} | {r['encode_Mparams_s']:.2f} | {base['encode_s'] / r['encode_s']:.1f}x"
-               if r["encode_s"] == r["encode_s"] else "- | - | -")
+        enc = (
+            f"{r['encode_s']:.2f} | {r['encode_Mparams_s']:.2f} | {base['encode_s'] / r['encode_s']:.1f}x"
+            if r["encode_s"] == r["encode_s"]
+            else "- | - | -"
+        )
         wall = f"{r['encode_wall_s']:.2f} / {r['decode_wall_s']:.2f}" if "encode_wall_s" in r else "-"
-        lines.append(f"| {r['coder']} | {r['threads']} | {enc} | {r['decode_s']:.2f} | {r['decode_Mparams_s']:.2f} | "
-                     f"{base['decode_s'] / r['decode_s']:.1f}x | {wall} |")
-    lines += ["", "**Accuracy vs size** (`benchmarks/results/nnr_accuracy_vs_size.png`): NNCodec's single qp vs "
-              "edgeprune's per-tensor allocation (`--bits-per-weight` targets).", ""]
+        lines.append(
+            f"| {r['coder']} | {r['threads']} | {enc} | {r['decode_s']:.2f} | {r['decode_Mparams_s']:.2f} | "
+            f"{base['decode_s'] / r['decode_s']:.1f}x | {wall} |"
+        )
+    lines += [
+        "",
+        "**Accuracy vs size** (`benchmarks/results/nnr_accuracy_vs_size.png`): NNCodec's single qp vs "
+        "edgeprune's per-tensor allocation (`--bits-per-weight` targets).",
+        "",
+    ]
     for c in curves:
         ratio, best = equal_accuracy_ratio(c)
-        lines.append(f"- {c['model']}: float {100 * c['float_accuracy']:.2f} %. NNCodec " + ", ".join(
-            f"qp {r['qp']}: {r['bytes']:,} B / {100 * r['accuracy']:.1f} %" for r in c["nncodec"]) + ". edgeprune " +
-            ", ".join(f"{r['target_bpw']} b/w: {r['bytes']:,} B / {100 * r['accuracy']:.1f} %" for r in c["edgeprune"])
-            + (f". **At <= 0.5 point below float: {best['bytes']:,} B = {ratio:.2f}x NNCodec's default-qp stream.**"
-               if ratio is not None else ". No allocation stayed within 0.5 point."))
+        lines.append(
+            f"- {c['model']}: float {100 * c['float_accuracy']:.2f} %. NNCodec "
+            + ", ".join(f"qp {r['qp']}: {r['bytes']:,} B / {100 * r['accuracy']:.1f} %" for r in c["nncodec"])
+            + ". edgeprune "
+            + ", ".join(
+                f"{r['target_bpw']} b/w: {r['bytes']:,} B / {100 * r['accuracy']:.1f} %" for r in c["edgeprune"]
+            )
+            + (
+                f". **At <= 0.5 point below float: {best['bytes']:,} B = {ratio:.2f}x NNCodec's default-qp stream.**"
+                if ratio is not None
+                else ". No allocation stayed within 0.5 point."
+            )
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -97,9 +97,7 @@ def measure(model: nn.Module, x: torch.Tensor, data: DataBundle) -> dict[str, in
     }
 
 
-def run_edgeprune(
-    exp: Experiment, dense: nn.Module, x: torch.Tensor, method: str, setting: dict[str, Any]
-) -> Point:
+def run_edgeprune(exp: Experiment, dense: nn.Module, x: torch.Tensor, method: str, setting: dict[str, Any]) -> Point:
     model = copy.deepcopy(dense)
     start = time.perf_counter()
     options = PruneOptions(method=method, epochs=exp.epochs, **{**exp.common, **setting})
@@ -411,8 +409,7 @@ def write_report(results: dict[str, Any]) -> None:
             "|---|---:|---:|---:|---:|",
         ]
         lines += [
-            f"| {r['model']} | {r['batch']} | {r['plain_ms']:.1f} ms | {r['serene_ms']:.1f} ms | "
-            f"{r['ratio']:.2f}x |"
+            f"| {r['model']} | {r['batch']} | {r['plain_ms']:.1f} ms | {r['serene_ms']:.1f} ms | {r['ratio']:.2f}x |"
             for r in results["steps"]["rows"]
         ]
         lines.append("")
@@ -473,8 +470,7 @@ def write_report(results: dict[str, Any]) -> None:
             f"**Sensitivity defaults** (digits / LeNet-5, default budget; dense test accuracy "
             f"{100 * ab['dense_test_accuracy']:.2f} %):",
             "",
-            "| setting | channels kept (conv1/conv2/fc1 of 20/50/500) | params left | MACs left | test acc "
-            "| time |",
+            "| setting | channels kept (conv1/conv2/fc1 of 20/50/500) | params left | MACs left | test acc | time |",
             "|---|---|---:|---:|---:|---:|",
         ]
         lines += [
@@ -542,9 +538,7 @@ def plot(results: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="", help="steps,ablation,digits,fmnist-lenet5,fmnist-resnet20")
-    parser.add_argument(
-        "--report", action="store_true", help="rewrite the BENCHMARKS.md section and the plot"
-    )
+    parser.add_argument("--report", action="store_true", help="rewrite the BENCHMARKS.md section and the plot")
     parser.add_argument("--methods", default="serene,l1,torch-pruning", help="methods to run (dense always)")
     args = parser.parse_args()
     METHODS.intersection_update(args.methods.split(","))
@@ -560,9 +554,7 @@ def main() -> None:
         else:
             kept = [e for e in results.get("experiments", []) if e["experiment"] != outcome["experiment"]]
             results["experiments"] = [*kept, outcome]
-        results.setdefault("commands", []).append(
-            f"OMP_NUM_THREADS=1 python benchmarks/bench_prune.py --parts {part}"
-        )
+        results.setdefault("commands", []).append(f"OMP_NUM_THREADS=1 python benchmarks/bench_prune.py --parts {part}")
         threads = torch.get_num_threads()
         results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs (shared), {threads} thread"
         results["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d")

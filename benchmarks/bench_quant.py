@@ -52,9 +52,12 @@ def measure(deploy, qw, data, reference: torch.Tensor) -> dict:  # noqa: ANN001
     snapped = quant.with_quantized_weights(deploy, qw)
     with torch.no_grad():
         out = snapped(data.test.tensors[0])
-    return {"bytes": coded_bytes({k: t.levels for k, t in qw.tensors.items()}), "raw": qw.num_values,
-            "accuracy": float((out.argmax(1) == data.test.tensors[1]).float().mean()),
-            "deviation": float((out - reference).norm() / reference.norm())}
+    return {
+        "bytes": coded_bytes({k: t.levels for k, t in qw.tensors.items()}),
+        "raw": qw.num_values,
+        "accuracy": float((out.argmax(1) == data.test.tensors[1]).float().mean()),
+        "deviation": float((out - reference).norm() / reference.norm()),
+    }
 
 
 def bench(name: str, art) -> list[dict]:  # noqa: ANN001 - Artifact
@@ -63,15 +66,29 @@ def bench(name: str, art) -> list[dict]:  # noqa: ANN001 - Artifact
     with torch.no_grad():
         reference = deploy(art.data.test.tensors[0])
     fp32 = evaluate(deploy, art.data.loader("test", 256))["accuracy"]
-    rows = [{"model": name, "scheme": "float32", "bytes": 4 * sum(deploy.state_dict()[n].numel() for n in names),
-             "raw": None, "accuracy": fp32, "deviation": 0.0}]
-    rows.append({"model": name, "scheme": "maxabs INT8", **measure(deploy, quant.quantize_weights(deploy), art.data,
-                                                                    reference)})
+    rows = [
+        {
+            "model": name,
+            "scheme": "float32",
+            "bytes": 4 * sum(deploy.state_dict()[n].numel() for n in names),
+            "raw": None,
+            "accuracy": fp32,
+            "deviation": 0.0,
+        }
+    ]
+    rows.append(
+        {"model": name, "scheme": "maxabs INT8", **measure(deploy, quant.quantize_weights(deploy), art.data, reference)}
+    )
     t0 = time.perf_counter()
     allocation = allocate_int8(deploy, names, art.data, 0.5, None, quant.quantize_weights)
     seconds = time.perf_counter() - t0
-    rows.append({"model": name, "scheme": f"allocated, 0.5 point ({seconds:.0f} s)",
-                 **measure(deploy, quant.quantize_weights(deploy, allocation.qps), art.data, reference)})
+    rows.append(
+        {
+            "model": name,
+            "scheme": f"allocated, 0.5 point ({seconds:.0f} s)",
+            **measure(deploy, quant.quantize_weights(deploy, allocation.qps), art.data, reference),
+        }
+    )
     state = deploy.state_dict()
     spread_qps = {k: default_qp(state[k].numpy()) for k in names}
     spread = measure(deploy, quant.quantize_weights(deploy, spread_qps), art.data, reference)
@@ -83,20 +100,30 @@ def bench(name: str, art) -> list[dict]:  # noqa: ANN001 - Artifact
             best = (qp, row)
     rows.append({"model": name, "scheme": f"uniform qp {best[0]} (NNCodec-style, equal size)", **best[1]})
     free = allocate_int8(deploy, names, None, 0.5, None, quant.quantize_weights)
-    rows.append({"model": name, "scheme": f"data-free (edgeprune: uniform qp {free.qps[names[0]]})",
-                 **measure(deploy, quant.quantize_weights(deploy, free.qps), art.data, reference)})
+    rows.append(
+        {
+            "model": name,
+            "scheme": f"data-free (edgeprune: uniform qp {free.qps[names[0]]})",
+            **measure(deploy, quant.quantize_weights(deploy, free.qps), art.data, reference),
+        }
+    )
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = [f"Machine: {platform.machine()}, {platform.python_version()}, torch {torch.__version__}; {date.today()}; "
-             "`python benchmarks/bench_quant.py`", "",
-             "| model | weights | coded bytes | vs raw INT8 | test accuracy | logit deviation |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {platform.machine()}, {platform.python_version()}, torch {torch.__version__}; {date.today()}; "
+        "`python benchmarks/bench_quant.py`",
+        "",
+        "| model | weights | coded bytes | vs raw INT8 | test accuracy | logit deviation |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ratio = "" if r["raw"] is None else f"{r['bytes'] / r['raw']:.3f}x"
-        lines.append(f"| {r['model']} | {r['scheme']} | {r['bytes']} | {ratio} | {100 * r['accuracy']:.2f} % | "
-                     f"{r['deviation']:.4f} |")
+        lines.append(
+            f"| {r['model']} | {r['scheme']} | {r['bytes']} | {ratio} | {100 * r['accuracy']:.2f} % | "
+            f"{r['deviation']:.4f} |"
+        )
     return "\n".join(lines)
 
 

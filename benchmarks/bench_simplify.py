@@ -162,8 +162,11 @@ def cost_of_exactness(runs: int, work: Path) -> dict[str, float]:
             if isinstance(m, nn.BatchNorm2d):
                 m.bias.zero_()
                 m.running_mean.zero_()
-    variants = (("border", with_constants, "border"), ("carrier", with_constants, "carrier"),
-                ("no constants", without, "border"))
+    variants = (
+        ("border", with_constants, "border"),
+        ("carrier", with_constants, "carrier"),
+        ("no constants", without, "border"),
+    )
     paths = {}
     for label, model, mode in variants:
         result = simplify(model, x, options=SimplifyOptions(padded_constants=mode))

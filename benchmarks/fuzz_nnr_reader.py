@@ -59,12 +59,18 @@ def main() -> int:
             print(f"ESCAPE {kind}: {result}", flush=True)
         if done % args.every == 0:
             rate = done / (time.monotonic() - start)
-            print(f"{done} cases, {len(escapes)} escapes, {rate:.0f}/s, slowest {slowest * 1e3:.0f} ms, "
-                  f"peak RSS {_peak_rss_mib():.0f} MiB", flush=True)
+            print(
+                f"{done} cases, {len(escapes)} escapes, {rate:.0f}/s, slowest {slowest * 1e3:.0f} ms, "
+                f"peak RSS {_peak_rss_mib():.0f} MiB",
+                flush=True,
+            )
     elapsed = time.monotonic() - start
-    print(f"SUMMARY seed={args.seed} cases={done} ok={outcomes['ok']} refused={outcomes['refused']} "
-          f"escapes={len(escapes)} elapsed={elapsed:.0f}s rate={done / max(elapsed, 1e-9):.0f}/s "
-          f"slowest_case={slowest * 1e3:.0f}ms peak_rss={_peak_rss_mib():.0f}MiB", flush=True)
+    print(
+        f"SUMMARY seed={args.seed} cases={done} ok={outcomes['ok']} refused={outcomes['refused']} "
+        f"escapes={len(escapes)} elapsed={elapsed:.0f}s rate={done / max(elapsed, 1e-9):.0f}/s "
+        f"slowest_case={slowest * 1e3:.0f}ms peak_rss={_peak_rss_mib():.0f}MiB",
+        flush=True,
+    )
     return 1 if escapes else 0
 
 

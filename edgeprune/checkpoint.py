@@ -114,8 +114,10 @@ def load_model(
     if input_shape is None:
         raise CheckpointError(f"cannot tell the input shape of {path}", "pass --input-shape, e.g. 1,3,32,32")
     if len(input_shape) < 2 or math.prod(input_shape[1:]) > MAX_INPUT_ELEMENTS:
-        raise CheckpointError(f"input shape {list(input_shape)} is too large for one sample",
-                              "pass a realistic --input-shape, e.g. 1,3,32,32")
+        raise CheckpointError(
+            f"input shape {list(input_shape)} is too large for one sample",
+            "pass a realistic --input-shape, e.g. 1,3,32,32",
+        )
     model = model.float().eval()
     example = torch.randn(1, *input_shape[1:], generator=torch.Generator().manual_seed(0))
     check_input_shape(model, example)
@@ -207,8 +209,10 @@ def build_arch(arch: str, arch_kwargs: str | dict | None) -> nn.Module:
             f"{module_name!r} has no attribute {attr!r}", "check the factory name in --arch"
         ) from None
     if not callable(factory) or isinstance(factory, type) and not issubclass(factory, nn.Module):
-        raise CheckpointError(f"{arch} is not a model factory (a callable returning an nn.Module)",
-                              "point --arch at your model class or factory function")
+        raise CheckpointError(
+            f"{arch} is not a model factory (a callable returning an nn.Module)",
+            "point --arch at your model class or factory function",
+        )
     kwargs = _parse_kwargs(arch_kwargs)
     try:
         model = factory(**kwargs)
@@ -372,8 +376,18 @@ def _load_pickle(path: Path, trust: bool) -> Any:
             f"{path} contains pickled Python objects (e.g. a whole model), which can run code when loaded",
             "pass --trust-checkpoint if you trust its source, or save a state_dict and use --arch",
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, IndexError, KeyError, TypeError,
-            MemoryError, OverflowError) as exc:
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        zipfile.BadZipFile,
+        IndexError,
+        KeyError,
+        TypeError,
+        MemoryError,
+        OverflowError,
+    ) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path} is corrupt or truncated: {first[:200]}", "re-save the model") from None
     except (AttributeError, ModuleNotFoundError) as exc:
@@ -424,7 +438,7 @@ def _guess_input_shape(model: nn.Module) -> tuple[int, ...] | None:
     return tuple(shape) if shape else None
 
 
-MAX_INPUT_ELEMENTS = 1 << 22   # one input sample (16 MiB of float32; 3x1024x1024 fits): far above edge inputs
+MAX_INPUT_ELEMENTS = 1 << 22  # one input sample (16 MiB of float32; 3x1024x1024 fits): far above edge inputs
 
 
 def _saved_input_shape(path: Path, text: str) -> tuple[int, ...] | None:
@@ -441,30 +455,77 @@ def _saved_input_shape(path: Path, text: str) -> tuple[int, ...] | None:
         problem = "has an invalid input_shape"
         if shape is None:
             return None
-        if (isinstance(shape, list) and 2 <= len(shape) <= 8
-                and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
-                and math.prod(shape[1:]) <= MAX_INPUT_ELEMENTS):
+        if (
+            isinstance(shape, list)
+            and 2 <= len(shape) <= 8
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+            and math.prod(shape[1:]) <= MAX_INPUT_ELEMENTS
+        ):
             return tuple(shape)
-    raise CheckpointError(f"edgeprune.json inside {path} {problem}",
-                          "re-save the model with edgeprune, or pass --input-shape")
+    raise CheckpointError(
+        f"edgeprune.json inside {path} {problem}", "re-save the model with edgeprune, or pass --input-shape"
+    )
 
 
 # ------------------------------------------------------------------ .pt2 inspection
 
-MAX_ARCHIVE_JSON = 64 << 20    # a model.json of 64 MiB describes ~100k nodes: far beyond edge models
-_ROOT_FILES = re.compile(r"^(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|"
-                         r"extra/[\w.\-]{1,128}|models/\w{1,128}\.json|data/sample_inputs/\w{1,128}\.pt|"
-                         r"data/weights/weight_\d{1,9}|data/weights/\w{1,128}_weights_config\.json|"
-                         r"data/constants/tensor_\d{1,9}|data/constants/\w{1,128}_constants_config\.json)$")
-_OPERATOR_TARGET = re.compile(r"^(torch\.ops\.aten\.\w{1,64}\.\w{1,64}|"
-                              r"_operator\.(add|sub|mul|floordiv|truediv|mod|neg|pow|getitem|eq|ne|lt|le|gt|ge)|"
-                              r"torch\.sym_(max|min|not|float|int|sqrt|ite)|math\.(ceil|floor|trunc|sqrt))$")
-_SYMPY_NAMES = frozenset({
-    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "FloorDiv", "Mod", "PythonMod", "CleanDiv",
-    "CeilToInt", "FloorToInt", "TruncToInt", "IntTrueDiv", "FloatTrueDiv", "ToFloat", "Max", "Min", "Abs",
-    "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "True", "False", "oo", "zoo", "positive",
-    "integer", "nonnegative", "real", "finite", "ModularIndexing", "Where", "OpaqueUnaryFn_sqrt",
-})
+MAX_ARCHIVE_JSON = 64 << 20  # a model.json of 64 MiB describes ~100k nodes: far beyond edge models
+_ROOT_FILES = re.compile(
+    r"^(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|"
+    r"extra/[\w.\-]{1,128}|models/\w{1,128}\.json|data/sample_inputs/\w{1,128}\.pt|"
+    r"data/weights/weight_\d{1,9}|data/weights/\w{1,128}_weights_config\.json|"
+    r"data/constants/tensor_\d{1,9}|data/constants/\w{1,128}_constants_config\.json)$"
+)
+_OPERATOR_TARGET = re.compile(
+    r"^(torch\.ops\.aten\.\w{1,64}\.\w{1,64}|"
+    r"_operator\.(add|sub|mul|floordiv|truediv|mod|neg|pow|getitem|eq|ne|lt|le|gt|ge)|"
+    r"torch\.sym_(max|min|not|float|int|sqrt|ite)|math\.(ceil|floor|trunc|sqrt))$"
+)
+_SYMPY_NAMES = frozenset(
+    {
+        "Symbol",
+        "Integer",
+        "Rational",
+        "Float",
+        "Add",
+        "Mul",
+        "Pow",
+        "FloorDiv",
+        "Mod",
+        "PythonMod",
+        "CleanDiv",
+        "CeilToInt",
+        "FloorToInt",
+        "TruncToInt",
+        "IntTrueDiv",
+        "FloatTrueDiv",
+        "ToFloat",
+        "Max",
+        "Min",
+        "Abs",
+        "Eq",
+        "Ne",
+        "Lt",
+        "Le",
+        "Gt",
+        "Ge",
+        "And",
+        "Or",
+        "Not",
+        "True",
+        "False",
+        "oo",
+        "zoo",
+        "positive",
+        "integer",
+        "nonnegative",
+        "real",
+        "finite",
+        "ModularIndexing",
+        "Where",
+        "OpaqueUnaryFn_sqrt",
+    }
+)
 _SYMBOL_NAME = re.compile(r"^[a-z]{1,8}\d{0,9}$")
 _GUARD_TERM = re.compile(r"L\['[A-Za-z_]\w{0,63}'\]\.(size|stride)\(\)\[\d{1,2}\]")
 _GUARD_WORDS = re.compile(r"\b(max|min|and|or|not|True|False)\b")
@@ -472,8 +533,9 @@ _GUARD_REST = re.compile(r"^[\d\s()+\-*/%<>=!,]*$")
 
 
 def _refuse(path: Path, problem: str) -> CheckpointError:
-    return CheckpointError(f"{path} {problem}, which can run code when loaded",
-                           "pass --trust-checkpoint only if you trust its source")
+    return CheckpointError(
+        f"{path} {problem}, which can run code when loaded", "pass --trust-checkpoint only if you trust its source"
+    )
 
 
 def inspect_exported_archive(path: Path) -> None:
@@ -493,7 +555,7 @@ def inspect_exported_archive(path: Path) -> None:
             if len(roots) != 1:
                 raise _refuse(path, "is not a single torch.export archive")
             root = roots.pop() + "/"
-            files = {info.filename[len(root):]: info for info in infos if not info.filename.endswith("/")}
+            files = {info.filename[len(root) :]: info for info in infos if not info.filename.endswith("/")}
             for name in files:
                 if not _ROOT_FILES.match(name):
                     raise _refuse(path, f"contains an unknown payload {name[:80]!r}")
@@ -506,15 +568,17 @@ def inspect_exported_archive(path: Path) -> None:
                 if info is None:
                     raise _refuse(path, f"lacks {name} (a legacy format whose payloads are pickles)")
                 if info.file_size > MAX_ARCHIVE_JSON:
-                    raise CheckpointError(f"{name} inside {path} is {info.file_size} bytes, over the "
-                                          f"{MAX_ARCHIVE_JSON >> 20} MiB limit", "re-export the model")
+                    raise CheckpointError(
+                        f"{name} inside {path} is {info.file_size} bytes, over the {MAX_ARCHIVE_JSON >> 20} MiB limit",
+                        "re-export the model",
+                    )
                 try:
                     return json.loads(zf.read(info))
                 except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                     raise CheckpointError(f"{name} inside {path} is not valid JSON", "re-export the model") from None
 
             for model_file in models:
-                model = model_file[len("models/"):-len(".json")]
+                model = model_file[len("models/") : -len(".json")]
                 for kind, prefix in (("weights", "weight_"), ("constants", "tensor_")):
                     config = read_json(f"data/{kind}/{model}_{kind}_config.json")
                     entries = config.get("config") if isinstance(config, dict) else None
@@ -524,8 +588,7 @@ def inspect_exported_archive(path: Path) -> None:
                         if not isinstance(meta, dict) or meta.get("use_pickle") is not False:
                             raise _refuse(path, f"stores {kind[:-1]} {str(fqn)[:60]!r} as a pickle")
                         name = meta.get("path_name")
-                        if not (isinstance(name, str) and name.startswith(prefix)
-                                and f"data/{kind}/{name}" in files):
+                        if not (isinstance(name, str) and name.startswith(prefix) and f"data/{kind}/{name}" in files):
                             raise _refuse(path, f"stores {kind[:-1]} {str(fqn)[:60]!r} as an unknown payload")
                 _check_program(path, read_json(model_file))
                 sample = files.get(f"data/sample_inputs/{model}.pt")

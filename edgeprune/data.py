@@ -43,13 +43,15 @@ FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 # Raw bytes a dataset may decode to before edgeprune converts it to float32 (x4): 256 MiB keeps a
 # 1 GiB Raspberry Pi alive. Override with EDGEPRUNE_MAX_DATA_MB for bigger datasets on bigger hosts.
 MAX_DATA_BYTES = int(float(os.environ.get("EDGEPRUNE_MAX_DATA_MB", "256")) * (1 << 20))
-MAX_IMAGE_PIXELS = 16 << 20    # one image; Pillow's own bomb check allows ~90 M pixels
-MAX_LABEL = 1 << 16            # class indices beyond this are certainly not a classification task
+MAX_IMAGE_PIXELS = 16 << 20  # one image; Pillow's own bomb check allows ~90 M pixels
+MAX_LABEL = 1 << 16  # class indices beyond this are certainly not a classification task
 
 
 def _too_big(what: str, nbytes: int) -> DataError:
-    return DataError(f"{what} would decode to {nbytes / (1 << 20):.0f} MiB, more than the "
-                     f"{MAX_DATA_BYTES >> 20} MiB limit", "set EDGEPRUNE_MAX_DATA_MB if this host has the memory")
+    return DataError(
+        f"{what} would decode to {nbytes / (1 << 20):.0f} MiB, more than the {MAX_DATA_BYTES >> 20} MiB limit",
+        "set EDGEPRUNE_MAX_DATA_MB if this host has the memory",
+    )
 
 
 @dataclass
@@ -273,8 +275,10 @@ def _idx_dir(path: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarra
         parts[key] = _read_idx(f)
     for images, labels in (("x", "y"), ("xt", "yt")):
         if parts[images].ndim != 3 or parts[labels].ndim != 1 or len(parts[images]) != len(parts[labels]):
-            raise DataError(f"{path}: the IDX files hold {list(parts[images].shape)} images and "
-                            f"{list(parts[labels].shape)} labels", "give matching MNIST image and label files")
+            raise DataError(
+                f"{path}: the IDX files hold {list(parts[images].shape)} images and {list(parts[labels].shape)} labels",
+                "give matching MNIST image and label files",
+            )
     to_x = lambda a: (a.astype(np.float32) / 255.0)[:, None]  # noqa: E731
     return (to_x(parts["x"]), parts["y"].astype(np.int64)), (to_x(parts["xt"]), parts["yt"].astype(np.int64))
 
@@ -329,16 +333,19 @@ def _cifar_dir(path: Path):  # noqa: ANN202 - internal tuple
     def arrays(batch_list: list[dict]) -> tuple[np.ndarray, np.ndarray]:
         for b in batch_list:
             if not (isinstance(b, dict) and isinstance(b.get("data"), np.ndarray) and label_key in b):
-                raise DataError(f"a CIFAR batch under {root} is not a dict with 'data' and {label_key!r}",
-                                "re-extract the CIFAR archive")
+                raise DataError(
+                    f"a CIFAR batch under {root} is not a dict with 'data' and {label_key!r}",
+                    "re-extract the CIFAR archive",
+                )
         try:
             x = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batch_list])
             y = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batch_list])
             if x.size % (3 * 32 * 32) or len(x.reshape(-1, 3, 32, 32)) != len(y):
                 raise ValueError(f"{x.size} pixel values for {len(y)} labels")
         except (ValueError, TypeError, OverflowError) as exc:
-            raise DataError(f"CIFAR batches under {root} are malformed: {str(exc)[:120]}",
-                            "re-extract the CIFAR archive") from None
+            raise DataError(
+                f"CIFAR batches under {root} are malformed: {str(exc)[:120]}", "re-extract the CIFAR archive"
+            ) from None
         return x.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, y
 
     return arrays(batches), arrays([test]), classes
@@ -358,8 +365,11 @@ def _image_folder(path: Path, subdirs: list[Path]) -> tuple[np.ndarray, np.ndarr
             try:
                 with Image.open(file) as im:  # reads the header only: the size is known before decoding
                     if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
-                        raise DataError(f"image {file} has {im.size[0]}x{im.size[1]} pixels, more than the "
-                                        f"{MAX_IMAGE_PIXELS} allowed", "resize the images first")
+                        raise DataError(
+                            f"image {file} has {im.size[0]}x{im.size[1]} pixels, more than the "
+                            f"{MAX_IMAGE_PIXELS} allowed",
+                            "resize the images first",
+                        )
                     arr = np.asarray(im.convert("RGB" if im.mode not in ("L", "I;16") else "L"))
             except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
                 raise DataError(f"cannot read image {file}: {exc}", "remove or fix the file") from None
@@ -419,8 +429,9 @@ def _split(
     )
 
 
-def _check_values(name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None,
-                  y_test: np.ndarray | None) -> None:
+def _check_values(
+    name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None, y_test: np.ndarray | None
+) -> None:
     """Refuse data that would train or calibrate into NaN, or index past the classifier's outputs."""
     for arr in (x, x_test):
         if arr is not None and arr.nbytes > MAX_DATA_BYTES * 4:
@@ -429,7 +440,9 @@ def _check_values(name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray | 
             raise DataError(f"dataset {name!r} contains NaN or infinite inputs", "clean the data first")
     labels = np.concatenate([y, y_test]) if y_test is not None else y
     if labels.size and (labels.min() < 0 or labels.max() >= MAX_LABEL):
-        raise DataError(f"dataset {name!r} has labels from {labels.min()} to {labels.max()}",
-                        f"labels must be class indices 0..N-1 (N < {MAX_LABEL})")
+        raise DataError(
+            f"dataset {name!r} has labels from {labels.min()} to {labels.max()}",
+            f"labels must be class indices 0..N-1 (N < {MAX_LABEL})",
+        )
     if len(np.unique(labels)) < 2:
         raise DataError(f"dataset {name!r} has a single class", "a classifier needs at least two classes")

@@ -87,8 +87,9 @@ def atomic_directory(dest: str | os.PathLike, force: bool = False) -> Iterator[P
         raise OutputExistsError(f"{dest} is a symbolic link", "give the real directory path as -o")
     resolved, here = dest.resolve(), Path.cwd().resolve()
     if resolved == here or resolved in here.parents or resolved.parent == resolved:
-        raise OutputExistsError(f"{dest} is the current directory or one of its parents",
-                                "give a new sub-directory, e.g. -o out")
+        raise OutputExistsError(
+            f"{dest} is the current directory or one of its parents", "give a new sub-directory, e.g. -o out"
+        )
     if dest.exists() and not dest.is_dir():
         raise OutputExistsError(f"{dest} exists and is not a directory", "choose another -o")
     if dest.exists() and any(dest.iterdir()) and not force:

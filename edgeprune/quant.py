@@ -46,8 +46,15 @@ QMAX = 127
 CALIBRATION_METHODS = ("minmax", "percentile")
 
 _aten = torch.ops.aten
-CONV_OPS = {_aten.conv1d.default, _aten.conv2d.default, _aten.conv3d.default,
-            _aten.conv1d.padding, _aten.conv2d.padding, _aten.conv3d.padding, _aten.convolution.default}
+CONV_OPS = {
+    _aten.conv1d.default,
+    _aten.conv2d.default,
+    _aten.conv3d.default,
+    _aten.conv1d.padding,
+    _aten.conv2d.padding,
+    _aten.conv3d.padding,
+    _aten.convolution.default,
+}
 LINEAR_OPS = {_aten.linear.default}
 BATCHNORM_OPS = {_aten.batch_norm.default, _aten._native_batch_norm_legit_no_training.default}
 _PLAIN_WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -131,16 +138,23 @@ def _is_weight_layer(node: fx.Node) -> bool:
 
 
 # Tensor factories that take an input only for its dtype/device/shape: their values are constants.
-_VALUE_FREE_OPS = {_aten.new_ones.default, _aten.new_zeros.default, _aten.new_full.default,
-                   _aten.ones_like.default, _aten.zeros_like.default, _aten.full_like.default}
+_VALUE_FREE_OPS = {
+    _aten.new_ones.default,
+    _aten.new_zeros.default,
+    _aten.new_full.default,
+    _aten.ones_like.default,
+    _aten.zeros_like.default,
+    _aten.full_like.default,
+}
 
 
 def _input_dependent(graph: fx.Graph) -> set[fx.Node]:
     """Nodes whose values depend on a model input (placeholders); the rest is constant computation."""
     dependent: set[fx.Node] = set()
     for node in graph.nodes:
-        if node.op == "placeholder" or (node.target not in _VALUE_FREE_OPS
-                                        and any(arg in dependent for arg in node.all_input_nodes)):
+        if node.op == "placeholder" or (
+            node.target not in _VALUE_FREE_OPS and any(arg in dependent for arg in node.all_input_nodes)
+        ):
             dependent.add(node)
     return dependent
 
@@ -154,8 +168,9 @@ def quantized_weight_names(model: nn.Module) -> list[str]:
     """
     if isinstance(model, fx.GraphModule):
         dependent = _input_dependent(model.graph)
-        return list(dict.fromkeys(n.args[1].target for n in model.graph.nodes
-                                  if _is_weight_layer(n) and n.args[0] in dependent))
+        return list(
+            dict.fromkeys(n.args[1].target for n in model.graph.nodes if _is_weight_layer(n) and n.args[0] in dependent)
+        )
     return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, _PLAIN_WEIGHT_LAYERS)]
 
 
@@ -169,8 +184,12 @@ def quantize_weights(model: nn.Module, qps: dict[str, int] | None = None) -> Qua
 
     state = model.state_dict()
     qps = qps or {}
-    return QuantizedWeights(tensors={name: quantize_tensor(state[name], step_size(qps[name]) if name in qps else None)
-                                     for name in quantized_weight_names(model)})
+    return QuantizedWeights(
+        tensors={
+            name: quantize_tensor(state[name], step_size(qps[name]) if name in qps else None)
+            for name in quantized_weight_names(model)
+        }
+    )
 
 
 def with_quantized_weights(model: nn.Module, quant: QuantizedWeights) -> nn.Module:
@@ -187,8 +206,10 @@ def with_quantized_weights(model: nn.Module, quant: QuantizedWeights) -> nn.Modu
         for name, qt in quant.tensors.items():
             target = params.get(name, buffers.get(name))
             if target is None:
-                raise VerificationError(f"quantised weight {name!r} is not a parameter of the model",
-                                        "re-run the quantize stage on this model")
+                raise VerificationError(
+                    f"quantised weight {name!r} is not a parameter of the model",
+                    "re-run the quantize stage on this model",
+                )
             target.copy_(torch.from_numpy(qt.dequantize()))
     return snapped
 
@@ -218,8 +239,10 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
     try:  # DYNAMIC: the batch must stay symbolic, with whatever bounds a loaded program already carries
         program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
     except Exception as exc:  # torch.export raises many unrelated types for untraceable code
-        raise GraphError(f"cannot trace the model for quantisation/export: {first_line(exc)}",
-                         "remove data-dependent Python control flow and unsupported ops from forward()") from None
+        raise GraphError(
+            f"cannot trace the model for quantisation/export: {first_line(exc)}",
+            "remove data-dependent Python control flow and unsupported ops from forward()",
+        ) from None
     return as_graph_module(program).eval()
 
 
@@ -248,8 +271,12 @@ def _fold_one(gm: fx.GraphModule, bn: fx.Node) -> int:
     if bn.op != "call_function" or bn.target not in BATCHNORM_OPS:
         return 0
     layer = bn.args[0]
-    if not (isinstance(layer, fx.Node) and _is_weight_layer(layer) and len(layer.users) == 1
-            and len(layer.args[1].users) == 1):
+    if not (
+        isinstance(layer, fx.Node)
+        and _is_weight_layer(layer)
+        and len(layer.users) == 1
+        and len(layer.args[1].users) == 1
+    ):
         return 0
     returns_tuple = bn.target is not _aten.batch_norm.default
     if returns_tuple and any(user.args[1] != 0 and user.users for user in bn.users):
@@ -349,8 +376,9 @@ class _RangeRecorder(fx.Interpreter):
 
 
 @torch.no_grad()
-def calibrate_activations(model: fx.GraphModule, batch: torch.Tensor, method: str = "minmax",
-                          percentile: float = 99.99, chunk: int = 32) -> dict[str, tuple[float, float]]:
+def calibrate_activations(
+    model: fx.GraphModule, batch: torch.Tensor, method: str = "minmax", percentile: float = 99.99, chunk: int = 32
+) -> dict[str, tuple[float, float]]:
     """Per-tensor ``(low, high)`` of every activation of ``model`` (an aten GraphModule) on ``batch``.
 
     ``minmax`` takes the extremes over the whole batch; ``percentile`` the ``100-p`` and ``p``
@@ -384,8 +412,10 @@ def calibration_inputs(art: Artifact, samples: int) -> torch.Tensor:
     batch = art.data.calibration_batch(samples)
     expected = tuple(art.example_input.shape[1:])
     if tuple(batch.shape[1:]) != expected:
-        raise DataError(f"calibration data has samples of shape {list(batch.shape[1:])} but the model expects "
-                        f"{list(expected)}", "pass --data whose samples match the model's input shape")
+        raise DataError(
+            f"calibration data has samples of shape {list(batch.shape[1:])} but the model expects {list(expected)}",
+            "pass --data whose samples match the model's input shape",
+        )
     if len(batch) == 0:
         raise DataError("the dataset has no training samples to calibrate on", "use a larger dataset")
     return batch
@@ -452,11 +482,14 @@ def run_stage(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     }
     result["weight_quantisation"] = opts.weights
     if allocation is not None:
-        result.update(allocation_bits_per_weight=round(allocation.bits_per_weight, 4),
-                      allocation_sensitivity=allocation.sensitivity, allocation_trials=allocation.trials,
-                      allocation_budget_met=allocation.budget_met,
-                      allocation_agreement=allocation.agreement,
-                      max_abs_level=int(max((int(np.abs(t.levels).max()) for t in quant.tensors.values()), default=0)))
+        result.update(
+            allocation_bits_per_weight=round(allocation.bits_per_weight, 4),
+            allocation_sensitivity=allocation.sensitivity,
+            allocation_trials=allocation.trials,
+            allocation_budget_met=allocation.budget_met,
+            allocation_agreement=allocation.agreement,
+            max_abs_level=int(max((int(np.abs(t.levels).max()) for t in quant.tensors.values()), default=0)),
+        )
     if art.data is not None:
         # Accuracy with INT8 weights and float activations: the share of the INT8 loss due to weights.
         result["accuracy"] = evaluate(with_quantized_weights(deploy, quant), art.data.loader("test", 256))["accuracy"]

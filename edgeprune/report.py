@@ -70,37 +70,60 @@ class Report:
         on = f"top-1 on the {samples} held-out test samples" if samples else "top-1 on the held-out test split"
         out = [
             Section(
-                f"edgeprune report: {title}", 1,
-                [f"Target: `{self.meta.get('target', 'host')}` · seed {self.meta.get('seed', 0)} · "
-                 f"input {self.meta.get('input_shape')} · data {self.meta.get('data', '-')}",
-                 "**weights**: the bytes the weights take as that stage stores them (fp32: 4 B each, pruned zeros "
-                 "included until simplify removes them; INT8: 1 B per level, scales and biases excluded; .nnr: the "
-                 "coded weight payload). **file**: the size of the file the stage wrote (load: the input file). "
-                 f"**accuracy**: {on} (quantize/encode/export: of the INT8 or decoded model). **latency**: median "
-                 "on the bench target, p10–p90 in brackets."],
+                f"edgeprune report: {title}",
+                1,
+                [
+                    f"Target: `{self.meta.get('target', 'host')}` · seed {self.meta.get('seed', 0)} · "
+                    f"input {self.meta.get('input_shape')} · data {self.meta.get('data', '-')}",
+                    "**weights**: the bytes the weights take as that stage stores them (fp32: 4 B each, pruned zeros "
+                    "included until simplify removes them; INT8: 1 B per level, scales and biases excluded; .nnr: the "
+                    "coded weight payload). **file**: the size of the file the stage wrote (load: the input file). "
+                    f"**accuracy**: {on} (quantize/encode/export: of the INT8 or decoded model). **latency**: median "
+                    "on the bench target, p10–p90 in brackets.",
+                ],
                 _main_table(self),
             )
         ]
         export = self.stage("export")
         if export and export.metrics.get("exports"):
-            out.append(Section("Exported files", 2, [
-                "Each file runs in its own runtime on the same test inputs as the float model it came from; "
-                "**max Δ / logit range** is the largest logit difference from that model over the range of its "
-                "logits, "
-                "and **top-1 agreement** how often both pick the same class."], _exports_table(export)))
+            out.append(
+                Section(
+                    "Exported files",
+                    2,
+                    [
+                        "Each file runs in its own runtime on the same test inputs as the float model it came from; "
+                        "**max Δ / logit range** is the largest logit difference from that model over the range of its "
+                        "logits, "
+                        "and **top-1 agreement** how often both pick the same class."
+                    ],
+                    _exports_table(export),
+                )
+            )
         encode = self.stage("encode")
         if encode and encode.size_bytes:
-            out.append(Section("NNR bitstreams", 2, [
-                "**weights**: the compressed data units (NDUs); **topology**: the JSON topology unit that lets the "
-                ".nnr be decoded without the model's code; **other headers**: start unit, model parameter set and "
-                "unit headers."],
-                _nnr_table(encode)))
+            out.append(
+                Section(
+                    "NNR bitstreams",
+                    2,
+                    [
+                        "**weights**: the compressed data units (NDUs); **topology**: the JSON topology unit that "
+                        "lets the .nnr be decoded without the model's code; **other headers**: start unit, model "
+                        "parameter set and unit headers."
+                    ],
+                    _nnr_table(encode),
+                )
+            )
         bench = self.stage("bench")
         rows = [r for r in (bench.metrics.get("results", []) if bench else []) if isinstance(r, dict)]
         if rows:
-            out.append(Section(f"Latency on `{self.meta.get('target', 'host')}`", 2, [
-                "Median of the timed runs with their 10th and 90th percentiles; init is loading the model."],
-                _latency_table(rows)))
+            out.append(
+                Section(
+                    f"Latency on `{self.meta.get('target', 'host')}`",
+                    2,
+                    ["Median of the timed runs with their 10th and 90th percentiles; init is loading the model."],
+                    _latency_table(rows),
+                )
+            )
         for s in self.stages:
             details = {k: v for k, v in s.metrics.items() if not isinstance(v, (dict, list))}
             if details or s.files:
@@ -110,8 +133,9 @@ class Report:
             for key, rows_ in s.metrics.items():
                 if isinstance(rows_, list) and rows_ and isinstance(rows_[0], dict):
                     keys = list(dict.fromkeys(k for r in rows_ for k in r))
-                    out.append(Section(f"{s.name}: {key}", 3, [], Table(keys, [[_fmt(r.get(k)) for k in keys]
-                                                                              for r in rows_])))
+                    out.append(
+                        Section(f"{s.name}: {key}", 3, [], Table(keys, [[_fmt(r.get(k)) for k in keys] for r in rows_]))
+                    )
         return out
 
     def to_markdown(self, plots: dict[str, Path] | None = None) -> str:
@@ -142,11 +166,15 @@ class Report:
                 for key, path in plots.items():
                     data = base64.b64encode(path.read_bytes()).decode("ascii")
                     alt = html.escape(_PLOT_TITLES.get(key, key))
-                    body.append(f'<figure><img alt="{alt}" src="data:image/png;base64,{data}">'
-                                f"<figcaption>{alt}</figcaption></figure>")
+                    body.append(
+                        f'<figure><img alt="{alt}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{alt}</figcaption></figure>"
+                    )
         title = html.escape(self.sections()[0].title)
-        return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
-                f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+        return (
+            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+        )
 
     def write(self, out_dir: Path) -> dict[str, Path]:
         """Write report.json, the plots, report.md and report.html into ``out_dir``; return their paths."""
@@ -188,15 +216,22 @@ class Report:
             written["plot_stages"] = _save(fig, out_dir / "stages.png")
             plt.close(fig)
         bench = self.stage("bench")
-        timed = [r for r in (bench.metrics.get("results", []) if bench else [])
-                 if isinstance(r, dict) and r.get("median_ms") is not None]
+        timed = [
+            r
+            for r in (bench.metrics.get("results", []) if bench else [])
+            if isinstance(r, dict) and r.get("median_ms") is not None
+        ]
         if timed:
             scale, unit = (1e3, "µs") if max(r["median_ms"] for r in timed) < 1 else (1.0, "ms")
             medians = [r["median_ms"] * scale for r in timed]
-            low = [m - (r.get("p10_ms") if r.get("p10_ms") is not None else r["median_ms"]) * scale
-                   for m, r in zip(medians, timed, strict=True)]
-            high = [(r.get("p90_ms") if r.get("p90_ms") is not None else r["median_ms"]) * scale - m
-                    for m, r in zip(medians, timed, strict=True)]
+            low = [
+                m - (r.get("p10_ms") if r.get("p10_ms") is not None else r["median_ms"]) * scale
+                for m, r in zip(medians, timed, strict=True)
+            ]
+            high = [
+                (r.get("p90_ms") if r.get("p90_ms") is not None else r["median_ms"]) * scale - m
+                for m, r in zip(medians, timed, strict=True)
+            ]
             fig, ax = plt.subplots(figsize=(8, 0.45 * len(timed) + 1.4))
             labels = [f"{r.get('model', '?')} ({r.get('runtime', '?')})" for r in timed]
             bars = ax.barh(labels, medians, xerr=[low, high], capsize=3, color="tab:green")
@@ -211,11 +246,20 @@ class Report:
         sweep = encode.metrics.get("qp_sweep", []) if encode else []
         if len(sweep) > 1 and all("accuracy" in r and "size_bytes" in r for r in sweep):
             fig, ax = plt.subplots(figsize=(6, 4))
-            ax.plot([r["size_bytes"] / 1024 for r in sweep], [100 * r["accuracy"] for r in sweep], "o-",
-                    label="single qp (NNCodec style)")
+            ax.plot(
+                [r["size_bytes"] / 1024 for r in sweep],
+                [100 * r["accuracy"] for r in sweep],
+                "o-",
+                label="single qp (NNCodec style)",
+            )
             for r in sweep:
-                ax.annotate(f"qp {r.get('qp', '')}", (r["size_bytes"] / 1024, 100 * r["accuracy"]), fontsize=7,
-                            textcoords="offset points", xytext=(4, -8))
+                ax.annotate(
+                    f"qp {r.get('qp', '')}",
+                    (r["size_bytes"] / 1024, 100 * r["accuracy"]),
+                    fontsize=7,
+                    textcoords="offset points",
+                    xytext=(4, -8),
+                )
             for label, size, acc in _stream_points(encode):
                 ax.plot([size / 1024], [100 * acc], "s", label=label)
             ax.set_xlabel("bitstream size (KiB)")
@@ -228,13 +272,18 @@ class Report:
         return written
 
 
-_PLOT_TITLES = {"plot_stages": "Weights and accuracy per stage", "plot_latency": "Latency with p10-p90 spread",
-                "plot_rate": "Accuracy vs bitstream size"}
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em}"
-        "th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}"
-        "img{max-width:100%}figure{margin:1em 0}figcaption{color:#666;font-size:.9em}"
-        "code{background:#f3f3f3;padding:0 .2em}")
+_PLOT_TITLES = {
+    "plot_stages": "Weights and accuracy per stage",
+    "plot_latency": "Latency with p10-p90 spread",
+    "plot_rate": "Accuracy vs bitstream size",
+}
+_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em}"
+    "th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}"
+    "img{max-width:100%}figure{margin:1em 0}figcaption{color:#666;font-size:.9em}"
+    "code{background:#f3f3f3;padding:0 .2em}"
+)
 
 
 @dataclass
@@ -257,8 +306,15 @@ class Table:
     def html(self) -> str:
         numeric = self._numeric()
         head = "".join(f"<th>{_inline(h)}</th>" for h in self.header)
-        body = "".join("<tr>" + "".join(f'<td class="num">{_inline(c)}</td>' if n else f"<td>{_inline(c)}</td>"
-                                        for c, n in zip(r, numeric, strict=True)) + "</tr>" for r in self.rows)
+        body = "".join(
+            "<tr>"
+            + "".join(
+                f'<td class="num">{_inline(c)}</td>' if n else f"<td>{_inline(c)}</td>"
+                for c, n in zip(r, numeric, strict=True)
+            )
+            + "</tr>"
+            for r in self.rows
+        )
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -329,12 +385,33 @@ def _main_table(report: Report) -> Table:
         if s.name == "bench":
             headline = _headline_row(s)
             latency = _latency_cell(headline) if headline else _duration(s.metrics.get("latency_ms"))
-        rows.append([s.name, _num(s.params), _num(s.nonzero_params), _num(s.macs), _bytes(_weights_bytes(s)),
-                     _bytes(_file_bytes(s, report.meta)), _pct(s.accuracy), latency, f"{s.seconds:.1f} s"])
+        rows.append(
+            [
+                s.name,
+                _num(s.params),
+                _num(s.nonzero_params),
+                _num(s.macs),
+                _bytes(_weights_bytes(s)),
+                _bytes(_file_bytes(s, report.meta)),
+                _pct(s.accuracy),
+                latency,
+                f"{s.seconds:.1f} s",
+            ]
+        )
         if s.name == "encode" and s.metrics.get("qp_stream_size_bytes") is not None:
-            rows.append(["encode (qp mode)", "-", "-", "-", _bytes(s.metrics.get("qp_stream_weight_bytes")),
-                         _bytes(s.metrics["qp_stream_size_bytes"]), _pct(s.metrics.get("qp_stream_accuracy")),
-                         "-", "-"])
+            rows.append(
+                [
+                    "encode (qp mode)",
+                    "-",
+                    "-",
+                    "-",
+                    _bytes(s.metrics.get("qp_stream_weight_bytes")),
+                    _bytes(s.metrics["qp_stream_size_bytes"]),
+                    _pct(s.metrics.get("qp_stream_accuracy")),
+                    "-",
+                    "-",
+                ]
+            )
     return Table(["stage", "params", "non-zero", "MACs", "weights", "file", "accuracy", "latency", "time"], rows)
 
 
@@ -342,13 +419,36 @@ def _exports_table(export: StageRecord) -> Table:
     rows = []
     for r in export.metrics["exports"]:
         relative = r.get("max_abs_diff_relative")
-        deviation = "-" if r.get("max_abs_diff") is None else (
-            f"{100 * relative:.2g} %" if relative is not None else f"{r['max_abs_diff']:.3g} (absolute)")
-        rows.append([f"`{r.get('file')}`", str(r.get("precision", "-")), str(r.get("runtime", "-")),
-                     _bytes(r.get("size_bytes")), _pct(r.get("accuracy")), _pct(r.get("top1_agreement")), deviation,
-                     _num(r.get("weight_mismatches"))])
-    return Table(["file", "precision", "runtime", "file size", "accuracy", "top-1 agreement", "max Δ / logit range",
-                  "INT8 level mismatches"], rows)
+        deviation = (
+            "-"
+            if r.get("max_abs_diff") is None
+            else (f"{100 * relative:.2g} %" if relative is not None else f"{r['max_abs_diff']:.3g} (absolute)")
+        )
+        rows.append(
+            [
+                f"`{r.get('file')}`",
+                str(r.get("precision", "-")),
+                str(r.get("runtime", "-")),
+                _bytes(r.get("size_bytes")),
+                _pct(r.get("accuracy")),
+                _pct(r.get("top1_agreement")),
+                deviation,
+                _num(r.get("weight_mismatches")),
+            ]
+        )
+    return Table(
+        [
+            "file",
+            "precision",
+            "runtime",
+            "file size",
+            "accuracy",
+            "top-1 agreement",
+            "max Δ / logit range",
+            "INT8 level mismatches",
+        ],
+        rows,
+    )
 
 
 def _stream_points(encode: StageRecord) -> list[tuple[str, int, float]]:
@@ -357,25 +457,57 @@ def _stream_points(encode: StageRecord) -> list[tuple[str, int, float]]:
     if encode.size_bytes and encode.accuracy is not None:
         points.append((f"model.nnr ({encode.metrics.get('mode', '?')})", encode.size_bytes, encode.accuracy))
     if encode.metrics.get("qp_stream_size_bytes") and encode.metrics.get("qp_stream_accuracy") is not None:
-        points.append(("model_qp.nnr (per-tensor qp)", encode.metrics["qp_stream_size_bytes"],
-                       encode.metrics["qp_stream_accuracy"]))
+        points.append(
+            (
+                "model_qp.nnr (per-tensor qp)",
+                encode.metrics["qp_stream_size_bytes"],
+                encode.metrics["qp_stream_accuracy"],
+            )
+        )
     return points
 
 
 def _nnr_table(encode: StageRecord) -> Table:
     m = encode.metrics
-    streams = [("model.nnr", m.get("mode", "-"), encode.size_bytes, m.get("weight_bytes"), m.get("topology_bytes"),
-                m.get("bits_per_weight"), encode.accuracy)]
+    streams = [
+        (
+            "model.nnr",
+            m.get("mode", "-"),
+            encode.size_bytes,
+            m.get("weight_bytes"),
+            m.get("topology_bytes"),
+            m.get("bits_per_weight"),
+            encode.accuracy,
+        )
+    ]
     if m.get("qp_stream_size_bytes") is not None:
-        streams.append(("model_qp.nnr", "qp", m["qp_stream_size_bytes"], m.get("qp_stream_weight_bytes"),
-                        m.get("qp_stream_topology_bytes"), m.get("qp_stream_bits_per_weight"),
-                        m.get("qp_stream_accuracy")))
+        streams.append(
+            (
+                "model_qp.nnr",
+                "qp",
+                m["qp_stream_size_bytes"],
+                m.get("qp_stream_weight_bytes"),
+                m.get("qp_stream_topology_bytes"),
+                m.get("qp_stream_bits_per_weight"),
+                m.get("qp_stream_accuracy"),
+            )
+        )
     rows = []
     for name, mode, size, weights, topology, bpw, acc in streams:
         known = [v for v in (weights, topology) if v is not None]
         rest = size - sum(known) if size is not None and known else None
-        rows.append([f"`{name}`", str(mode), _bytes(size), _bytes(weights), _bytes(topology), _bytes(rest),
-                     "-" if bpw is None else f"{bpw:.3f}", _pct(acc)])
+        rows.append(
+            [
+                f"`{name}`",
+                str(mode),
+                _bytes(size),
+                _bytes(weights),
+                _bytes(topology),
+                _bytes(rest),
+                "-" if bpw is None else f"{bpw:.3f}",
+                _pct(acc),
+            ]
+        )
     return Table(["stream", "mode", "file", "weights", "topology", "other headers", "bits/weight", "accuracy"], rows)
 
 
@@ -386,9 +518,17 @@ def _latency_table(rows: list[dict[str, Any]]) -> Table:
             out.append([str(r.get("model", "?")), "skipped", str(r["skipped"]), "-", "-", "-", "-"])
             continue
         runtime = f"{r.get('runtime') or '-'} {r.get('runtime_version') or ''}".strip()
-        out.append([str(r.get("model", "?")), runtime, _duration(r.get("median_ms")), _duration(r.get("p10_ms")),
-                    _duration(r.get("p90_ms")), _duration(r.get("init_ms")),
-                    "-" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f} MiB"])
+        out.append(
+            [
+                str(r.get("model", "?")),
+                runtime,
+                _duration(r.get("median_ms")),
+                _duration(r.get("p10_ms")),
+                _duration(r.get("p90_ms")),
+                _duration(r.get("init_ms")),
+                "-" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f} MiB",
+            ]
+        )
     return Table(["model", "runtime", "median", "p10", "p90", "init", "peak RSS"], out)
 
 

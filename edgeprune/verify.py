@@ -47,17 +47,20 @@ def verification_inputs(
     inputs = []
     for shape in shapes:
         inputs.append(torch.randn(1, *shape, generator=gen))
-        inputs.append(torch.stack([
-            torch.randn(*shape, generator=gen), torch.zeros(*shape), 100 * torch.randn(*shape, generator=gen)
-        ]))
+        inputs.append(
+            torch.stack(
+                [torch.randn(*shape, generator=gen), torch.zeros(*shape), 100 * torch.randn(*shape, generator=gen)]
+            )
+        )
     if real is not None and len(real):
         inputs += [real[:1], real[:3]]
     return inputs
 
 
 @torch.no_grad()
-def worst_abs_diff(reference: nn.Module, candidate: nn.Module, inputs: Sequence[torch.Tensor],
-                 dtype: torch.dtype = torch.float64) -> tuple[float, int]:
+def worst_abs_diff(
+    reference: nn.Module, candidate: nn.Module, inputs: Sequence[torch.Tensor], dtype: torch.dtype = torch.float64
+) -> tuple[float, int]:
     """(max |reference(x) - candidate(x)|, index of the input where it occurs), both run in ``dtype``."""
     a = copy.deepcopy(reference).eval().to(dtype)
     b = candidate.eval() if _has_dtype(candidate, dtype) else copy.deepcopy(candidate).eval().to(dtype)

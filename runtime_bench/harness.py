@@ -22,8 +22,11 @@ import numpy as np
 # Runtime name -> (module to import, class or attribute path used for .tflite / .onnx).
 TFLITE_RUNTIMES = ("litert", "tflite-runtime")
 ONNX_RUNTIMES = ("onnxruntime",)
-_MODULES = {"litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter",
-            "onnxruntime": "onnxruntime"}
+_MODULES = {
+    "litert": "ai_edge_litert.interpreter",
+    "tflite-runtime": "tflite_runtime.interpreter",
+    "onnxruntime": "onnxruntime",
+}
 _DISTRIBUTIONS = {"litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime", "onnxruntime": "onnxruntime"}
 
 
@@ -77,10 +80,15 @@ def summarise(samples_ms: list[float]) -> dict[str, float]:
     if not samples_ms:
         raise HarnessError("no timed runs: pass --runs 1 or more")
     values = np.asarray(samples_ms, dtype=np.float64)
-    return {"mean_ms": float(values.mean()), "median_ms": float(np.median(values)),
-            "p10_ms": float(np.percentile(values, 10)), "p90_ms": float(np.percentile(values, 90)),
-            "std_ms": float(values.std()),
-            "min_ms": float(values.min()), "max_ms": float(values.max())}
+    return {
+        "mean_ms": float(values.mean()),
+        "median_ms": float(np.median(values)),
+        "p10_ms": float(np.percentile(values, 10)),
+        "p90_ms": float(np.percentile(values, 90)),
+        "std_ms": float(values.std()),
+        "min_ms": float(values.min()),
+        "max_ms": float(values.max()),
+    }
 
 
 def peak_rss_mb() -> float:
@@ -114,8 +122,9 @@ def pick_runtime(model_path: str, requested: str) -> str:
     candidates = _candidates(model_path)
     if requested != "auto":
         if requested not in candidates:
-            raise HarnessError(f"runtime {requested!r} cannot run {os.path.basename(model_path)}; "
-                               f"use one of {', '.join(candidates)}")
+            raise HarnessError(
+                f"runtime {requested!r} cannot run {os.path.basename(model_path)}; use one of {', '.join(candidates)}"
+            )
         return requested
     for name in candidates:
         if importlib.util.find_spec(_MODULES[name].split(".")[0]) is not None:
@@ -174,8 +183,9 @@ class _TFLiteModel:
                 self.interpreter.resize_tensor_input(d["index"], [max(int(s), 1) for s in signature])
         self.interpreter.allocate_tensors()
         self.details = self.interpreter.get_input_details()
-        self.specs = [TensorSpec(d["name"], [int(s) for s in d["shape"]], np.dtype(d["dtype"]).name)
-                      for d in self.details]
+        self.specs = [
+            TensorSpec(d["name"], [int(s) for s in d["shape"]], np.dtype(d["dtype"]).name) for d in self.details
+        ]
 
     def bind(self, arrays: list[np.ndarray]) -> None:
         for d, a in zip(self.details, arrays):  # noqa: B905 - the harness also runs on Python 3.9
@@ -214,9 +224,16 @@ def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
     return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
-_ONNX_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-                "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32",
-                "tensor(int64)": "int64", "tensor(bool)": "bool"}
+_ONNX_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
 
 
 class _OnnxModel:
@@ -242,8 +259,9 @@ class _OnnxModel:
         self.session.run(None, self.feed)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {self.specs[0].name: x.astype(self.specs[0].dtype)})[0],
-                          dtype=np.float32)
+        return np.asarray(
+            self.session.run(None, {self.specs[0].name: x.astype(self.specs[0].dtype)})[0], dtype=np.float32
+        )
 
     def output_step(self) -> float:
         return 0.0  # QDQ files dequantise inside the graph: float outputs
@@ -267,15 +285,22 @@ def infer(model_path: str, inputs: np.ndarray, runtime: str = "auto", threads: i
         raise HarnessError(f"{name} cannot load {os.path.basename(model_path)}: {str(exc).splitlines()[0]}") from exc
     expected = model.specs[0].shape[1:]
     if list(inputs.shape[1:]) != list(expected):
-        raise HarnessError(f"inputs have shape {list(inputs.shape)}, the model takes [N, "
-                           f"{', '.join(map(str, expected))}]")
+        raise HarnessError(
+            f"inputs have shape {list(inputs.shape)}, the model takes [N, {', '.join(map(str, expected))}]"
+        )
     outputs = np.concatenate([model.infer(inputs[i : i + 1]) for i in range(len(inputs))])
-    return {"model": os.path.basename(model_path), "runtime": name, "runtime_version": _version(name),
-            "output_step": model.output_step(), "outputs": outputs}
+    return {
+        "model": os.path.basename(model_path),
+        "runtime": name,
+        "runtime_version": _version(name),
+        "output_step": model.output_step(),
+        "outputs": outputs,
+    }
 
 
-def benchmark(model_path: str, runtime: str = "auto", threads: int = 1, warmup: int = 10, runs: int = 100,
-              seed: int = 0) -> Timings:
+def benchmark(
+    model_path: str, runtime: str = "auto", threads: int = 1, warmup: int = 10, runs: int = 100, seed: int = 0
+) -> Timings:
     """Load ``model_path``, run it ``warmup`` times untimed and ``runs`` times timed."""
     if not os.path.isfile(model_path):
         raise HarnessError(f"model file {model_path} does not exist")
@@ -305,10 +330,21 @@ def benchmark(model_path: str, runtime: str = "auto", threads: int = 1, warmup: 
         start = clock()
         model.run()
         samples.append((clock() - start) * 1e3)
-    return Timings(model=os.path.basename(model_path), runtime=name, runtime_version=_version(name),
-                   threads=threads, warmup=warmup, runs=runs, inputs=model.specs, init_ms=init_ms,
-                   first_run_ms=first_run_ms, peak_rss_mb=peak_rss_mb(), rss_before_load_mb=rss_before,
-                   samples_ms=samples, **summarise(samples))
+    return Timings(
+        model=os.path.basename(model_path),
+        runtime=name,
+        runtime_version=_version(name),
+        threads=threads,
+        warmup=warmup,
+        runs=runs,
+        inputs=model.specs,
+        init_ms=init_ms,
+        first_run_ms=first_run_ms,
+        peak_rss_mb=peak_rss_mb(),
+        rss_before_load_mb=rss_before,
+        samples_ms=samples,
+        **summarise(samples),
+    )
 
 
 def available_runtimes() -> dict[str, str]:
@@ -325,5 +361,9 @@ def python_info() -> dict[str, Any]:
     import platform
 
     modules = [m for m in ("torch",) if importlib.util.find_spec(m) is not None]
-    return {"python": sys.version.split()[0], "numpy": np.__version__, "machine": platform.machine(),
-            "modules": modules}
+    return {
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "modules": modules,
+    }

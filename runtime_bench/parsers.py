@@ -50,8 +50,11 @@ def parse_benchmark_model(text: str) -> dict[str, Any]:
     stats_lines = [m for m in _STATS_LINE.finditer(text)]
     if not stats_lines:
         reason = _error_line(text)
-        raise ParseError(f"benchmark_model printed no timings: {reason}" if reason
-                         else "benchmark_model printed no 'count=... avg=...' line")
+        raise ParseError(
+            f"benchmark_model printed no timings: {reason}"
+            if reason
+            else "benchmark_model printed no 'count=... avg=...' line"
+        )
     measured = {k: float(v) for k, v in _KEY_VALUE.findall(stats_lines[-1].group(0))}
     warmup = {k: float(v) for k, v in _KEY_VALUE.findall(stats_lines[0].group(0))} if len(stats_lines) > 1 else {}
     init_us = _first(rf"Inference timings in us:.*?\bInit:\s*({NUMBER})", text)
@@ -63,8 +66,11 @@ def parse_benchmark_model(text: str) -> dict[str, Any]:
     first_us = _first(rf"First inference:\s*({NUMBER})", text)
     if first_us is None:
         first_us = warmup.get("first", measured.get("first"))
-    memory_overall = _first(rf"(?:Memory footprint delta from the start of the tool|Peak memory footprint) "
-                            rf"\(MB\):\s*init=\s*{NUMBER}\s+overall=\s*({NUMBER})", text)
+    memory_overall = _first(
+        rf"(?:Memory footprint delta from the start of the tool|Peak memory footprint) "
+        rf"\(MB\):\s*init=\s*{NUMBER}\s+overall=\s*({NUMBER})",
+        text,
+    )
     peak_monitored = _first(rf"Overall peak memory footprint \(MB\) via periodic monitoring:\s*({NUMBER})", text)
     return {
         "runs": int(measured["count"]),
@@ -98,8 +104,11 @@ def parse_perf_test(text: str) -> dict[str, Any]:
     mean_ms = _first(rf"Average (?:inference )?time cost:\s*({NUMBER})\s*ms", text)
     if mean_ms is None:
         reason = _error_line(text) or next((ln.strip() for ln in text.splitlines() if "rror" in ln), None)
-        raise ParseError(f"onnxruntime_perf_test printed no timings: {reason}" if reason
-                         else "onnxruntime_perf_test printed no 'Average inference time cost' line")
+        raise ParseError(
+            f"onnxruntime_perf_test printed no timings: {reason}"
+            if reason
+            else "onnxruntime_perf_test printed no 'Average inference time cost' line"
+        )
 
     def latency(name: str) -> float | None:
         return _seconds_to_ms(_first(rf"{name} Latency(?::| is)\s*({NUMBER})\s*s", text))

@@ -28,8 +28,12 @@ import numpy as np
 
 
 def _stub_framework() -> None:
-    for name in ("nncodec.framework", "nncodec.framework.tensorflow_model", "nncodec.framework.pytorch_model",
-                 "nncodec.framework.use_case_init"):
+    for name in (
+        "nncodec.framework",
+        "nncodec.framework.tensorflow_model",
+        "nncodec.framework.pytorch_model",
+        "nncodec.framework.use_case_init",
+    ):
         sys.modules.setdefault(name, types.ModuleType(name))
     pkg = sys.modules["nncodec.framework"]
     for sub in ("tensorflow_model", "pytorch_model", "use_case_init"):
@@ -70,8 +74,13 @@ def main(request_path: str, response_path: str) -> None:
                 params, hls = decompress(bs, return_hls=True, verbose=False)
                 seconds.append(time.process_time() - t0)
             topology = hls.get("tpl", {}).get("topology_data", "") if isinstance(hls, dict) else ""
-            results.append({"params": {k: _arr_out(np.asarray(v)) for k, v in params.items()},
-                            "topology": topology if isinstance(topology, str) else "", "seconds": min(seconds)})
+            results.append(
+                {
+                    "params": {k: _arr_out(np.asarray(v)) for k, v in params.items()},
+                    "topology": topology if isinstance(topology, str) else "",
+                    "seconds": min(seconds),
+                }
+            )
         elif op["op"] == "zstd":
             import zstandard
 

@@ -51,33 +51,63 @@ def example(tmp_path_factory) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("arm")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # prune/simplify are skipped: this test is about the device side, and they do not change the file formats
-    subprocess.run([sys.executable, "-m", "edgeprune", "--quiet", "compress", "--example", "lenet5",
-                    "--stages", "load,quantize,export", "-o", str(work / "out")], check=True, env=env, cwd=work)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeprune",
+            "--quiet",
+            "compress",
+            "--example",
+            "lenet5",
+            "--stages",
+            "load,quantize,export",
+            "-o",
+            str(work / "out"),
+        ],
+        check=True,
+        env=env,
+        cwd=work,
+    )
     from edgeprune.data import load_data
 
     inputs = load_data("digits", seed=0).test.tensors[0][:SAMPLES].numpy()
     np.save(work / "inputs.npy", inputs)
     # the harness alone, as the host copies it to a Pi (no edgeprune, no torch)
-    shutil.copytree(REPO / "runtime_bench", work / "device" / "runtime_bench",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "runtime_bench", work / "device" / "runtime_bench", ignore=shutil.ignore_patterns("__pycache__")
+    )
     return {"out": work / "out", "inputs": work / "inputs.npy", "device": work / "device", "work": work}
 
 
 def _on_arm(arch: str, args: list[str], device: Path) -> subprocess.CompletedProcess:
     """``python3 -m runtime_bench ARGS`` in the ARM userland under qemu-user (-L: its files shadow the host's)."""
     qemu, root = _userland(arch)
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(device), "LANG": "C.UTF-8",
-           # the host path of the userland's site dir: qemu 7.2 does not apply -L to statx (32-bit glibc's stat)
-           "PYTHONPATH": f"{root / 'opt/edgeprune-site'}:{device}", "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([qemu, "-cpu", QEMU_CPU[arch], "-L", str(root), str(root / "usr/bin/python3"),
-                           "-m", "runtime_bench", *args],
-                          capture_output=True, text=True, env=env, cwd=device, timeout=600)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(device),
+        "LANG": "C.UTF-8",
+        # the host path of the userland's site dir: qemu 7.2 does not apply -L to statx (32-bit glibc's stat)
+        "PYTHONPATH": f"{root / 'opt/edgeprune-site'}:{device}",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    return subprocess.run(
+        [qemu, "-cpu", QEMU_CPU[arch], "-L", str(root), str(root / "usr/bin/python3"), "-m", "runtime_bench", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=device,
+        timeout=600,
+    )
 
 
-@pytest.mark.parametrize(("arch", "runtimes", "numpy_major"), [
-    ("arm64", {"litert", "onnxruntime"}, None),
-    ("armhf", {"tflite-runtime"}, 1),
-])
+@pytest.mark.parametrize(
+    ("arch", "runtimes", "numpy_major"),
+    [
+        ("arm64", {"litert", "onnxruntime"}, None),
+        ("armhf", {"tflite-runtime"}, 1),
+    ],
+)
 def test_userland_has_the_pi_runtimes_and_no_torch(example, arch, runtimes, numpy_major):
     probe = _on_arm(arch, ["probe"], example["device"])
     assert probe.returncode == 0, probe.stderr[-3000:]
@@ -89,19 +119,25 @@ def test_userland_has_the_pi_runtimes_and_no_torch(example, arch, runtimes, nump
     assert "torch" not in found.get("modules", [])
 
 
-@pytest.mark.parametrize(("arch", "model", "runtime"), [
-    ("arm64", "model.tflite", "litert"),
-    ("arm64", "model_int8.tflite", "litert"),
-    ("arm64", "model.onnx", "onnxruntime"),
-    ("armhf", "model.tflite", "tflite-runtime"),
-    ("armhf", "model_int8.tflite", "tflite-runtime"),
-])
+@pytest.mark.parametrize(
+    ("arch", "model", "runtime"),
+    [
+        ("arm64", "model.tflite", "litert"),
+        ("arm64", "model_int8.tflite", "litert"),
+        ("arm64", "model.onnx", "onnxruntime"),
+        ("armhf", "model.tflite", "tflite-runtime"),
+        ("armhf", "model_int8.tflite", "tflite-runtime"),
+    ],
+)
 def test_arm_outputs_match_the_host(example, arch, model, runtime):
     path = example["out"] / model
     host = infer(str(path), np.load(example["inputs"]), "litert" if runtime == "tflite-runtime" else runtime)
     dest = example["work"] / f"{arch}-{model}.npy"
-    result = _on_arm(arch, ["infer", str(path), "--inputs", str(example["inputs"]), "--outputs", str(dest),
-                            "--runtime", runtime], example["device"])
+    result = _on_arm(
+        arch,
+        ["infer", str(path), "--inputs", str(example["inputs"]), "--outputs", str(dest), "--runtime", runtime],
+        example["device"],
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     info = json.loads(result.stdout)
     assert info["runtime"] == runtime

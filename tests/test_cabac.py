@@ -29,9 +29,17 @@ def dq_levels_from_coded(q: np.ndarray) -> np.ndarray:
 def roundtrip(levels: np.ndarray, rows: int, width: int, **kw) -> tuple[np.ndarray, int | None]:
     payload = _cabac.encode(levels, rows, width, **kw)
     out = np.full(rows * width, 12345, dtype=np.int32)
-    qp, used = _cabac.decode(payload, out, rows, width, dq=kw.get("dq", False), profile=kw.get("profile", True),
-                             num_gtx_flags=kw.get("num_gtx_flags", 11), has_qp_offset=kw.get("qp_offset") is not None,
-                             qp_density=kw.get("qp_density", 2))
+    qp, used = _cabac.decode(
+        payload,
+        out,
+        rows,
+        width,
+        dq=kw.get("dq", False),
+        profile=kw.get("profile", True),
+        num_gtx_flags=kw.get("num_gtx_flags", 11),
+        has_qp_offset=kw.get("qp_offset") is not None,
+        qp_density=kw.get("qp_density", 2),
+    )
     assert used <= len(payload)
     return out, qp
 
@@ -40,15 +48,33 @@ magnitudes = st.one_of(st.integers(-3, 3), st.integers(-300, 300), st.integers(-
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rows=st.integers(1, 12), width=st.integers(1, 12), data=st.data(), dq=st.booleans(), profile=st.booleans(),
-       row_skip=st.booleans(), search=st.booleans(), ngtx=st.integers(1, 32), qp=st.none() | st.integers(-128, 127))
+@given(
+    rows=st.integers(1, 12),
+    width=st.integers(1, 12),
+    data=st.data(),
+    dq=st.booleans(),
+    profile=st.booleans(),
+    row_skip=st.booleans(),
+    search=st.booleans(),
+    ngtx=st.integers(1, 32),
+    qp=st.none() | st.integers(-128, 127),
+)
 def test_random_levels_round_trip(rows, width, data, dq, profile, row_skip, search, ngtx, qp):
     coded = data.draw(hnp.arrays(np.int32, rows * width, elements=magnitudes))
     if data.draw(st.booleans()):  # pruned rows
-        coded.reshape(rows, width)[:: 2] = 0
+        coded.reshape(rows, width)[::2] = 0
     levels = dq_levels_from_coded(coded) if dq else coded
-    out, qp_back = roundtrip(levels, rows, width, dq=dq, profile=profile, row_skip=row_skip, estimator_search=search,
-                             num_gtx_flags=ngtx, qp_offset=qp)
+    out, qp_back = roundtrip(
+        levels,
+        rows,
+        width,
+        dq=dq,
+        profile=profile,
+        row_skip=row_skip,
+        estimator_search=search,
+        num_gtx_flags=ngtx,
+        qp_offset=qp,
+    )
     np.testing.assert_array_equal(out, levels)
     assert qp_back == qp
 
@@ -177,8 +203,17 @@ def test_decoder_never_accepts_levels_the_encoder_cannot_write():
     rows, width = 1 + data[0] % 64, 1 + data[1] % 64
     out = np.empty(rows * width, dtype=np.int32)
     with pytest.raises(_cabac.CabacError, match="corrupt"):
-        _cabac.decode(data[6:], out, rows, width, dq=True, profile=True, num_gtx_flags=1 + data[3] % 32,
-                      has_qp_offset=True, qp_density=(data[2] >> 3) & 7)
+        _cabac.decode(
+            data[6:],
+            out,
+            rows,
+            width,
+            dq=True,
+            profile=True,
+            num_gtx_flags=1 + data[3] % 32,
+            has_qp_offset=True,
+            qp_density=(data[2] >> 3) & 7,
+        )
 
 
 def test_rdoq_trades_distortion_for_rate_and_needs_uniform_quantisation():

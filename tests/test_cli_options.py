@@ -100,8 +100,10 @@ def test_debug_after_the_subcommand_shows_the_traceback(runner, cli, tmp_path):
     assert "Traceback" not in plain.output and "Traceback" in debug.output
 
 
-@pytest.mark.parametrize("command", ["compress", "prune", "simplify", "quantize", "export", "encode", "decode",
-                                     "inspect", "bench", "devices"])
+@pytest.mark.parametrize(
+    "command",
+    ["compress", "prune", "simplify", "quantize", "export", "encode", "decode", "inspect", "bench", "devices"],
+)
 def test_every_subcommand_accepts_the_verbosity_flags(runner, cli, command):
     result = runner.invoke(cli, [command, "--quiet", "--verbose", "--debug", "--help"])
     assert result.exit_code == 0, result.output
@@ -112,8 +114,16 @@ def test_compress_help_is_grouped_by_stage_with_examples_first(runner, cli):
     result = runner.invoke(cli, ["compress", "--help"])
     assert result.exit_code == 0, result.output
     text = result.output
-    panels = ["Input", "Output and stages", "Prune (SeReNe / L1)", "Simplify", "Quantize and export (ONNX, TFLite)",
-              "Encode (MPEG-NNR)", "Bench", "Messages"]
+    panels = [
+        "Input",
+        "Output and stages",
+        "Prune (SeReNe / L1)",
+        "Simplify",
+        "Quantize and export (ONNX, TFLite)",
+        "Encode (MPEG-NNR)",
+        "Bench",
+        "Messages",
+    ]
     positions = [text.find(f"─ {name} ─") for name in panels]
     assert -1 not in positions and positions == sorted(positions), positions
     assert text.find("edgeprune compress --example lenet5") < positions[0]

@@ -9,9 +9,22 @@ import pytest
 import torch
 
 EXPECTED_FILES = {
-    "pruned.pt2", "simplified.pt2", "quant.npz", "model.nnr", "model_qp.nnr", "model.onnx", "model_int8.onnx",
-    "model.tflite", "model_int8.tflite", "dense.onnx", "dense.tflite", "bench.json", "report.json", "report.md",
-    "stages.png", "latency.png",
+    "pruned.pt2",
+    "simplified.pt2",
+    "quant.npz",
+    "model.nnr",
+    "model_qp.nnr",
+    "model.onnx",
+    "model_int8.onnx",
+    "model.tflite",
+    "model_int8.tflite",
+    "dense.onnx",
+    "dense.tflite",
+    "bench.json",
+    "report.json",
+    "report.md",
+    "stages.png",
+    "latency.png",
 }
 
 
@@ -24,7 +37,9 @@ def test_compress_example_writes_every_artefact_with_real_numbers(tmp_path, runn
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "work directory left behind"
     report = json.loads(result.stdout)  # stderr may carry warnings
     assert report == json.loads((out / "report.json").read_text()) | {
-        "output_dir": str(out), "report_files": report["report_files"]}
+        "output_dir": str(out),
+        "report_files": report["report_files"],
+    }
     stages = {s["name"]: s for s in report["stages"]}
     assert list(stages) == ["load", "prune", "simplify", "quantize", "encode", "export", "bench"]
     # real accuracy on held-out digits, and the pipeline really shrank the model without losing it

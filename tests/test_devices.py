@@ -71,15 +71,18 @@ def test_user_profiles_from_config_dir_and_env_override_builtins(tmp_path, monke
     assert mine.name == "mine" and mine.adb.serial == "abc123" and mine.affinity == "f0"
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"transport": "telnet"}, "transport 'telnet' is unknown"),
-    ({"runtimes": ["tensorrt"]}, "runtime 'tensorrt' is unknown"),
-    ({"thread": 4}, "unknown key 'thread'"),
-    ({"ssh": {"hostname": "x"}}, "unknown key ssh.'hostname'"),
-    ({"extends": "nokia-3310"}, "extends unknown profile 'nokia-3310'"),
-    ({"transport": "ssh", "workdir": "/tmp/x"}, "needs \\[ssh\\] host"),
-    ({"affinity": "big"}, "not a hexadecimal CPU mask"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"transport": "telnet"}, "transport 'telnet' is unknown"),
+        ({"runtimes": ["tensorrt"]}, "runtime 'tensorrt' is unknown"),
+        ({"thread": 4}, "unknown key 'thread'"),
+        ({"ssh": {"hostname": "x"}}, "unknown key ssh.'hostname'"),
+        ({"extends": "nokia-3310"}, "extends unknown profile 'nokia-3310'"),
+        ({"transport": "ssh", "workdir": "/tmp/x"}, "needs \\[ssh\\] host"),
+        ({"affinity": "big"}, "not a hexadecimal CPU mask"),
+    ],
+)
 def test_bad_profiles_are_rejected_with_the_fix(tmp_path, fields, message):
     path = write_profile(tmp_path / "bad.toml", {"name": "bad", **fields})
     with pytest.raises(DeviceError, match=message):
@@ -97,13 +100,22 @@ def test_unknown_target_and_broken_toml(tmp_path):
         load_profile(str(tmp_path / "missing.toml"))
 
 
-@pytest.mark.parametrize(("text", "free"), [
-    ("Filesystem 1K-blocks Used Available Use% Mounted on\n/dev/root 14800000 4000000 10000000 29% /\n", 10000000),
-    ("Filesystem     1K-blocks   Used Available Use% Mounted on\n"
-     "/dev/mapper/very-long-volume-group-name-root\n   14800000 4000000 123456  97% /\n", 123456),
-    ("Filesystem               Size     Used     Free   Blksize\n"
-     "/data                    25.0G    20.0G     5.5G   4096\n", int(5.5 * (1 << 20))),
-])
+@pytest.mark.parametrize(
+    ("text", "free"),
+    [
+        ("Filesystem 1K-blocks Used Available Use% Mounted on\n/dev/root 14800000 4000000 10000000 29% /\n", 10000000),
+        (
+            "Filesystem     1K-blocks   Used Available Use% Mounted on\n"
+            "/dev/mapper/very-long-volume-group-name-root\n   14800000 4000000 123456  97% /\n",
+            123456,
+        ),
+        (
+            "Filesystem               Size     Used     Free   Blksize\n"
+            "/data                    25.0G    20.0G     5.5G   4096\n",
+            int(5.5 * (1 << 20)),
+        ),
+    ],
+)
 def test_free_space_from_coreutils_busybox_and_old_android_df(text, free):
     assert parse_df_free(text) == free * 1024
 
@@ -137,8 +149,10 @@ def test_retries_only_what_a_retry_can_cure():
 def test_host_path_runs_the_harness_in_a_subprocess(lenet_exports):
     rows = benchmark_files(load_profile("host"), [ModelFile(k, p) for k, p in lenet_exports.items()], FAST)
     assert [r["runtime"] for r in rows] == ["onnxruntime", "onnxruntime", "litert"]
-    own_peak_mb = int(next(ln for ln in Path("/proc/self/status").read_text().splitlines()
-                           if ln.startswith("VmHWM")).split()[1]) / 1024
+    own_peak_mb = (
+        int(next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM")).split()[1])
+        / 1024
+    )
     for r in rows:
         assert r["tool"] == "runtime_bench" and r["median_ms"] > 0
         # The harness's own peak, not this (torch-laden) parent's: RSS is measured in the child.
@@ -147,15 +161,23 @@ def test_host_path_runs_the_harness_in_a_subprocess(lenet_exports):
 
 def test_models_to_bench_orders_dense_first_and_ignores_other_files(tmp_path):
     names = ["model_int8.tflite", "model.onnx", "dense.onnx", "model.nnr", "model_int8.onnx"]
-    files = dict(zip(["tflite_int8", "onnx_fp32", "dense_onnx_fp32", "nnr", "onnx_int8"],
-                     [tmp_path / n for n in names], strict=True))
-    assert [m.key for m in stage.models_to_bench(files)] == ["dense_onnx_fp32", "onnx_fp32", "onnx_int8",
-                                                            "tflite_int8"]
+    files = dict(
+        zip(
+            ["tflite_int8", "onnx_fp32", "dense_onnx_fp32", "nnr", "onnx_int8"],
+            [tmp_path / n for n in names],
+            strict=True,
+        )
+    )
+    assert [m.key for m in stage.models_to_bench(files)] == ["dense_onnx_fp32", "onnx_fp32", "onnx_int8", "tflite_int8"]
 
 
 def test_headline_latency_prefers_int8_in_the_devices_first_runtime():
-    rows = [{"model": "onnx_fp32", "median_ms": 4.0}, {"model": "onnx_int8", "median_ms": 2.0},
-            {"model": "tflite_int8", "median_ms": 1.0}, {"model": "tflite_fp32", "median_ms": None}]
+    rows = [
+        {"model": "onnx_fp32", "median_ms": 4.0},
+        {"model": "onnx_int8", "median_ms": 2.0},
+        {"model": "tflite_int8", "median_ms": 1.0},
+        {"model": "tflite_fp32", "median_ms": None},
+    ]
     assert stage.headline_latency(rows, load_profile("xiaomi-mi9")) == 1.0
     onnx_first = load_profile("host").__class__(name="x", runtimes=("onnxruntime", "litert"))
     assert stage.headline_latency(rows, onnx_first) == 2.0
@@ -163,8 +185,13 @@ def test_headline_latency_prefers_int8_in_the_devices_first_runtime():
 
 
 def test_bench_stage_in_the_pipeline_writes_table_plot_and_json(trained_lenet5, lenet_exports, tmp_path):
-    art = Artifact(model=trained_lenet5.model, example_input=trained_lenet5.example_input,
-                   data=trained_lenet5.data, files=dict(lenet_exports), meta=dict(trained_lenet5.meta))
+    art = Artifact(
+        model=trained_lenet5.model,
+        example_input=trained_lenet5.example_input,
+        data=trained_lenet5.data,
+        files=dict(lenet_exports),
+        meta=dict(trained_lenet5.meta),
+    )
     ctx = StageContext(out_dir=tmp_path, options={"bench": FAST}, target="host")
     report = run_pipeline(art, ctx, ["load", "bench"])
     bench = report.stage("bench")
@@ -185,12 +212,24 @@ def test_bench_stage_without_exports_says_what_to_run(trained_lenet5, tmp_path):
 
 
 def test_compress_options_become_bench_options():
-    kwargs = {"bench_threads": 2, "bench_runs": 7, "bench_warmup": None, "bench_timeout": 30.0,
-              "bench_retries": None, "benchmark_binary": "/x/benchmark_model", "other": 1}
+    kwargs = {
+        "bench_threads": 2,
+        "bench_runs": 7,
+        "bench_warmup": None,
+        "bench_timeout": 30.0,
+        "bench_retries": None,
+        "benchmark_binary": "/x/benchmark_model",
+        "other": 1,
+    }
     name, options = options_from(kwargs)
     assert name == "bench" and kwargs == {"other": 1}
     assert (options.threads, options.runs, options.warmup, options.timeout_s, options.benchmark_binary) == (
-        2, 7, 10, 30.0, "/x/benchmark_model")
+        2,
+        7,
+        10,
+        30.0,
+        "/x/benchmark_model",
+    )
     assert options_from({"bench_runs": None}) == ("bench", None)
 
 
@@ -228,8 +267,9 @@ class _InterruptedLocal(LocalTransport):
     def execute(self, command: str, timeout: float) -> CommandResult:
         if "-m runtime_bench run" not in command:
             return super().execute(command, timeout)
-        self.started = subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        self.started = subprocess.Popen(
+            ["/bin/sh", "-c", command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 10
         while not list(Path(self.profile.workdir).glob("run-*/.pid")) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -249,8 +289,23 @@ def test_interrupted_benchmark_is_killed_and_cleaned_up(lenet_exports, tmp_path)
 @pytest.mark.slow
 def test_compress_runs_export_then_bench_from_the_cli(runner, cli, tmp_path):
     out = tmp_path / "out"
-    result = runner.invoke(cli, ["compress", "--example", "lenet5", "--stages", "export,bench", "--bench-runs", "20",
-                                 "--bench-warmup", "2", "-o", str(out), "--json"])
+    result = runner.invoke(
+        cli,
+        [
+            "compress",
+            "--example",
+            "lenet5",
+            "--stages",
+            "export,bench",
+            "--bench-runs",
+            "20",
+            "--bench-warmup",
+            "2",
+            "-o",
+            str(out),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     bench = next(s for s in json.loads(result.stdout)["stages"] if s["name"] == "bench")
     models = [r["model"] for r in bench["metrics"]["results"]]

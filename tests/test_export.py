@@ -97,10 +97,15 @@ def test_onnx_weight_check_fails_when_one_level_is_altered(lenet5_onnx, tmp_path
 def test_static_batch_onnx_calibrates_and_runs_one_sample_at_a_time(lenet5_onnx, tmp_path):
     art, result = lenet5_onnx
     qw = art.extras["quant"]
-    fp32 = onnx_export.export_fp32(quant.with_quantized_weights(art.model, qw), art.example_input,
-                                   tmp_path / "static.onnx", dynamic_batch=False)
-    int8 = onnx_export.quantize_int8(fp32, tmp_path / "static_int8.onnx", art.data.calibration_batch(16),
-                                     weight_scales={n: t.scale for n, t in qw.tensors.items()})
+    fp32 = onnx_export.export_fp32(
+        quant.with_quantized_weights(art.model, qw), art.example_input, tmp_path / "static.onnx", dynamic_batch=False
+    )
+    int8 = onnx_export.quantize_int8(
+        fp32,
+        tmp_path / "static_int8.onnx",
+        art.data.calibration_batch(16),
+        weight_scales={n: t.scale for n, t in qw.tensors.items()},
+    )
     assert onnx.load(str(int8)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     check = compare_levels({n: t.levels for n, t in qw.tensors.items()}, onnx_export.read_int8_weights(int8))
     assert check.mismatches == 0
@@ -129,11 +134,23 @@ def trained_mobilenet(digits):
     return _trained(mobilenetv2_like, digits, epochs=2)
 
 
-@pytest.mark.parametrize("which", ["trained_resnet", pytest.param("trained_mobilenet", marks=[
-    pytest.mark.slow,
-    pytest.mark.xfail(strict=True, reason="known regression after the issue-12 merge: INT8 ONNX of the "
-                      "MobileNetV2-like net scores 73.8 % vs 86.6 % fp32, allocated and max-abs weights alike"),
-])])
+@pytest.mark.parametrize(
+    "which",
+    [
+        "trained_resnet",
+        pytest.param(
+            "trained_mobilenet",
+            marks=[
+                pytest.mark.slow,
+                pytest.mark.xfail(
+                    strict=True,
+                    reason="known regression after the issue-12 merge: INT8 ONNX of the "
+                    "MobileNetV2-like net scores 73.8 % vs 86.6 % fp32, allocated and max-abs weights alike",
+                ),
+            ],
+        ),
+    ],
+)
 def test_onnx_residual_and_depthwise_models(which, request, tmp_path):
     art = copy.deepcopy(request.getfixturevalue(which))
     fp32_accuracy = _float_accuracy(art)
@@ -148,8 +165,11 @@ def _prune_lenet5(model: nn.Module) -> nn.Module:
     inputs they feed), a third of the conv2 filters and 60 % of the fc1 neurons."""
     pruned = copy.deepcopy(model)
     with torch.no_grad():
-        for layer, dead in ((pruned.conv1, range(0, 20, 2)), (pruned.conv2, range(0, 50, 3)),
-                            (pruned.fc1, range(0, 500, 5))):
+        for layer, dead in (
+            (pruned.conv1, range(0, 20, 2)),
+            (pruned.conv2, range(0, 50, 3)),
+            (pruned.fc1, range(0, 500, 5)),
+        ):
             for c in dead:
                 layer.weight[c] = 0
                 layer.bias[c] = 0
@@ -172,8 +192,9 @@ def _prune_resnet(model: nn.Module) -> nn.Module:
 
 def test_pruned_model_exports_zero_channels_with_equal_levels(trained_lenet5, tmp_path):
     """Zeroed channels get scale 1.0 and levels 0 in every file, and INT8 keeps the pruned accuracy."""
-    art = Artifact(model=_prune_lenet5(trained_lenet5.model), example_input=trained_lenet5.example_input,
-                   data=trained_lenet5.data)
+    art = Artifact(
+        model=_prune_lenet5(trained_lenet5.model), example_input=trained_lenet5.example_input, data=trained_lenet5.data
+    )
     fp32_accuracy = _float_accuracy(art)
     result = export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
     _assert_verified(result, fp32_accuracy, "onnxruntime")
@@ -207,12 +228,21 @@ def test_encoded_nnr_levels_are_the_reference(lenet5_onnx, tmp_path, monkeypatch
 
     nnr_file = tmp_path / "model.nnr"
     nnr_file.write_bytes(b"stand-in: the decoder is replaced below")
-    monkeypatch.setattr(edgeprune.nnr, "read_int8_levels", lambda path: decoded if path == nnr_file else {},
-                        raising=False)
-    art = Artifact(model=art_done.model, example_input=art_done.example_input, data=art_done.data,
-                   files={"nnr": nnr_file}, extras={"quant": art_done.extras["quant"]})
-    with pytest.raises(VerificationError, match=r"model_int8.onnx: 1 INT8 weights differ from model.nnr "
-                                                 r"\(1 in fc1.weight.*not written"):
+    monkeypatch.setattr(
+        edgeprune.nnr, "read_int8_levels", lambda path: decoded if path == nnr_file else {}, raising=False
+    )
+    art = Artifact(
+        model=art_done.model,
+        example_input=art_done.example_input,
+        data=art_done.data,
+        files={"nnr": nnr_file},
+        extras={"quant": art_done.extras["quant"]},
+    )
+    with pytest.raises(
+        VerificationError,
+        match=r"model_int8.onnx: 1 INT8 weights differ from model.nnr "
+        r"\(1 in fc1.weight.*not written",
+    ):
         export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
     assert not (tmp_path / "model_int8.onnx").exists()
     decoded["fc1.weight"][7, 11] = art_done.extras["quant"].tensors["fc1.weight"].levels[7, 11]
@@ -243,8 +273,9 @@ def test_torchvision_mobilenet_v2_with_bn_exports_the_exact_levels(digits, tmp_p
     snapped = quant.with_quantized_weights(deploy, qw)
     scales = {n: t.scale for n, t in qw.tensors.items()}
     reference = {n: t.levels for n, t in qw.tensors.items()}
-    tfl = tflite_export.export_int8(snapped, art.example_input, images[:64], tmp_path / "m.tflite",
-                                    weight_scales=scales)
+    tfl = tflite_export.export_int8(
+        snapped, art.example_input, images[:64], tmp_path / "m.tflite", weight_scales=scales
+    )
     check = match_by_content(reference, tflite_export.read_int8_weights(tfl))
     assert check.missing == [] and check.mismatches == 0, check.as_dict()
     fp32 = onnx_export.export_fp32(snapped, art.example_input, tmp_path / "m.onnx")
@@ -287,15 +318,21 @@ def test_tflite_lenet5_fp32_and_full_integer(trained_lenet5, tmp_path):
 def test_tflite_int8_depthwise_and_pruned_levels(trained_mobilenet, trained_lenet5, tmp_path):
     """Depthwise (1HWO) and zero-row weights read back from the flatbuffer equal the quantize stage's;
     the pruned LeNet-5 is also converted with NHWC input, as phone camera pipelines feed it."""
-    pruned = Artifact(model=_prune_lenet5(trained_lenet5.model), example_input=trained_lenet5.example_input,
-                      data=trained_lenet5.data)
+    pruned = Artifact(
+        model=_prune_lenet5(trained_lenet5.model), example_input=trained_lenet5.example_input, data=trained_lenet5.data
+    )
     for name, art, nhwc in (("mobilenet", copy.deepcopy(trained_mobilenet), False), ("pruned", pruned, True)):
         fp32_accuracy = _float_accuracy(art)
         quant.run_stage(art, StageContext(out_dir=tmp_path / name))
         qw = art.extras["quant"]
-        dest = tflite_export.export_int8(quant.with_quantized_weights(art.model, qw), art.example_input,
-                                         art.data.calibration_batch(128), tmp_path / name / "int8.tflite", nhwc=nhwc,
-                                         weight_scales={n: t.scale for n, t in qw.tensors.items()})
+        dest = tflite_export.export_int8(
+            quant.with_quantized_weights(art.model, qw),
+            art.example_input,
+            art.data.calibration_batch(128),
+            tmp_path / name / "int8.tflite",
+            nhwc=nhwc,
+            weight_scales={n: t.scale for n, t in qw.tensors.items()},
+        )
         check = match_by_content({n: t.levels for n, t in qw.tensors.items()}, tflite_export.read_int8_weights(dest))
         assert check.mismatches == 0 and check.missing == []
         outputs = tflite_export.run_interpreter(dest, art.data.test.tensors[0], nhwc=nhwc)
@@ -360,20 +397,39 @@ def test_unknown_format_is_refused():
 
 @pytest.fixture(scope="module")
 def lenet5_file(trained_lenet5, tmp_path_factory) -> Path:
-    return save_model(trained_lenet5.model, trained_lenet5.example_input,
-                      tmp_path_factory.mktemp("model") / "lenet5.pt2")
+    return save_model(
+        trained_lenet5.model, trained_lenet5.example_input, tmp_path_factory.mktemp("model") / "lenet5.pt2"
+    )
 
 
 def test_cli_quantize(runner, cli, lenet5_file, example_normalize, tmp_path):
     out = tmp_path / "q"
-    res = runner.invoke(cli, ["quantize", str(lenet5_file), "--data", "digits", "--normalize", example_normalize,
-                              "--calibration", "percentile", "-o", str(out), "--json"])
+    res = runner.invoke(
+        cli,
+        [
+            "quantize",
+            str(lenet5_file),
+            "--data",
+            "digits",
+            "--normalize",
+            example_normalize,
+            "--calibration",
+            "percentile",
+            "-o",
+            str(out),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
     assert sorted(p.name for p in out.iterdir()) == ["model_deploy.pt2", "quant.json", "quant.npz"]
     assert result["quantized_tensors"] == 4 and result["calibration"]["method"] == "percentile"
-    assert set(quant.load_quantized(out / "quant.npz").tensors) == {"conv1.weight", "conv2.weight", "fc1.weight",
-                                                                    "fc2.weight"}
+    assert set(quant.load_quantized(out / "quant.npz").tensors) == {
+        "conv1.weight",
+        "conv2.weight",
+        "fc1.weight",
+        "fc2.weight",
+    }
     assert json.loads((out / "quant.json").read_text())["activation_ranges"]["input"][0] < 0
     again = runner.invoke(cli, ["quantize", str(lenet5_file), "--data", "digits", "-o", str(out)])
     assert again.exit_code == 2 and "already contains results" in again.output
@@ -382,8 +438,22 @@ def test_cli_quantize(runner, cli, lenet5_file, example_normalize, tmp_path):
 def test_cli_export_onnx_int8(runner, cli, lenet5_file, example_normalize, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "litert_torch", None)  # --format onnx must not need the [tflite] extra
     out = tmp_path / "e"
-    res = runner.invoke(cli, ["export", str(lenet5_file), "--data", "digits", "--normalize", example_normalize,
-                              "--format", "onnx", "--int8", "-o", str(out)])
+    res = runner.invoke(
+        cli,
+        [
+            "export",
+            str(lenet5_file),
+            "--data",
+            "digits",
+            "--normalize",
+            example_normalize,
+            "--format",
+            "onnx",
+            "--int8",
+            "-o",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "model_int8.onnx" in res.output and "weight mismatches 0" in res.output
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx", "model_int8.onnx", "quant.npz"]
@@ -408,8 +478,22 @@ def test_cli_export_errors(runner, cli, lenet5_file, tmp_path, monkeypatch):
 def test_compress_checks_exported_levels_against_model_nnr(runner, cli, lenet5_file, tmp_path):
     """quantize -> encode (INT8 deploy .nnr) -> export: the files carry exactly the levels in model.nnr."""
     out = tmp_path / "c"
-    res = runner.invoke(cli, ["compress", str(lenet5_file), "--data", "digits", "--stages",
-                              "load,quantize,encode,export", "--export-format", "onnx", "-o", str(out), "--json"])
+    res = runner.invoke(
+        cli,
+        [
+            "compress",
+            str(lenet5_file),
+            "--data",
+            "digits",
+            "--stages",
+            "load,quantize,encode,export",
+            "--export-format",
+            "onnx",
+            "-o",
+            str(out),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     stages = {s["name"]: s for s in json.loads(res.stdout)["stages"]}
     export_metrics = stages["export"]["metrics"]

@@ -22,20 +22,22 @@ from test_safety_topology import with_topology  # noqa: E402
 @pytest.fixture(scope="module")
 def stream() -> bytes:
     torch.manual_seed(0)
-    return encode_model(models.lenet5(input_size=8).eval(), torch.zeros(1, 1, 8, 8),
-                        ModelEncodeOptions(threads=1)).data
+    return encode_model(models.lenet5(input_size=8).eval(), torch.zeros(1, 1, 8, 8), ModelEncodeOptions(threads=1)).data
 
 
 def _tensors(edit):  # noqa: ANN001, ANN202 - edit(list of tensor entries)
     def apply(t: dict) -> dict:
         edit(t["tensors"])
         return t
+
     return apply
 
 
 CASES = {
-    "overflowing empty": (_tensors(lambda ts: ts.append({"name": "x", "shape": [65536] * 4, "dtype": "float32",
-                                                          "mode": "empty"})), "elements"),
+    "overflowing empty": (
+        _tensors(lambda ts: ts.append({"name": "x", "shape": [65536] * 4, "dtype": "float32", "mode": "empty"})),
+        "elements",
+    ),
     "negative size": (_tensors(lambda ts: ts[0].__setitem__("shape", [-1, 5])), "incompletely"),
     "scale string": (_tensors(lambda ts: ts[0].update(mode="int8", scale="big", axis=0)), "malformed scales"),
     "scale dict": (_tensors(lambda ts: ts[0].update(mode="int8", scale={"a": 1}, axis=0)), "malformed scales"),
@@ -43,8 +45,7 @@ CASES = {
     "scale nan": (_tensors(lambda ts: ts[0].update(mode="int8", scale=[float("nan")] * 20, axis=0)), "malformed"),
     "deep json": (lambda t: '{"format":"edgeprune-nnr","a":' + "[" * 200_000 + "]" * 200_000 + "}", "nested"),
     "architecture list": (lambda t: {**t, "architecture": [1]}, "not an object"),
-    "factory kwargs list": (lambda t: {**t, "architecture": {"factory": "os:system", "kwargs": ["ls"]}},
-                            "never runs"),
+    "factory kwargs list": (lambda t: {**t, "architecture": {"factory": "os:system", "kwargs": ["ls"]}}, "never runs"),
     "input shape bomb": (lambda t: {**t, "input_shape": [1, 65536, 65536, 3]}, "input shape"),
 }
 
@@ -87,9 +88,17 @@ def _with_dims(stream: bytes, ndu, dims: list[int]) -> bytes:  # noqa: ANN001
     from edgeprune.nnr.bitstream import PayloadType, write_ndu
 
     f = ndu.fields
-    unit = write_ndu(1, f["topology_elem_id"], 0, PayloadType(f["nnr_compressed_data_unit_payload_type"]), dims,
-                     bool(f.get("dq_flag")), f.get("cabac_unary_length_minus1", 10) + 1, ndu.payload)
-    return stream[:ndu.offset] + unit + stream[ndu.offset + ndu.size:]
+    unit = write_ndu(
+        1,
+        f["topology_elem_id"],
+        0,
+        PayloadType(f["nnr_compressed_data_unit_payload_type"]),
+        dims,
+        bool(f.get("dq_flag")),
+        f.get("cabac_unary_length_minus1", 10) + 1,
+        ndu.payload,
+    )
+    return stream[: ndu.offset] + unit + stream[ndu.offset + ndu.size :]
 
 
 def test_topology_json_is_not_parsed_when_too_large(stream):

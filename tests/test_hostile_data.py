@@ -97,8 +97,11 @@ def test_hostile_dataset_is_one_line(tmp_path, case):
 @pytest.fixture(scope="module")
 def lenet(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    return save_model(models.lenet5(input_size=8, num_classes=3).eval(), torch.zeros(1, 1, 8, 8),
-                      tmp_path_factory.mktemp("m") / "lenet.pt2")
+    return save_model(
+        models.lenet5(input_size=8, num_classes=3).eval(),
+        torch.zeros(1, 1, 8, 8),
+        tmp_path_factory.mktemp("m") / "lenet.pt2",
+    )
 
 
 def _invoke(runner, cli, tmp_path: Path, args: list[str]) -> str:  # noqa: ANN001
@@ -126,8 +129,12 @@ def test_non_finite_options(runner, cli, lenet, tmp_path, option):
 def test_arch_kwargs_negative_classes(runner, cli, lenet, tmp_path):
     weights = tmp_path / "sd.pt"
     torch.save(models.lenet5().state_dict(), weights)
-    output = _invoke(runner, cli, tmp_path, ["simplify", str(weights), "--arch", "edgeprune.models:lenet5",
-                                             "--arch-kwargs", '{"num_classes": -5}'])
+    output = _invoke(
+        runner,
+        cli,
+        tmp_path,
+        ["simplify", str(weights), "--arch", "edgeprune.models:lenet5", "--arch-kwargs", '{"num_classes": -5}'],
+    )
     assert output.startswith("error: cannot build edgeprune.models:lenet5")
 
 
@@ -139,8 +146,7 @@ def test_checkpoint_that_is_a_single_byte(runner, cli, tmp_path):
 
 
 @pytest.mark.parametrize("target", ["dangling", "."])
-def test_output_that_is_a_dangling_symlink_or_the_current_directory(runner, cli, lenet, tmp_path, target,
-                                                                     monkeypatch):
+def test_output_that_is_a_dangling_symlink_or_the_current_directory(runner, cli, lenet, tmp_path, target, monkeypatch):
     monkeypatch.chdir(tmp_path)
     if target == "dangling":
         Path("dangling").symlink_to(tmp_path / "nowhere")
@@ -161,5 +167,9 @@ def test_resume_from_a_checkpoint_that_is_not_one(trained_lenet5, tmp_path, payl
     checkpoint = tmp_path / "state.pt"
     torch.save(payload, checkpoint)
     with pytest.raises(EdgepruneError, match="not an edgeprune training checkpoint"):
-        prune_model(copy.deepcopy(trained_lenet5.model), trained_lenet5.example_input, trained_lenet5.data,
-                    PruneOptions(epochs=1, finetune_epochs=0, checkpoint=checkpoint, resume=True))
+        prune_model(
+            copy.deepcopy(trained_lenet5.model),
+            trained_lenet5.example_input,
+            trained_lenet5.data,
+            PruneOptions(epochs=1, finetune_epochs=0, checkpoint=checkpoint, resume=True),
+        )

@@ -29,15 +29,18 @@ def _profile(tmp_path: Path, extra: str = "", ssh: str = "port = 22") -> Path:
     return path
 
 
-@pytest.mark.parametrize("extra,ssh,message", [
-    ('threads = "four"', "port = 22", "threads = 'four' is not an integer"),
-    ("threads = 1.5", "port = 22", "is not an integer"),
-    ("", "port = 99999", "ssh.port = 99999 is not a valid TCP port"),
-    ("", "port = 0", "is not a valid TCP port"),
-    ("", 'port = "22"', "ssh.port = '22' is not an integer"),
-    ("timeout_s = nan", "port = 22", "timeout_s = nan"),
-    ('runtimes = "litert"', "port = 22", "runtimes must be a list"),
-])
+@pytest.mark.parametrize(
+    "extra,ssh,message",
+    [
+        ('threads = "four"', "port = 22", "threads = 'four' is not an integer"),
+        ("threads = 1.5", "port = 22", "is not an integer"),
+        ("", "port = 99999", "ssh.port = 99999 is not a valid TCP port"),
+        ("", "port = 0", "is not a valid TCP port"),
+        ("", 'port = "22"', "ssh.port = '22' is not an integer"),
+        ("timeout_s = nan", "port = 22", "timeout_s = nan"),
+        ('runtimes = "litert"', "port = 22", "runtimes must be a list"),
+    ],
+)
 def test_bad_profile_values_are_named(tmp_path, extra, ssh, message):
     with pytest.raises(DeviceError, match=message):
         load_profile(str(_profile(tmp_path, extra, ssh)))

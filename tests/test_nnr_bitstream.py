@@ -111,6 +111,7 @@ def test_default_qps_and_qp_for_step():
 
 # ------------------------------------------------------------------ malformed input
 
+
 def stream_bytes() -> bytes:
     return encode_tensors(sample_tensors()).data
 
@@ -125,14 +126,14 @@ def test_truncated_streams_give_a_clear_error(cut):
 def test_wrong_unit_sizes_are_detected():
     data = bytearray(stream_bytes())
     mps = parse_units(bytes(data))[1].offset
-    data[mps:mps + 2] = (0x7FFF).to_bytes(2, "big")
+    data[mps : mps + 2] = (0x7FFF).to_bytes(2, "big")
     with pytest.raises(BitstreamError, match="declares 32767 bytes but only"):
         decode_stream(bytes(data))
-    data[mps:mps + 2] = (1).to_bytes(2, "big")
+    data[mps : mps + 2] = (1).to_bytes(2, "big")
     with pytest.raises(BitstreamError, match="impossible size"):
         decode_stream(bytes(data))
     data = bytearray(stream_bytes())
-    data[mps:mps + 2] = (4).to_bytes(2, "big")  # cuts the MPS short: its fields run past the unit
+    data[mps : mps + 2] = (4).to_bytes(2, "big")  # cuts the MPS short: its fields run past the unit
     with pytest.raises(BitstreamError, match="truncated|damaged"):
         decode_stream(bytes(data))
 
@@ -164,8 +165,11 @@ def test_absurd_dimensions_are_refused_before_allocation():
 
 def test_flipped_payload_bits_are_caught_by_the_unit_checksum():
     data = bytearray(stream_bytes())
-    ndu = next(u for u in parse_units(bytes(data))
-               if u.unit_type == UnitType.NDU and u.fields["topology_elem_id"] == "fc.weight")
+    ndu = next(
+        u
+        for u in parse_units(bytes(data))
+        if u.unit_type == UnitType.NDU and u.fields["topology_elem_id"] == "fc.weight"
+    )
     data[ndu.offset + ndu.size - 3] ^= 0x10
     with pytest.raises(BitstreamError, match="checksum|corrupt|truncated"):
         decode_stream(bytes(data))
@@ -181,23 +185,30 @@ def test_topology_that_contradicts_the_ndus_is_rejected():
     entry["shape"] = [3, 3]
     from edgeprune.nnr.bitstream import write_topology_unit
 
-    forged = stream.data[:tpl.offset] + write_topology_unit(json.dumps(topology)) + stream.data[tpl.offset + tpl.size:]
+    forged = (
+        stream.data[: tpl.offset] + write_topology_unit(json.dumps(topology)) + stream.data[tpl.offset + tpl.size :]
+    )
     with pytest.raises(BitstreamError, match="does not match"):
         decode_stream(forged)
     entry["shape"] = [10, 144]
     entry["crc32"] = zlib.crc32(b"something else")
-    forged = stream.data[:tpl.offset] + write_topology_unit(json.dumps(topology)) + stream.data[tpl.offset + tpl.size:]
+    forged = (
+        stream.data[: tpl.offset] + write_topology_unit(json.dumps(topology)) + stream.data[tpl.offset + tpl.size :]
+    )
     with pytest.raises(BitstreamError, match="checksum"):
         decode_stream(forged)
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("dtype", "object", "unsupported dtype"),
-    ("dtype", "int8)", "unsupported dtype"),
-    ("shape", [1 << 30, 1 << 30], "declares 1152921504606846976 elements"),
-    ("mode", "empty", "marked empty"),
-    ("scale", [1.0], "scales"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("dtype", "object", "unsupported dtype"),
+        ("dtype", "int8)", "unsupported dtype"),
+        ("shape", [1 << 30, 1 << 30], "declares 1152921504606846976 elements"),
+        ("mode", "empty", "marked empty"),
+        ("scale", [1.0], "scales"),
+    ],
+)
 def test_hostile_topology_fields_are_rejected_without_allocating(field, value, message):
     tensors = sample_tensors()
     quant = {"fc.weight": quantize_tensor(tensors["fc.weight"])}
@@ -207,7 +218,9 @@ def test_hostile_topology_fields_are_rejected_without_allocating(field, value, m
     next(e for e in topology["tensors"] if e["name"] == "fc.weight")[field] = value
     from edgeprune.nnr.bitstream import write_topology_unit
 
-    forged = stream.data[:tpl.offset] + write_topology_unit(json.dumps(topology)) + stream.data[tpl.offset + tpl.size:]
+    forged = (
+        stream.data[: tpl.offset] + write_topology_unit(json.dumps(topology)) + stream.data[tpl.offset + tpl.size :]
+    )
     with pytest.raises(BitstreamError, match=message):
         decode_stream(forged)
 

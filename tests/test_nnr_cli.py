@@ -55,8 +55,22 @@ def test_state_dict_with_arch_is_embedded_as_data_not_as_a_factory_name(runner, 
     weights = tmp_path / "sd.pt"
     torch.save(trained_lenet5.model.state_dict(), weights)
     nnr = tmp_path / "sd.nnr"
-    invoke_json(runner, cli, ["encode", str(weights), "--arch", "edgeprune.models:lenet5", "--arch-kwargs",
-                              '{"input_size": 8}', "--input-shape", "1,1,8,8", "-o", str(nnr)])
+    invoke_json(
+        runner,
+        cli,
+        [
+            "encode",
+            str(weights),
+            "--arch",
+            "edgeprune.models:lenet5",
+            "--arch-kwargs",
+            '{"input_size": 8}',
+            "--input-shape",
+            "1,1,8,8",
+            "-o",
+            str(nnr),
+        ],
+    )
     assert invoke_json(runner, cli, ["inspect", str(nnr)])["architecture"] == "embedded"
     assert b"edgeprune.models" not in nnr.read_bytes()  # decode must never import a name from the file
     out = tmp_path / "sd.pt2"
@@ -76,11 +90,25 @@ def test_int8_mode_codes_exactly_the_deploy_levels(runner, cli, lenet_file, tmp_
         np.testing.assert_array_equal(levels[name], q.levels)
 
 
-def test_accuracy_budget_beats_nncodecs_default_qp_by_half(runner, cli, lenet_file, trained_lenet5, example_normalize,
-                                                           tmp_path):
-    budget = invoke_json(runner, cli, ["encode", str(lenet_file), "--target-accuracy-drop", "0.5", "--data", "digits",
-                                       "--normalize", example_normalize,
-                                       "-o", str(tmp_path / "b.nnr")])
+def test_accuracy_budget_beats_nncodecs_default_qp_by_half(
+    runner, cli, lenet_file, trained_lenet5, example_normalize, tmp_path
+):
+    budget = invoke_json(
+        runner,
+        cli,
+        [
+            "encode",
+            str(lenet_file),
+            "--target-accuracy-drop",
+            "0.5",
+            "--data",
+            "digits",
+            "--normalize",
+            example_normalize,
+            "-o",
+            str(tmp_path / "b.nnr"),
+        ],
+    )
     default = invoke_json(runner, cli, ["encode", str(lenet_file), "--qp", "-38", "-o", str(tmp_path / "d.nnr")])
     assert budget["weight_bytes"] <= 0.5 * default["weight_bytes"]
     model = copy.deepcopy(trained_lenet5.model)
@@ -91,15 +119,18 @@ def test_accuracy_budget_beats_nncodecs_default_qp_by_half(runner, cli, lenet_fi
     assert evaluate(model, test)["accuracy"] >= evaluate(trained_lenet5.model, test)["accuracy"] - 0.02
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["encode", "{model}", "--int8", "--qp", "-30", "-o", "{tmp}/x.nnr"], "--int8 codes fixed INT8 levels"),
-    (["encode", "{model}", "--target-accuracy-drop", "1", "-o", "{tmp}/x.nnr"], "needs data"),
-    (["encode", "{model}", "--rdoq", "1", "-o", "{tmp}/x.nnr"], "add --no-dq"),
-    (["decode", "{tmp}/missing.nnr", "-o", "{tmp}/x.pt2"], "does not exist"),
-    (["inspect", "{model}"], "not an MPEG-NNR bitstream"),
-    (["decode", "{tmp}/junk.nnr", "-o", "{tmp}/x.pt2"], "the file is damaged"),
-    (["encode", "{model}", "-o", "{tmp}/exists.nnr"], "already exists"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["encode", "{model}", "--int8", "--qp", "-30", "-o", "{tmp}/x.nnr"], "--int8 codes fixed INT8 levels"),
+        (["encode", "{model}", "--target-accuracy-drop", "1", "-o", "{tmp}/x.nnr"], "needs data"),
+        (["encode", "{model}", "--rdoq", "1", "-o", "{tmp}/x.nnr"], "add --no-dq"),
+        (["decode", "{tmp}/missing.nnr", "-o", "{tmp}/x.pt2"], "does not exist"),
+        (["inspect", "{model}"], "not an MPEG-NNR bitstream"),
+        (["decode", "{tmp}/junk.nnr", "-o", "{tmp}/x.pt2"], "the file is damaged"),
+        (["encode", "{model}", "-o", "{tmp}/exists.nnr"], "already exists"),
+    ],
+)
 def test_errors_are_one_line_with_exit_code_2(runner, cli, lenet_file, tmp_path, args, message):
     (tmp_path / "junk.nnr").write_bytes(b"\x00\x04\x02\x01" + bytes(range(40)))
     (tmp_path / "exists.nnr").write_bytes(b"keep me")
@@ -119,8 +150,21 @@ def test_decode_without_architecture_asks_for_arch(runner, cli, trained_lenet5, 
     bare = write_bytes(tmp_path / "bare.nnr", encode_tensors(model_tensors(trained_lenet5.model)).data)
     result = runner.invoke(cli, ["decode", str(bare), "-o", str(tmp_path / "x.pt2")])
     assert result.exit_code == 2 and "--arch" in result.output
-    ok = runner.invoke(cli, ["decode", str(bare), "-o", str(tmp_path / "x.pt2"), "--arch", "edgeprune.models:lenet5",
-                             "--arch-kwargs", '{"input_size": 8}', "--input-shape", "1,1,8,8"])
+    ok = runner.invoke(
+        cli,
+        [
+            "decode",
+            str(bare),
+            "-o",
+            str(tmp_path / "x.pt2"),
+            "--arch",
+            "edgeprune.models:lenet5",
+            "--arch-kwargs",
+            '{"input_size": 8}',
+            "--input-shape",
+            "1,1,8,8",
+        ],
+    )
     assert ok.exit_code == 0, ok.output
 
 
@@ -149,6 +193,9 @@ def test_encode_stage_without_quantize_codes_qp_mode(trained_lenet5, tmp_path):
     result = run(art, StageContext(out_dir=tmp_path, options={"nnr": NnrOptions(bits_per_weight=1.0)}))
     assert result["mode"] == "qp" and "qp_stream_size_bytes" not in result
     matrices = [t for t in result["tensors"] if "x" in t["shape"]]
-    bits = 8 * sum(t["bytes"] for t in matrices) / sum(int(np.prod([int(d) for d in t["shape"].split("x")]))
-                                                         for t in matrices)
+    bits = (
+        8
+        * sum(t["bytes"] for t in matrices)
+        / sum(int(np.prod([int(d) for d in t["shape"].split("x")])) for t in matrices)
+    )
     assert bits <= 1.05

@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = ROOT / ".venv-nncodec" / "bin" / "python"
 ORACLE = Path(__file__).resolve().parent / "nnr_oracle.py"
 
-pytestmark = pytest.mark.skipif(not VENV_PYTHON.exists(),
-                                reason="NNCodec venv missing: run tools/install.d/50-nncodec.sh")
+pytestmark = pytest.mark.skipif(
+    not VENV_PYTHON.exists(), reason="NNCodec venv missing: run tools/install.d/50-nncodec.sh"
+)
 
 
 def _arr(a: np.ndarray) -> dict:
@@ -40,8 +41,13 @@ def _unarr(d: dict) -> np.ndarray:
 def oracle(ops: list[dict], tmp_path: Path) -> list[dict]:
     request, response = tmp_path / "request.json", tmp_path / "response.json"
     request.write_text(json.dumps(ops))
-    done = subprocess.run([str(VENV_PYTHON), str(ORACLE), str(request), str(response)], capture_output=True,
-                          text=True, timeout=600, cwd=tmp_path)
+    done = subprocess.run(
+        [str(VENV_PYTHON), str(ORACLE), str(request), str(response)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(response.read_text())
 
@@ -69,15 +75,23 @@ CASES = [
 
 
 def ndus(data: bytes) -> dict[str, bytes]:
-    return {u.fields["topology_elem_id"]: data[u.offset:u.offset + u.size]
-            for u in parse_units(data) if u.unit_type == UnitType.NDU}
+    return {
+        u.fields["topology_elem_id"]: data[u.offset : u.offset + u.size]
+        for u in parse_units(data)
+        if u.unit_type == UnitType.NDU
+    }
 
 
 def test_nncodec_streams_decode_identically_and_edgeprune_writes_the_same_ndus(tmp_path):
     params = [{"t": weights(shape, i, zero)} for i, (shape, _, _, _, _, zero) in enumerate(CASES)]
-    ops = [{"op": "compress", "params": {k: _arr(v) for k, v in p.items()},
-            "kwargs": {"qp": qp, "nonweight_qp": qp, "use_dq": dq, "param_opt": po, "row_skipping": rs}}
-           for p, (_, qp, dq, po, rs, _) in zip(params, CASES, strict=True)]
+    ops = [
+        {
+            "op": "compress",
+            "params": {k: _arr(v) for k, v in p.items()},
+            "kwargs": {"qp": qp, "nonweight_qp": qp, "use_dq": dq, "param_opt": po, "row_skipping": rs},
+        }
+        for p, (_, qp, dq, po, rs, _) in zip(params, CASES, strict=True)
+    ]
     streams = [base64.b64decode(r["bitstream"]) for r in oracle(ops, tmp_path)]
     theirs = oracle([{"op": "decompress", "bitstream": base64.b64encode(s).decode()} for s in streams], tmp_path)
     for p, case, stream, reference in zip(params, CASES, streams, theirs, strict=True):
@@ -100,8 +114,8 @@ def test_edgeprune_streams_decode_identically_in_nncodec(tmp_path):
         "steps": np.array([3, 1, 4, 1, 5], dtype=np.int32),
     }
     streams = [
-        encode_tensors(tensors).data,                                           # per-tensor default qps, DQ
-        encode_tensors(tensors, qps=-22, dq=False, row_skip=False).data,        # uniform, one qp
+        encode_tensors(tensors).data,  # per-tensor default qps, DQ
+        encode_tensors(tensors, qps=-22, dq=False, row_skip=False).data,  # uniform, one qp
         encode_tensors(tensors, int8={"conv.weight": quantize_tensor(conv), "fc.weight": quantize_tensor(fc)}).data,
     ]
     theirs = oracle([{"op": "decompress", "bitstream": base64.b64encode(s).decode()} for s in streams], tmp_path)
@@ -115,4 +129,3 @@ def test_edgeprune_streams_decode_identically_in_nncodec(tmp_path):
                 np.testing.assert_array_equal(got, expected.astype(np.int32), err_msg=name)
             else:
                 np.testing.assert_array_equal(got, decoded.tensors[name], err_msg=name)
-

@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.skipif(shutil.which("clang") is None, reason="clang not installed (tools/install.d/50-nncodec.sh)")
 def test_decoder_survives_a_fuzz_smoke_run(tmp_path):
     binary = tmp_path / "nnr_decode_fuzzer"
-    build = subprocess.run(["bash", str(ROOT / "fuzz" / "build.sh"), str(binary)], capture_output=True, text=True,
-                           timeout=300, cwd=ROOT)
+    build = subprocess.run(
+        ["bash", str(ROOT / "fuzz" / "build.sh"), str(binary)], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     corpus = tmp_path / "corpus"
     shutil.copytree(ROOT / "fuzz" / "corpus", corpus)
@@ -25,8 +26,14 @@ def test_decoder_survives_a_fuzz_smoke_run(tmp_path):
     # buffers; a small quarantine and a 3 GiB ceiling keep the smoke run from tripping libFuzzer's
     # out-of-memory check on a busy machine while leaks, crashes and UB are still reported.
     env = {**os.environ, "ASAN_OPTIONS": "quarantine_size_mb=32:detect_leaks=1"}
-    run = subprocess.run([str(binary), "-runs=30000", "-timeout=5", "-rss_limit_mb=3072", str(corpus)],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    run = subprocess.run(
+        [str(binary), "-runs=30000", "-timeout=5", "-rss_limit_mb=3072", str(corpus)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=env,
+    )
     log = run.stderr[-3000:]
     assert run.returncode == 0, log
     assert "Done 30000 runs" in log and "ERROR" not in log

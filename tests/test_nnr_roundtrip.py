@@ -67,9 +67,14 @@ def test_torchvision_layout_state_dict_round_trips_through_the_cli(name, runner,
 
 
 def test_zero_dim_and_integer_tensors_keep_shape_dtype_and_value():
-    tensors = {"count": np.array(7, dtype=np.int64), "big": np.array(-(1 << 50), dtype=np.int64),
-               "scalar": np.array(0.25, dtype=np.float32), "flag": np.array(True),
-               "ids": np.arange(-5, 5, dtype=np.int16).reshape(2, 5), "empty": np.zeros((0, 3), np.float32)}
+    tensors = {
+        "count": np.array(7, dtype=np.int64),
+        "big": np.array(-(1 << 50), dtype=np.int64),
+        "scalar": np.array(0.25, dtype=np.float32),
+        "flag": np.array(True),
+        "ids": np.arange(-5, 5, dtype=np.int16).reshape(2, 5),
+        "empty": np.zeros((0, 3), np.float32),
+    }
     decoded = decode_stream(encode_tensors(tensors).data).tensors
     for key, value in tensors.items():
         assert decoded[key].shape == value.shape and decoded[key].dtype == value.dtype, key

@@ -69,11 +69,7 @@ def test_search_finds_the_largest_count_within_the_bound(lenet):
     result = threshold_search(
         masks, lambda: {"loss": 1 + 0.01 * _dead_count(masks), "accuracy": 1.0}, 0.05, "l1_relative"
     )
-    assert (
-        result.channels == 5
-        and result.loss_after == pytest.approx(1.05)
-        and result.bound == pytest.approx(1.05)
-    )
+    assert result.channels == 5 and result.loss_after == pytest.approx(1.05) and result.bound == pytest.approx(1.05)
     # galloping + bisection to the blocker, then one failed try per other group
     assert result.evaluations <= 2 * math.ceil(math.log2(masks.total_channels())) + len(masks.groups)
     assert sorted((gid, int(c)) for gid, cs in result.pruned.items() for c in cs) == sorted(

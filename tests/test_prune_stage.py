@@ -66,9 +66,7 @@ def test_accuracy_floor_restores_the_last_good_state_and_says_so(trained_lenet5,
     assert wrecked.val_after["accuracy"] < floor and not wrecked.rolled_back
     capsys.readouterr()
     bounded = _copy(trained_lenet5)
-    kept = prune_model(
-        bounded.model, bounded.example_input, bounded.data, PruneOptions(**harsh, max_accuracy_drop=1.0)
-    )
+    kept = prune_model(bounded.model, bounded.example_input, bounded.data, PruneOptions(**harsh, max_accuracy_drop=1.0))
     assert kept.val_after["accuracy"] >= floor and kept.rolled_back
     warning = capsys.readouterr().err
     assert "warning: pruning ended at" in warning and "rolled back to the state after epoch" in warning
@@ -97,10 +95,7 @@ def test_stage_without_data_refuses_unless_method_none(trained_lenet5, tmp_path)
         run(art, StageContext(out_dir=tmp_path))
     assert not (tmp_path / "pruned.pt2").exists()
     before = copy.deepcopy(art.model.state_dict())
-    assert (
-        run(art, StageContext(out_dir=tmp_path, options={"prune": PruneOptions(method="none")}))["method"]
-        == "none"
-    )
+    assert run(art, StageContext(out_dir=tmp_path, options={"prune": PruneOptions(method="none")}))["method"] == "none"
     assert all(torch.equal(before[k], v) for k, v in art.model.state_dict().items())
     assert (tmp_path / "pruned.pt2").exists()
 
@@ -179,9 +174,7 @@ def test_cli_errors_are_one_line(runner, cli, lenet_state, tmp_path):
         "error: SeReNe needs data to train and validate while pruning "
         "(pass --data (e.g. --data digits or a dataset directory) or --method none)"
     )
-    bad = runner.invoke(
-        cli, ["prune", *lenet_state, "--data", "digits", "--target-sparsity", "1.5", "-o", out]
-    )
+    bad = runner.invoke(cli, ["prune", *lenet_state, "--data", "digits", "--target-sparsity", "1.5", "-o", out])
     assert bad.exit_code == 2 and "--target-sparsity" in bad.output
     none = runner.invoke(cli, ["prune", *lenet_state, "--method", "none", "-o", out])
     assert none.exit_code == 0 and "unchanged" in none.output

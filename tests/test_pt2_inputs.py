@@ -62,8 +62,24 @@ def test_simplify_and_export_need_no_input_shape(runner, cli, programs, tmp_path
 @pytest.mark.parametrize("kind", ["dynamic", "bounded"])
 def test_prune_trains_and_saves_a_program_without_input_shape(runner, cli, programs, tmp_path, kind):
     out = tmp_path / "pruned.pt2"
-    result = runner.invoke(cli, ["--quiet", "prune", str(programs[kind]), "--data", "digits", "--method", "l1",
-                                 "--epochs", "2", "--finetune-epochs", "1", "-o", str(out)])
+    result = runner.invoke(
+        cli,
+        [
+            "--quiet",
+            "prune",
+            str(programs[kind]),
+            "--data",
+            "digits",
+            "--method",
+            "l1",
+            "--epochs",
+            "2",
+            "--finetune-epochs",
+            "1",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert torch.export.load(out).module()(torch.randn(3, 1, 8, 8)).shape == (3, 10)
 

@@ -43,8 +43,13 @@ def test_levels_and_scale_follow_the_documented_rule():
 
 
 @settings(max_examples=60, deadline=None)
-@given(arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(1, 3)),
-              elements=st.floats(-8, 8, width=32)))
+@given(
+    arrays(
+        np.float32,
+        st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(1, 3)),
+        elements=st.floats(-8, 8, width=32),
+    )
+)
 def test_dequantised_weights_are_within_half_a_step(w):
     qt = quantize_tensor(w)
     assert np.abs(qt.levels.astype(int)).max() <= 127
@@ -190,16 +195,25 @@ def test_bit_budget_is_met_and_unknown_weight_mode_is_named(tmp_path, trained_le
     free = allocate_int8(art.model, names, None, 0.5, None, quantize_weights)  # no data: one step for all
     assert free.sensitivity == "uniform" and len(set(free.qps.values())) == 1 and free.agreement is None
     with pytest.raises(DataError, match="unknown weight quantisation 'int4'"):
-        run_stage(copy.deepcopy(trained_lenet5), StageContext(out_dir=tmp_path / "x",
-                                                              options={"quantize": QuantOptions(weights="int4")}))
+        run_stage(
+            copy.deepcopy(trained_lenet5),
+            StageContext(out_dir=tmp_path / "x", options={"quantize": QuantOptions(weights="int4")}),
+        )
 
 
 def test_calibration_data_of_the_wrong_shape_is_refused(tmp_path, trained_lenet5, digits):
-    wrong = DataBundle("wide", *(torch.utils.data.TensorDataset(torch.zeros(20, 1, 6, 6), torch.zeros(20).long())
-                                 for _ in range(3)), num_classes=10, classes=[str(i) for i in range(10)])
+    wrong = DataBundle(
+        "wide",
+        *(torch.utils.data.TensorDataset(torch.zeros(20, 1, 6, 6), torch.zeros(20).long()) for _ in range(3)),
+        num_classes=10,
+        classes=[str(i) for i in range(10)],
+    )
     art = Artifact(model=copy.deepcopy(trained_lenet5.model), example_input=trained_lenet5.example_input, data=wrong)
-    with pytest.raises(DataError, match=r"calibration data has samples of shape \[1, 6, 6\] but the model expects "
-                                        r"\[1, 8, 8\]"):
+    with pytest.raises(
+        DataError,
+        match=r"calibration data has samples of shape \[1, 6, 6\] but the model expects "
+        r"\[1, 8, 8\]",
+    ):
         run_stage(art, StageContext(out_dir=tmp_path))
     art.data = None
     with pytest.raises(DataError, match="INT8 calibration needs real data"):
@@ -222,8 +236,11 @@ def test_layers_on_constants_are_not_quantised_and_exports_match_the_levels(tmp_
     graph, _ = to_deploy_graph(small, trained_lenet5.example_input)
     names = quantized_weight_names(graph)
     aten = torch.ops.aten
-    constant_convs = [n.args[1].target for n in graph.graph.nodes
-                      if n.target is aten.conv2d.default and n.args[0].target is aten.new_ones.default]
+    constant_convs = [
+        n.args[1].target
+        for n in graph.graph.nodes
+        if n.target is aten.conv2d.default and n.args[0].target is aten.new_ones.default
+    ]
     assert constant_convs, "the simplified model should carry a border correction"
     assert not set(constant_convs) & set(names)
     quant = quantize_weights(graph)

@@ -20,28 +20,113 @@ def _sample_report() -> Report:
     """A report with every section: stages with weights and files, exports, two NNR streams, a sweep, latency."""
     report = Report(meta={"example": "lenet5", "target": "host", "input_shape": [1, 1, 8, 8], "test_samples": 359})
     report.add(StageRecord("load", 2.0, params=1000, nonzero_params=1000, macs=5000, size_bytes=4000, accuracy=0.98))
-    report.add(StageRecord("prune", 5.0, params=1000, nonzero_params=300, macs=5000, size_bytes=9000, accuracy=0.975,
-                           files={"pruned": "pruned.pt2"}))
-    report.add(StageRecord("simplify", 0.4, params=300, nonzero_params=300, macs=1500, size_bytes=5000,
-                           accuracy=0.975, files={"simplified": "simplified.pt2"}))
+    report.add(
+        StageRecord(
+            "prune",
+            5.0,
+            params=1000,
+            nonzero_params=300,
+            macs=5000,
+            size_bytes=9000,
+            accuracy=0.975,
+            files={"pruned": "pruned.pt2"},
+        )
+    )
+    report.add(
+        StageRecord(
+            "simplify",
+            0.4,
+            params=300,
+            nonzero_params=300,
+            macs=1500,
+            size_bytes=5000,
+            accuracy=0.975,
+            files={"simplified": "simplified.pt2"},
+        )
+    )
     report.add(StageRecord("quantize", 0.1, size_bytes=2500, accuracy=0.972, metrics={"quantized_values": 290}))
-    report.add(StageRecord("encode", 0.2, size_bytes=900, accuracy=0.972, metrics={
-        "mode": "int8", "weight_bytes": 200, "topology_bytes": 600, "bits_per_weight": 5.5,
-        "qp_stream_size_bytes": 850, "qp_stream_weight_bytes": 150, "qp_stream_topology_bytes": 600,
-        "qp_stream_bits_per_weight": 4.1, "qp_stream_accuracy": 0.969,
-        "qp_sweep": [{"qp": -20, "size_bytes": 700, "accuracy": 0.9}, {"qp": -30, "size_bytes": 800, "accuracy": 0.97}],
-    }))
-    report.add(StageRecord("export", 9.0, size_bytes=3000, accuracy=0.972, metrics={"exports": [
-        {"file": "model.onnx", "runtime": "onnxruntime", "precision": "fp32", "size_bytes": 5200, "accuracy": 0.975,
-         "max_abs_diff": 2e-6, "max_abs_diff_relative": 1e-7, "top1_agreement": 1.0},
-        {"file": "model_int8.tflite", "runtime": "litert", "precision": "int8", "size_bytes": 3000, "accuracy": 0.972,
-         "max_abs_diff": 5.2, "max_abs_diff_relative": 0.13, "top1_agreement": 0.986, "weight_mismatches": 0},
-    ]}))
-    report.add(StageRecord("bench", 1.0, metrics={"latency_ms": 0.0052, "results": [
-        {"model": "tflite_int8", "runtime": "litert", "median_ms": 0.0052, "p10_ms": 0.0049, "p90_ms": 0.0063,
-         "init_ms": 1.5},
-        {"model": "dense_onnx_fp32", "runtime": "onnxruntime", "median_ms": 0.031, "p10_ms": 0.029, "p90_ms": 0.04},
-    ]}))
+    report.add(
+        StageRecord(
+            "encode",
+            0.2,
+            size_bytes=900,
+            accuracy=0.972,
+            metrics={
+                "mode": "int8",
+                "weight_bytes": 200,
+                "topology_bytes": 600,
+                "bits_per_weight": 5.5,
+                "qp_stream_size_bytes": 850,
+                "qp_stream_weight_bytes": 150,
+                "qp_stream_topology_bytes": 600,
+                "qp_stream_bits_per_weight": 4.1,
+                "qp_stream_accuracy": 0.969,
+                "qp_sweep": [
+                    {"qp": -20, "size_bytes": 700, "accuracy": 0.9},
+                    {"qp": -30, "size_bytes": 800, "accuracy": 0.97},
+                ],
+            },
+        )
+    )
+    report.add(
+        StageRecord(
+            "export",
+            9.0,
+            size_bytes=3000,
+            accuracy=0.972,
+            metrics={
+                "exports": [
+                    {
+                        "file": "model.onnx",
+                        "runtime": "onnxruntime",
+                        "precision": "fp32",
+                        "size_bytes": 5200,
+                        "accuracy": 0.975,
+                        "max_abs_diff": 2e-6,
+                        "max_abs_diff_relative": 1e-7,
+                        "top1_agreement": 1.0,
+                    },
+                    {
+                        "file": "model_int8.tflite",
+                        "runtime": "litert",
+                        "precision": "int8",
+                        "size_bytes": 3000,
+                        "accuracy": 0.972,
+                        "max_abs_diff": 5.2,
+                        "max_abs_diff_relative": 0.13,
+                        "top1_agreement": 0.986,
+                        "weight_mismatches": 0,
+                    },
+                ]
+            },
+        )
+    )
+    report.add(
+        StageRecord(
+            "bench",
+            1.0,
+            metrics={
+                "latency_ms": 0.0052,
+                "results": [
+                    {
+                        "model": "tflite_int8",
+                        "runtime": "litert",
+                        "median_ms": 0.0052,
+                        "p10_ms": 0.0049,
+                        "p90_ms": 0.0063,
+                        "init_ms": 1.5,
+                    },
+                    {
+                        "model": "dense_onnx_fp32",
+                        "runtime": "onnxruntime",
+                        "median_ms": 0.031,
+                        "p10_ms": 0.029,
+                        "p90_ms": 0.04,
+                    },
+                ],
+            },
+        )
+    )
     return report
 
 
@@ -70,7 +155,12 @@ def test_main_table_separates_weights_from_files_and_shows_latency_spread(tmp_pa
     rows = _main_rows(report.to_markdown())
     # weights as stored: fp32 4 B each until simplify; 1 B per INT8 level; the .nnr weight payload
     assert [rows[s]["weights"] for s in ("load", "prune", "simplify", "quantize", "encode")] == [
-        "3.9 KiB", "3.9 KiB", "1.2 KiB", "0.3 KiB", "0.2 KiB"]
+        "3.9 KiB",
+        "3.9 KiB",
+        "1.2 KiB",
+        "0.3 KiB",
+        "0.2 KiB",
+    ]
     # the file column is what was written; an in-memory example (no input file) has none
     assert rows["load"]["file"] == "-" and rows["prune"]["file"] == "8.8 KiB"
     assert rows["encode (qp mode)"]["file"] == "0.8 KiB" and rows["encode (qp mode)"]["accuracy"] == "96.90 %"
@@ -142,16 +232,27 @@ def test_report_html_renders_every_table_and_plot_in_headless_chromium(tmp_path)
     report = _sample_report()
     written = report.write(tmp_path / "out")
     page = written["report_html"].read_text()
-    assert "src=\"data:image/png;base64," in page and "<script" not in page  # self-contained, static
+    assert 'src="data:image/png;base64,' in page and "<script" not in page  # self-contained, static
     # render a copy, alone in its folder (so nothing next to it can be loaded), with a probe script added
     alone = tmp_path / "alone"
     alone.mkdir()
     (alone / "report.html").write_text(page.replace("</body>", _CHECK + "</body>"))
     result = subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
-         (alone / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=180)
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            (alone / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     match = re.search(r'<pre id="edgeprune-check">(.*?)</pre>', result.stdout, re.S)
     assert match and match.group(1), result.stderr[-2000:]
     rendered = json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))

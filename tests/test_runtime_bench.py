@@ -174,17 +174,29 @@ def test_harness_rejects_wrong_runtime_and_bad_files(lenet_exports, tmp_path):
 
 def test_harness_runs_without_torch_or_edgeprune(lenet_exports):
     """What the device has: numpy and a runtime. Importing torch or edgeprune would fail the run."""
-    code = ("import sys; sys.modules.update(torch=None, edgeprune=None); "
-            "from runtime_bench.__main__ import main; sys.exit(main(sys.argv[1:]))")
-    done = subprocess.run([sys.executable, "-c", code, "run", str(lenet_exports["tflite_fp32"]), "--runs", "5",
-                           "--samples"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    code = (
+        "import sys; sys.modules.update(torch=None, edgeprune=None); "
+        "from runtime_bench.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "run", str(lenet_exports["tflite_fp32"]), "--runs", "5", "--samples"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["runtime"] == "litert" and len(result["samples_ms"]) == 5
 
 
 def test_harness_cli_reports_errors_as_json(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "runtime_bench", "run", str(tmp_path / "missing.onnx")],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime_bench", "run", str(tmp_path / "missing.onnx")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert done.returncode == 3
     assert "does not exist" in json.loads(done.stdout)["error"]

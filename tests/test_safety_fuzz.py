@@ -31,4 +31,9 @@ def test_mutated_streams_are_decoded_or_refused_with_one_line(seeds):
     assert not escapes, escapes[:5]
     # every mutator actually produced refusals: the fuzz reaches the checks it is meant to exercise
     assert {kind for (kind, result) in outcomes if result == "refused"} == {
-        "bit_flips", "truncation", "unit_size", "json_mutation", "payload_with_valid_crc"}
+        "bit_flips",
+        "truncation",
+        "unit_size",
+        "json_mutation",
+        "payload_with_valid_crc",
+    }

@@ -34,13 +34,14 @@ def pt2(tmp_path_factory) -> Path:
     return save_model(models.lenet5(input_size=8).eval(), torch.zeros(1, 1, 8, 8), path)
 
 
-def rewrite(src: Path, dest: Path, edit: Callable[[str, bytes], bytes | None],
-            add: dict[str, bytes] | None = None) -> Path:
+def rewrite(
+    src: Path, dest: Path, edit: Callable[[str, bytes], bytes | None], add: dict[str, bytes] | None = None
+) -> Path:
     """Copy the zip ``src`` to ``dest``, passing every member through ``edit`` (None drops it)."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w") as zout:
         root = zin.namelist()[0].split("/", 1)[0] + "/"
         for info in zin.infolist():
-            data = edit(info.filename[len(root):], zin.read(info))
+            data = edit(info.filename[len(root) :], zin.read(info))
             if data is not None:
                 zout.writestr(info.filename, data)
         for name, data in (add or {}).items():
@@ -61,6 +62,7 @@ def json_edit(name: str, change: Callable[[dict], None]) -> Callable[[str, bytes
         doc = json.loads(data)
         change(doc)
         return json.dumps(doc).encode()
+
     return edit
 
 
@@ -83,7 +85,8 @@ def _target(doc: dict) -> None:
 
 def _expr(doc: dict) -> None:
     doc["graph_module"]["graph"].setdefault("sym_int_values", {})["evil"] = {
-        "as_expr": {"expr_str": "open('marker', 'w')", "hint": None}}
+        "as_expr": {"expr_str": "open('marker', 'w')", "hint": None}
+    }
 
 
 CASES = {
@@ -126,8 +129,9 @@ def test_pickled_weight_payload_never_runs(runner, cli, pt2, tmp_path):
 
 def test_pickled_sample_inputs_never_run(runner, cli, pt2, tmp_path):
     marker = tmp_path / "pwned"
-    evil = rewrite(pt2, tmp_path / "evil.pt2",
-                   lambda m, d: pickled(marker) if m == "data/sample_inputs/model.pt" else d)
+    evil = rewrite(
+        pt2, tmp_path / "evil.pt2", lambda m, d: pickled(marker) if m == "data/sample_inputs/model.pt" else d
+    )
     _assert_refused(runner, cli, evil, "sample inputs", tmp_path)
     assert not marker.exists()
 
@@ -139,8 +143,9 @@ def test_legacy_pickle_payloads_and_unknown_files_are_refused(runner, cli, pt2, 
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '"1,1,8,8"', '{"input_shape": [1, -1, 8, 8]}',
-                                  '{"input_shape": [1, 65536, 65536]}'])
+@pytest.mark.parametrize(
+    "text", ["{not json", "[1, 2]", '"1,1,8,8"', '{"input_shape": [1, -1, 8, 8]}', '{"input_shape": [1, 65536, 65536]}']
+)
 def test_invalid_edgeprune_json_is_one_line(runner, cli, pt2, tmp_path, text):
     bad = rewrite(pt2, tmp_path / "bad.pt2", lambda m, d: text.encode() if m == "extra/edgeprune.json" else d)
     with pytest.raises(CheckpointError, match="edgeprune.json"):

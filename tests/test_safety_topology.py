@@ -37,7 +37,7 @@ def with_topology(data: bytes, edit) -> bytes:  # noqa: ANN001 - edit: dict -> d
     tpl = next(u for u in units if u.unit_type == UnitType.TPL)
     topology = edit(json.loads(tpl.fields["topology_data"]))
     text = topology if isinstance(topology, str) else json.dumps(topology)
-    return data[:tpl.offset] + write_topology_unit(text) + data[tpl.offset + tpl.size:]
+    return data[: tpl.offset] + write_topology_unit(text) + data[tpl.offset + tpl.size :]
 
 
 def test_same_model_same_seed_gives_identical_bytes_without_temp_names(lenet_nnr):
@@ -52,10 +52,17 @@ def test_graph_is_small_next_to_the_weights(lenet_nnr):
     assert len(graph) < 0.05 * len(lenet_nnr)
 
 
-@pytest.mark.parametrize("arch,simplified", [("lenet5", False), ("densenet-like", True), ("resnet20-A", True),
-                                             pytest.param("mobilenetv2-like", False, marks=pytest.mark.slow),
-                                             pytest.param("resnet32-B", True, marks=pytest.mark.slow),
-                                             ("conv1d", True)])
+@pytest.mark.parametrize(
+    "arch,simplified",
+    [
+        ("lenet5", False),
+        ("densenet-like", True),
+        ("resnet20-A", True),
+        pytest.param("mobilenetv2-like", False, marks=pytest.mark.slow),
+        pytest.param("resnet32-B", True, marks=pytest.mark.slow),
+        ("conv1d", True),
+    ],
+)
 def test_decoded_graph_computes_what_the_model_computes(arch, simplified):
     from edgeprune.simplify import simplify
 
@@ -113,8 +120,10 @@ HOSTILE_GRAPHS = {
     "forward reference": (lambda g: g["nodes"].__setitem__(0, ["relu", ["#5"]]), "points at no earlier node"),
     "dunder tensor": (lambda g: g["nodes"].__setitem__(0, ["relu", ["@__class__"]]), "does not contain"),
     "overflowing allocation": (lambda g: g["nodes"].__setitem__(1, ["new_ones", ["#1", [65536] * 4]]), "overflow"),
-    "huge allocation": (lambda g: g["nodes"].__setitem__(1, ["new_ones", ["#1", [1, 4, 16384, 16384]]]),
-                        "would produce 1073741824 elements"),
+    "huge allocation": (
+        lambda g: g["nodes"].__setitem__(1, ["new_ones", ["#1", [1, 4, 16384, 16384]]]),
+        "would produce 1073741824 elements",
+    ),
     "deep nesting": (lambda g: g["nodes"].__setitem__(1, ["relu", [[[[[[[1]]]]]]]]), "nested too deeply"),
     "bad kwargs": (lambda g: g["nodes"].__setitem__(1, ["relu", ["#1"], ["x"]]), "keyword arguments"),
     "unknown field": (lambda g: g.__setitem__("code", "print(1)"), "unknown field"),
@@ -147,6 +156,7 @@ def test_hostile_graphs_are_one_line_without_allocating(runner, cli, lenet_nnr, 
 
 @pytest.mark.parametrize("architecture", [[1, 2], "os:system", 7])
 def test_architecture_that_is_not_an_object(runner, cli, lenet_nnr, tmp_path, architecture):
-    code, output = _run_decode(runner, cli, tmp_path,
-                               with_topology(lenet_nnr, lambda t: {**t, "architecture": architecture}))
+    code, output = _run_decode(
+        runner, cli, tmp_path, with_topology(lenet_nnr, lambda t: {**t, "architecture": architecture})
+    )
     assert code == 2 and "not an object" in output

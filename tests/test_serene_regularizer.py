@@ -109,9 +109,7 @@ def _coupled(name: str) -> tuple[nn.Module, torch.Tensor]:
     return model.eval(), x
 
 
-@pytest.mark.parametrize(
-    "name", ["resnet20", "densenet", pytest.param("mobilenetv2", marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("name", ["resnet20", "densenet", pytest.param("mobilenetv2", marks=pytest.mark.slow)])
 def test_coupled_groups_share_one_shrink_and_simplify_cleanly_once_pruned(name):
     model, x = _coupled(name)
     groups = analyze(model, x[:1]).prunable_groups()

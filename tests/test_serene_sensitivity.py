@@ -46,9 +46,7 @@ def tiny(request):
     return model, x, groups
 
 
-def brute_force(
-    model: TinyNet, x: torch.Tensor, layer: str, variant: str, spatial: str = "mean"
-) -> torch.Tensor:
+def brute_force(model: TinyNet, x: torch.Tensor, layer: str, variant: str, spatial: str = "mean") -> torch.Tensor:
     """Per sample b: J = dy/dz (C x channels x positions), reduced by the definition, averaged over b."""
     per_sample = []
     for b in range(len(x)):
@@ -78,9 +76,7 @@ def test_matches_the_per_sample_definition_despite_inplace_relu(tiny, variant, s
 def test_lower_bound_never_exceeds_full(tiny):
     model, x, groups = tiny
     full = neuron_sensitivity(model, list(groups.values()), x, SensitivityConfig("full", normalize="none"))
-    lower = neuron_sensitivity(
-        model, list(groups.values()), x, SensitivityConfig("lower_bound", normalize="none")
-    )
+    lower = neuron_sensitivity(model, list(groups.values()), x, SensitivityConfig("lower_bound", normalize="none"))
     for gid in full:
         assert (lower[gid] <= full[gid] + 1e-7).all()
         assert (lower[gid] < full[gid] - 1e-6).any()  # the bound is not trivially tight on this net
@@ -90,14 +86,10 @@ def test_sampled_estimate_is_exact_with_all_classes_and_unbiased_with_few(tiny):
     model, x, groups = tiny
     group_list = list(groups.values())
     full = neuron_sensitivity(model, group_list, x, SensitivityConfig("full", normalize="none"))
-    every = neuron_sensitivity(
-        model, group_list, x, SensitivityConfig("sampled", sampled_classes=4, normalize="none")
-    )
+    every = neuron_sensitivity(model, group_list, x, SensitivityConfig("sampled", sampled_classes=4, normalize="none"))
     for gid in full:
         torch.testing.assert_close(every[gid], full[gid])
-    probe = SensitivityProbe(
-        model, group_list, SensitivityConfig("sampled", sampled_classes=1, normalize="none")
-    )
+    probe = SensitivityProbe(model, group_list, SensitivityConfig("sampled", sampled_classes=1, normalize="none"))
     draws = []
     for _ in range(400):
         with probe:

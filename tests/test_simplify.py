@@ -96,7 +96,7 @@ def test_residual_stream_narrows_for_real_with_zero_padding_shortcuts():
         for name, module in model.named_modules():
             if name == "conv1" or name.endswith("conv2"):
                 out = module.weight.shape[0]
-                module.weight[out // 2: out // 2 + 4] = 0  # the same 4 channels of each stage's stream
+                module.weight[out // 2 : out // 2 + 4] = 0  # the same 4 channels of each stage's stream
     simplified, report = assert_simplified(model, (1, 3, 32, 32))
     stream = [row for row in report["groups"] if row["first_producer"] == "conv1"][0]
     assert stream["removed"] >= 4
@@ -123,10 +123,21 @@ class _ActivationNet(nn.Module):
         return self.fc(torch.cat([torch.flatten(self.next(h), 1), side], 1))
 
 
-@pytest.mark.parametrize("activation", [
-    nn.ReLU(), nn.LeakyReLU(0.1), nn.Sigmoid(), nn.GELU(), nn.SiLU(), nn.Hardswish(), nn.ReLU6(), nn.Tanh(),
-    nn.PReLU(6, init=0.2),
-], ids=lambda a: type(a).__name__)
+@pytest.mark.parametrize(
+    "activation",
+    [
+        nn.ReLU(),
+        nn.LeakyReLU(0.1),
+        nn.Sigmoid(),
+        nn.GELU(),
+        nn.SiLU(),
+        nn.Hardswish(),
+        nn.ReLU6(),
+        nn.Tanh(),
+        nn.PReLU(6, init=0.2),
+    ],
+    ids=lambda a: type(a).__name__,
+)
 def test_constant_of_a_dead_channel_goes_through_the_real_activation(activation):
     model = _ActivationNet(activation).eval()
     with torch.no_grad():
@@ -151,7 +162,7 @@ def test_dropping_the_constant_instead_of_folding_it_would_be_detected():
     sliced.load_state_dict(model.state_dict())
     with torch.no_grad():
         sliced.next.weight[:, 2] = 0  # what plain slicing amounts to
-        sliced.fc.weight[:, 256 + 2 * 16: 256 + 3 * 16] = 0
+        sliced.fc.weight[:, 256 + 2 * 16 : 256 + 3 * 16] = 0
     with torch.no_grad():
         assert float((model(x) - sliced(x)).abs().max()) > 1e-2
     assert simplify(model, x[:1]).report["max_abs_diff_float64"] <= 1e-9

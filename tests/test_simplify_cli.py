@@ -63,14 +63,26 @@ def test_cli_refuses_to_overwrite_and_rejects_bad_options(runner, cli, trained_l
     assert (tmp_path / "out.pt2").read_bytes() == b"keep me"
     result = runner.invoke(cli, ["simplify", str(tmp_path / "missing.pt2"), "-o", str(tmp_path / "x.pt2")])
     assert result.exit_code == 2 and "does not exist" in result.output
-    result = runner.invoke(cli, ["simplify", str(tmp_path / "m.pt2"), "-o", str(tmp_path / "y.pt2"),
-                                 "--padded-constants", "refuse", "--keep-batchnorm", "--json"])
+    result = runner.invoke(
+        cli,
+        [
+            "simplify",
+            str(tmp_path / "m.pt2"),
+            "-o",
+            str(tmp_path / "y.pt2"),
+            "--padded-constants",
+            "refuse",
+            "--keep-batchnorm",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     # dead conv1 filters with a positive bias send relu(b) > 0 into the zero-padded conv2: kept
     expected = int((trained_lenet5.model.conv1.bias[::4] > 0).sum())
     assert expected > 0 and json.loads(result.output)["refused_channels"] == expected
-    result = runner.invoke(cli, ["simplify", str(tmp_path / "m.pt2"), "-o", str(tmp_path / "z.pt2"),
-                                 "--simplify-tolerance", "0"])
+    result = runner.invoke(
+        cli, ["simplify", str(tmp_path / "m.pt2"), "-o", str(tmp_path / "z.pt2"), "--simplify-tolerance", "0"]
+    )
     assert result.exit_code == 2 and "Invalid value" in result.output
     assert not (tmp_path / "x.pt2").exists()
 
@@ -98,8 +110,18 @@ def test_cli_takes_a_state_dict_with_its_architecture(runner, cli, tmp_path):
             if name.endswith("conv1") and name != "conv1":
                 module.weight[::2] = 0  # half of every block's inner channels
     torch.save(model.state_dict(), tmp_path / "weights.pt")
-    args = ["simplify", str(tmp_path / "weights.pt"), "--arch", "edgeprune.models:resnet20",
-            "--arch-kwargs", '{"shortcut": "B"}', "--input-shape", "1,3,32,32", "-o", str(tmp_path / "s.pt2")]
+    args = [
+        "simplify",
+        str(tmp_path / "weights.pt"),
+        "--arch",
+        "edgeprune.models:resnet20",
+        "--arch-kwargs",
+        '{"shortcut": "B"}',
+        "--input-shape",
+        "1,3,32,32",
+        "-o",
+        str(tmp_path / "s.pt2"),
+    ]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "168 channels removed" in result.output  # (8 + 16 + 32) x 3 blocks and "max |delta|" in result.output

@@ -130,18 +130,14 @@ class _InterruptAt(Progress):
 def test_pruning_resumed_from_checkpoint_matches_an_uninterrupted_run(trained_lenet5, tmp_path):
     options = dict(epochs=5, finetune_epochs=1, lmbda=0.01)
     straight = copy.deepcopy(trained_lenet5.model)
-    expected = prune_model(
-        straight, trained_lenet5.example_input, trained_lenet5.data, PruneOptions(**options)
-    )
+    expected = prune_model(straight, trained_lenet5.example_input, trained_lenet5.data, PruneOptions(**options))
     assert expected.events, "the run must prune something for this test to mean anything"
 
     checkpoint = tmp_path / "state.pt"
     resumed = copy.deepcopy(trained_lenet5.model)
     opts = PruneOptions(**options, checkpoint=checkpoint, resume=True)
     with pytest.raises(KeyboardInterrupt):
-        prune_model(
-            resumed, trained_lenet5.example_input, trained_lenet5.data, opts, progress=_InterruptAt(4)
-        )
+        prune_model(resumed, trained_lenet5.example_input, trained_lenet5.data, opts, progress=_InterruptAt(4))
     assert checkpoint.exists()
     result = prune_model(resumed, trained_lenet5.example_input, trained_lenet5.data, opts)
     assert result.epochs_run == expected.epochs_run

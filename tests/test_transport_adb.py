@@ -48,8 +48,10 @@ def test_adb_primitives_through_the_real_client(adb_device, adb_server, tmp_path
 def test_android_path_with_benchmark_model_end_to_end(adb_device, adb_server, tmp_path, lenet_exports):
     binary = standin_binary(tmp_path)
     profile = _phone(adb_device, adb_server, tmp_path, benchmark_binary=str(binary))
-    models = [ModelFile("onnx_fp32", lenet_exports["onnx_fp32"]),
-              ModelFile("tflite_fp32", lenet_exports["tflite_fp32"])]
+    models = [
+        ModelFile("onnx_fp32", lenet_exports["onnx_fp32"]),
+        ModelFile("tflite_fp32", lenet_exports["tflite_fp32"]),
+    ]
     rows = benchmark_files(profile, models, FAST)
     assert rows[0]["skipped"] == "no onnxruntime_perf_test binary for loopback-phone (pass --perf-test-binary)"
     row = rows[1]
@@ -66,12 +68,19 @@ def test_android_path_with_benchmark_model_end_to_end(adb_device, adb_server, tm
 
 
 def test_onnx_on_a_phone_through_onnxruntime_perf_test(adb_device, adb_server, tmp_path, lenet_exports):
-    profile = _phone(adb_device, adb_server, tmp_path, benchmark_binary=str(standin_binary(tmp_path)),
-                     perf_test_binary=str(standin_binary(tmp_path, "onnxruntime_perf_test")))
+    profile = _phone(
+        adb_device,
+        adb_server,
+        tmp_path,
+        benchmark_binary=str(standin_binary(tmp_path)),
+        perf_test_binary=str(standin_binary(tmp_path, "onnxruntime_perf_test")),
+    )
     models = [ModelFile(k, lenet_exports[k]) for k in ("onnx_int8", "tflite_fp32")]
     rows = benchmark_files(profile, models, FAST)
-    assert [(r["tool"], r["runtime"]) for r in rows] == [("onnxruntime_perf_test", "onnxruntime"),
-                                                         ("benchmark_model", "litert")]
+    assert [(r["tool"], r["runtime"]) for r in rows] == [
+        ("onnxruntime_perf_test", "onnxruntime"),
+        ("benchmark_model", "litert"),
+    ]
     onnx = rows[0]
     assert 0 < onnx["min_ms"] <= onnx["median_ms"] <= onnx["p90_ms"] <= onnx["max_ms"]
     assert onnx["init_ms"] > 0 and onnx["peak_rss_mb"] > 0
@@ -80,8 +89,7 @@ def test_onnx_on_a_phone_through_onnxruntime_perf_test(adb_device, adb_server, t
 
 
 def test_affinity_mask_is_applied_with_taskset(adb_device, adb_server, tmp_path, lenet_exports):
-    profile = _phone(adb_device, adb_server, tmp_path, benchmark_binary=str(standin_binary(tmp_path)),
-                     affinity="1")
+    profile = _phone(adb_device, adb_server, tmp_path, benchmark_binary=str(standin_binary(tmp_path)), affinity="1")
     rows = benchmark_files(profile, [ModelFile("tflite_fp32", lenet_exports["tflite_fp32"])], FAST)
     assert rows[0]["median_ms"] > 0
 
@@ -148,8 +156,10 @@ def test_timeout_kills_benchmark_model_on_the_phone(adb_device, adb_server, tmp_
 def test_phone_with_too_little_space(adb_device, adb_server, tmp_path, lenet_exports):
     fake_bin = tmp_path / "fakebin"
     fake_bin.mkdir()
-    (fake_bin / "df").write_text("#!/bin/sh\necho 'Filesystem 1K-blocks Used Available Use% Mounted on'\n"
-                                 "echo '/dev/block/dm-5 52000000 51998000 2000 100% /data'\n")
+    (fake_bin / "df").write_text(
+        "#!/bin/sh\necho 'Filesystem 1K-blocks Used Available Use% Mounted on'\n"
+        "echo '/dev/block/dm-5 52000000 51998000 2000 100% /data'\n"
+    )
     (fake_bin / "df").chmod(0o755)
     adb_device.faults.env["PATH"] = f"{fake_bin}:{os.environ['PATH']}"
     profile = _phone(adb_device, adb_server, tmp_path, benchmark_binary=str(standin_binary(tmp_path)))
@@ -160,8 +170,19 @@ def test_phone_with_too_little_space(adb_device, adb_server, tmp_path, lenet_exp
 
 def test_bench_command_on_a_phone(adb_device, adb_server, tmp_path, lenet_exports, runner, cli):
     profile = adb_profile(adb_device, adb_server, tmp_path / "phone.toml")
-    result = runner.invoke(cli, ["bench", str(lenet_exports["tflite_fp32"]), "--target", str(profile),
-                                 "--benchmark-binary", str(standin_binary(tmp_path)), "--runs", "10"])
+    result = runner.invoke(
+        cli,
+        [
+            "bench",
+            str(lenet_exports["tflite_fp32"]),
+            "--target",
+            str(profile),
+            "--benchmark-binary",
+            str(standin_binary(tmp_path)),
+            "--runs",
+            "10",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "model.tflite" in result.output and "litert benchmark_model" in result.output
     missing = runner.invoke(cli, ["bench", str(lenet_exports["tflite_fp32"]), "--target", str(profile)])

@@ -61,8 +61,11 @@ def test_pi_path_benchmarks_every_model_end_to_end(sshd, tmp_path, lenet_exports
 
 def test_models_without_a_runtime_on_the_device_are_skipped(sshd, tmp_path, lenet_exports):
     profile = load_profile(str(ssh_profile(sshd, tmp_path / "pi", runtimes=["litert"])))
-    rows = benchmark_files(profile, [ModelFile("onnx_fp32", lenet_exports["onnx_fp32"]),
-                                     ModelFile("tflite_fp32", lenet_exports["tflite_fp32"])], FAST)
+    rows = benchmark_files(
+        profile,
+        [ModelFile("onnx_fp32", lenet_exports["onnx_fp32"]), ModelFile("tflite_fp32", lenet_exports["tflite_fp32"])],
+        FAST,
+    )
     assert rows[0]["skipped"] == "loopback-pi has no runtime for .onnx files" and rows[0]["median_ms"] is None
     assert rows[1]["median_ms"] > 0
 
@@ -174,8 +177,10 @@ def test_too_little_space_is_refused_before_pushing(tmp_path, lenet_exports):
     fake_bin = tmp_path / "fakebin"
     fake_bin.mkdir()
     df = fake_bin / "df"
-    df.write_text("#!/bin/sh\necho 'Filesystem 1K-blocks Used Available Use% Mounted on'\n"
-                  "echo '/dev/mmcblk0p2 14800000 14799000 1024 100% /'\n")
+    df.write_text(
+        "#!/bin/sh\necho 'Filesystem 1K-blocks Used Available Use% Mounted on'\n"
+        "echo '/dev/mmcblk0p2 14800000 14799000 1024 100% /'\n"
+    )
     df.chmod(0o755)
     full = SshServer(tmp_path / "sshd", env={"PATH": f"{fake_bin}:/usr/local/bin:/usr/bin:/bin"}).start()
     try:
@@ -191,11 +196,23 @@ def test_profile_written_by_a_user_extends_a_builtin(sshd, tmp_path, lenet_expor
     """~/.config-style directory: `extends = "rpi3"` plus the address is all a user writes."""
     config = tmp_path / "profiles"
     config.mkdir()
-    write_profile(config / "my-pi.toml", {
-        "extends": "rpi3", "name": "my-pi", "python": sys.executable, "threads": 1,
-        "workdir": str(tmp_path / "pi" / "work"),
-        "ssh": {"host": "127.0.0.1", "port": sshd.port, "user": sshd.user, "key": str(sshd.client_key),
-                "known_hosts": str(sshd.known_hosts)}})
+    write_profile(
+        config / "my-pi.toml",
+        {
+            "extends": "rpi3",
+            "name": "my-pi",
+            "python": sys.executable,
+            "threads": 1,
+            "workdir": str(tmp_path / "pi" / "work"),
+            "ssh": {
+                "host": "127.0.0.1",
+                "port": sshd.port,
+                "user": sshd.user,
+                "key": str(sshd.client_key),
+                "known_hosts": str(sshd.known_hosts),
+            },
+        },
+    )
     monkeypatch.setenv("EDGEPRUNE_DEVICES", str(config))
     profile = load_profile("my-pi")
     assert profile.runtimes == ("litert", "onnxruntime") and profile.timeout_s == 900  # inherited from rpi3
@@ -206,8 +223,22 @@ def test_profile_written_by_a_user_extends_a_builtin(sshd, tmp_path, lenet_expor
 def test_bench_command_over_ssh_writes_json(sshd, tmp_path, lenet_exports, runner, cli):
     profile = ssh_profile(sshd, tmp_path / "pi")
     out = tmp_path / "results.json"
-    result = runner.invoke(cli, ["bench", str(lenet_exports["onnx_int8"]), str(lenet_exports["tflite_fp32"]),
-                                 "--target", str(profile), "--runs", "10", "--warmup", "1", "-o", str(out)])
+    result = runner.invoke(
+        cli,
+        [
+            "bench",
+            str(lenet_exports["onnx_int8"]),
+            str(lenet_exports["tflite_fp32"]),
+            "--target",
+            str(profile),
+            "--runs",
+            "10",
+            "--warmup",
+            "1",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "model_int8.onnx" in result.output and "litert" in result.output
     saved = json.loads(out.read_text())

@@ -51,15 +51,21 @@ def run_example(workdir: Path) -> Run:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
     # Progress goes to stderr (not shown in the README); stdout is exactly what the user sees as the result.
-    proc = subprocess.run([sys.executable, "-m", "edgeprune", *COMMAND], cwd=workdir, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeprune", *COMMAND], cwd=workdir, env=env, capture_output=True, text=True
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"edgeprune {' '.join(COMMAND)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     out = workdir / "out"
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return Run(stdout=proc.stdout.rstrip("\n"), report_md=(out / "report.md").read_text(),
-               report=json.loads((out / "report.json").read_text()), wall_s=wall, peak_rss_gib=peak_kib / (1 << 20))
+    return Run(
+        stdout=proc.stdout.rstrip("\n"),
+        report_md=(out / "report.md").read_text(),
+        report=json.loads((out / "report.json").read_text()),
+        wall_s=wall,
+        peak_rss_gib=peak_kib / (1 << 20),
+    )
 
 
 def main_table(markdown: str) -> list[str]:
@@ -76,6 +82,7 @@ def main_table(markdown: str) -> list[str]:
 
 def parse_table(lines: list[str]) -> list[dict[str, str]]:
     """Rows of a Markdown table as {column header: cell text}."""
+
     def cells(line: str) -> list[str]:
         return [c.strip() for c in line.strip().strip("|").split("|")]
 
@@ -156,8 +163,10 @@ def summary_sentence(report: dict[str, Any]) -> str:
                 scores.append(f"{label} {pct(export[key])}")
         parts.append("Test accuracy: " + ", ".join(scores) + ".")
     if "weight_mismatches" in export:
-        parts.append(f"`model.nnr` and the INT8 ONNX/TFLite files carry the same INT8 weight levels "
-                     f"({export['weight_mismatches']} mismatches; checked on every run).")
+        parts.append(
+            f"`model.nnr` and the INT8 ONNX/TFLite files carry the same INT8 weight levels "
+            f"({export['weight_mismatches']} mismatches; checked on every run)."
+        )
     return " ".join(parts)
 
 
@@ -177,23 +186,25 @@ def render(run: Run) -> str:
     """The README block for ``run``, markers included."""
     samples = test_samples(run.report)
     on = f"top-1 on {samples} held-out digits" if samples else "top-1 on the held-out test split"
-    return "\n".join([
-        BEGIN,
-        f"Real output of the command above ({machine()}; {run.wall_s:.0f} s wall, "
-        f"{run.peak_rss_gib:.2f} GiB peak RSS; timings differ on every machine):",
-        "",
-        "```text",
-        f"$ edgeprune {' '.join(COMMAND)}",
-        run.stdout,
-        "```",
-        "",
-        f"`out/report.md` then starts with (accuracy: {on}):",
-        "",
-        *main_table(run.report_md),
-        "",
-        summary_sentence(run.report),
-        END,
-    ])
+    return "\n".join(
+        [
+            BEGIN,
+            f"Real output of the command above ({machine()}; {run.wall_s:.0f} s wall, "
+            f"{run.peak_rss_gib:.2f} GiB peak RSS; timings differ on every machine):",
+            "",
+            "```text",
+            f"$ edgeprune {' '.join(COMMAND)}",
+            run.stdout,
+            "```",
+            "",
+            f"`out/report.md` then starts with (accuracy: {on}):",
+            "",
+            *main_table(run.report_md),
+            "",
+            summary_sentence(run.report),
+            END,
+        ]
+    )
 
 
 def readme_block(text: str) -> str:
@@ -214,12 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     text = README.read_text()  # read after the run: the README may have been edited meanwhile
     old = readme_block(text)
     if args.check:
-        problems = compare_tables(parse_table(main_table(old.split("\n", 1)[1])),
-                                  parse_table(main_table(run.report_md)), test_samples(run.report))
+        problems = compare_tables(
+            parse_table(main_table(old.split("\n", 1)[1])),
+            parse_table(main_table(run.report_md)),
+            test_samples(run.report),
+        )
         for problem in problems:
             print(problem)
-        print("README worked example is stale: run python3 tools/readme_example.py" if problems
-              else "README worked example is current")
+        print(
+            "README worked example is stale: run python3 tools/readme_example.py"
+            if problems
+            else "README worked example is current"
+        )
         return 1 if problems else 0
     README.write_text(text.replace(old, render(run)))
     print(f"rewrote the worked example in {README} ({run.wall_s:.0f} s run)")

@@ -117,12 +117,27 @@ def _verbosity_callback(ctx: click.Context, param: click.Parameter, value: bool)
 
 def _verbosity_options() -> list[click.Option]:
     return [
-        click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=_verbosity_callback,
-                     help="Print only errors (and --json output)."),
-        click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, callback=_verbosity_callback,
-                     help="Print details of every stage."),
-        click.Option(["--debug"], is_flag=True, expose_value=False, callback=_verbosity_callback,
-                     help="Show full tracebacks for errors."),
+        click.Option(
+            ["-q", "--quiet"],
+            is_flag=True,
+            expose_value=False,
+            callback=_verbosity_callback,
+            help="Print only errors (and --json output).",
+        ),
+        click.Option(
+            ["-v", "--verbose"],
+            is_flag=True,
+            expose_value=False,
+            callback=_verbosity_callback,
+            help="Print details of every stage.",
+        ),
+        click.Option(
+            ["--debug"],
+            is_flag=True,
+            expose_value=False,
+            callback=_verbosity_callback,
+            help="Show full tracebacks for errors.",
+        ),
     ]
 
 
@@ -140,13 +155,24 @@ def add_global_options(command: click.Command) -> click.Command:
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors (and --json output).")
 @click.option("-v", "--verbose", is_flag=True, help="Print details of every stage.")
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
-@click.option("--seed", type=int, default=None,
-              help="Seed for data splits, training and sampling (for the subcommands that take --seed) [default: 0].")
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Seed for data splits, training and sampling (for the subcommands that take --seed) [default: 0].",
+)
 @click.option("--json", "as_json", is_flag=True, default=None, help="Print the machine-readable result on stdout.")
 @click.option("--force", is_flag=True, default=None, help="Replace existing output (subcommands that write files).")
 @click.pass_context
-def cli(ctx: click.Context, quiet: bool, verbose: bool, debug: bool, seed: int | None, as_json: bool | None,
-        force: bool | None) -> None:
+def cli(
+    ctx: click.Context,
+    quiet: bool,
+    verbose: bool,
+    debug: bool,
+    seed: int | None,
+    as_json: bool | None,
+    force: bool | None,
+) -> None:
     """Compress trained PyTorch models for edge devices.
 
     Every option here may also be given after the subcommand.
@@ -173,11 +199,15 @@ def cli(ctx: click.Context, quiet: bool, verbose: bool, debug: bool, seed: int |
         }
 
 
-_help.group_compress_options([
-    ("Prune (SeReNe / L1)", prune.compress_options), ("Simplify", simplify.compress_options),
-    ("Quantize and export (ONNX, TFLite)", export.compress_options), ("Encode (MPEG-NNR)", nnr.compress_options),
-    ("Bench", bench.compress_options),
-])
+_help.group_compress_options(
+    [
+        ("Prune (SeReNe / L1)", prune.compress_options),
+        ("Simplify", simplify.compress_options),
+        ("Quantize and export (ONNX, TFLite)", export.compress_options),
+        ("Encode (MPEG-NNR)", nnr.compress_options),
+        ("Bench", bench.compress_options),
+    ]
+)
 cli.add_command(add_global_options(compress.compress))
 for _module in STAGE_MODULES:
     for _command in _module.COMMANDS:
@@ -189,4 +219,3 @@ def main() -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     cli(prog_name="edgeprune")
-

@@ -38,8 +38,18 @@ def option_names(decorator: Callable) -> list[str]:
 def group_compress_options(stage_panels: list[tuple[str, Callable]]) -> None:
     """Show ``compress --help`` as one panel per stage, after the input/output panels (examples stay first)."""
     panels = [
-        {"name": "Input", "options": ["--example", "--arch", "--arch-kwargs", "--trust-checkpoint", "--input-shape",
-                                      "--data", "--seed"]},
+        {
+            "name": "Input",
+            "options": [
+                "--example",
+                "--arch",
+                "--arch-kwargs",
+                "--trust-checkpoint",
+                "--input-shape",
+                "--data",
+                "--seed",
+            ],
+        },
         {"name": "Output and stages", "options": ["--output", "--force", "--stages", "--skip", "--target", "--json"]},
         *({"name": name, "options": option_names(decorator)} for name, decorator in stage_panels),
         {"name": "Messages", "options": ["--quiet", "--verbose", "--debug", "--help"]},

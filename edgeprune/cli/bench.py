@@ -25,18 +25,32 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("threads", "threads", {"type": click.IntRange(min=1), "help": "Runtime threads (default: the profile's)."}),
     ("runs", "runs", {"type": click.IntRange(min=1), "help": "Timed runs per model [default: 100]."}),
     ("warmup", "warmup", {"type": click.IntRange(min=0), "help": "Untimed warm-up runs [default: 10]."}),
-    ("timeout", "timeout_s", {"type": FiniteFloatRange(min=0, min_open=True),
-                              "help": "Seconds allowed per model before it is killed (default: the profile's)."}),
-    ("retries", "retries", {"type": click.IntRange(min=1),
-                            "help": "Attempts for connecting and transfers when the link drops [default: 3]."}),
+    (
+        "timeout",
+        "timeout_s",
+        {
+            "type": FiniteFloatRange(min=0, min_open=True),
+            "help": "Seconds allowed per model before it is killed (default: the profile's).",
+        },
+    ),
+    (
+        "retries",
+        "retries",
+        {
+            "type": click.IntRange(min=1),
+            "help": "Attempts for connecting and transfers when the link drops [default: 3].",
+        },
+    ),
 )
 _BINARY_HELP = "Host path of TFLite's benchmark_model for Android targets (pushed once, cached on the device)."
 _PERF_TEST_HELP = "Host path of onnxruntime_perf_test for Android targets, to benchmark .onnx files there too."
 
 
 def _bench_option_set(prefix: str) -> Callable:
-    decorators = [click.option(f"--{prefix}{name}", f"{prefix.replace('-', '_')}{name}", default=None, **kw)
-                  for name, _, kw in _OPTIONS]
+    decorators = [
+        click.option(f"--{prefix}{name}", f"{prefix.replace('-', '_')}{name}", default=None, **kw)
+        for name, _, kw in _OPTIONS
+    ]
     decorators.append(click.option("--benchmark-binary", type=click.Path(dir_okay=False), help=_BINARY_HELP))
     decorators.append(click.option("--perf-test-binary", type=click.Path(dir_okay=False), help=_PERF_TEST_HELP))
     return compose(*decorators)
@@ -69,8 +83,10 @@ def _table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"{r['model']:<16} skipped: {r['skipped']}")
             continue
         runtime = f"{r.get('runtime')} {r.get('runtime_version') or ''}".strip()
-        lines.append(f"{r['model']:<16} {runtime:<22} {ms(r.get('median_ms')):>10} {ms(r.get('p90_ms')):>9} "
-                     f"{ms(r.get('mean_ms')):>9} {ms(r.get('init_ms')):>9}")
+        lines.append(
+            f"{r['model']:<16} {runtime:<22} {ms(r.get('median_ms')):>10} {ms(r.get('p90_ms')):>9} "
+            f"{ms(r.get('mean_ms')):>9} {ms(r.get('init_ms')):>9}"
+        )
     return "\n".join(lines)
 
 
@@ -82,8 +98,15 @@ def _table(rows: list[dict[str, Any]]) -> str:
 @force_option
 @json_option
 @click.pass_context
-def bench(ctx: click.Context, models: tuple[str, ...], target: str, output: str | None, force: bool,
-          as_json: bool, **kwargs: Any) -> None:
+def bench(
+    ctx: click.Context,
+    models: tuple[str, ...],
+    target: str,
+    output: str | None,
+    force: bool,
+    as_json: bool,
+    **kwargs: Any,
+) -> None:
     """Time .tflite / .onnx models on a device (the host, a Pi over SSH, a phone over ADB).
 
     \b
@@ -100,8 +123,12 @@ def bench(ctx: click.Context, models: tuple[str, ...], target: str, output: str 
     names = [Path(m).name for m in models]
     files = [ModelFile(name if names.count(name) == 1 else m, Path(m)) for name, m in zip(names, models, strict=True)]
     rows = benchmark_files(profile, files, options)
-    result = {"target": profile.name, "device": profile.description, "results": rows,
-              "latency_ms": headline_latency(rows, profile)}
+    result = {
+        "target": profile.name,
+        "device": profile.description,
+        "results": rows,
+        "latency_ms": headline_latency(rows, profile),
+    }
     if output:
         write_json(output, result)
     emit(ctx, result, as_json, f"{profile.name} ({profile.description}):\n{_table(rows)}")
@@ -109,10 +136,16 @@ def bench(ctx: click.Context, models: tuple[str, ...], target: str, output: str 
 
 @click.command("devices")
 @click.argument("names", nargs=-1)
-@click.option("--check/--no-check", default=True, show_default=True,
-              help="Try to reach each target (connect and run `uname -m`).")
-@click.option("--timeout", type=FiniteFloatRange(min=0, min_open=True), default=5.0, show_default=True,
-              help="Seconds to wait for each target when checking.")
+@click.option(
+    "--check/--no-check", default=True, show_default=True, help="Try to reach each target (connect and run `uname -m`)."
+)
+@click.option(
+    "--timeout",
+    type=FiniteFloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for each target when checking.",
+)
 @json_option
 @click.pass_context
 def devices(ctx: click.Context, names: tuple[str, ...], check: bool, timeout: float, as_json: bool) -> None:
@@ -131,8 +164,15 @@ def devices(ctx: click.Context, names: tuple[str, ...], check: bool, timeout: fl
     profiles = [load_profile(n) for n in names] if names else list_profiles()
     rows = []
     for p in profiles:
-        row = {"name": p.name, "transport": p.transport, "address": p.address, "runtimes": list(p.runtimes),
-               "threads": p.threads, "description": p.description, "source": p.source}
+        row = {
+            "name": p.name,
+            "transport": p.transport,
+            "address": p.address,
+            "runtimes": list(p.runtimes),
+            "threads": p.threads,
+            "description": p.description,
+            "source": p.source,
+        }
         if check:
             status = check_reachable(p, timeout)
             row.update(reachable=status.reachable, detail=status.detail)

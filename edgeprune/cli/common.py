@@ -40,11 +40,17 @@ def compose(*decorators: Callable) -> Callable:
 
 
 model_options = compose(
-    click.option("--arch", help="Architecture for a state_dict checkpoint, as package.module:factory "
-                 "(imports and runs that code - your own; never taken from a file)."),
+    click.option(
+        "--arch",
+        help="Architecture for a state_dict checkpoint, as package.module:factory "
+        "(imports and runs that code - your own; never taken from a file).",
+    ),
     click.option("--arch-kwargs", help="JSON keyword arguments for --arch, e.g. '{\"num_classes\": 10}'."),
-    click.option("--trust-checkpoint", is_flag=True,
-                 help="Allow pickled models and .pt2 files that fail inspection (loading them can run code)."),
+    click.option(
+        "--trust-checkpoint",
+        is_flag=True,
+        help="Allow pickled models and .pt2 files that fail inspection (loading them can run code).",
+    ),
     click.option("--input-shape", help="Model input shape, e.g. 1,3,32,32 (needed for TorchScript and state_dicts)."),
 )
 

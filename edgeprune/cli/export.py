@@ -25,18 +25,38 @@ from edgeprune.fileio import atomic_directory, write_json
 from edgeprune.quant import CALIBRATION_METHODS, WEIGHT_MODES, QuantOptions, run_stage
 
 calibration_options = compose(
-    click.option("--calibration", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True,
-                 help="How activation ranges are calibrated: extremes, or percentiles that ignore outliers."),
-    click.option("--calibration-samples", type=click.IntRange(1), default=128, show_default=True,
-                 help="Training samples used to calibrate INT8 activations."),
-    click.option("--weight-quant", type=click.Choice(WEIGHT_MODES), default="allocated", show_default=True,
-                 help="INT8 weight levels: 'allocated' picks each tensor's step from its sensitivity (smallest "
-                      "model.nnr within --target-accuracy-drop, default 0.5 point); 'maxabs' uses max|w|/127."),
+    click.option(
+        "--calibration",
+        type=click.Choice(CALIBRATION_METHODS),
+        default="minmax",
+        show_default=True,
+        help="How activation ranges are calibrated: extremes, or percentiles that ignore outliers.",
+    ),
+    click.option(
+        "--calibration-samples",
+        type=click.IntRange(1),
+        default=128,
+        show_default=True,
+        help="Training samples used to calibrate INT8 activations.",
+    ),
+    click.option(
+        "--weight-quant",
+        type=click.Choice(WEIGHT_MODES),
+        default="allocated",
+        show_default=True,
+        help="INT8 weight levels: 'allocated' picks each tensor's step from its sensitivity (smallest "
+        "model.nnr within --target-accuracy-drop, default 0.5 point); 'maxabs' uses max|w|/127.",
+    ),
 )
 
 _export_file_options = compose(
-    click.option("--opset", type=click.IntRange(18), default=export_stage.ExportOptions.opset, show_default=True,
-                 help="ONNX opset (18 is the lowest the exporter supports)."),
+    click.option(
+        "--opset",
+        type=click.IntRange(18),
+        default=export_stage.ExportOptions.opset,
+        show_default=True,
+        help="ONNX opset (18 is the lowest the exporter supports).",
+    ),
     click.option("--static-batch", is_flag=True, help="Fix the ONNX batch dimension to 1 instead of dynamic."),
     click.option("--nhwc", is_flag=True, help="TFLite files take NHWC images (channels last), as phone cameras give."),
 )
@@ -44,24 +64,33 @@ _export_file_options = compose(
 
 def quantize_options_from(kwargs: dict[str, Any]) -> tuple[str, QuantOptions]:
     """Pop the quantize stage's options from ``kwargs``."""
-    return "quantize", QuantOptions(calibration=kwargs.pop("calibration", "minmax"),
-                                    calibration_samples=kwargs.pop("calibration_samples", 128),
-                                    weights=kwargs.pop("weight_quant", "allocated"))
+    return "quantize", QuantOptions(
+        calibration=kwargs.pop("calibration", "minmax"),
+        calibration_samples=kwargs.pop("calibration_samples", 128),
+        weights=kwargs.pop("weight_quant", "allocated"),
+    )
 
 
 def _export_options(kwargs: dict[str, Any], formats: str | None, int8: bool) -> export_stage.ExportOptions:
     return export_stage.ExportOptions(
-        formats=export_stage.parse_formats(formats), int8=int8,
+        formats=export_stage.parse_formats(formats),
+        int8=int8,
         opset=kwargs.pop("opset", export_stage.ExportOptions.opset),
-        dynamic_batch=not kwargs.pop("static_batch", False), nhwc=kwargs.pop("nhwc", False))
+        dynamic_batch=not kwargs.pop("static_batch", False),
+        nhwc=kwargs.pop("nhwc", False),
+    )
 
 
 def compress_options(f: Callable) -> Callable:
     """Options the quantize and export stages add to `edgeprune compress`."""
     return compose(
         calibration_options,
-        click.option("--export-format", default="onnx,tflite", show_default=True,
-                     help="Comma-separated export formats: onnx, tflite."),
+        click.option(
+            "--export-format",
+            default="onnx,tflite",
+            show_default=True,
+            help="Comma-separated export formats: onnx, tflite.",
+        ),
         click.option("--export-fp32-only", is_flag=True, help="Export only fp32 files (no INT8 ONNX/TFLite)."),
         _export_file_options,
     )(f)
@@ -102,17 +131,23 @@ def quantize(ctx: click.Context, model: str, out_dir: str, force: bool, as_json:
         result["files"] = {k: v.name for k, v in art.files.items()}
         write_json(work_dir / "quant.json", result)
     accuracy = f", test accuracy with INT8 weights {100 * result['accuracy']:.2f} %" if "accuracy" in result else ""
-    emit(ctx, result, as_json, f"quantised {result['quantized_tensors']} tensors "
-                               f"({result['quantized_values']} values, SQNR {result['weight_sqnr_db']:.1f} dB)"
-                               f"{accuracy}; wrote {out}/")
+    emit(
+        ctx,
+        result,
+        as_json,
+        f"quantised {result['quantized_tensors']} tensors "
+        f"({result['quantized_values']} values, SQNR {result['weight_sqnr_db']:.1f} dB)"
+        f"{accuracy}; wrote {out}/",
+    )
 
 
 @click.command("export")
 @click.argument("model", type=click.Path(dir_okay=False))
 @model_options
 @data_options
-@click.option("--format", "formats", default="onnx,tflite", show_default=True,
-              help="Comma-separated formats: onnx, tflite.")
+@click.option(
+    "--format", "formats", default="onnx,tflite", show_default=True, help="Comma-separated formats: onnx, tflite."
+)
 @click.option("--int8", is_flag=True, help="Also write INT8 files (calibrated on --data).")
 @calibration_options
 @_export_file_options
@@ -120,8 +155,9 @@ def quantize(ctx: click.Context, model: str, out_dir: str, force: bool, as_json:
 @force_option
 @json_option
 @click.pass_context
-def export(ctx: click.Context, model: str, formats: str, int8: bool, out_dir: str, force: bool, as_json: bool,
-           **kwargs: Any) -> None:
+def export(
+    ctx: click.Context, model: str, formats: str, int8: bool, out_dir: str, force: bool, as_json: bool, **kwargs: Any
+) -> None:
     """Export MODEL to ONNX and/or TFLite (fp32, and INT8 with --int8), verified in each runtime.
 
     \b
@@ -145,8 +181,10 @@ def _summary(result: dict[str, Any], out: Path) -> str:
     for row in result["exports"]:
         accuracy = "" if row["accuracy"] is None else f"acc {100 * row['accuracy']:.2f} %"
         mismatches = f"  weight mismatches {row['weight_mismatches']}" if "weight_mismatches" in row else ""
-        lines.append(f"  {row['file']:<18} {row['size_bytes'] / 1024:>8.1f} KiB  {accuracy:>12}  "
-                     f"max|Δ| {row['max_abs_diff']:.2e}{mismatches}")
+        lines.append(
+            f"  {row['file']:<18} {row['size_bytes'] / 1024:>8.1f} KiB  {accuracy:>12}  "
+            f"max|Δ| {row['max_abs_diff']:.2e}{mismatches}"
+        )
     return "\n".join(lines)
 
 

@@ -30,36 +30,64 @@ from edgeprune.nnr.codec import QP_MAX, QP_MIN, ModelEncodeOptions, decode_model
 from edgeprune.nnr.stage import NnrOptions
 
 _budget_options = compose(
-    click.option("--bits-per-weight", type=FiniteFloatRange(min=0, min_open=True),
-                 help="Choose a step per tensor (Fisher sensitivity) so the weights cost this many bits each "
-                      "(in compress: the INT8 levels model.nnr and the INT8 files share)."),
-    click.option("--target-accuracy-drop", type=FiniteFloatRange(min=0),
-                 help="Choose a step per tensor for the smallest stream within this many points of the float "
-                      "model (needs --data; compress defaults to 0.5 for its INT8 levels)."),
+    click.option(
+        "--bits-per-weight",
+        type=FiniteFloatRange(min=0, min_open=True),
+        help="Choose a step per tensor (Fisher sensitivity) so the weights cost this many bits each "
+        "(in compress: the INT8 levels model.nnr and the INT8 files share).",
+    ),
+    click.option(
+        "--target-accuracy-drop",
+        type=FiniteFloatRange(min=0),
+        help="Choose a step per tensor for the smallest stream within this many points of the float "
+        "model (needs --data; compress defaults to 0.5 for its INT8 levels).",
+    ),
 )
 
 
 @click.command("encode", context_settings={"show_default": True})
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .nnr file to write.")
-@click.option("--qp", type=click.IntRange(QP_MIN, QP_MAX),
-              help="One qp for every >= 2-D tensor, NNC style (step = (1 + (qp mod 4)/4) * 2^(qp div 4)); "
-                   "default: a per-tensor choice from the weight spread.")
+@click.option(
+    "--qp",
+    type=click.IntRange(QP_MIN, QP_MAX),
+    help="One qp for every >= 2-D tensor, NNC style (step = (1 + (qp mod 4)/4) * 2^(qp div 4)); "
+    "default: a per-tensor choice from the weight spread.",
+)
 @click.option("--int8", is_flag=True, help="Code the INT8 deploy levels (BN folded, per-channel scales) instead.")
 @click.option("--dq/--no-dq", default=True, help="Dependent quantisation (8-state trellis).")
-@click.option("--rdoq", type=FiniteFloatRange(min=0), default=0.0,
-              help="RDOQ lambda scale (uniform quantisation only, needs --no-dq; measured near-useless: off).")
-@click.option("--estimator-search", is_flag=True,
-              help="Pick each context's estimator like NNCodec (about 0.5-1 % smaller, slower to encode).")
+@click.option(
+    "--rdoq",
+    type=FiniteFloatRange(min=0),
+    default=0.0,
+    help="RDOQ lambda scale (uniform quantisation only, needs --no-dq; measured near-useless: off).",
+)
+@click.option(
+    "--estimator-search",
+    is_flag=True,
+    help="Pick each context's estimator like NNCodec (about 0.5-1 % smaller, slower to encode).",
+)
 @_budget_options
 @model_options
 @data_options
 @force_option
 @json_option
 @click.pass_context
-def encode_command(ctx: click.Context, model: str, output: str, qp: int | None, int8: bool, dq: bool, rdoq: float,
-                   estimator_search: bool, bits_per_weight: float | None, target_accuracy_drop: float | None,
-                   force: bool, as_json: bool, **kwargs: Any) -> None:
+def encode_command(
+    ctx: click.Context,
+    model: str,
+    output: str,
+    qp: int | None,
+    int8: bool,
+    dq: bool,
+    rdoq: float,
+    estimator_search: bool,
+    bits_per_weight: float | None,
+    target_accuracy_drop: float | None,
+    force: bool,
+    as_json: bool,
+    **kwargs: Any,
+) -> None:
     """Encode a model's weights into an MPEG-NNR bitstream (.nnr) that NNCodec can decode too.
 
     \b
@@ -90,24 +118,47 @@ def encode_command(ctx: click.Context, model: str, output: str, qp: int | None, 
     stream = encode_model(art.model, art.example_input, options, quant=quant, meta=art.meta)
     write_bytes(out, stream.data)
     bpw = 8.0 * stream.weight_bytes / max(1, stream.num_weights)
-    result = {"output": str(out), "size_bytes": len(stream.data), "weight_bytes": stream.weight_bytes,
-              "num_weights": stream.num_weights, "bits_per_weight": bpw, "mode": "int8" if int8 else "qp"}
-    emit(ctx, result, as_json, f"wrote {out}: {len(stream.data)} bytes, {stream.num_weights} weights, "
-                               f"{bpw:.3f} bits/weight")
+    result = {
+        "output": str(out),
+        "size_bytes": len(stream.data),
+        "weight_bytes": stream.weight_bytes,
+        "num_weights": stream.num_weights,
+        "bits_per_weight": bpw,
+        "mode": "int8" if int8 else "qp",
+    }
+    emit(
+        ctx,
+        result,
+        as_json,
+        f"wrote {out}: {len(stream.data)} bytes, {stream.num_weights} weights, {bpw:.3f} bits/weight",
+    )
 
 
 @click.command("decode", context_settings={"show_default": True})
 @click.argument("bitstream", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="The model file to write (a torch.export program, .pt2).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The model file to write (a torch.export program, .pt2).",
+)
 @click.option("--arch", help="Rebuild with this package.module:factory instead of the architecture in the .nnr.")
 @click.option("--arch-kwargs", help="JSON keyword arguments for --arch.")
 @click.option("--input-shape", help="Input shape when the .nnr does not record one, e.g. 1,3,32,32.")
 @force_option
 @json_option
 @click.pass_context
-def decode_command(ctx: click.Context, bitstream: str, output: str, arch: str | None, arch_kwargs: str | None,
-                   input_shape: str | None, force: bool, as_json: bool) -> None:
+def decode_command(
+    ctx: click.Context,
+    bitstream: str,
+    output: str,
+    arch: str | None,
+    arch_kwargs: str | None,
+    input_shape: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
     """Decode a .nnr back into a loadable model (.pt2), from the .nnr alone or with --arch.
 
     \b
@@ -130,16 +181,21 @@ def decode_command(ctx: click.Context, bitstream: str, output: str, arch: str | 
 def inspect_command(ctx: click.Context, bitstream: str, as_json: bool) -> None:
     """List the units and tensors of a .nnr with their sizes and bits per weight (decodes it to check it)."""
     info = inspect_stream(bitstream)
-    lines = [f"{bitstream}: {info['size_bytes']} bytes, {info['num_weights']} weights, "
-             f"{info['bits_per_weight']:.3f} bits/weight in the NDUs ({info['bits_per_weight_total']:.3f} overall), "
-             f"architecture: {info['architecture']}",
-             "units: " + ", ".join(f"{u['type']}({u['size']} B)" for u in info["units"][:3])
-             + (f", {len(info['units']) - 3} more" if len(info["units"]) > 3 else "")]
+    lines = [
+        f"{bitstream}: {info['size_bytes']} bytes, {info['num_weights']} weights, "
+        f"{info['bits_per_weight']:.3f} bits/weight in the NDUs ({info['bits_per_weight_total']:.3f} overall), "
+        f"architecture: {info['architecture']}",
+        "units: "
+        + ", ".join(f"{u['type']}({u['size']} B)" for u in info["units"][:3])
+        + (f", {len(info['units']) - 3} more" if len(info["units"]) > 3 else ""),
+    ]
     width = max((len(t["name"]) for t in info["tensors"]), default=6)
     for t in info["tensors"]:
         qp = "" if t["qp"] is None else f"qp {t['qp']}"
-        lines.append(f"  {t['name']:<{width}}  {'x'.join(map(str, t['shape'])):>14}  {t['mode']:<4} {qp:>7}"
-                     f"  {t['bytes']:>9} B  {t['bits_per_weight']:.3f} bits/weight")
+        lines.append(
+            f"  {t['name']:<{width}}  {'x'.join(map(str, t['shape'])):>14}  {t['mode']:<4} {qp:>7}"
+            f"  {t['bytes']:>9} B  {t['bits_per_weight']:.3f} bits/weight"
+        )
     emit(ctx, info, as_json, "\n".join(lines))
 
 
@@ -149,11 +205,18 @@ COMMANDS: list[click.Command] = [encode_command, decode_command, inspect_command
 def compress_options(f: Callable) -> Callable:
     """Options this stage adds to `edgeprune compress`."""
     return compose(
-        click.option("--nnr-int8/--nnr-qp-mode", "nnr_int8", default=None,
-                     help="model.nnr holds the quantize stage's INT8 levels / qp-mode levels "
-                          "[default: INT8 when the quantize stage runs]."),
-        click.option("--nnr-qp", type=click.IntRange(QP_MIN, QP_MAX),
-                     help="One qp for every >= 2-D tensor of the qp-mode stream (default: per tensor)."),
+        click.option(
+            "--nnr-int8/--nnr-qp-mode",
+            "nnr_int8",
+            default=None,
+            help="model.nnr holds the quantize stage's INT8 levels / qp-mode levels "
+            "[default: INT8 when the quantize stage runs].",
+        ),
+        click.option(
+            "--nnr-qp",
+            type=click.IntRange(QP_MIN, QP_MAX),
+            help="One qp for every >= 2-D tensor of the qp-mode stream (default: per tensor).",
+        ),
         _budget_options,
         click.option("--nnr-dq/--nnr-no-dq", "nnr_dq", default=True, help="Dependent quantisation."),
         click.option("--nnr-sweep", is_flag=True, help="Also measure accuracy vs size over single qps (report plot)."),

@@ -90,8 +90,7 @@ _OPTIONS: list[tuple[str, bool, dict[str, Any]]] = [
         True,
         {
             "type": click.Choice(SCORES),
-            "help": "Channel score of the threshold search "
-            "[default: maxabs_relative for serene, l1_relative for l1].",
+            "help": "Channel score of the threshold search [default: maxabs_relative for serene, l1_relative for l1].",
         },
     ),
     (

@@ -26,13 +26,19 @@ from edgeprune.simplify.options import PADDED_CONSTANT_MODES, SimplifyOptions
 
 _simplify_options = compose(
     click.option(
-        "--padded-constants", type=click.Choice(PADDED_CONSTANT_MODES), default="border", show_default=True,
+        "--padded-constants",
+        type=click.Choice(PADDED_CONSTANT_MODES),
+        default="border",
+        show_default=True,
         help="A removed channel's constant entering a zero-padded conv: add an exact border correction, "
-             "fold it into one kept dead channel (no extra op), or keep the channel.",
+        "fold it into one kept dead channel (no extra op), or keep the channel.",
     ),
     click.option("--keep-batchnorm", is_flag=True, help="Do not fold BatchNorm into the preceding Conv/Linear."),
     click.option(
-        "--simplify-tolerance", type=FiniteFloatRange(min=0, min_open=True), default=1e-9, show_default=True,
+        "--simplify-tolerance",
+        type=FiniteFloatRange(min=0, min_open=True),
+        default=1e-9,
+        show_default=True,
         help="Largest float64 output difference the equivalence proof accepts.",
     ),
 )
@@ -54,16 +60,22 @@ def options_from(kwargs: dict[str, Any]) -> tuple[str, Any]:
 
 @click.command("simplify")
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the simplified model (a torch.export .pt2 file).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write the simplified model (a torch.export .pt2 file).",
+)
 @model_options
 @data_options
 @_simplify_options
 @json_option
 @force_option
 @click.pass_context
-def simplify_command(ctx: click.Context, model_path: str, output: str, as_json: bool, force: bool,
-                     **kwargs: Any) -> None:
+def simplify_command(
+    ctx: click.Context, model_path: str, output: str, as_json: bool, force: bool, **kwargs: Any
+) -> None:
     """Remove dead (all-zero) channels from a pruned model without changing what it computes.
 
     Every run ends with a float64 equivalence proof; a model that fails it is not written.
@@ -89,8 +101,14 @@ def simplify_command(ctx: click.Context, model_path: str, output: str, as_json: 
         f"params {before[0]:,} -> {after[0]:,}, MACs {before[1]:,} -> {after[1]:,}; "
         f"max |delta| {report['max_abs_diff_float64']:.2g} (float64), {report['max_abs_diff_float32']:.2g} (float32)"
     )
-    result_json = {"output": str(out), "params_before": before[0], "params_after": after[0],
-                   "macs_before": before[1], "macs_after": after[1], **report}
+    result_json = {
+        "output": str(out),
+        "params_before": before[0],
+        "params_after": after[0],
+        "macs_before": before[1],
+        "macs_after": after[1],
+        **report,
+    }
     emit(ctx, result_json, as_json, summary)
 
 

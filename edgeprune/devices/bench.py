@@ -87,8 +87,9 @@ class DeviceSession:
 
     def retrying(self, action: Callable[[], Any]) -> Any:
         """Run ``action``, reconnecting and retrying when the link drops or the device is not up yet."""
-        return with_retries(action, self.options.retries, recover=self.transport.reconnect,
-                            backoff_s=self.options.retry_backoff_s)
+        return with_retries(
+            action, self.options.retries, recover=self.transport.reconnect, backoff_s=self.options.retry_backoff_s
+        )
 
     def __enter__(self) -> DeviceSession:
         self.retrying(self.transport.connect)
@@ -112,9 +113,11 @@ class DeviceSession:
     def require_space(self, needed: int) -> None:
         free = self.retrying(lambda: self.transport.free_bytes(self.run_dir))
         if free < needed + SPACE_MARGIN_BYTES:
-            raise NoSpace(f"{self.profile.name} has {free / (1 << 20):.1f} MiB free in {self.workdir} but the "
-                          f"benchmark needs {(needed + SPACE_MARGIN_BYTES) / (1 << 20):.1f} MiB",
-                          "free space on the device or set workdir in the profile to a larger disk")
+            raise NoSpace(
+                f"{self.profile.name} has {free / (1 << 20):.1f} MiB free in {self.workdir} but the "
+                f"benchmark needs {(needed + SPACE_MARGIN_BYTES) / (1 << 20):.1f} MiB",
+                "free space on the device or set workdir in the profile to a larger disk",
+            )
 
     def push(self, local: Path, remote: str) -> None:
         """Copy one file; a dropped link is retried from scratch (the device deletes partial files)."""
@@ -122,35 +125,56 @@ class DeviceSession:
 
     def run(self, command: str, timeout: float) -> CommandResult:
         """Run a benchmark; if the link drops, stop the orphaned run on the device before repeating it."""
+
         def recover() -> None:
             self.transport.reconnect()
             if self.transport.in_flight:
                 self.transport.kill_recorded(self.transport.in_flight)
 
-        result = with_retries(lambda: self.transport.run(command, timeout, self.run_dir, self.pid_file),
-                              self.options.retries, recover=recover, backoff_s=self.options.retry_backoff_s)
+        result = with_retries(
+            lambda: self.transport.run(command, timeout, self.run_dir, self.pid_file),
+            self.options.retries,
+            recover=recover,
+            backoff_s=self.options.retry_backoff_s,
+        )
         if result.exit_code != 0:
-            log.debug("%s on %s exited %d\nstdout:\n%s\nstderr:\n%s", command, self.profile.name,
-                      result.exit_code, result.stdout, result.stderr)
+            log.debug(
+                "%s on %s exited %d\nstdout:\n%s\nstderr:\n%s",
+                command,
+                self.profile.name,
+                result.exit_code,
+                result.stdout,
+                result.stderr,
+            )
         return result
 
 
 def _tool_error(profile: DeviceProfile, tool: str, setting: str, model: str, result: CommandResult) -> DeviceError:
     """Translate a failed benchmark command into the reason and fix a user can act on."""
     if result.exit_code == 127:
-        return DeviceError(f"{tool} was not found on {profile.name} ({result.last_error_line()})",
-                           f"install it on the device or set the profile's {setting}")
+        return DeviceError(
+            f"{tool} was not found on {profile.name} ({result.last_error_line()})",
+            f"install it on the device or set the profile's {setting}",
+        )
     if result.exit_code == 126:
-        return DeviceError(f"{tool} is not executable on {profile.name} ({result.last_error_line()})",
-                           f"use a build for {profile.arch or 'this device'} and a workdir that allows "
-                           "executables (not /sdcard)")
-    return DeviceError(f"benchmarking {model} on {profile.name} failed: {result.last_error_line()}",
-                       "run with -v to see the device's full output")
+        return DeviceError(
+            f"{tool} is not executable on {profile.name} ({result.last_error_line()})",
+            f"use a build for {profile.arch or 'this device'} and a workdir that allows executables (not /sdcard)",
+        )
+    return DeviceError(
+        f"benchmarking {model} on {profile.name} failed: {result.last_error_line()}",
+        "run with -v to see the device's full output",
+    )
 
 
 def _common_row(model: ModelFile, threads: int, options: BenchOptions) -> dict[str, Any]:
-    return {"model": model.key, "file": model.path.name, "size_bytes": model.path.stat().st_size,
-            "threads": threads, "runs": options.runs}
+    return {
+        "model": model.key,
+        "file": model.path.name,
+        "size_bytes": model.path.stat().st_size,
+        "threads": threads,
+        "runs": options.runs,
+    }
 
 
 class _PythonHarness:
@@ -162,8 +186,9 @@ class _PythonHarness:
         self.session = session
 
     def prepare(self) -> None:
-        self.session.retrying(lambda: self.session.transport.make_dir(
-            posixpath.join(self.session.run_dir, "runtime_bench")))
+        self.session.retrying(
+            lambda: self.session.transport.make_dir(posixpath.join(self.session.run_dir, "runtime_bench"))
+        )
         for local, relative in _harness_files():
             self.session.push(local, posixpath.join(self.session.run_dir, relative))
 
@@ -173,8 +198,22 @@ class _PythonHarness:
     def command(self, remote_model: str, runtime: str, threads: int) -> str:
         p, o = self.session.profile, self.session.options
         python = p.python or (sys.executable if p.transport == "local" else "python3")
-        args = ["-m", "runtime_bench", "run", remote_model, "--runtime", runtime, "--threads", str(threads),
-                "--warmup", str(o.warmup), "--runs", str(o.runs), "--seed", str(o.seed)]
+        args = [
+            "-m",
+            "runtime_bench",
+            "run",
+            remote_model,
+            "--runtime",
+            runtime,
+            "--threads",
+            str(threads),
+            "--warmup",
+            str(o.warmup),
+            "--runs",
+            str(o.runs),
+            "--seed",
+            str(o.seed),
+        ]
         pin = f"taskset {p.affinity} " if p.affinity else ""
         return f"env PYTHONPATH=. {pin}{shlex.quote(python)} " + " ".join(shlex.quote(a) for a in args)
 
@@ -182,8 +221,10 @@ class _PythonHarness:
         p = self.session.profile
         if result.exit_code == HARNESS_ERROR_EXIT:
             reason = json.loads(result.stdout or "{}").get("error", result.last_error_line())
-            raise DeviceError(f"runtime_bench on {p.name} cannot run {model.path.name}: {reason}", p.setup or
-                              "install numpy and a runtime on the device")
+            raise DeviceError(
+                f"runtime_bench on {p.name} cannot run {model.path.name}: {reason}",
+                p.setup or "install numpy and a runtime on the device",
+            )
         if result.exit_code != 0:
             if "No module named 'numpy'" in result.stderr:
                 raise DeviceError(f"numpy is missing on {p.name}", p.setup or "pip install numpy on the device")
@@ -191,8 +232,10 @@ class _PythonHarness:
         try:
             return json.loads(result.stdout.strip().splitlines()[-1])
         except (json.JSONDecodeError, IndexError) as exc:
-            raise DeviceError(f"runtime_bench on {p.name} printed no result for {model.path.name}",
-                              "run `python3 -m runtime_bench run MODEL` on the device to see why") from exc
+            raise DeviceError(
+                f"runtime_bench on {p.name} printed no result for {model.path.name}",
+                "run `python3 -m runtime_bench run MODEL` on the device to see why",
+            ) from exc
 
 
 class _NativeTool(ABC):
@@ -213,8 +256,10 @@ class _NativeTool(ABC):
         p = session.profile
         configured = self.configured(session.options, p)
         if not configured:
-            raise DeviceError(f"{p.name} benchmarks with {self.tool}, and no binary was given",
-                              f"pass {self.flag} PATH ({self.where_to_get}) or set {self.option} in the profile")
+            raise DeviceError(
+                f"{p.name} benchmarks with {self.tool}, and no binary was given",
+                f"pass {self.flag} PATH ({self.where_to_get}) or set {self.option} in the profile",
+            )
         self.local = Path(configured).expanduser()
         if not self.local.is_file():
             raise DeviceError(f"{self.tool} binary {self.local} does not exist", f"check {self.flag}")
@@ -236,9 +281,12 @@ class _NativeTool(ABC):
         partial = posixpath.join(self.session.run_dir, f"{self.tool}.part")
         self.session.retrying(lambda: t.make_dir(posixpath.dirname(self.remote)))
         self.session.push(self.local, partial)
-        self.session.retrying(lambda: t.check(
-            f"chmod 755 {shlex.quote(partial)} && mv -f {shlex.quote(partial)} {shlex.quote(self.remote)}",
-            what=f"installing {self.tool}"))
+        self.session.retrying(
+            lambda: t.check(
+                f"chmod 755 {shlex.quote(partial)} && mv -f {shlex.quote(partial)} {shlex.quote(self.remote)}",
+                what=f"installing {self.tool}",
+            )
+        )
 
     @abstractmethod
     def arguments(self, remote_model: str, threads: int) -> list[str]:
@@ -262,8 +310,10 @@ class _NativeTool(ABC):
         try:
             parsed = self.parse_log(result.stdout + "\n" + result.stderr)
         except ParseError as exc:
-            raise DeviceError(f"{self.tool} on {p.name} failed for {model.path.name}: {exc}",
-                              "check the model and the binary's version") from exc
+            raise DeviceError(
+                f"{self.tool} on {p.name} failed for {model.path.name}: {exc}",
+                "check the model and the binary's version",
+            ) from exc
         if result.exit_code != 0:
             raise _tool_error(p, self.tool, self.option, model.path.name, result)
         return {**parsed, "runtime": self.runtime, "runtime_version": self.tool}
@@ -277,8 +327,13 @@ class _BenchmarkModelTool(_NativeTool):
 
     def arguments(self, remote_model: str, threads: int) -> list[str]:
         o = self.session.options
-        return [f"--graph={remote_model}", f"--num_threads={threads}", f"--warmup_runs={o.warmup}",
-                f"--num_runs={o.runs}", *self.session.profile.benchmark_args]
+        return [
+            f"--graph={remote_model}",
+            f"--num_threads={threads}",
+            f"--warmup_runs={o.warmup}",
+            f"--num_runs={o.runs}",
+            *self.session.profile.benchmark_args,
+        ]
 
     def parse_log(self, text: str) -> dict[str, Any]:
         return parse_benchmark_model(text)
@@ -292,8 +347,19 @@ class _PerfTestTool(_NativeTool):
 
     def arguments(self, remote_model: str, threads: int) -> list[str]:
         # -I: generated inputs (free dimensions = 1), -s: percentiles, -x: intra-op threads.
-        return ["-e", "cpu", "-m", "times", "-r", str(self.session.options.runs), "-x", str(threads), "-s", "-I",
-                remote_model]
+        return [
+            "-e",
+            "cpu",
+            "-m",
+            "times",
+            "-r",
+            str(self.session.options.runs),
+            "-x",
+            str(threads),
+            "-s",
+            "-I",
+            remote_model,
+        ]
 
     def parse_log(self, text: str) -> dict[str, Any]:
         return parse_perf_test(text)
@@ -312,9 +378,13 @@ def _skip_reason(profile: DeviceProfile, options: BenchOptions, suffix: str) -> 
     return None
 
 
-def benchmark_files(profile: DeviceProfile, models: Iterable[ModelFile], options: BenchOptions,
-                    transport: Transport | None = None,
-                    progress: Callable[[Iterable[ModelFile]], Iterable[ModelFile]] = iter) -> list[dict[str, Any]]:
+def benchmark_files(
+    profile: DeviceProfile,
+    models: Iterable[ModelFile],
+    options: BenchOptions,
+    transport: Transport | None = None,
+    progress: Callable[[Iterable[ModelFile]], Iterable[ModelFile]] = iter,
+) -> list[dict[str, Any]]:
     """Benchmark ``models`` on ``profile``; one result row per model (skipped formats say why)."""
     models = list(models)
     threads = options.threads or profile.threads
@@ -326,7 +396,9 @@ def benchmark_files(profile: DeviceProfile, models: Iterable[ModelFile], options
     runnable = [m for m in models if skipped[m.key] is None]
     rows: dict[str, dict[str, Any]] = {
         m.key: {**_common_row(m, threads, options), "median_ms": None, "skipped": skipped[m.key]}
-        for m in models if m not in runnable}
+        for m in models
+        if m not in runnable
+    }
     if runnable:
         with DeviceSession(profile, options, transport) as session:
             if profile.harness == "python":
@@ -335,8 +407,7 @@ def benchmark_files(profile: DeviceProfile, models: Iterable[ModelFile], options
             else:
                 harnesses = {s: NATIVE_TOOLS[s](session) for s in {m.path.suffix for m in runnable}}
             unique = list({id(h): h for h in harnesses.values()}.values())
-            session.require_space(sum(h.payload_bytes() for h in unique)
-                                  + max(m.path.stat().st_size for m in runnable))
+            session.require_space(sum(h.payload_bytes() for h in unique) + max(m.path.stat().st_size for m in runnable))
             for harness in unique:
                 harness.prepare()
             for model in progress(runnable):
@@ -344,8 +415,9 @@ def benchmark_files(profile: DeviceProfile, models: Iterable[ModelFile], options
     return [rows[m.key] for m in models]
 
 
-def _benchmark_one(session: DeviceSession, harness: Any, model: ModelFile, threads: int,
-                   timeout: float) -> dict[str, Any]:
+def _benchmark_one(
+    session: DeviceSession, harness: Any, model: ModelFile, threads: int, timeout: float
+) -> dict[str, Any]:
     profile = session.profile
     remote = posixpath.join(session.run_dir, model.path.name)
     family = ONNX_RUNTIMES if model.path.suffix == ".onnx" else TFLITE_RUNTIMES
@@ -354,14 +426,27 @@ def _benchmark_one(session: DeviceSession, harness: Any, model: ModelFile, threa
     try:
         result = session.run(harness.command(remote, runtime, threads), timeout)
     except CommandTimeout as exc:
-        raise CommandTimeout(f"benchmarking {model.path.name} on {profile.name} exceeded its {timeout:g} s limit "
-                             "and was killed", "raise --timeout or lower --runs") from exc
+        raise CommandTimeout(
+            f"benchmarking {model.path.name} on {profile.name} exceeded its {timeout:g} s limit and was killed",
+            "raise --timeout or lower --runs",
+        ) from exc
     parsed = harness.parse(model, result)
     session.retrying(lambda: session.transport.remove(remote))
-    keep = ("runtime", "runtime_version", "median_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms", "min_ms", "max_ms",
-            "init_ms", "first_run_ms", "peak_rss_mb")
-    row = {**_common_row(model, threads, session.options), "tool": harness.tool,
-           **{k: parsed.get(k) for k in keep}}
+    keep = (
+        "runtime",
+        "runtime_version",
+        "median_ms",
+        "p10_ms",
+        "p90_ms",
+        "mean_ms",
+        "std_ms",
+        "min_ms",
+        "max_ms",
+        "init_ms",
+        "first_run_ms",
+        "peak_rss_mb",
+    )
+    row = {**_common_row(model, threads, session.options), "tool": harness.tool, **{k: parsed.get(k) for k in keep}}
     if row["median_ms"] is None and row["mean_ms"] is not None:
         row["median_ms"], row["statistic"] = row["mean_ms"], "mean (this benchmark_model prints no median)"
     return row

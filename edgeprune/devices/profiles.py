@@ -149,8 +149,9 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _resolve(raw: dict[str, Any], path: Path, known: dict[str, tuple[dict[str, Any], Path]],
-             seen: tuple[str, ...] = ()) -> dict[str, Any]:
+def _resolve(
+    raw: dict[str, Any], path: Path, known: dict[str, tuple[dict[str, Any], Path]], seen: tuple[str, ...] = ()
+) -> dict[str, Any]:
     parent = raw.get("extends")
     if not parent:
         return raw
@@ -170,8 +171,9 @@ def _build(raw: dict[str, Any], path: Path) -> DeviceProfile:
     allowed = {f.name for f in dataclasses.fields(DeviceProfile)} - {"source"}
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise DeviceError(f"device profile {path} has unknown key {unknown[0]!r}",
-                          f"valid keys: {', '.join(sorted(allowed))}")
+        raise DeviceError(
+            f"device profile {path} has unknown key {unknown[0]!r}", f"valid keys: {', '.join(sorted(allowed))}"
+        )
     for key, cls in sections.items():
         table = data.get(key, {})
         if not isinstance(table, dict):
@@ -179,14 +181,16 @@ def _build(raw: dict[str, Any], path: Path) -> DeviceProfile:
         fields = {f.name for f in dataclasses.fields(cls)}
         bad = sorted(set(table) - fields)
         if bad:
-            raise DeviceError(f"device profile {path} has unknown key {key}.{bad[0]!r}",
-                              f"valid keys: {', '.join(sorted(fields))}")
+            raise DeviceError(
+                f"device profile {path} has unknown key {key}.{bad[0]!r}", f"valid keys: {', '.join(sorted(fields))}"
+            )
         data[key] = cls(**table)
     for key in ("runtimes", "benchmark_args"):
         if key in data:
             if not isinstance(data[key], list):
-                raise DeviceError(f"device profile {path}: {key} must be a list of strings",
-                                  f'write it like {key} = ["..."]')
+                raise DeviceError(
+                    f"device profile {path}: {key} must be a list of strings", f'write it like {key} = ["..."]'
+                )
             data[key] = tuple(data[key])
     try:
         profile = DeviceProfile(**data, source=str(path))
@@ -198,8 +202,13 @@ def _build(raw: dict[str, Any], path: Path) -> DeviceProfile:
     return profile
 
 
-_TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-               "tuple[str, ...]": "a list of strings"}
+_TYPE_NAMES = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "true or false",
+    "tuple[str, ...]": "a list of strings",
+}
 
 
 def _check_types(obj: Any, prefix: str, path: Path) -> None:
@@ -219,8 +228,10 @@ def _check_types(obj: Any, prefix: str, path: Path) -> None:
         else:
             continue
         if not ok:
-            raise DeviceError(f"device profile {path}: {prefix}{f.name} = {value!r} is not {_TYPE_NAMES[kind]}",
-                              f"write {prefix}{f.name} as {_TYPE_NAMES[kind]}, e.g. as in devices/host.toml")
+            raise DeviceError(
+                f"device profile {path}: {prefix}{f.name} = {value!r} is not {_TYPE_NAMES[kind]}",
+                f"write {prefix}{f.name} as {_TYPE_NAMES[kind]}, e.g. as in devices/host.toml",
+            )
 
 
 def _validate(p: DeviceProfile) -> None:
@@ -239,8 +250,11 @@ def _validate(p: DeviceProfile) -> None:
     for name, port in (("ssh.port", p.ssh.port), ("adb.server_port", p.adb.server_port)):
         if not 1 <= port <= 65535:
             fail(f"{name} = {port} is not a valid TCP port", "use a port between 1 and 65535")
-    for name, seconds in (("timeout_s", p.timeout_s), ("ssh.connect_timeout_s", p.ssh.connect_timeout_s),
-                          ("adb.connect_timeout_s", p.adb.connect_timeout_s)):
+    for name, seconds in (
+        ("timeout_s", p.timeout_s),
+        ("ssh.connect_timeout_s", p.ssh.connect_timeout_s),
+        ("adb.connect_timeout_s", p.adb.connect_timeout_s),
+    ):
         if not 0 < seconds <= 86400:
             fail(f"{name} = {seconds} is invalid", "give a positive number of seconds (at most a day)")
     if p.affinity and not all(c in "0123456789abcdefABCDEF" for c in p.affinity.removeprefix("0x")):
@@ -266,8 +280,9 @@ def load_profile(target: str) -> DeviceProfile:
             raise DeviceError(f"device profile file {path} does not exist", "check the path given to --target")
         return _build(_resolve(_read_toml(path), path, known), path)
     if target not in known:
-        raise DeviceError(f"unknown target {target!r}",
-                          f"choose one of {', '.join(sorted(known))}, or pass a profile .toml path")
+        raise DeviceError(
+            f"unknown target {target!r}", f"choose one of {', '.join(sorted(known))}, or pass a profile .toml path"
+        )
     raw, path = known[target]
     return _build(_resolve(raw, path, known), path)
 

@@ -50,41 +50,58 @@ class SshTransport(Transport):
         if s.known_hosts:
             known = Path(s.known_hosts).expanduser()
             if not known.is_file():
-                raise AuthFailed(f"known_hosts file {known} of profile {self.profile.name} does not exist",
-                                 "fix [ssh] known_hosts in the profile")
+                raise AuthFailed(
+                    f"known_hosts file {known} of profile {self.profile.name} does not exist",
+                    "fix [ssh] known_hosts in the profile",
+                )
             client.load_host_keys(str(known))
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         key = str(Path(s.key).expanduser()) if s.key else None
         if key and not Path(key).is_file():
             raise AuthFailed(f"SSH key {key} of profile {self.profile.name} does not exist", "fix [ssh] key")
         try:
-            client.connect(s.host, port=s.port, username=s.user or None, key_filename=key,
-                           look_for_keys=key is None, allow_agent=key is None, timeout=s.connect_timeout_s,
-                           banner_timeout=s.connect_timeout_s, auth_timeout=s.connect_timeout_s)
+            client.connect(
+                s.host,
+                port=s.port,
+                username=s.user or None,
+                key_filename=key,
+                look_for_keys=key is None,
+                allow_agent=key is None,
+                timeout=s.connect_timeout_s,
+                banner_timeout=s.connect_timeout_s,
+                auth_timeout=s.connect_timeout_s,
+            )
         except paramiko.BadHostKeyException as exc:
             client.close()
-            raise AuthFailed(f"the host key of {self._where()} has changed since it was recorded in known_hosts",
-                             "if the device was really reinstalled, remove its old line with "
-                             f"ssh-keygen -R '[{s.host}]:{s.port}'") from exc
+            raise AuthFailed(
+                f"the host key of {self._where()} has changed since it was recorded in known_hosts",
+                f"if the device was really reinstalled, remove its old line with ssh-keygen -R '[{s.host}]:{s.port}'",
+            ) from exc
         except paramiko.AuthenticationException as exc:
             client.close()
-            raise AuthFailed(f"{self._where()} refused SSH key authentication for user {s.user or '(default)'}",
-                             "copy your public key to the device with ssh-copy-id, or fix [ssh] user/key") from exc
+            raise AuthFailed(
+                f"{self._where()} refused SSH key authentication for user {s.user or '(default)'}",
+                "copy your public key to the device with ssh-copy-id, or fix [ssh] user/key",
+            ) from exc
         except paramiko.SSHException as exc:
             client.close()
             if "not found in known_hosts" in str(exc):
-                raise AuthFailed(f"the host key of {self._where()} is not in known_hosts",
-                                 f"verify and add it: ssh-keyscan -p {s.port} {s.host} >> ~/.ssh/known_hosts"
-                                 ) from exc
-            raise Unreachable(f"SSH handshake with {self._where()} failed: {exc}",
-                              "check that sshd runs on the device") from exc
+                raise AuthFailed(
+                    f"the host key of {self._where()} is not in known_hosts",
+                    f"verify and add it: ssh-keyscan -p {s.port} {s.host} >> ~/.ssh/known_hosts",
+                ) from exc
+            raise Unreachable(
+                f"SSH handshake with {self._where()} failed: {exc}", "check that sshd runs on the device"
+            ) from exc
         except (OSError, EOFError) as exc:
             client.close()
             # paramiko folds one error per resolved address into NoValidConnectionsError.
             causes = getattr(exc, "errors", {}).values() or [exc]
             reason = "; ".join(sorted({getattr(c, "strerror", None) or str(c) for c in causes}))
-            raise Unreachable(f"cannot reach {self.profile.name} at {self._where()}: {reason}",
-                              "check that the device is on, the address is right and sshd runs") from exc
+            raise Unreachable(
+                f"cannot reach {self.profile.name} at {self._where()}: {reason}",
+                "check that the device is on, the address is right and sshd runs",
+            ) from exc
         self.client = client
 
     def close(self) -> None:
@@ -102,8 +119,9 @@ class SshTransport(Transport):
             try:
                 self.sftp = self.client.open_sftp()
             except (paramiko.SSHException, OSError, EOFError) as exc:
-                raise ConnectionLost(f"cannot open SFTP on {self._where()}: {exc}",
-                                     "check that the device's sshd has the sftp subsystem") from exc
+                raise ConnectionLost(
+                    f"cannot open SFTP on {self._where()}: {exc}", "check that the device's sshd has the sftp subsystem"
+                ) from exc
         return self.sftp
 
     def _alive(self) -> bool:
@@ -115,21 +133,27 @@ class SshTransport(Transport):
             self._sftp().put(str(local), remote)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             if not self._alive():
-                raise ConnectionLost(f"connection to {self._where()} dropped while pushing {local.name}",
-                                     "check the network link to the device") from exc
+                raise ConnectionLost(
+                    f"connection to {self._where()} dropped while pushing {local.name}",
+                    "check the network link to the device",
+                ) from exc
             # OpenSSH's sftp-server reports a full disk as a bare "Failure": ask df what happened.
             if self.free_bytes(posixpath.dirname(remote) or ".") < local.stat().st_size:
-                raise NoSpace(f"{self.profile.name} ran out of space writing {remote}",
-                              "free space on the device or point workdir at a larger disk") from exc
-            raise DeviceError(f"cannot write {remote} on {self.profile.name}: {exc}",
-                              "check the profile's workdir") from exc
+                raise NoSpace(
+                    f"{self.profile.name} ran out of space writing {remote}",
+                    "free space on the device or point workdir at a larger disk",
+                ) from exc
+            raise DeviceError(
+                f"cannot write {remote} on {self.profile.name}: {exc}", "check the profile's workdir"
+            ) from exc
 
     def pull(self, remote: str, local: Path) -> None:
         try:
             self._sftp().get(remote, str(local))
         except (paramiko.SSHException, EOFError) as exc:
-            raise ConnectionLost(f"connection to {self._where()} dropped while pulling {remote}",
-                                 "check the network link to the device") from exc
+            raise ConnectionLost(
+                f"connection to {self._where()} dropped while pulling {remote}", "check the network link to the device"
+            ) from exc
         except OSError as exc:
             raise DeviceError(f"cannot read {remote} on {self.profile.name}: {exc}", "check the path") from exc
 
@@ -155,17 +179,22 @@ class SshTransport(Transport):
                 if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
                     break
                 if not transport.is_active():
-                    raise ConnectionLost(f"connection to {self._where()} dropped during a command",
-                                         "check the network link to the device")
+                    raise ConnectionLost(
+                        f"connection to {self._where()} dropped during a command",
+                        "check the network link to the device",
+                    )
                 if time.monotonic() > deadline:
                     channel.close()
-                    raise CommandTimeout(f"command exceeded its {timeout:g} s time limit on {self.profile.name}",
-                                         "raise --timeout or lower --runs")
+                    raise CommandTimeout(
+                        f"command exceeded its {timeout:g} s time limit on {self.profile.name}",
+                        "raise --timeout or lower --runs",
+                    )
                 if not busy:
                     time.sleep(_POLL_S)
             code = channel.recv_exit_status()
             channel.close()
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise ConnectionLost(f"connection to {self._where()} dropped during a command: {exc}",
-                                 "check the network link to the device") from exc
+            raise ConnectionLost(
+                f"connection to {self._where()} dropped during a command: {exc}", "check the network link to the device"
+            ) from exc
         return CommandResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))

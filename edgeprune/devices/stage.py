@@ -59,13 +59,20 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     profile = load_profile(ctx.target)
     models = models_to_bench(art.files)
     if not models:
-        raise DeviceError("the bench stage found no exported .onnx or .tflite model",
-                          "run the export stage first (remove 'export' from --skip)")
+        raise DeviceError(
+            "the bench stage found no exported .onnx or .tflite model",
+            "run the export stage first (remove 'export' from --skip)",
+        )
     options = dataclasses.replace(options, seed=options.seed or ctx.seed)
     progress = (lambda items: ctx.progress.track(items, f"bench on {profile.name}")) if ctx.progress else iter
     rows = benchmark_files(profile, models, options, progress=progress)
-    result = {"target": profile.name, "device": profile.description, "transport": profile.transport,
-              "results": rows, "latency_ms": headline_latency(rows, profile)}
+    result = {
+        "target": profile.name,
+        "device": profile.description,
+        "transport": profile.transport,
+        "results": rows,
+        "latency_ms": headline_latency(rows, profile),
+    }
     art.files["bench"] = write_json(ctx.out_dir / "bench.json", result)
     art.extras["bench"] = result
     return result

@@ -132,8 +132,10 @@ class Transport(ABC):
         """Run a housekeeping command and raise DeviceError if it fails."""
         result = self.execute(command, timeout)
         if result.exit_code != 0:
-            raise DeviceError(f"{what or command!r} failed on {self.profile.name}: {result.last_error_line()}",
-                              f"check the device and its workdir {self.profile.workdir or '(temp)'}")
+            raise DeviceError(
+                f"{what or command!r} failed on {self.profile.name}: {result.last_error_line()}",
+                f"check the device and its workdir {self.profile.workdir or '(temp)'}",
+            )
         return result
 
     def make_dir(self, path: str) -> None:
@@ -173,9 +175,13 @@ def parse_df_free(text: str) -> int:
     return int(kib * 1024)
 
 
-def with_retries(action: Callable[[], T], attempts: int, recover: Callable[[], None] | None = None,
-                 retry_on: tuple[type[DeviceError], ...] = (Unreachable, ConnectionLost),
-                 backoff_s: float = 0.5) -> T:
+def with_retries(
+    action: Callable[[], T],
+    attempts: int,
+    recover: Callable[[], None] | None = None,
+    retry_on: tuple[type[DeviceError], ...] = (Unreachable, ConnectionLost),
+    backoff_s: float = 0.5,
+) -> T:
     """Run ``action``; on a retryable error call ``recover`` (e.g. reconnect) and try again.
 
     Only errors a retry can cure are retried (a device still booting, a dropped Wi-Fi link); a
@@ -220,8 +226,9 @@ class LocalTransport(Transport):
         try:
             done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
-            raise CommandTimeout(f"command exceeded its {timeout:g} s time limit on the host",
-                                 "raise --timeout or lower --runs") from exc
+            raise CommandTimeout(
+                f"command exceeded its {timeout:g} s time limit on the host", "raise --timeout or lower --runs"
+            ) from exc
         return CommandResult(done.returncode, done.stdout, done.stderr)
 
 
@@ -255,8 +262,10 @@ class Reachability:
 def check_reachable(profile: DeviceProfile, timeout_s: float = 5.0) -> Reachability:
     """Connect to the device and run ``uname -m``; never raises (``edgeprune devices``)."""
     quick = dataclasses.replace(
-        profile, ssh=dataclasses.replace(profile.ssh, connect_timeout_s=timeout_s),
-        adb=dataclasses.replace(profile.adb, connect_timeout_s=timeout_s))
+        profile,
+        ssh=dataclasses.replace(profile.ssh, connect_timeout_s=timeout_s),
+        adb=dataclasses.replace(profile.adb, connect_timeout_s=timeout_s),
+    )
     transport = open_transport(quick, start_server=False)
     try:
         with transport:

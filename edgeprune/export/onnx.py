@@ -83,8 +83,9 @@ def _quiet() -> Iterator[None]:
         logging.disable(previous)
 
 
-def export_fp32(model: nn.Module, example_input: torch.Tensor, dest: Path, opset: int = OPSET,
-                dynamic_batch: bool = True) -> Path:
+def export_fp32(
+    model: nn.Module, example_input: torch.Tensor, dest: Path, opset: int = OPSET, dynamic_batch: bool = True
+) -> Path:
     """Export ``model`` to a simplified, self-contained fp32 ONNX file at ``dest`` (atomically)."""
     import onnxslim
 
@@ -93,12 +94,22 @@ def export_fp32(model: nn.Module, example_input: torch.Tensor, dest: Path, opset
     with atomic_path(dest) as tmp:
         try:
             with _quiet():
-                torch.onnx.export(model.eval(), (example,), str(tmp), input_names=[INPUT_NAME],
-                                  output_names=[OUTPUT_NAME], opset_version=opset, dynamic_shapes=dynamic,
-                                  external_data=False, verbose=False)
+                torch.onnx.export(
+                    model.eval(),
+                    (example,),
+                    str(tmp),
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    opset_version=opset,
+                    dynamic_shapes=dynamic,
+                    external_data=False,
+                    verbose=False,
+                )
         except Exception as exc:  # the exporter raises assorted types; all mean "cannot export this model"
-            raise ExportError(f"cannot export the model to ONNX{failing_op(exc)}: {describe_failure(exc)}",
-                              "replace the unsupported operation, or use --format tflite") from None
+            raise ExportError(
+                f"cannot export the model to ONNX{failing_op(exc)}: {describe_failure(exc)}",
+                "replace the unsupported operation, or use --format tflite",
+            ) from None
         with _quiet():
             slim = onnxslim.slim(onnx.load(str(tmp)))
         onnx.checker.check_model(slim)
@@ -133,8 +144,14 @@ def weight_scale_overrides(model: onnx.ModelProto, weight_scales: Mapping[str, n
     return overrides
 
 
-def quantize_int8(snapped_fp32: Path, dest: Path, calibration: torch.Tensor, method: str = "minmax",
-                  percentile: float = 99.99, weight_scales: Mapping[str, np.ndarray] | None = None) -> Path:
+def quantize_int8(
+    snapped_fp32: Path,
+    dest: Path,
+    calibration: torch.Tensor,
+    method: str = "minmax",
+    percentile: float = 99.99,
+    weight_scales: Mapping[str, np.ndarray] | None = None,
+) -> Path:
     """Static QDQ INT8 ONNX from an fp32 ONNX of the weight-snapped model, calibrated on real samples.
 
     ``weight_scales`` (state_dict name -> per-output-channel scale) pins the weight quantisation to the
@@ -149,9 +166,17 @@ def quantize_int8(snapped_fp32: Path, dest: Path, calibration: torch.Tensor, met
     if weight_scales:
         extra["TensorQuantOverrides"] = weight_scale_overrides(model, weight_scales)
     with atomic_path(dest) as tmp, _quiet():
-        quantize_static(str(snapped_fp32), str(tmp), reader, quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=ort_calibration_method(method), extra_options=extra)
+        quantize_static(
+            str(snapped_fp32),
+            str(tmp),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=ort_calibration_method(method),
+            extra_options=extra,
+        )
     return dest
 
 
@@ -159,8 +184,11 @@ def ort_calibration_method(method: str):  # noqa: ANN201 - onnxruntime.quantizat
     """onnxruntime's calibrator for one of edgeprune's calibration method names."""
     from onnxruntime.quantization import CalibrationMethod
 
-    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-            "entropy": CalibrationMethod.Entropy}[method]
+    return {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }[method]
 
 
 def read_int8_weights(path: Path) -> dict[str, np.ndarray]:

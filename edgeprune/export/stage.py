@@ -28,9 +28,14 @@ from edgeprune.export import tflite as tflite_export
 from edgeprune.export.verify import LevelCheck, compare_levels, match_by_content
 
 FORMATS = ("onnx", "tflite")
-FILE_NAMES = {"onnx_fp32": "model.onnx", "onnx_int8": "model_int8.onnx",
-              "tflite_fp32": "model.tflite", "tflite_int8": "model_int8.tflite",
-              "dense_onnx_fp32": "dense.onnx", "dense_tflite_fp32": "dense.tflite"}
+FILE_NAMES = {
+    "onnx_fp32": "model.onnx",
+    "onnx_int8": "model_int8.onnx",
+    "tflite_fp32": "model.tflite",
+    "tflite_int8": "model_int8.tflite",
+    "dense_onnx_fp32": "dense.onnx",
+    "dense_tflite_fp32": "dense.tflite",
+}
 
 
 @dataclass
@@ -54,8 +59,10 @@ def parse_formats(text: str | None) -> tuple[str, ...]:
     chosen = tuple(dict.fromkeys(f.strip().lower() for f in (text or ",".join(FORMATS)).split(",") if f.strip()))
     unknown = [f for f in chosen if f not in FORMATS]
     if unknown or not chosen:
-        raise ExportError(f"unknown export format {unknown[0] if unknown else text!r}",
-                          f"choose from {', '.join(FORMATS)} (comma-separated)")
+        raise ExportError(
+            f"unknown export format {unknown[0] if unknown else text!r}",
+            f"choose from {', '.join(FORMATS)} (comma-separated)",
+        )
     return chosen
 
 
@@ -71,9 +78,13 @@ class _Verification:
         # and top-1 agreement says whether that ever changes a prediction.
         span = float(self.reference.max() - self.reference.min())
         max_abs = float(np.abs(outputs - self.reference).max())
-        return {"accuracy": accuracy, "samples": len(outputs), "max_abs_diff": max_abs,
-                "max_abs_diff_relative": max_abs / span if span else None,
-                "top1_agreement": float((outputs.argmax(1) == self.reference.argmax(1)).mean())}
+        return {
+            "accuracy": accuracy,
+            "samples": len(outputs),
+            "max_abs_diff": max_abs,
+            "max_abs_diff_relative": max_abs / span if span else None,
+            "top1_agreement": float((outputs.argmax(1) == self.reference.argmax(1)).mean()),
+        }
 
 
 def _verification_set(art: Artifact, samples: int) -> _Verification:
@@ -120,14 +131,16 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
         if "onnx" in formats:
             rows.append(_onnx_fp32(art, ctx, opts, verification))
             if snapped is not None:
-                row, checks["onnx_int8"] = _onnx_int8(art, ctx, opts, verification, snapped, calibration,
-                                                      reference, Path(scratch), qw, reference_name)
+                row, checks["onnx_int8"] = _onnx_int8(
+                    art, ctx, opts, verification, snapped, calibration, reference, Path(scratch), qw, reference_name
+                )
                 rows.append(row)
         if "tflite" in formats:
             rows.append(_tflite_fp32(art, ctx, opts, verification))
             if snapped is not None:
-                row, checks["tflite_int8"] = _tflite_int8(art, ctx, opts, verification, snapped, calibration,
-                                                          reference, Path(scratch), qw, reference_name)
+                row, checks["tflite_int8"] = _tflite_int8(
+                    art, ctx, opts, verification, snapped, calibration, reference, Path(scratch), qw, reference_name
+                )
                 rows.append(row)
     dense = art.extras.get("dense_model")
     if opts.dense_baseline and dense is not None:
@@ -135,8 +148,9 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     return _summarise(rows, checks, reference_name, qw, opts)
 
 
-def _dense_baseline(art: Artifact, ctx: StageContext, opts: ExportOptions, formats: tuple[str, ...],
-                    dense: torch.nn.Module) -> list[dict[str, Any]]:
+def _dense_baseline(
+    art: Artifact, ctx: StageContext, opts: ExportOptions, formats: tuple[str, ...], dense: torch.nn.Module
+) -> list[dict[str, Any]]:
     """fp32 exports of the model as it was loaded, verified against that model's own outputs."""
     example = art.extras.get("dense_example_input", art.example_input)
     with torch.no_grad():
@@ -167,8 +181,14 @@ def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
 
 def _row(art: Artifact, key: str, runtime: str, precision: str, seconds: float, measured: dict) -> dict[str, Any]:
     path = art.files[key]
-    return {"file": path.name, "runtime": runtime, "precision": precision, "size_bytes": path.stat().st_size,
-            "export_s": round(seconds, 3), **measured}
+    return {
+        "file": path.name,
+        "runtime": runtime,
+        "precision": precision,
+        "size_bytes": path.stat().st_size,
+        "export_s": round(seconds, 3),
+        **measured,
+    }
 
 
 def _onnx_fp32(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Verification) -> dict[str, Any]:
@@ -193,22 +213,38 @@ def level_gate(check: LevelCheck, candidate: Path, dest: Path, reference_name: s
         raise VerificationError(
             f"{dest.name}: {check.mismatches} INT8 weights differ from {reference_name} "
             f"({check.per_tensor[worst]} in {worst}, which the file {what} the reference); not written",
-            "this is a bug in edgeprune's exporter (please report it); --no-int8 exports fp32 only")
+            "this is a bug in edgeprune's exporter (please report it); --no-int8 exports fp32 only",
+        )
     shutil.move(candidate, dest)  # the scratch directory may be on another filesystem
     return dest
 
 
-def _onnx_int8(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Verification, snapped: torch.nn.Module,
-               calibration: torch.Tensor, reference: dict[str, np.ndarray], scratch: Path,
-               qw: quant.QuantizedWeights, reference_name: str) -> tuple[dict[str, Any], LevelCheck]:
+def _onnx_int8(
+    art: Artifact,
+    ctx: StageContext,
+    opts: ExportOptions,
+    ver: _Verification,
+    snapped: torch.nn.Module,
+    calibration: torch.Tensor,
+    reference: dict[str, np.ndarray],
+    scratch: Path,
+    qw: quant.QuantizedWeights,
+    reference_name: str,
+) -> tuple[dict[str, Any], LevelCheck]:
     dest = ctx.out_dir / FILE_NAMES["onnx_int8"]
     qopts: quant.QuantOptions = ctx.options_for("quantize", quant.QuantOptions)
     start = time.perf_counter()
-    snapped_onnx = onnx_export.export_fp32(snapped, art.example_input, scratch / "snapped.onnx", opts.opset,
-                                           opts.dynamic_batch)
-    candidate = onnx_export.quantize_int8(snapped_onnx, scratch / dest.name, calibration,
-                                          qopts.calibration, qopts.percentile,
-                                          weight_scales={n: t.scale for n, t in qw.tensors.items()})
+    snapped_onnx = onnx_export.export_fp32(
+        snapped, art.example_input, scratch / "snapped.onnx", opts.opset, opts.dynamic_batch
+    )
+    candidate = onnx_export.quantize_int8(
+        snapped_onnx,
+        scratch / dest.name,
+        calibration,
+        qopts.calibration,
+        qopts.percentile,
+        weight_scales={n: t.scale for n, t in qw.tensors.items()},
+    )
     seconds = time.perf_counter() - start
     check = compare_levels(reference, onnx_export.read_int8_weights(candidate))
     level_gate(check, candidate, dest, reference_name)
@@ -227,12 +263,28 @@ def _tflite_fp32(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Ve
     return _row(art, "tflite_fp32", "litert", "fp32", seconds, ver.measure(outputs))
 
 
-def _tflite_int8(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Verification, snapped: torch.nn.Module,
-                 calibration: torch.Tensor, reference: dict[str, np.ndarray], scratch: Path,
-                 qw: quant.QuantizedWeights, reference_name: str) -> tuple[dict[str, Any], LevelCheck]:
+def _tflite_int8(
+    art: Artifact,
+    ctx: StageContext,
+    opts: ExportOptions,
+    ver: _Verification,
+    snapped: torch.nn.Module,
+    calibration: torch.Tensor,
+    reference: dict[str, np.ndarray],
+    scratch: Path,
+    qw: quant.QuantizedWeights,
+    reference_name: str,
+) -> tuple[dict[str, Any], LevelCheck]:
     dest = ctx.out_dir / FILE_NAMES["tflite_int8"]
-    candidate, seconds = _timed(tflite_export.export_int8, snapped, art.example_input, calibration,
-                                scratch / dest.name, opts.nhwc, {n: t.scale for n, t in qw.tensors.items()})
+    candidate, seconds = _timed(
+        tflite_export.export_int8,
+        snapped,
+        art.example_input,
+        calibration,
+        scratch / dest.name,
+        opts.nhwc,
+        {n: t.scale for n, t in qw.tensors.items()},
+    )
     check = match_by_content(reference, tflite_export.read_int8_weights(candidate))
     level_gate(check, candidate, dest, reference_name)
     art.files["tflite_int8"] = dest
@@ -242,8 +294,13 @@ def _tflite_int8(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Ve
     return row, check
 
 
-def _summarise(rows: list[dict[str, Any]], checks: dict[str, LevelCheck], reference_name: str,
-               qw: quant.QuantizedWeights | None, opts: ExportOptions) -> dict[str, Any]:
+def _summarise(
+    rows: list[dict[str, Any]],
+    checks: dict[str, LevelCheck],
+    reference_name: str,
+    qw: quant.QuantizedWeights | None,
+    opts: ExportOptions,
+) -> dict[str, Any]:
     """The report numbers: the per-file table plus the headline keys (INT8 accuracy, main file size)."""
     result: dict[str, Any] = {"exports": rows, "onnx_opset": opts.opset if "onnx" in opts.formats else None}
     for row in rows:

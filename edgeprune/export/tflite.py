@@ -63,9 +63,10 @@ def _convert(module: nn.Module, example: torch.Tensor, dest: Path, quant_config:
         except ExportError:
             raise
         except Exception as exc:  # litert-torch/MLIR raise many types; all mean "cannot lower this model"
-            raise ExportError(f"litert-torch cannot convert the model to TFLite{failing_op(exc)}: "
-                              f"{describe_failure(exc)}",
-                              "replace the unsupported operation, or pass --format onnx") from None
+            raise ExportError(
+                f"litert-torch cannot convert the model to TFLite{failing_op(exc)}: {describe_failure(exc)}",
+                "replace the unsupported operation, or pass --format onnx",
+            ) from None
     return dest
 
 
@@ -84,8 +85,9 @@ def _channel_last(module: nn.Module, example: torch.Tensor, nhwc: bool) -> tuple
     if not nhwc:
         return module, example[:1]
     if example.dim() != 4:
-        raise ExportError(f"--nhwc needs image inputs (N,C,H,W), the model takes {list(example.shape)}",
-                          "drop --nhwc for this model")
+        raise ExportError(
+            f"--nhwc needs image inputs (N,C,H,W), the model takes {list(example.shape)}", "drop --nhwc for this model"
+        )
     return _ChannelsLastInput(module).eval(), example[:1].permute(0, 2, 3, 1).contiguous()
 
 
@@ -114,8 +116,9 @@ def _known_scale_quantizer(weight_scales: Mapping[str, np.ndarray]):  # noqa: AN
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e.observer import PerChannelMinMaxObserver
 
-    scales = {key: torch.from_numpy(np.asarray(s, dtype=np.float32).reshape(-1).copy())
-              for key, s in weight_scales.items()}
+    scales = {
+        key: torch.from_numpy(np.asarray(s, dtype=np.float32).reshape(-1).copy()) for key, s in weight_scales.items()
+    }
 
     class KnownScaleObserver(PerChannelMinMaxObserver):
         def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
@@ -130,13 +133,20 @@ def _known_scale_quantizer(weight_scales: Mapping[str, np.ndarray]):  # noqa: AN
 
     config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
     spec = config.weight
-    config = dataclasses.replace(config, weight=dataclasses.replace(
-        spec, observer_or_fake_quant_ctr=KnownScaleObserver.with_args(eps=2**-12)))
+    config = dataclasses.replace(
+        config, weight=dataclasses.replace(spec, observer_or_fake_quant_ctr=KnownScaleObserver.with_args(eps=2**-12))
+    )
     return PT2EQuantizer().set_global(config)
 
 
-def export_int8(snapped_model: nn.Module, example_input: torch.Tensor, calibration: torch.Tensor, dest: Path,
-                nhwc: bool = False, weight_scales: Mapping[str, np.ndarray] | None = None) -> Path:
+def export_int8(
+    snapped_model: nn.Module,
+    example_input: torch.Tensor,
+    calibration: torch.Tensor,
+    dest: Path,
+    nhwc: bool = False,
+    weight_scales: Mapping[str, np.ndarray] | None = None,
+) -> Path:
     """Full-integer INT8 .tflite of the weight-snapped model, calibrated on ``calibration`` (PT2E).
 
     ``weight_scales`` (state_dict name -> per-output-channel scale) pins each weight's scale; the
@@ -159,8 +169,10 @@ def export_int8(snapped_model: nn.Module, example_input: torch.Tensor, calibrati
                     prepared(chunk.permute(0, 2, 3, 1).contiguous() if nhwc else chunk)
             converted = convert_pt2e(prepared, fold_quantize=False)
     except Exception as exc:  # torchao raises assorted types for graphs it cannot annotate
-        raise ExportError(f"PT2E INT8 quantisation failed{failing_op(exc)}: {describe_failure(exc)}",
-                          "export fp32 TFLite only (omit --int8) or use --format onnx") from None
+        raise ExportError(
+            f"PT2E INT8 quantisation failed{failing_op(exc)}: {describe_failure(exc)}",
+            "export fp32 TFLite only (omit --int8) or use --format onnx",
+        ) from None
     return _convert(converted, example, dest, QuantConfig(pt2e_quantizer=quantizer))
 
 

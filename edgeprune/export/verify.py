@@ -32,9 +32,12 @@ class LevelCheck:
         self.mismatches += differences
 
     def as_dict(self) -> dict:
-        return {"compared_values": self.compared_values, "mismatches": self.mismatches,
-                "missing_tensors": self.missing,
-                "mismatching_tensors": {k: v for k, v in self.per_tensor.items() if v}}
+        return {
+            "compared_values": self.compared_values,
+            "mismatches": self.mismatches,
+            "missing_tensors": self.missing,
+            "mismatching_tensors": {k: v for k, v in self.per_tensor.items() if v},
+        }
 
 
 def _differences(reference: np.ndarray, candidate: np.ndarray) -> int | None:
@@ -59,8 +62,9 @@ def match_by_content(reference: dict[str, np.ndarray], candidates: Iterable[tupl
     pool = [array for _, array in candidates]
     check = LevelCheck()
     for name, ref in reference.items():
-        scored = [(d, i) for i, cand in enumerate(pool) if cand is not None
-                  and (d := _differences(ref, cand)) is not None]
+        scored = [
+            (d, i) for i, cand in enumerate(pool) if cand is not None and (d := _differences(ref, cand)) is not None
+        ]
         diff = None
         if scored:
             diff, index = min(scored)

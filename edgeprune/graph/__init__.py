@@ -35,5 +35,12 @@ def analyze_traced(traced: TracedModel) -> ChannelGraph:
 
 
 __all__ = [
-    "ChannelGraph", "ChannelGroup", "OpFamily", "ParamSlice", "TensorSite", "analyze", "analyze_traced", "register_op",
+    "ChannelGraph",
+    "ChannelGroup",
+    "OpFamily",
+    "ParamSlice",
+    "TensorSite",
+    "analyze",
+    "analyze_traced",
+    "register_op",
 ]

@@ -124,12 +124,19 @@ def build_groups(ana: ChannelAnalysis) -> list[ChannelGroup]:
         if reason is None and any(c in gated for c in classes):
             reason = "multiplicative gate (e.g. squeeze-and-excitation): a removed channel would not be constant"
         by_role = members[gid]
-        groups.append(ChannelGroup(
-            id=gid, size=len(classes),
-            producers=_slices(by_role["producer"]), biases=_slices(by_role["bias"]),
-            consumers=_slices(by_role["consumer"]), sites=_sites(ana, where, gid),
-            prunable=reason is None, reason=reason, classes=list(classes),
-        ))
+        groups.append(
+            ChannelGroup(
+                id=gid,
+                size=len(classes),
+                producers=_slices(by_role["producer"]),
+                biases=_slices(by_role["bias"]),
+                consumers=_slices(by_role["consumer"]),
+                sites=_sites(ana, where, gid),
+                prunable=reason is None,
+                reason=reason,
+                classes=list(classes),
+            )
+        )
     return groups
 
 
@@ -175,9 +182,13 @@ def _sites(ana: ChannelAnalysis, where: dict[int, tuple[int, int]], gid: int) ->
         if not pairs or len({c for c, _ in pairs}) != len(pairs):
             continue
         pairs.sort()
-        sites.append(TensorSite(
-            node=node_name, module=layer.module, dim=1,
-            index=torch.tensor([i for _, i in pairs], dtype=torch.long),
-            channels=torch.tensor([c for c, _ in pairs], dtype=torch.long),
-        ))
+        sites.append(
+            TensorSite(
+                node=node_name,
+                module=layer.module,
+                dim=1,
+                index=torch.tensor([i for _, i in pairs], dtype=torch.long),
+                channels=torch.tensor([c for c, _ in pairs], dtype=torch.long),
+            )
+        )
     return sites

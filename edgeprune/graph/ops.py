@@ -49,8 +49,17 @@ from edgeprune.graph.trace import TracedModel
 aten = torch.ops.aten
 
 # Ops whose output does not depend on values (shape queries, assertions): no channel rule needed.
-SHAPE_QUERIES = frozenset({"sym_size", "sym_numel", "sym_stride", "_assert_scalar", "sym_constrain_range_for_size",
-                           "_assert_tensor_metadata", "sym_constrain_range"})
+SHAPE_QUERIES = frozenset(
+    {
+        "sym_size",
+        "sym_numel",
+        "sym_stride",
+        "_assert_scalar",
+        "sym_constrain_range_for_size",
+        "_assert_tensor_metadata",
+        "sym_constrain_range",
+    }
+)
 
 
 class SimplifyContext(Protocol):
@@ -142,20 +151,79 @@ def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
 
 # -- channel-preserving ops --------------------------------------------------------------------
 
+
 class PassThrough(OpFamily):
     """Same channels out as in; values may change, a channel's identity does not."""
 
-    names = frozenset({
-        "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "sigmoid", "silu",
-        "silu_", "gelu", "hardswish", "hardswish_", "hardsigmoid", "tanh", "elu", "selu", "celu", "mish",
-        "softplus", "dropout", "feature_dropout", "alpha_dropout", "clone", "contiguous", "alias", "detach",
-        "_to_copy", "to", "type_as", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
-        "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
-        "adaptive_max_pool2d", "adaptive_max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices",
-        "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "upsample_bilinear2d",
-        "upsample_linear1d", "upsample_trilinear3d", "abs", "neg", "exp", "log", "sqrt", "rsqrt", "square",
-        "pow", "clamp", "clamp_min", "clamp_max", "hardshrink", "softshrink", "log_sigmoid", "erf",
-    })
+    names = frozenset(
+        {
+            "relu",
+            "relu_",
+            "relu6",
+            "hardtanh",
+            "hardtanh_",
+            "leaky_relu",
+            "leaky_relu_",
+            "sigmoid",
+            "silu",
+            "silu_",
+            "gelu",
+            "hardswish",
+            "hardswish_",
+            "hardsigmoid",
+            "tanh",
+            "elu",
+            "selu",
+            "celu",
+            "mish",
+            "softplus",
+            "dropout",
+            "feature_dropout",
+            "alpha_dropout",
+            "clone",
+            "contiguous",
+            "alias",
+            "detach",
+            "_to_copy",
+            "to",
+            "type_as",
+            "max_pool1d",
+            "max_pool2d",
+            "max_pool3d",
+            "avg_pool1d",
+            "avg_pool2d",
+            "avg_pool3d",
+            "adaptive_avg_pool1d",
+            "adaptive_avg_pool2d",
+            "adaptive_avg_pool3d",
+            "adaptive_max_pool1d",
+            "adaptive_max_pool2d",
+            "adaptive_max_pool3d",
+            "max_pool2d_with_indices",
+            "max_pool3d_with_indices",
+            "upsample_nearest1d",
+            "upsample_nearest2d",
+            "upsample_nearest3d",
+            "upsample_bilinear2d",
+            "upsample_linear1d",
+            "upsample_trilinear3d",
+            "abs",
+            "neg",
+            "exp",
+            "log",
+            "sqrt",
+            "rsqrt",
+            "square",
+            "pow",
+            "clamp",
+            "clamp_min",
+            "clamp_max",
+            "hardshrink",
+            "softshrink",
+            "log_sigmoid",
+            "erf",
+        }
+    )
 
     def couple(self, ctx: CouplingContext, node: fx.Node, per_channel: tuple[fx.Node, ...] = ()) -> None:
         """``per_channel`` names tensor operands known to be per-channel (PReLU's weight)."""
@@ -221,12 +289,16 @@ class Reduction(OpFamily):
 
 # -- per-channel parameters and element-wise combinations -----------------------------------------
 
+
 class BatchNorm(OpFamily):
     """Eval-mode BN: its four vectors belong to the channels; unfolded BN survives as a module."""
 
     names = frozenset({"batch_norm", "_native_batch_norm_legit_no_training"})
     _MODULES: ClassVar[dict[int, type[nn.Module]]] = {
-        2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d,
+        2: nn.BatchNorm1d,
+        3: nn.BatchNorm1d,
+        4: nn.BatchNorm2d,
+        5: nn.BatchNorm3d,
     }
 
     @staticmethod
@@ -310,6 +382,7 @@ class ElementwiseBinary(OpFamily):
 # Conv/Linear call sites are rewritten by simplify from their layer plan (folded BN, constant
 # deltas, border corrections), not by the families: only their coupling lives here.
 
+
 class Convolution(OpFamily):
     """Dense and depthwise convolutions; other grouped convolutions freeze their channels."""
 
@@ -326,7 +399,12 @@ class Convolution(OpFamily):
             return
         spatial = weight.dim() - 2
         layer = LayerInfo(
-            node.name, "conv", wname, ctx.traced.name_of(bias), x.name, groups=groups,
+            node.name,
+            "conv",
+            wname,
+            ctx.traced.name_of(bias),
+            x.name,
+            groups=groups,
             stride=_tuple(_arg(node, 3, "stride", 1), spatial),
             padding=_tuple(padding, spatial),
             dilation=_tuple(_arg(node, 5, "dilation", 1), spatial),
@@ -370,6 +448,7 @@ class Linear(OpFamily):
 
 # -- ops whose arguments count channels -------------------------------------------------------------
 
+
 class Concat(OpFamily):
     """Concatenation on the channel axis joins atom lists; on another axis it unites them."""
 
@@ -405,8 +484,12 @@ class SliceArgs:
 
     @classmethod
     def of(cls, node: fx.Node, ndim: int) -> SliceArgs:
-        return cls(_arg(node, 1, "dim", 0) % ndim, _arg(node, 2, "start", None), _arg(node, 3, "end", None),
-                   _arg(node, 4, "step", 1))
+        return cls(
+            _arg(node, 1, "dim", 0) % ndim,
+            _arg(node, 2, "start", None),
+            _arg(node, 3, "end", None),
+            _arg(node, 4, "step", 1),
+        )
 
     @property
     def concrete(self) -> bool:
@@ -483,7 +566,7 @@ class Split(OpFamily):
             return
         pieces, start = [], 0
         for o in out:
-            pieces.append(ChannelVector(src.atoms[start:start + o.shape[1]]))
+            pieces.append(ChannelVector(src.atoms[start : start + o.shape[1]]))
             start += o.shape[1]
         ctx.vec[node.name] = tuple(pieces)
 
@@ -575,7 +658,7 @@ class Reshape(OpFamily):
 
     @staticmethod
     def kind(xv: torch.Tensor, out: torch.Tensor) -> str | None:
-        """"flatten" (N, C, *S) -> (N, F), "keep" (channel axis unchanged), or None (moves it)."""
+        """ "flatten" (N, C, *S) -> (N, F), "keep" (channel axis unchanged), or None (moves it)."""
         if out.dim() < 2 or out.shape[0] != xv.shape[0]:
             return None
         if out.dim() == 2 and xv.dim() > 2:
@@ -612,8 +695,20 @@ class Reshape(OpFamily):
         return True
 
 
-for _family in (PReLU(), AlongDim(), Reduction(), ElementwiseBinary(), Convolution(), Linear(), Concat(),
-                ChannelSlice(), Split(), ChannelPad(), Flatten(), Reshape()):
+for _family in (
+    PReLU(),
+    AlongDim(),
+    Reduction(),
+    ElementwiseBinary(),
+    Convolution(),
+    Linear(),
+    Concat(),
+    ChannelSlice(),
+    Split(),
+    ChannelPad(),
+    Flatten(),
+    Reshape(),
+):
     register_op(_family)
 
 
@@ -624,5 +719,11 @@ def _tuple(v: Any, n: int) -> tuple[int, ...]:
 
 
 __all__ = [
-    "BATCH_NORM", "OpFamily", "SimplifyContext", "analyze_channels", "family_of", "register_op", "select_channels",
+    "BATCH_NORM",
+    "OpFamily",
+    "SimplifyContext",
+    "analyze_channels",
+    "family_of",
+    "register_op",
+    "select_channels",
 ]

@@ -17,5 +17,14 @@ from edgeprune.nnr.codec import (
     read_int8_levels,
 )
 
-__all__ = ["DecodedStream", "EncodedStream", "ModelEncodeOptions", "decode_model", "decode_stream", "encode_model",
-           "encode_tensors", "inspect_stream", "read_int8_levels"]
+__all__ = [
+    "DecodedStream",
+    "EncodedStream",
+    "ModelEncodeOptions",
+    "decode_model",
+    "decode_stream",
+    "encode_model",
+    "encode_tensors",
+    "inspect_stream",
+    "read_int8_levels",
+]

@@ -75,9 +75,14 @@ def _qps_at(base: dict[str, int], fixed: dict[str, int], offset: int) -> dict[st
     return qps
 
 
-def allocate_qps(model: nn.Module, data, bits_per_weight: float | None = None,  # noqa: ANN001 - DataBundle
-                 target_accuracy_drop: float | None = None, dq: bool = True,
-                 calibration_batches: int = 4) -> Allocation:
+def allocate_qps(
+    model: nn.Module,
+    data,
+    bits_per_weight: float | None = None,  # noqa: ANN001 - DataBundle
+    target_accuracy_drop: float | None = None,
+    dq: bool = True,
+    calibration_batches: int = 4,
+) -> Allocation:
     """Choose per-tensor qps for a bit budget (bits per coded weight) or an accuracy budget
     (percentage points below the float model on the validation split)."""
     if (bits_per_weight is None) == (target_accuracy_drop is None):
@@ -104,8 +109,11 @@ def allocate_qps(model: nn.Module, data, bits_per_weight: float | None = None,  
 
     def measure(qps: dict[str, int], offset: int) -> tuple[float, float | None]:
         stream = encode_tensors(everything, qps=qps, dq=dq)
-        bpw = 8.0 * sum(t.ndu_bytes for t in stream.tensors if t.name in matrices) / max(
-            1, sum(t.elements for t in stream.tensors if t.name in matrices))
+        bpw = (
+            8.0
+            * sum(t.ndu_bytes for t in stream.tensors if t.name in matrices)
+            / max(1, sum(t.elements for t in stream.tensors if t.name in matrices))
+        )
         acc = None
         if target_accuracy_drop is not None:
             decoded = decode_stream(stream.data)
@@ -129,8 +137,10 @@ def allocate_qps(model: nn.Module, data, bits_per_weight: float | None = None,  
 
     if target_accuracy_drop is not None:
         if not ok(at(lo)):
-            raise EdgepruneError(f"even the finest quantisation loses more than {target_accuracy_drop} points",
-                                 "raise --target-accuracy-drop")
+            raise EdgepruneError(
+                f"even the finest quantisation loses more than {target_accuracy_drop} points",
+                "raise --target-accuracy-drop",
+            )
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if ok(at(mid)) else (lo, mid)
@@ -189,11 +199,11 @@ class Int8Allocation:
 
     qps: dict[str, int]
     bits_per_weight: float
-    agreement: float | None              # top-1 agreement with the float model (accuracy budget)
+    agreement: float | None  # top-1 agreement with the float model (accuracy budget)
     reference_accuracy: float | None
-    sensitivity: str                     # "fisher" (data) or "uniform" (no data: one step for all tensors)
+    sensitivity: str  # "fisher" (data) or "uniform" (no data: one step for all tensors)
     trials: int
-    budget_met: bool = True              # False: even max-abs INT8 misses the budget; the finest grid is kept
+    budget_met: bool = True  # False: even max-abs INT8 misses the budget; the finest grid is kept
 
 
 def int8_scales(weight: np.ndarray, step: float | None) -> np.ndarray:
@@ -215,9 +225,20 @@ def coded_bytes(levels: dict[str, np.ndarray]) -> int:
     total = 0
     for lv in levels.values():
         rows, width = layout(tuple(lv.shape) or (1,))
-        total += len(_cabac.encode(np.ascontiguousarray(lv.reshape(-1), dtype=np.int32), rows, width, dq=False,
-                                   profile=True, row_skip=True, estimator_search=False, num_gtx_flags=NUM_GTX_FLAGS,
-                                   qp_offset=None, qp_density=2))
+        total += len(
+            _cabac.encode(
+                np.ascontiguousarray(lv.reshape(-1), dtype=np.int32),
+                rows,
+                width,
+                dq=False,
+                profile=True,
+                row_skip=True,
+                estimator_search=False,
+                num_gtx_flags=NUM_GTX_FLAGS,
+                qp_offset=None,
+                qp_density=2,
+            )
+        )
     return total
 
 
@@ -233,9 +254,15 @@ def uniform_qp(state: dict[str, np.ndarray], names: list[str]) -> int:
     return qp_for_step(float(np.exp(np.average(logs, weights=weights)))) if logs else 0
 
 
-def allocate_int8(model: nn.Module, names: list[str], data,  # noqa: ANN001 - DataBundle or None
-                  target_accuracy_drop: float | None = 0.5, bits_per_weight: float | None = None,
-                  quantize: Any = None, calibration_batches: int = 4) -> Int8Allocation:
+def allocate_int8(
+    model: nn.Module,
+    names: list[str],
+    data,  # noqa: ANN001 - DataBundle or None
+    target_accuracy_drop: float | None = 0.5,
+    bits_per_weight: float | None = None,
+    quantize: Any = None,
+    calibration_batches: int = 4,
+) -> Int8Allocation:
     """Choose the step of every INT8 weight tensor: the coarsest grid that keeps the budget.
 
     The same Lagrangian argument as :func:`allocate_qps` (``d_i ∝ 1/sqrt(F_i)``), but the levels are
@@ -263,8 +290,7 @@ def allocate_int8(model: nn.Module, names: list[str], data,  # noqa: ANN001 - Da
         f = fisher.get(k, 0.0)
         base[k] = qp_for_step(1.0 / np.sqrt(f)) if f > 0 else uniform
     # anchor: the offset at which the median tensor gets max-abs-like resolution (std/64, ~9 bits)
-    anchor = int(np.median([qp_for_step(float(state[k].std()) / 64) - base[k] for k in names if state[k].any()]
-                           or [0]))
+    anchor = int(np.median([qp_for_step(float(state[k].std()) / 64) - base[k] for k in names if state[k].any()] or [0]))
     use_accuracy = target_accuracy_drop is not None and data is not None
     reference = evaluate(model, data.loader("val", 256))["accuracy"] if data is not None else None
     # The accuracy budget is checked as top-1 *agreement* with the float model on validation plus
@@ -315,16 +341,18 @@ def allocate_int8(model: nn.Module, names: list[str], data,  # noqa: ANN001 - Da
             if not check(lo):
                 # Even the finest INT8 grid (max|w_c|/127 everywhere) misses the budget: keep it - no INT8
                 # levels do better - and say so instead of failing the pipeline.
-                return Int8Allocation(at(lo), results[lo][0], results[lo][1], reference, "fisher", trials,
-                                      budget_met=False)
+                return Int8Allocation(
+                    at(lo), results[lo][0], results[lo][1], reference, "fisher", trials, budget_met=False
+                )
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if check(mid) else (lo, mid)
         best = lo
     else:
         if not check(hi):
-            raise EdgepruneError(f"{bits_per_weight} bits per weight cannot be reached with INT8 levels",
-                                 "raise --bits-per-weight")
+            raise EdgepruneError(
+                f"{bits_per_weight} bits per weight cannot be reached with INT8 levels", "raise --bits-per-weight"
+            )
         lo = lo - INT8_SEARCH_SPAN
         while hi - lo > 1:
             mid = (lo + hi) // 2

@@ -18,7 +18,7 @@ from typing import Any
 
 from edgeprune.errors import BitstreamError
 
-MAX_STRING_BYTES = 1 << 26   # a topology JSON larger than 64 MiB is certainly not ours
+MAX_STRING_BYTES = 1 << 26  # a topology JSON larger than 64 MiB is certainly not ours
 MAX_DIMS = 8
 MAX_ELEMENTS = (1 << 31) - 1
 
@@ -176,25 +176,36 @@ class SyntaxCoder:
     def _require_aligned(self) -> None:
         position = self.io.pos if self.reading else self.io.nbits
         if position % 8:
-            raise BitstreamError(f"{getattr(self.io, 'what', 'NNR unit')}: string not byte aligned",
-                                 "the file is damaged")
+            raise BitstreamError(
+                f"{getattr(self.io, 'what', 'NNR unit')}: string not byte aligned", "the file is damaged"
+            )
 
 
 # ------------------------------------------------------------------ the syntax (shared by writer and reader)
+
 
 def _str_header(c: SyntaxCoder) -> None:
     c.u("general_profile_idc", 8)
 
 
 def _mps_payload(c: SyntaxCoder) -> None:
-    for flag in ("topology_carriage_flag", "mps_sparsification_flag", "mps_pruning_flag", "mps_unification_flag",
-                 "mps_decomposition_performance_map_flag"):
+    for flag in (
+        "topology_carriage_flag",
+        "mps_sparsification_flag",
+        "mps_pruning_flag",
+        "mps_unification_flag",
+        "mps_decomposition_performance_map_flag",
+    ):
         c.u(flag, 1)
     c.u("mps_quantization_method_flags", 3)
     c.u("mps_topology_indexed_reference_flag", 1)
     if c.get("general_profile_idc") == 1:
-        for flag in ("base_model_id_present_flag", "validation_set_performance_present_flag",
-                     "metric_type_performance_map_valid_flag", "mps_parent_signalling_enabled_flag"):
+        for flag in (
+            "base_model_id_present_flag",
+            "validation_set_performance_present_flag",
+            "metric_type_performance_map_valid_flag",
+            "mps_parent_signalling_enabled_flag",
+        ):
             c.u(flag, 1)
         c.u("nnr_reserved_1bit", 1)
         c.u("nnr_reserved_2bits", 2)
@@ -207,12 +218,24 @@ def _mps_payload(c: SyntaxCoder) -> None:
     if c.get("mps_quantization_method_flags") & 3:
         c.u("mps_qp_density", 3)
         c.i("mps_quantization_parameter", 13)
-    unsupported = [f for f in ("mps_sparsification_flag", "mps_pruning_flag", "mps_unification_flag",
-                               "mps_decomposition_performance_map_flag", "validation_set_performance_present_flag",
-                               "mps_parent_signalling_enabled_flag", "mps_topology_indexed_reference_flag") if c.get(f)]
+    unsupported = [
+        f
+        for f in (
+            "mps_sparsification_flag",
+            "mps_pruning_flag",
+            "mps_unification_flag",
+            "mps_decomposition_performance_map_flag",
+            "validation_set_performance_present_flag",
+            "mps_parent_signalling_enabled_flag",
+            "mps_topology_indexed_reference_flag",
+        )
+        if c.get(f)
+    ]
     if unsupported:
-        raise BitstreamError(f"the model parameter set uses {unsupported[0]}, which edgeprune does not support",
-                             "encode the model with edgeprune or NNCodec's default options")
+        raise BitstreamError(
+            f"the model parameter set uses {unsupported[0]}, which edgeprune does not support",
+            "encode the model with edgeprune or NNCodec's default options",
+        )
     c.byte_alignment()
 
 
@@ -231,8 +254,10 @@ def _ndu_header(c: SyntaxCoder) -> None:
     c.u("input_parameters_present_flag", 1)
     ptype = c.get("nnr_compressed_data_unit_payload_type")
     if ptype not in (PayloadType.INT, PayloadType.FLOAT, PayloadType.RAW_FLOAT):
-        raise BitstreamError(f"NDU payload type {ptype} is not supported (only INT, FLOAT, RAW_FLOAT)",
-                             "re-encode without block/decomposition tools")
+        raise BitstreamError(
+            f"NDU payload type {ptype} is not supported (only INT, FLOAT, RAW_FLOAT)",
+            "re-encode without block/decomposition tools",
+        )
     if c.get("nnr_multiple_topology_elements_present_flag"):
         raise BitstreamError("NDUs with several topology elements are not supported", "re-encode one tensor per NDU")
     c.st("topology_elem_id")
@@ -274,12 +299,14 @@ def _ndu_header(c: SyntaxCoder) -> None:
             c.ue("first_tensor_dimension_shift", 1)
         c.u("scan_order", 4)
         if c.get("scan_order"):
-            raise BitstreamError(f"block scan order {c.get('scan_order')} is not supported",
-                                 "re-encode with raster scan")
+            raise BitstreamError(
+                f"block scan order {c.get('scan_order')} is not supported", "re-encode with raster scan"
+            )
     c.byte_alignment()
 
 
 # ------------------------------------------------------------------ units
+
 
 @dataclass
 class NnrUnit:
@@ -292,8 +319,9 @@ class NnrUnit:
     size: int = 0
 
 
-def _unit_body(unit_type: UnitType, fields: dict[str, Any], syntax: Callable[[SyntaxCoder], None] | None,
-               payload: bytes) -> bytes:
+def _unit_body(
+    unit_type: UnitType, fields: dict[str, Any], syntax: Callable[[SyntaxCoder], None] | None, payload: bytes
+) -> bytes:
     w = BitWriter()
     w.u(6, int(unit_type))
     w.u(1, 1)  # independently_decodable_flag
@@ -304,8 +332,9 @@ def _unit_body(unit_type: UnitType, fields: dict[str, Any], syntax: Callable[[Sy
     return bytes(w.data)
 
 
-def write_unit(unit_type: UnitType, fields: dict[str, Any], syntax: Callable[[SyntaxCoder], None] | None,
-               payload: bytes = b"") -> bytes:
+def write_unit(
+    unit_type: UnitType, fields: dict[str, Any], syntax: Callable[[SyntaxCoder], None] | None, payload: bytes = b""
+) -> bytes:
     """A complete unit: the size (2-byte form below 32 KiB, as NNCodec), type, header and payload."""
     body = _unit_body(unit_type, fields, syntax, payload)
     if len(body) + 2 < 1 << 15:
@@ -320,30 +349,68 @@ def write_start_unit(profile: int) -> bytes:
 
 
 def write_model_parameter_set(profile: int, qp_density: int, base_qp: int = 0) -> bytes:
-    fields = {"general_profile_idc": profile, "topology_carriage_flag": 1, "mps_sparsification_flag": 0,
-              "mps_pruning_flag": 0, "mps_unification_flag": 0, "mps_decomposition_performance_map_flag": 0,
-              "mps_quantization_method_flags": 1, "mps_topology_indexed_reference_flag": 0,
-              "base_model_id_present_flag": 0, "validation_set_performance_present_flag": 0,
-              "metric_type_performance_map_valid_flag": 0, "mps_parent_signalling_enabled_flag": 0,
-              "nnr_reserved_1bit": 0, "nnr_reserved_2bits": 0, "nnr_reserved_7bits": 0,
-              "mps_qp_density": qp_density, "mps_quantization_parameter": base_qp}
+    fields = {
+        "general_profile_idc": profile,
+        "topology_carriage_flag": 1,
+        "mps_sparsification_flag": 0,
+        "mps_pruning_flag": 0,
+        "mps_unification_flag": 0,
+        "mps_decomposition_performance_map_flag": 0,
+        "mps_quantization_method_flags": 1,
+        "mps_topology_indexed_reference_flag": 0,
+        "base_model_id_present_flag": 0,
+        "validation_set_performance_present_flag": 0,
+        "metric_type_performance_map_valid_flag": 0,
+        "mps_parent_signalling_enabled_flag": 0,
+        "nnr_reserved_1bit": 0,
+        "nnr_reserved_2bits": 0,
+        "nnr_reserved_7bits": 0,
+        "mps_qp_density": qp_density,
+        "mps_quantization_parameter": base_qp,
+    }
     return write_unit(UnitType.MPS, fields, _mps_payload)
 
 
 def write_topology_unit(text: str) -> bytes:
-    return write_unit(UnitType.TPL, {"topology_storage_format": 0, "topology_compression_format": 0,
-                                     "topology_data": text}, _tpl_header_and_payload)
+    return write_unit(
+        UnitType.TPL,
+        {"topology_storage_format": 0, "topology_compression_format": 0, "topology_data": text},
+        _tpl_header_and_payload,
+    )
 
 
-def write_ndu(profile: int, name: str, parameter_id: int, payload_type: PayloadType, dims: list[int], dq: bool,
-              num_gtx_flags: int, payload: bytes) -> bytes:
-    fields = {"general_profile_idc": profile, "nnr_compressed_data_unit_payload_type": int(payload_type),
-              "nnr_multiple_topology_elements_present_flag": 0, "nnr_decompressed_data_format_present_flag": 0,
-              "input_parameters_present_flag": 1, "topology_elem_id": name, "node_id_present_flag": 1,
-              "device_id": 0, "parameter_id": parameter_id, "put_node_depth": 0, "codebook_present_flag": 0,
-              "dq_flag": int(dq), "tensor_dimensions_flag": 1, "cabac_unary_length_flag": 1,
-              "compressed_parameter_types": 0, "count_tensor_dimensions": len(dims), "tensor_dimensions": list(dims),
-              "cabac_unary_length_minus1": num_gtx_flags - 1, "first_tensor_dimension_shift": 0, "scan_order": 0}
+def write_ndu(
+    profile: int,
+    name: str,
+    parameter_id: int,
+    payload_type: PayloadType,
+    dims: list[int],
+    dq: bool,
+    num_gtx_flags: int,
+    payload: bytes,
+) -> bytes:
+    fields = {
+        "general_profile_idc": profile,
+        "nnr_compressed_data_unit_payload_type": int(payload_type),
+        "nnr_multiple_topology_elements_present_flag": 0,
+        "nnr_decompressed_data_format_present_flag": 0,
+        "input_parameters_present_flag": 1,
+        "topology_elem_id": name,
+        "node_id_present_flag": 1,
+        "device_id": 0,
+        "parameter_id": parameter_id,
+        "put_node_depth": 0,
+        "codebook_present_flag": 0,
+        "dq_flag": int(dq),
+        "tensor_dimensions_flag": 1,
+        "cabac_unary_length_flag": 1,
+        "compressed_parameter_types": 0,
+        "count_tensor_dimensions": len(dims),
+        "tensor_dimensions": list(dims),
+        "cabac_unary_length_minus1": num_gtx_flags - 1,
+        "first_tensor_dimension_shift": 0,
+        "scan_order": 0,
+    }
     return write_unit(UnitType.NDU, fields, _ndu_header, payload)
 
 
@@ -363,24 +430,30 @@ def parse_units(data: bytes) -> list[NnrUnit]:
         header_bytes = 4 if long_form else 2
         if len(data) - pos < header_bytes + 1:
             raise BitstreamError(f"{what} is truncated (only {len(data) - pos} bytes left)", "the file is incomplete")
-        size = int.from_bytes(data[pos:pos + header_bytes], "big") & ((1 << (8 * header_bytes - 1)) - 1)
+        size = int.from_bytes(data[pos : pos + header_bytes], "big") & ((1 << (8 * header_bytes - 1)) - 1)
         # a start unit is exactly type + flags + general_profile_idc: anything else is not NNR at all
         if not units and ((data[pos + header_bytes] >> 2) != UnitType.STR or size != header_bytes + 2):
-            raise BitstreamError("this is not an MPEG-NNR bitstream (it does not start with a start unit)",
-                                 "give a .nnr file written by `edgeprune encode` or NNCodec")
+            raise BitstreamError(
+                "this is not an MPEG-NNR bitstream (it does not start with a start unit)",
+                "give a .nnr file written by `edgeprune encode` or NNCodec",
+            )
         if size < header_bytes + 1:
             raise BitstreamError(f"{what} declares an impossible size of {size} bytes", "the file is damaged")
         if pos + size > len(data):
-            raise BitstreamError(f"{what} declares {size} bytes but only {len(data) - pos} remain",
-                                 "the file is truncated; copy it again or re-encode the model")
+            raise BitstreamError(
+                f"{what} declares {size} bytes but only {len(data) - pos} remain",
+                "the file is truncated; copy it again or re-encode the model",
+            )
         reader = BitReader(data, pos + header_bytes, pos + size, what)
         unit_type = reader.u(6)
         reader.u(1)
         if reader.u(1):
             reader.u(8)  # partial_data_counter
         if not units and unit_type != UnitType.STR:
-            raise BitstreamError("this is not an MPEG-NNR bitstream (it does not start with a start unit)",
-                                 "give a .nnr file written by `edgeprune encode` or NNCodec")
+            raise BitstreamError(
+                "this is not an MPEG-NNR bitstream (it does not start with a start unit)",
+                "give a .nnr file written by `edgeprune encode` or NNCodec",
+            )
         unit = NnrUnit(unit_type=unit_type, offset=pos, size=size)
         fields = dict(context)
         coder = SyntaxCoder(reader, fields)
@@ -388,8 +461,9 @@ def parse_units(data: bytes) -> list[NnrUnit]:
             _str_header(coder)
             context["general_profile_idc"] = fields["general_profile_idc"]
             if fields["general_profile_idc"] > 1:
-                raise BitstreamError(f"unsupported general_profile_idc {fields['general_profile_idc']}",
-                                     "use profile 0 or 1")
+                raise BitstreamError(
+                    f"unsupported general_profile_idc {fields['general_profile_idc']}", "use profile 0 or 1"
+                )
         elif unit_type == UnitType.MPS:
             _mps_payload(coder)
         elif unit_type == UnitType.TPL:
@@ -397,10 +471,12 @@ def parse_units(data: bytes) -> list[NnrUnit]:
         elif unit_type == UnitType.NDU:
             _ndu_header(coder)
         elif unit_type in (UnitType.LPS, UnitType.QNT, UnitType.AGG):
-            raise BitstreamError(f"{what} is of type {UnitType(unit_type).name}, which edgeprune does not support",
-                                 "re-encode without layer parameter sets, quantisation units or aggregates")
+            raise BitstreamError(
+                f"{what} is of type {UnitType(unit_type).name}, which edgeprune does not support",
+                "re-encode without layer parameter sets, quantisation units or aggregates",
+            )
         unit.fields = fields
-        unit.payload = bytes(data[reader.pos // 8:pos + size]) if unit_type == UnitType.NDU else b""
+        unit.payload = bytes(data[reader.pos // 8 : pos + size]) if unit_type == UnitType.NDU else b""
         units.append(unit)
         pos += size
     return units

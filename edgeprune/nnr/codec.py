@@ -47,7 +47,7 @@ from edgeprune.nnr.bitstream import (
 
 PROFILE = 1
 QP_DENSITY = 2
-NUM_GTX_FLAGS = 11          # cabac_unary_length_minus1 = 10, NNCodec's default
+NUM_GTX_FLAGS = 11  # cabac_unary_length_minus1 = 10, NNCodec's default
 log = logging.getLogger(__name__)
 TPL_FORMAT = "edgeprune-nnr"
 TPL_VERSION = 1
@@ -55,12 +55,13 @@ TPL_VERSION = 1
 # copies next to torch's ~350 MiB) keeps a 1 GiB Raspberry Pi alive whatever the file says - VGG-16
 # for CIFAR has 15 M. EDGEPRUNE_MAX_WEIGHTS raises it on bigger hosts.
 MAX_TOTAL_ELEMENTS = int(os.environ.get("EDGEPRUNE_MAX_WEIGHTS", str(1 << 24)))
-TENSOR_DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-                           "float16", "float32", "float64"})
-BINS_PER_BYTE_LIMIT = 2048   # generous bound on decodable bins per payload byte (see decode_stream)
+TENSOR_DTYPES = frozenset(
+    {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64"}
+)
+BINS_PER_BYTE_LIMIT = 2048  # generous bound on decodable bins per payload byte (see decode_stream)
 QP_MIN, QP_MAX = -128, 127  # the per-tensor qp offset is 6 + qp_density = 8 bits
 WEIGHT_STEP_PER_STD = 1 / 8  # default step of >= 2-D weights: std/8 (~30 dB), cf. brief section 4.3 (b)
-VECTOR_STEP_PER_MAX = 2.0 ** -11  # default step of 1-D tensors: max|w| / 2048 (about 12 bits each)
+VECTOR_STEP_PER_MAX = 2.0**-11  # default step of 1-D tensors: max|w| / 2048 (about 12 bits each)
 
 
 def step_size(qp: int) -> float:
@@ -87,8 +88,8 @@ def default_qp(weight: np.ndarray) -> int:
     return qp_for_step(float(np.abs(w).max()) * VECTOR_STEP_PER_MAX)
 
 
-POSITIVE_REL_STEP = 2.0 ** -8  # step of a strictly positive 1-D tensor: <= its smallest value / 256
-RAW_ABOVE_BITS = 24           # ... unless that needs more than 24 bits of range: then store float32
+POSITIVE_REL_STEP = 2.0**-8  # step of a strictly positive 1-D tensor: <= its smallest value / 256
+RAW_ABOVE_BITS = 24  # ... unless that needs more than 24 bits of range: then store float32
 
 
 def positive_qp(values: np.ndarray) -> int | None:
@@ -171,26 +172,29 @@ class DecodedStream:
 class _TensorJob:
     name: str
     index: int
-    array: np.ndarray              # float32 (qp/raw) or int32 levels (int/int8)
-    mode: str                      # "qp", "int8", "int", "raw"
+    array: np.ndarray  # float32 (qp/raw) or int32 levels (int/int8)
+    mode: str  # "qp", "int8", "int", "raw"
     qp: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _encode_job(job: _TensorJob, dq: bool, row_skip: bool, estimator_search: bool,
-                rdoq: float) -> tuple[bytes, np.ndarray]:
+def _encode_job(
+    job: _TensorJob, dq: bool, row_skip: bool, estimator_search: bool, rdoq: float
+) -> tuple[bytes, np.ndarray]:
     shape = tuple(job.array.shape) or (1,)
     rows, width = layout(shape)
     flat = np.ascontiguousarray(job.array.reshape(-1))
     if job.mode == "raw":
         payload = flat.astype("<f4").tobytes()
-        return write_ndu(PROFILE, job.name, job.index, PayloadType.RAW_FLOAT, list(shape), False, NUM_GTX_FLAGS,
-                         payload), flat
+        return write_ndu(
+            PROFILE, job.name, job.index, PayloadType.RAW_FLOAT, list(shape), False, NUM_GTX_FLAGS, payload
+        ), flat
     if job.mode == "qp":
         levels = np.empty(flat.size, dtype=np.int32)
         try:
-            _cabac.quantize(flat.astype(np.float32), levels, step_size(job.qp), dq=dq, rdoq=rdoq,
-                            num_gtx_flags=NUM_GTX_FLAGS)
+            _cabac.quantize(
+                flat.astype(np.float32), levels, step_size(job.qp), dq=dq, rdoq=rdoq, num_gtx_flags=NUM_GTX_FLAGS
+            )
         except _cabac.CabacError as exc:
             raise BitstreamError(f"cannot quantise {job.name} at qp {job.qp}: {exc}", "use a coarser qp") from None
         payload_type, use_dq, qp_offset = PayloadType.FLOAT, dq, job.qp
@@ -198,9 +202,18 @@ def _encode_job(job: _TensorJob, dq: bool, row_skip: bool, estimator_search: boo
         levels = flat.astype(np.int32)
         payload_type, use_dq, qp_offset = PayloadType.INT, False, None
     try:
-        payload = _cabac.encode(levels, rows, width, dq=use_dq, profile=True, row_skip=row_skip,
-                                estimator_search=estimator_search, num_gtx_flags=NUM_GTX_FLAGS, qp_offset=qp_offset,
-                                qp_density=QP_DENSITY)
+        payload = _cabac.encode(
+            levels,
+            rows,
+            width,
+            dq=use_dq,
+            profile=True,
+            row_skip=row_skip,
+            estimator_search=estimator_search,
+            num_gtx_flags=NUM_GTX_FLAGS,
+            qp_offset=qp_offset,
+            qp_density=QP_DENSITY,
+        )
     except _cabac.CabacError as exc:
         raise BitstreamError(f"cannot encode {job.name}: {exc}", "use a coarser qp") from None
     return write_ndu(PROFILE, job.name, job.index, payload_type, list(shape), use_dq, NUM_GTX_FLAGS, payload), levels
@@ -235,8 +248,10 @@ def encode_tensors(
     for name, value in tensors.items():
         arr = np.asarray(value)
         if arr.dtype.name not in TENSOR_DTYPES:
-            raise BitstreamError(f"tensor {name} has dtype {arr.dtype.name}, which edgeprune cannot code",
-                                 "convert the model to float32 first")
+            raise BitstreamError(
+                f"tensor {name} has dtype {arr.dtype.name}, which edgeprune cannot code",
+                "convert the model to float32 first",
+            )
         entry: dict[str, Any] = {"name": name, "shape": list(arr.shape), "dtype": arr.dtype.name}
         entries.append(entry)
         if arr.size == 0:
@@ -246,9 +261,10 @@ def encode_tensors(
             q = int8[name]
             levels = np.asarray(q.levels)
             if levels.shape != arr.shape:
-                raise BitstreamError(f"INT8 levels of {name} have shape {list(levels.shape)}, "
-                                     f"the tensor {list(arr.shape)}",
-                                     "re-run the quantize stage on this model")
+                raise BitstreamError(
+                    f"INT8 levels of {name} have shape {list(levels.shape)}, the tensor {list(arr.shape)}",
+                    "re-run the quantize stage on this model",
+                )
             entry.update(mode="int8", scale=[float(s) for s in np.asarray(q.scale, dtype=np.float32)], axis=int(q.axis))
             job = _TensorJob(name, len(jobs), levels.astype(np.int32), "int8")
         elif np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
@@ -290,8 +306,10 @@ def encode_tensors(
     topology = {"format": TPL_FORMAT, "version": TPL_VERSION, "tensors": entries, **(extra_topology or {})}
     tpl = write_topology_unit(json.dumps(topology, separators=(",", ":")))
     head = write_start_unit(PROFILE) + write_model_parameter_set(PROFILE, QP_DENSITY) + tpl
-    stats = [TensorStats(e["name"], e["shape"], e["mode"], e.get("qp"), len(unit), int(np.prod(e["shape"] or [1])))
-             for e, (unit, _) in zip(ndu_entries, coded, strict=True)]
+    stats = [
+        TensorStats(e["name"], e["shape"], e["mode"], e.get("qp"), len(unit), int(np.prod(e["shape"] or [1])))
+        for e, (unit, _) in zip(ndu_entries, coded, strict=True)
+    ]
     return EncodedStream(head + b"".join(unit for unit, _ in coded), stats, len(tpl))
 
 
@@ -303,8 +321,10 @@ def _read_bytes(source: str | os.PathLike | bytes | bytearray) -> bytes:
         raise BitstreamError(f"{path} does not exist or is not a file", "check the path to the .nnr file")
     limit = 4 * MAX_TOTAL_ELEMENTS + MAX_TOPOLOGY_BYTES  # raw float32 of every weight plus the topology
     if path.stat().st_size > limit:
-        raise BitstreamError(f"{path} is {path.stat().st_size} bytes, more than a stream of "
-                             f"{MAX_TOTAL_ELEMENTS} weights can be", "set EDGEPRUNE_MAX_WEIGHTS if it is real")
+        raise BitstreamError(
+            f"{path} is {path.stat().st_size} bytes, more than a stream of {MAX_TOTAL_ELEMENTS} weights can be",
+            "set EDGEPRUNE_MAX_WEIGHTS if it is real",
+        )
     return path.read_bytes()
 
 
@@ -314,9 +334,11 @@ def _topology_of(units: list) -> dict[str, Any]:
         return {}
     text = tpls[0].fields["topology_data"]
     if len(text) > MAX_TOPOLOGY_BYTES or _json_depth_exceeds(text, MAX_JSON_DEPTH):
-        raise BitstreamError(f"the topology unit is larger or more deeply nested than an edgeprune stream "
-                             f"({len(text)} bytes, limits {MAX_TOPOLOGY_BYTES} bytes / depth {MAX_JSON_DEPTH})",
-                             "the file is damaged or hostile")
+        raise BitstreamError(
+            f"the topology unit is larger or more deeply nested than an edgeprune stream "
+            f"({len(text)} bytes, limits {MAX_TOPOLOGY_BYTES} bytes / depth {MAX_JSON_DEPTH})",
+            "the file is damaged or hostile",
+        )
     try:
         topology = json.loads(text)
     except (json.JSONDecodeError, RecursionError):
@@ -325,7 +347,7 @@ def _topology_of(units: list) -> dict[str, Any]:
 
 
 MAX_TOPOLOGY_BYTES = 16 << 20  # JSON of the TPL unit: ~100x the largest zoo model's
-MAX_JSON_DEPTH = 32            # the deepest edgeprune topology nests 7 levels
+MAX_JSON_DEPTH = 32  # the deepest edgeprune topology nests 7 levels
 
 
 def _json_depth_exceeds(text: str, limit: int) -> bool:
@@ -352,30 +374,42 @@ def _json_depth_exceeds(text: str, limit: int) -> bool:
 
 
 def _check_entry(entry: Any) -> dict[str, Any]:
-    ok = (isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("shape"), list)
-          and all(isinstance(d, int) and 0 <= d < 1 << 31 for d in entry["shape"]) and len(entry["shape"]) <= 8
-          and isinstance(entry.get("dtype"), str) and isinstance(entry.get("mode"), str))
+    ok = (
+        isinstance(entry, dict)
+        and isinstance(entry.get("name"), str)
+        and isinstance(entry.get("shape"), list)
+        and all(isinstance(d, int) and 0 <= d < 1 << 31 for d in entry["shape"])
+        and len(entry["shape"]) <= 8
+        and isinstance(entry.get("dtype"), str)
+        and isinstance(entry.get("mode"), str)
+    )
     if not ok:
         raise BitstreamError("the topology unit describes a tensor incompletely", "the file is damaged; re-encode")
     if entry["dtype"] not in TENSOR_DTYPES:  # never let numpy parse an arbitrary string as a dtype
         raise BitstreamError(f"unsupported dtype {entry['dtype']!r} in the topology unit", "the file is damaged")
     if math.prod(entry["shape"]) > MAX_TOTAL_ELEMENTS:
-        raise BitstreamError(f"tensor {entry['name'][:60]!r} declares {math.prod(entry['shape'])} elements, "
-                             f"more than the limit of {MAX_TOTAL_ELEMENTS}", "the file is damaged")
+        raise BitstreamError(
+            f"tensor {entry['name'][:60]!r} declares {math.prod(entry['shape'])} elements, "
+            f"more than the limit of {MAX_TOTAL_ELEMENTS}",
+            "the file is damaged",
+        )
     if entry["mode"] == "empty" and math.prod(entry["shape"]) != 0:
-        raise BitstreamError(f"tensor {entry['name']!r} is marked empty but has shape {entry['shape']}",
-                             "the file is damaged")
+        raise BitstreamError(
+            f"tensor {entry['name']!r} is marked empty but has shape {entry['shape']}", "the file is damaged"
+        )
     return entry
 
 
-def decode_stream(source: str | os.PathLike | bytes | bytearray, max_elements: int = MAX_TOTAL_ELEMENTS,
-                  threads: int | None = None) -> DecodedStream:
+def decode_stream(
+    source: str | os.PathLike | bytes | bytearray, max_elements: int = MAX_TOTAL_ELEMENTS, threads: int | None = None
+) -> DecodedStream:
     """Decode every NDU; verify CRCs and the topology JSON when present (NNCodec streams have none)."""
     data = _read_bytes(source)
     units = parse_units(data)
     if not units or units[0].unit_type != UnitType.STR:
-        raise BitstreamError("the stream does not start with an NNR start unit",
-                             "give a .nnr file (MPEG-NNR bitstream)")
+        raise BitstreamError(
+            "the stream does not start with an NNR start unit", "give a .nnr file (MPEG-NNR bitstream)"
+        )
     mps = [u for u in units if u.unit_type == UnitType.MPS]
     base_qp = mps[0].fields.get("mps_quantization_parameter", 0) if mps else 0
     qp_density = mps[0].fields.get("mps_qp_density", QP_DENSITY) if mps else QP_DENSITY
@@ -384,20 +418,27 @@ def decode_stream(source: str | os.PathLike | bytes | bytearray, max_elements: i
     for u in ndus:
         n = math.prod(u.fields["tensor_dimensions"])  # Python ints: a crafted product cannot wrap around
         if n <= 0 or n > max_elements:
-            raise BitstreamError(f"tensor {u.fields['topology_elem_id']!r} declares {n} elements",
-                                 "the file is damaged")
+            raise BitstreamError(
+                f"tensor {u.fields['topology_elem_id']!r} declares {n} elements", "the file is damaged"
+            )
         # Every coded level (or skipped row) costs at least one bin, and a bin at least ~0.01 bit (the
         # estimator saturates at p_LPS ~ 0.007): a payload cannot hold more than ~800 bins per byte.
         rows, width = layout(tuple(u.fields["tensor_dimensions"]))
         coded = rows if u.fields.get("general_profile_idc") == 1 and rows > 1 and width > 1 else n
-        if u.fields["nnr_compressed_data_unit_payload_type"] != PayloadType.RAW_FLOAT and \
-                coded > BINS_PER_BYTE_LIMIT * (len(u.payload) + 4):
-            raise BitstreamError(f"tensor {u.fields['topology_elem_id']!r} declares {n} elements, more than its "
-                                 f"{len(u.payload)}-byte payload can hold", "the file is damaged")
+        if u.fields[
+            "nnr_compressed_data_unit_payload_type"
+        ] != PayloadType.RAW_FLOAT and coded > BINS_PER_BYTE_LIMIT * (len(u.payload) + 4):
+            raise BitstreamError(
+                f"tensor {u.fields['topology_elem_id']!r} declares {n} elements, more than its "
+                f"{len(u.payload)}-byte payload can hold",
+                "the file is damaged",
+            )
         total += n
     if total > max_elements:
-        raise BitstreamError(f"the stream declares {total} weights, more than the limit of {max_elements}",
-                             "set EDGEPRUNE_MAX_WEIGHTS if this host has the memory")
+        raise BitstreamError(
+            f"the stream declares {total} weights, more than the limit of {max_elements}",
+            "set EDGEPRUNE_MAX_WEIGHTS if this host has the memory",
+        )
 
     def decode_one(u) -> tuple[np.ndarray, int | None]:
         f = u.fields
@@ -406,9 +447,10 @@ def decode_stream(source: str | os.PathLike | bytes | bytearray, max_elements: i
         ptype = f["nnr_compressed_data_unit_payload_type"]
         if ptype == PayloadType.RAW_FLOAT:
             if len(u.payload) != 4 * n:
-                raise BitstreamError(f"raw tensor {f['topology_elem_id']!r} has {len(u.payload)} bytes, "
-                                     f"expected {4 * n}",
-                                     "the file is damaged")
+                raise BitstreamError(
+                    f"raw tensor {f['topology_elem_id']!r} has {len(u.payload)} bytes, expected {4 * n}",
+                    "the file is damaged",
+                )
             return np.frombuffer(u.payload, dtype="<f4").astype(np.float32).reshape(dims), None
         ngtx = f.get("cabac_unary_length_minus1", NUM_GTX_FLAGS - 1) + 1
         if ngtx > _cabac.MAX_GTX_FLAGS:
@@ -416,12 +458,21 @@ def decode_stream(source: str | os.PathLike | bytes | bytearray, max_elements: i
         rows, width = layout(dims)
         levels = np.zeros(n, dtype=np.int32)
         try:
-            qp_offset, _ = _cabac.decode(u.payload, levels, rows, width, dq=bool(f.get("dq_flag")),
-                                         profile=bool(f["general_profile_idc"]), num_gtx_flags=ngtx,
-                                         has_qp_offset=ptype == PayloadType.FLOAT, qp_density=qp_density)
+            qp_offset, _ = _cabac.decode(
+                u.payload,
+                levels,
+                rows,
+                width,
+                dq=bool(f.get("dq_flag")),
+                profile=bool(f["general_profile_idc"]),
+                num_gtx_flags=ngtx,
+                has_qp_offset=ptype == PayloadType.FLOAT,
+                qp_density=qp_density,
+            )
         except _cabac.CabacError as exc:
-            raise BitstreamError(f"tensor {f['topology_elem_id']!r}: {exc}",
-                                 "the file is damaged; re-encode the model") from None
+            raise BitstreamError(
+                f"tensor {f['topology_elem_id']!r}: {exc}", "the file is damaged; re-encode the model"
+            ) from None
         return levels.reshape(dims), None if qp_offset is None else base_qp + qp_offset
 
     workers = threads or min(len(ndus), os.cpu_count() or 1) or 1
@@ -456,8 +507,14 @@ def step_size_at(qp: int, qp_density: int) -> float:
     return _cabac.step_size(int(qp), int(qp_density))
 
 
-def _apply_topology(topology: dict[str, Any], by_name: dict, tensors: dict[str, np.ndarray],
-                    levels: dict[str, np.ndarray], data: bytes, stats: list[TensorStats]) -> dict[str, np.ndarray]:
+def _apply_topology(
+    topology: dict[str, Any],
+    by_name: dict,
+    tensors: dict[str, np.ndarray],
+    levels: dict[str, np.ndarray],
+    data: bytes,
+    stats: list[TensorStats],
+) -> dict[str, np.ndarray]:
     entries = topology.get("tensors")
     if not isinstance(entries, list):
         raise BitstreamError("the topology unit has no tensor list", "the file is damaged; re-encode")
@@ -477,28 +534,34 @@ def _apply_topology(topology: dict[str, Any], by_name: dict, tensors: dict[str, 
                 raise BitstreamError(f"integer tensor {name!r} in the topology unit is damaged", "re-encode") from None
             continue
         if name not in by_name:
-            raise BitstreamError(f"tensor {name!r} listed in the topology unit has no NDU",
-                                 "the file is truncated or damaged")
+            raise BitstreamError(
+                f"tensor {name!r} listed in the topology unit has no NDU", "the file is truncated or damaged"
+            )
         unit, arr, _ = by_name[name]
-        if "crc32" in entry and zlib.crc32(data[unit.offset:unit.offset + unit.size]) != entry["crc32"]:
-            raise BitstreamError(f"checksum mismatch in the NDU of {name!r}",
-                                 "the file is damaged; copy it again or re-encode")
+        if "crc32" in entry and zlib.crc32(data[unit.offset : unit.offset + unit.size]) != entry["crc32"]:
+            raise BitstreamError(
+                f"checksum mismatch in the NDU of {name!r}", "the file is damaged; copy it again or re-encode"
+            )
         if int(np.prod(shape or (1,))) != arr.size:
-            raise BitstreamError(f"tensor {name!r}: topology shape {list(shape)} does not match "
-                                 f"the NDU's {list(arr.shape)}",
-                                 "the file is damaged")
+            raise BitstreamError(
+                f"tensor {name!r}: topology shape {list(shape)} does not match the NDU's {list(arr.shape)}",
+                "the file is damaged",
+            )
         value = tensors[name]
         if mode == "int8":
             raw_scale = entry.get("scale", [])
-            if not (isinstance(raw_scale, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                        and math.isfinite(v) for v in raw_scale)):
+            if not (
+                isinstance(raw_scale, list)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in raw_scale)
+            ):
                 raise BitstreamError(f"INT8 tensor {name!r} has malformed scales", "the file is damaged")
             scale = np.asarray(raw_scale, dtype=np.float32)
             axis = entry.get("axis", 0)
             axis_ok = isinstance(axis, int) and 0 <= axis < max(1, len(shape))
             if not axis_ok or scale.size != (shape[axis] if shape else 1):
-                raise BitstreamError(f"INT8 tensor {name!r} has {scale.size} scales for shape {list(shape)}",
-                                     "the file is damaged")
+                raise BitstreamError(
+                    f"INT8 tensor {name!r} has {scale.size} scales for shape {list(shape)}", "the file is damaged"
+                )
             if np.any(np.abs(arr) > 127):
                 raise BitstreamError(f"INT8 tensor {name!r} holds levels outside -127..127", "the file is damaged")
             levels[name] = arr.astype(np.int8).reshape(shape)
@@ -515,12 +578,14 @@ def read_int8_levels(source: str | os.PathLike | bytes | bytearray) -> dict[str,
     decoded = decode_stream(source)
     names = [e["name"] for e in decoded.topology.get("tensors", []) if e.get("mode") == "int8"]
     if not names:
-        raise BitstreamError("this .nnr holds no INT8 deploy levels",
-                             "encode it with --int8 (after the quantize stage)")
+        raise BitstreamError(
+            "this .nnr holds no INT8 deploy levels", "encode it with --int8 (after the quantize stage)"
+        )
     return {name: decoded.levels[name] for name in names}
 
 
 # ------------------------------------------------------------------ models
+
 
 def model_tensors(model: nn.Module) -> dict[str, np.ndarray]:
     """The model's state_dict as numpy arrays (what the NDUs carry)."""
@@ -544,20 +609,25 @@ def architecture_record(model: nn.Module, example_input: torch.Tensor, meta: Map
 class ModelEncodeOptions:
     """How `encode_model` codes a model (see the CLI options of `edgeprune encode` for the meaning)."""
 
-    qp: int | None = None                  # one qp for all >= 2-D float tensors; None: per-tensor default
-    qps: dict[str, int] | None = None      # per-tensor qps (from the allocator); overrides qp
-    int8: bool = False                     # code the quantize stage's INT8 levels where available
+    qp: int | None = None  # one qp for all >= 2-D float tensors; None: per-tensor default
+    qps: dict[str, int] | None = None  # per-tensor qps (from the allocator); overrides qp
+    int8: bool = False  # code the quantize stage's INT8 levels where available
     dq: bool = True
     row_skip: bool = True
     estimator_search: bool = False
-    rdoq: float = 0.0                      # lambda scale of RDOQ (uniform quantisation only); 0: off
+    rdoq: float = 0.0  # lambda scale of RDOQ (uniform quantisation only); 0: off
     embed_architecture: bool = True
     threads: int | None = None
 
 
-def encode_model(model: nn.Module, example_input: torch.Tensor, options: ModelEncodeOptions | None = None,
-                 quant: Any = None, meta: Mapping[str, Any] | None = None,
-                 architecture: Mapping[str, Any] | None = None) -> EncodedStream:
+def encode_model(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    options: ModelEncodeOptions | None = None,
+    quant: Any = None,
+    meta: Mapping[str, Any] | None = None,
+    architecture: Mapping[str, Any] | None = None,
+) -> EncodedStream:
     """Encode ``model``'s state_dict (plus what rebuilds it) into an NNR bitstream.
 
     ``architecture`` (``{"architecture": architecture_record(...)}``) lets callers that write several
@@ -567,21 +637,34 @@ def encode_model(model: nn.Module, example_input: torch.Tensor, options: ModelEn
     int8 = {}
     if options.int8:
         if quant is None:
-            raise BitstreamError("--int8 needs the INT8 levels of the quantize stage",
-                                 "run `edgeprune compress` (quantize runs before encode) or drop --int8")
+            raise BitstreamError(
+                "--int8 needs the INT8 levels of the quantize stage",
+                "run `edgeprune compress` (quantize runs before encode) or drop --int8",
+            )
         int8 = {k: v for k, v in getattr(quant, "tensors", quant).items() if k in tensors}
     qps: dict[str, int] | int | None = options.qps
     if qps is None and options.qp is not None:
-        qps = {k: (options.qp if v.ndim >= 2 else default_qp(v)) for k, v in tensors.items()
-               if np.issubdtype(v.dtype, np.floating)}
+        qps = {
+            k: (options.qp if v.ndim >= 2 else default_qp(v))
+            for k, v in tensors.items()
+            if np.issubdtype(v.dtype, np.floating)
+        }
     extra: dict[str, Any] = {"input_shape": list(example_input.shape)}
     if architecture is not None:
         extra.update(architecture)
     elif options.embed_architecture:
         extra["architecture"] = architecture_record(model, example_input, meta or {})
-    return encode_tensors(tensors, qps=qps, int8=int8, dq=options.dq, row_skip=options.row_skip,
-                          estimator_search=options.estimator_search, rdoq=options.rdoq, extra_topology=extra,
-                          threads=options.threads)
+    return encode_tensors(
+        tensors,
+        qps=qps,
+        int8=int8,
+        dq=options.dq,
+        row_skip=options.row_skip,
+        estimator_search=options.estimator_search,
+        rdoq=options.rdoq,
+        extra_topology=extra,
+        threads=options.threads,
+    )
 
 
 def load_decoded(model: nn.Module, decoded: DecodedStream) -> nn.Module:
@@ -591,8 +674,9 @@ def load_decoded(model: nn.Module, decoded: DecodedStream) -> nn.Module:
     extra = [k for k in decoded.tensors if k not in expected]
     if missing or extra:
         problem = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
-        raise BitstreamError(f"the .nnr tensors do not match the architecture ({problem})",
-                             "check --arch / --arch-kwargs")
+        raise BitstreamError(
+            f"the .nnr tensors do not match the architecture ({problem})", "check --arch / --arch-kwargs"
+        )
     state = {}
     for k, ref in expected.items():
         array = np.array(decoded.tensors[k], copy=True, order="C")  # ascontiguousarray would make 0-dim 1-D
@@ -600,16 +684,21 @@ def load_decoded(model: nn.Module, decoded: DecodedStream) -> nn.Module:
             array = array.reshape(())  # an NDU has at least one dimension; streams without a topology say [1]
         value = torch.from_numpy(array).to(ref.dtype)
         if tuple(value.shape) != tuple(ref.shape):
-            raise BitstreamError(f"{k}: the .nnr has shape {list(value.shape)}, the architecture {list(ref.shape)}",
-                                 "check --arch / --arch-kwargs")
+            raise BitstreamError(
+                f"{k}: the .nnr has shape {list(value.shape)}, the architecture {list(ref.shape)}",
+                "check --arch / --arch-kwargs",
+            )
         state[k] = value
     model.load_state_dict(state)
     return model.eval()
 
 
-def decode_model(source: str | os.PathLike | bytes | bytearray, arch: str | None = None,
-                 arch_kwargs: str | dict | None = None,
-                 input_shape: tuple[int, ...] | None = None) -> tuple[nn.Module, torch.Tensor, DecodedStream]:
+def decode_model(
+    source: str | os.PathLike | bytes | bytearray,
+    arch: str | None = None,
+    arch_kwargs: str | dict | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> tuple[nn.Module, torch.Tensor, DecodedStream]:
     """Rebuild (model, example_input, decoded stream) from a .nnr alone, or with ``arch`` (and
     ``input_shape``) overriding what it carries."""
     from edgeprune.checkpoint import build_arch
@@ -627,12 +716,16 @@ def decode_model(source: str | os.PathLike | bytes | bytearray, arch: str | None
             raise BitstreamError("the .nnr records an invalid input shape", "pass --input-shape")
         model = topology.build_module(record["graph"], decoded.tensors, (1, *shape[1:]))
     elif "factory" in record or "exported_program_xz" in record:
-        raise BitstreamError("this .nnr names Python code to build its model (an older edgeprune format), "
-                             "which decode never runs from a file",
-                             "pass --arch package.module:factory if you trust it, or re-encode the model")
+        raise BitstreamError(
+            "this .nnr names Python code to build its model (an older edgeprune format), "
+            "which decode never runs from a file",
+            "pass --arch package.module:factory if you trust it, or re-encode the model",
+        )
     else:
-        raise BitstreamError("this .nnr carries no architecture (e.g. written by NNCodec)",
-                             "pass --arch package.module:factory (and --input-shape)")
+        raise BitstreamError(
+            "this .nnr carries no architecture (e.g. written by NNCodec)",
+            "pass --arch package.module:factory (and --input-shape)",
+        )
     model = load_decoded(model.float(), decoded)
     if not _valid_input_shape(shape):
         shape = list(getattr(model, "input_shape", []) or [])
@@ -644,8 +737,10 @@ def decode_model(source: str | os.PathLike | bytes | bytearray, arch: str | None
             model(example)
     except Exception as exc:  # noqa: BLE001 - the rebuilt graph comes from a file; any failure is the file's
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise BitstreamError(f"the model rebuilt from the .nnr does not run on inputs of shape {list(example.shape)}: "
-                             f"{first}", "check --arch / --input-shape, or re-encode the model") from None
+        raise BitstreamError(
+            f"the model rebuilt from the .nnr does not run on inputs of shape {list(example.shape)}: {first}",
+            "check --arch / --input-shape, or re-encode the model",
+        ) from None
     return model, example, decoded
 
 
@@ -654,9 +749,12 @@ MAX_INPUT_ELEMENTS = 1 << 22  # one input sample (16 MiB float32; 3x1024x1024 fi
 
 def _valid_input_shape(shape: Any) -> bool:
     """A list of 2..8 positive ints whose single-sample size stays under :data:`MAX_INPUT_ELEMENTS`."""
-    return (isinstance(shape, (list, tuple)) and 2 <= len(shape) <= 8
-            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
-            and math.prod(shape[1:]) <= MAX_INPUT_ELEMENTS)
+    return (
+        isinstance(shape, (list, tuple))
+        and 2 <= len(shape) <= 8
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+        and math.prod(shape[1:]) <= MAX_INPUT_ELEMENTS
+    )
 
 
 def inspect_stream(source: str | os.PathLike | bytes | bytearray) -> dict[str, Any]:
@@ -668,18 +766,50 @@ def inspect_stream(source: str | os.PathLike | bytes | bytearray) -> dict[str, A
     ndu_bytes = sum(s.ndu_bytes for s in decoded.stats)
     return {
         "size_bytes": len(data),
-        "units": [{"type": UnitType(u.unit_type).name if u.unit_type <= 6 else f"unknown({u.unit_type})",
-                   "offset": u.offset, "size": u.size} for u in units],
-        "tensors": [{"name": s.name, "shape": s.shape, "mode": s.mode, "qp": s.qp, "bytes": s.ndu_bytes,
-                     "bits_per_weight": round(s.bits_per_weight, 4)} for s in decoded.stats],
+        "units": [
+            {
+                "type": UnitType(u.unit_type).name if u.unit_type <= 6 else f"unknown({u.unit_type})",
+                "offset": u.offset,
+                "size": u.size,
+            }
+            for u in units
+        ],
+        "tensors": [
+            {
+                "name": s.name,
+                "shape": s.shape,
+                "mode": s.mode,
+                "qp": s.qp,
+                "bytes": s.ndu_bytes,
+                "bits_per_weight": round(s.bits_per_weight, 4),
+            }
+            for s in decoded.stats
+        ],
         "num_weights": weights,
         "weight_bytes": ndu_bytes,
         "bits_per_weight": 8.0 * ndu_bytes / weights if weights else 0.0,
         "bits_per_weight_total": 8.0 * len(data) / weights if weights else 0.0,
-        "architecture": ("factory" if "factory" in (decoded.topology.get("architecture") or {})
-                         else "embedded" if decoded.topology.get("architecture") else "none"),
+        "architecture": (
+            "factory"
+            if "factory" in (decoded.topology.get("architecture") or {})
+            else "embedded"
+            if decoded.topology.get("architecture")
+            else "none"
+        ),
     }
 
 
-__all__ = ["EncodedStream", "DecodedStream", "ModelEncodeOptions", "encode_tensors", "decode_stream", "encode_model",
-           "decode_model", "read_int8_levels", "inspect_stream", "default_qp", "qp_for_step", "step_size"]
+__all__ = [
+    "EncodedStream",
+    "DecodedStream",
+    "ModelEncodeOptions",
+    "encode_tensors",
+    "decode_stream",
+    "encode_model",
+    "decode_model",
+    "read_int8_levels",
+    "inspect_stream",
+    "default_qp",
+    "qp_for_step",
+    "step_size",
+]

@@ -38,13 +38,13 @@ SWEEP_QPS = (-38, -34, -30, -26, -22, -18, -14)
 class NnrOptions:
     """Options of the encode stage (``compress --nnr-*`` / ``edgeprune encode``)."""
 
-    int8: bool | None = None            # None: INT8 levels when the quantize stage ran, else qp mode
-    qp: int | None = None               # one qp for all >= 2-D tensors (None: per-tensor choice)
+    int8: bool | None = None  # None: INT8 levels when the quantize stage ran, else qp mode
+    qp: int | None = None  # one qp for all >= 2-D tensors (None: per-tensor choice)
     bits_per_weight: float | None = None
     target_accuracy_drop: float | None = None  # percentage points on the validation split
     dq: bool = True
     estimator_search: bool = False
-    qp_stream: bool = True              # also write model_qp.nnr when model.nnr is the INT8 stream
+    qp_stream: bool = True  # also write model_qp.nnr when model.nnr is the INT8 stream
     sweep: bool = False
     threads: int | None = None
 
@@ -57,8 +57,9 @@ def _qp_options(opts: NnrOptions, art: Artifact) -> tuple[ModelEncodeOptions, di
         allocation = allocate_qps(art.model, art.data, opts.bits_per_weight, opts.target_accuracy_drop, opts.dq)
         qps = allocation.qps
         info = {"allocation_offset": allocation.offset, "allocation_trials": len(allocation.trials)}
-    return ModelEncodeOptions(qp=opts.qp, qps=qps, dq=opts.dq, estimator_search=opts.estimator_search,
-                              threads=opts.threads), info
+    return ModelEncodeOptions(
+        qp=opts.qp, qps=qps, dq=opts.dq, estimator_search=opts.estimator_search, threads=opts.threads
+    ), info
 
 
 def _round_trip(art: Artifact, stream: EncodedStream, int8_levels: dict[str, np.ndarray] | None) -> dict[str, Any]:
@@ -69,8 +70,10 @@ def _round_trip(art: Artifact, stream: EncodedStream, int8_levels: dict[str, np.
     if int8_levels is not None:
         bad = [k for k, v in int8_levels.items() if not np.array_equal(decoded.levels.get(k), v)]
         if bad:
-            raise VerificationError(f"the decoded INT8 levels of {bad[0]} differ from the quantize stage's",
-                                    "this is a bug in the NNR coder; please report it")
+            raise VerificationError(
+                f"the decoded INT8 levels of {bad[0]} differ from the quantize stage's",
+                "this is a bug in the NNR coder; please report it",
+            )
     model = load_decoded(copy.deepcopy(art.model), decoded)
     result: dict[str, Any] = {"decode_seconds": decode_seconds}
     if art.data is not None:
@@ -96,20 +99,36 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     extra = {"architecture": architecture}
 
     qp_options, allocation_info = _qp_options(opts, art)
-    main_options = ModelEncodeOptions(int8=True, dq=opts.dq, estimator_search=opts.estimator_search,
-                                      threads=opts.threads) if use_int8 else qp_options
+    main_options = (
+        ModelEncodeOptions(int8=True, dq=opts.dq, estimator_search=opts.estimator_search, threads=opts.threads)
+        if use_int8
+        else qp_options
+    )
     t0 = time.perf_counter()
     stream = encode_model(art.model, art.example_input, main_options, quant=quant, meta=art.meta, architecture=extra)
     encode_seconds = time.perf_counter() - t0
     path = write_bytes(ctx.out_dir / "model.nnr", stream.data)
     art.files["nnr"] = path
-    int8_levels = ({k: np.asarray(v.levels) for k, v in quant.tensors.items()} if use_int8 else None)
-    result: dict[str, Any] = {"mode": "int8" if use_int8 else "qp", **_summary(stream),
-                              "encode_seconds": encode_seconds, **_round_trip(art, stream, int8_levels),
-                              "roundtrip_levels_exact": True, **allocation_info}
-    result["tensors"] = [{"tensor": t.name, "shape": "x".join(map(str, t.shape)), "mode": t.mode,
-                          "qp": "" if t.qp is None else t.qp, "bytes": t.ndu_bytes,
-                          "bits/weight": round(t.bits_per_weight, 3)} for t in stream.tensors]
+    int8_levels = {k: np.asarray(v.levels) for k, v in quant.tensors.items()} if use_int8 else None
+    result: dict[str, Any] = {
+        "mode": "int8" if use_int8 else "qp",
+        **_summary(stream),
+        "encode_seconds": encode_seconds,
+        **_round_trip(art, stream, int8_levels),
+        "roundtrip_levels_exact": True,
+        **allocation_info,
+    }
+    result["tensors"] = [
+        {
+            "tensor": t.name,
+            "shape": "x".join(map(str, t.shape)),
+            "mode": t.mode,
+            "qp": "" if t.qp is None else t.qp,
+            "bytes": t.ndu_bytes,
+            "bits/weight": round(t.bits_per_weight, 3),
+        }
+        for t in stream.tensors
+    ]
     if use_int8 and opts.qp_stream:
         qp_stream = encode_model(art.model, art.example_input, qp_options, meta=art.meta, architecture=extra)
         art.files["nnr_qp"] = write_bytes(ctx.out_dir / "model_qp.nnr", qp_stream.data)
@@ -126,10 +145,18 @@ def qp_sweep(art: Artifact, opts: NnrOptions, extra: dict[str, Any]) -> list[dic
     """Size and test accuracy of single-qp streams (NNCodec's scheme) across ``SWEEP_QPS``."""
     rows = []
     for qp in SWEEP_QPS:
-        stream = encode_model(art.model, art.example_input, ModelEncodeOptions(qp=qp, dq=opts.dq, threads=opts.threads),
-                              meta=art.meta, architecture=extra)
-        row: dict[str, Any] = {"qp": qp, "size_bytes": len(stream.data),
-                               "bits_per_weight": round(8.0 * stream.weight_bytes / max(1, stream.num_weights), 4)}
+        stream = encode_model(
+            art.model,
+            art.example_input,
+            ModelEncodeOptions(qp=qp, dq=opts.dq, threads=opts.threads),
+            meta=art.meta,
+            architecture=extra,
+        )
+        row: dict[str, Any] = {
+            "qp": qp,
+            "size_bytes": len(stream.data),
+            "bits_per_weight": round(8.0 * stream.weight_bytes / max(1, stream.num_weights), 4),
+        }
         row.update({k: v for k, v in _round_trip(art, stream, None).items() if k == "accuracy"})
         rows.append(row)
     return rows

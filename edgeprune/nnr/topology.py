@@ -44,16 +44,23 @@ from edgeprune.errors import BitstreamError
 log = logging.getLogger(__name__)
 
 VERSION = 1
-MAX_NODES = 100_000            # ~50x the largest zoo graph
-MAX_LIST = 4096                # longest literal list (e.g. cat inputs)
-MAX_DEPTH = 4                  # nesting of argument lists
-MAX_STRING = 64                # literal strings are op modes like "none"/"tanh"
+MAX_NODES = 100_000  # ~50x the largest zoo graph
+MAX_LIST = 4096  # longest literal list (e.g. cat inputs)
+MAX_DEPTH = 4  # nesting of argument lists
+MAX_STRING = 64  # literal strings are op modes like "none"/"tanh"
 MAX_TENSOR_ELEMENTS = 1 << 24  # per intermediate activation (64 MiB float32): a 1 GiB Pi survives a few alive
-MAX_CONST_ELEMENTS = 1 << 20   # inline constants are small (index lists, folded offsets)
+MAX_CONST_ELEMENTS = 1 << 20  # inline constants are small (index lists, folded offsets)
 _NAME = re.compile(r"^[A-Za-z0-9_]{1,128}(\.[A-Za-z0-9_]{1,128}){0,32}$")
 _DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16,
-    "int8": torch.int8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64, "uint8": torch.uint8,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "uint8": torch.uint8,
     "bool": torch.bool,
 }
 _NP_DTYPES = {"float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8", "bool"}
@@ -62,8 +69,11 @@ _TAGGED: dict[str, dict[str, Any]] = {
     "dtype": _DTYPES,
     "device": {"cpu": torch.device("cpu")},
     "layout": {"strided": torch.strided},
-    "memory_format": {"contiguous_format": torch.contiguous_format, "preserve_format": torch.preserve_format,
-                      "channels_last": torch.channels_last},
+    "memory_format": {
+        "contiguous_format": torch.contiguous_format,
+        "preserve_format": torch.preserve_format,
+        "channels_last": torch.channels_last,
+    },
 }
 
 # The operators a topology may name. Keys are written to files; values are resolved here, from
@@ -84,8 +94,13 @@ squeeze.dims cat stack slice.Tensor select.int index_select split_with_sizes spl
 pad constant_pad_nd dropout expand clone alias detach new_ones new_zeros sym_size.int
 """
 _PY_OPS: dict[str, Any] = {
-    "py.getitem": operator.getitem, "py.add": operator.add, "py.sub": operator.sub, "py.mul": operator.mul,
-    "py.floordiv": operator.floordiv, "py.mod": operator.mod, "py.neg": operator.neg,
+    "py.getitem": operator.getitem,
+    "py.add": operator.add,
+    "py.sub": operator.sub,
+    "py.mul": operator.mul,
+    "py.floordiv": operator.floordiv,
+    "py.mod": operator.mod,
+    "py.neg": operator.neg,
 }
 
 
@@ -109,6 +124,7 @@ class TopologyUnsupported(Exception):
 
 
 # ------------------------------------------------------------------ encode
+
 
 def describe(model: nn.Module, example_input: torch.Tensor) -> dict[str, Any]:
     """The topology record of ``model`` (raises :class:`TopologyUnsupported` for exotic graphs)."""
@@ -200,14 +216,20 @@ def _const_record(tensor: torch.Tensor) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ decode
 
+
 def _bad(what: str) -> BitstreamError:
-    return BitstreamError(f"the model topology in the .nnr is invalid: {what}",
-                          "the file is damaged or was not written by edgeprune; re-encode it or pass --arch")
+    return BitstreamError(
+        f"the model topology in the .nnr is invalid: {what}",
+        "the file is damaged or was not written by edgeprune; re-encode it or pass --arch",
+    )
 
 
 def _shape(value: Any, limit: int, what: str) -> tuple[int, ...]:
-    if not (isinstance(value, list) and len(value) <= 8
-            and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= limit for d in value)):
+    if not (
+        isinstance(value, list)
+        and len(value) <= 8
+        and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= limit for d in value)
+    ):
         raise _bad(f"{what} has an invalid shape")
     if math.prod(value) > limit:
         raise _bad(f"{what} has {math.prod(value)} elements (limit {limit})")
@@ -252,8 +274,9 @@ def _install(module: nn.Module, name: str, tensor: torch.Tensor, parameter: bool
         module.register_buffer(leaf, tensor)
 
 
-def build_module(record: Any, state: Mapping[str, np.ndarray], input_shape: tuple[int, ...],
-                 max_elements: int = MAX_TENSOR_ELEMENTS) -> fx.GraphModule:
+def build_module(
+    record: Any, state: Mapping[str, np.ndarray], input_shape: tuple[int, ...], max_elements: int = MAX_TENSOR_ELEMENTS
+) -> fx.GraphModule:
     """Rebuild the model from a topology record and the decoded tensors, validating everything.
 
     ``state`` supplies the tensors named by ``"@name"`` (the decoded NDUs); every one of them is
@@ -322,15 +345,19 @@ def build_module(record: Any, state: Mapping[str, np.ndarray], input_shape: tupl
                 raise _bad("an argument list is too long")
             return [arg(x, depth + 1) for x in v]
         if isinstance(v, dict) and len(v) == 1:
-            (tag, key), = v.items()
+            ((tag, key),) = v.items()
             table = _TAGGED.get(tag)
             if table is not None and isinstance(key, str) and key in table:
                 return table[key]
         raise _bad(f"unsupported argument {str(v)[:40]}")
 
     for i, entry in enumerate(nodes, start=1):
-        if not (isinstance(entry, list) and len(entry) in (2, 3) and isinstance(entry[0], str)
-                and isinstance(entry[1], list)):
+        if not (
+            isinstance(entry, list)
+            and len(entry) in (2, 3)
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], list)
+        ):
             raise _bad(f"node {i} is malformed")
         op = OPS.get(entry[0])
         if op is None:
@@ -338,8 +365,10 @@ def build_module(record: Any, state: Mapping[str, np.ndarray], input_shape: tupl
         args = arg(entry[1])
         kwargs: dict[str, Any] = {}
         if len(entry) == 3:
-            if not (isinstance(entry[2], dict) and all(isinstance(k, str) and k.isidentifier() and len(k) <= 64
-                                                       for k in entry[2])):
+            if not (
+                isinstance(entry[2], dict)
+                and all(isinstance(k, str) and k.isidentifier() and len(k) <= 64 for k in entry[2])
+            ):
                 raise _bad(f"node {i} has malformed keyword arguments")
             kwargs = {k: arg(v) for k, v in entry[2].items()}
         values.append(graph.call_function(op, tuple(args), kwargs))

@@ -94,9 +94,7 @@ class PruneOptions:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise EdgepruneError(
-                f"unknown pruning method {self.method!r}", f"choose one of {', '.join(METHODS)}"
-            )
+            raise EdgepruneError(f"unknown pruning method {self.method!r}", f"choose one of {', '.join(METHODS)}")
         if self.target_sparsity is not None and not 0 < self.target_sparsity < 1:
             raise EdgepruneError(
                 f"target-sparsity must be between 0 and 1 (got {self.target_sparsity})",
@@ -121,9 +119,7 @@ class PruneOptions:
                 "e.g. --lmbda 0.2",
             )
         if self.score is not None and self.score not in SCORES:
-            raise EdgepruneError(
-                f"unknown channel score {self.score!r}", f"choose one of {', '.join(SCORES)}"
-            )
+            raise EdgepruneError(f"unknown channel score {self.score!r}", f"choose one of {', '.join(SCORES)}")
         self.sensitivity_config()  # validate the sensitivity settings early
         if self.bn_shrink not in BN_SHRINK:
             raise EdgepruneError(
@@ -198,9 +194,7 @@ class CostModel:
             out = values.get(layer.node)
             if isinstance(out, torch.Tensor) and out.dim() >= 2:
                 self.mac_weight[layer.weight] = out[0].numel() // out.shape[1]
-        self.total_macs = sum(
-            parameters[n].numel() * m for n, m in self.mac_weight.items() if n in parameters
-        )
+        self.total_macs = sum(parameters[n].numel() * m for n, m in self.mac_weight.items() if n in parameters)
 
     def fraction(self, target: float, what: str) -> float:
         """A budget as a fraction of the dense model: fractions (< 1) as given, counts (>= 1) divided
@@ -476,9 +470,7 @@ def _prune_model(
             optimizer=optimizer,
             bn_shrink=options.bn_shrink,
         )
-    controller = _Controller(
-        model, data, masks, optimizer, options, cost, regularizer, val_before, steps_per_epoch
-    )
+    controller = _Controller(model, data, masks, optimizer, options, cost, regularizer, val_before, steps_per_epoch)
     hooks: dict[str, Any] = {
         "step_hooks": (regularizer.shrink,) if regularizer else (lambda: masks.apply(optimizer),),
         "output_hooks": (regularizer.observe,) if regularizer else (),

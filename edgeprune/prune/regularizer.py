@@ -92,9 +92,7 @@ class SereneRegularizer:
         flat = all_reduce_sum(flat)
         sizes = [site_sums[n].numel() for n in names]
         parts = flat[:-1].split(sizes)
-        self.sensitivity = self.probe.group_sensitivity(
-            dict(zip(names, parts, strict=True)), int(flat[-1].item())
-        )
+        self.sensitivity = self.probe.group_sensitivity(dict(zip(names, parts, strict=True)), int(flat[-1].item()))
 
     @torch.no_grad()
     def shrink(self) -> None:

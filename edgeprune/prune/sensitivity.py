@@ -78,9 +78,7 @@ class SensitivityConfig:
             (self.normalize, NORMALIZE, "normalize"),
         ):
             if value not in allowed:
-                raise EdgepruneError(
-                    f"unknown {what} setting {value!r}", f"choose one of {', '.join(allowed)}"
-                )
+                raise EdgepruneError(f"unknown {what} setting {value!r}", f"choose one of {', '.join(allowed)}")
         if self.sampled_classes < 1:
             raise EdgepruneError("sampled_classes must be at least 1", "use e.g. 2")
 
@@ -160,9 +158,7 @@ class SensitivityProbe:
     trainer all-reduce them across processes before dividing by the global batch size).
     """
 
-    def __init__(
-        self, model: nn.Module, groups: Sequence[Any], config: SensitivityConfig | None = None
-    ) -> None:
+    def __init__(self, model: nn.Module, groups: Sequence[Any], config: SensitivityConfig | None = None) -> None:
         self.model = model
         self.config = config or SensitivityConfig()
         self.groups = list(groups)
@@ -196,9 +192,7 @@ class SensitivityProbe:
         if self.traced:
             _insert_taps(self.model, {m[len(TAP_PREFIX) :] for m in self.modules})
         for path in self.modules:
-            self._handles.append(
-                self.model.get_submodule(path).register_forward_hook(self._forward_hook(path))
-            )
+            self._handles.append(self.model.get_submodule(path).register_forward_hook(self._forward_hook(path)))
         return self
 
     def __exit__(self, *exc: object) -> None:

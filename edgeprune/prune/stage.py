@@ -29,9 +29,7 @@ from edgeprune.prune.train import is_main_process
 METHOD_NAMES = {"serene": "SeReNe", "l1": "L1-magnitude pruning"}
 
 
-def prune_artifact(
-    art: Artifact, options: PruneOptions, dest: Path, progress: Progress = QUIET
-) -> dict[str, Any]:
+def prune_artifact(art: Artifact, options: PruneOptions, dest: Path, progress: Progress = QUIET) -> dict[str, Any]:
     """Prune ``art.model`` in place, save it to ``dest`` (rank 0) and return the stage's numbers."""
     if options.method == "none":
         return {"method": "none", **_save(art, dest)}

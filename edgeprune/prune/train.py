@@ -67,9 +67,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
-            raise EdgepruneError(
-                f"unknown optimizer {self.optimizer!r}", f"choose one of {', '.join(OPTIMIZERS)}"
-            )
+            raise EdgepruneError(f"unknown optimizer {self.optimizer!r}", f"choose one of {', '.join(OPTIMIZERS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise EdgepruneError(
                 f"unknown learning-rate schedule {self.lr_schedule!r}",
@@ -305,8 +303,10 @@ def _load_checkpoint(
         ) from None
     fields = ("config", "model", "optimizer", "schedule", "rng", "state", "epoch", "history")
     if not isinstance(payload, dict) or any(k not in payload for k in fields) or not isinstance(payload["state"], dict):
-        raise EdgepruneError(f"{path} is not an edgeprune training checkpoint",
-                             "delete it to start over, or point --checkpoint elsewhere")
+        raise EdgepruneError(
+            f"{path} is not an edgeprune training checkpoint",
+            "delete it to start over, or point --checkpoint elsewhere",
+        )
     if payload.get("config") != asdict(cfg):
         raise EdgepruneError(
             f"training checkpoint {path} was written with different settings",
@@ -328,5 +328,7 @@ def _load_checkpoint(
         return int(payload["epoch"]) + 1, list(payload["history"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise EdgepruneError(f"training checkpoint {path} is damaged: {first}",
-                             "delete it to start over, or point --checkpoint elsewhere") from None
+        raise EdgepruneError(
+            f"training checkpoint {path} is damaged: {first}",
+            "delete it to start over, or point --checkpoint elsewhere",
+        ) from None

@@ -72,10 +72,15 @@ def simplify(
     clock.lap("proof")
     report = _report(plan, simplified, shapes)
     report.update(
-        max_abs_diff_float64=worst64, max_abs_diff_float32=worst32, tolerance=options.tolerance,
-        resolutions=", ".join("x".join(map(str, s[1:])) for s in shapes), batch_sizes="1, 3",
-        verification_inputs=len(inputs), fixed_resolution=plan.shape_specialised,
-        seconds=round(clock.total(), 3), **{f"seconds_{phase}": t for phase, t in clock.phases.items()},
+        max_abs_diff_float64=worst64,
+        max_abs_diff_float32=worst32,
+        tolerance=options.tolerance,
+        resolutions=", ".join("x".join(map(str, s[1:])) for s in shapes),
+        batch_sizes="1, 3",
+        verification_inputs=len(inputs),
+        fixed_resolution=plan.shape_specialised,
+        seconds=round(clock.total(), 3),
+        **{f"seconds_{phase}": t for phase, t in clock.phases.items()},
     )
     return SimplifyResult(simplified, report)
 
@@ -104,22 +109,33 @@ def _report(plan: Plan, simplified: nn.Module, shapes: list[tuple[int, ...]]) ->
         dead = sum(c in plan.dead for c in g.classes)
         if not g.producers:
             continue
-        groups.append({
-            "group": g.id, "first_producer": g.producers[0].name.rpartition(".")[0], "channels": g.size,
-            "dead": dead, "removed": removed, "kept": g.size - removed,
-            "note": g.reason or _kept_note(dead - removed, sum(c in plan.carriers for c in g.classes)),
-        })
+        groups.append(
+            {
+                "group": g.id,
+                "first_producer": g.producers[0].name.rpartition(".")[0],
+                "channels": g.size,
+                "dead": dead,
+                "removed": removed,
+                "kept": g.size - removed,
+                "note": g.reason or _kept_note(dead - removed, sum(c in plan.carriers for c in g.classes)),
+            }
+        )
     layers = []
     for name, lp in plan.layers.items():
         w = lp.weight
         cin = w.shape[1] * (w.shape[0] if lp.info.depthwise else 1)
         new_in = len(plan.kept_positions(lp.info.input_node) or [])
         new_out = len(plan.kept_positions(name) or [])
-        layers.append({
-            "layer": lp.info.module or name, "kind": "depthwise conv" if lp.info.depthwise else lp.info.kind,
-            "in": f"{cin} -> {new_in}", "out": f"{w.shape[0]} -> {new_out}",
-            "bn_folded": lp.folded_bn is not None, "border_correction": lp.border is not None,
-        })
+        layers.append(
+            {
+                "layer": lp.info.module or name,
+                "kind": "depthwise conv" if lp.info.depthwise else lp.info.kind,
+                "in": f"{cin} -> {new_in}",
+                "out": f"{w.shape[0]} -> {new_out}",
+                "bn_folded": lp.folded_bn is not None,
+                "border_correction": lp.border is not None,
+            }
+        )
     refusals = []
     where = plan.graph.group_of_class()
     for cls, reason in sorted(plan.refused.items()):

@@ -73,8 +73,9 @@ class Plan:
         return [i for i, a in enumerate(vector.atoms) if find(a) in self.removed]
 
 
-def make_plan(traced: TracedModel, graph: ChannelGraph, options: SimplifyOptions,
-              other_resolution: torch.Tensor | None = None) -> Plan:
+def make_plan(
+    traced: TracedModel, graph: ChannelGraph, options: SimplifyOptions, other_resolution: torch.Tensor | None = None
+) -> Plan:
     """Decide folds and removals.
 
     Constants are measured on the values the trace recorded (its sample batch) and, when the
@@ -109,7 +110,8 @@ def _fold_batchnorm(traced: TracedModel, graph: ChannelGraph, options: SimplifyO
         sites_per_weight[info.weight] = sites_per_weight.get(info.weight, 0) + 1
     layers = {
         name: LayerPlan(
-            info, traced.tensors[info.weight].detach().double(),
+            info,
+            traced.tensors[info.weight].detach().double(),
             None if info.bias is None else traced.tensors[info.bias].detach().double(),
         )
         for name, info in ana.layers.items()
@@ -173,8 +175,9 @@ def _keep_one_channel_per_tensor(plan: Plan) -> None:
                 plan.removed.discard(ana.find(v.atoms[0]))
 
 
-def _measure_constants(plan: Plan, probes: list[dict[str, Any]],
-                       options: SimplifyOptions) -> dict[str, dict[int, float]]:
+def _measure_constants(
+    plan: Plan, probes: list[dict[str, Any]], options: SimplifyOptions
+) -> dict[str, dict[int, float]]:
     """Per consumer call site: input position -> the constant a removed channel delivers there.
 
     Linear inputs need one value per feature, the same for every input; conv inputs need one
@@ -198,8 +201,12 @@ def _measure_constants(plan: Plan, probes: list[dict[str, Any]],
             if value is None:
                 plan.refused.setdefault(cls, f"its value entering {lp.info.module or name} is not constant")
                 continue
-            if (lp.info.kind == "conv" and any(lp.info.padding) and float(value) != 0.0
-                    and options.padded_constants == "refuse"):
+            if (
+                lp.info.kind == "conv"
+                and any(lp.info.padding)
+                and float(value) != 0.0
+                and options.padded_constants == "refuse"
+            ):
                 plan.refused.setdefault(cls, f"non-zero constant into zero-padded {lp.info.module or name}")
                 continue
             per_position[p] = value
@@ -256,7 +263,8 @@ def _choose_carriers(plan: Plan, constants: dict[str, dict[int, float]]) -> set[
         vector = ana.vectors[plan.layers[name].info.input_node]
         largest = max(abs(v) for v in nonzero.values())
         candidates[name] = {
-            ana.find(vector.atoms[p]) for p, v in nonzero.items()
+            ana.find(vector.atoms[p])
+            for p, v in nonzero.items()
             if abs(v) >= CARRIER_MIN_RATIO * largest and ana.find(vector.atoms[p]) in plan.removed
         }
     carriers: set[int] = set()
@@ -286,10 +294,14 @@ def _fold_constants(plan: Plan, constants: dict[str, dict[int, float]]) -> None:
         elif bool(values.ne(0).any()):
             vector = ana.vectors[lp.info.input_node]
             largest = float(values.abs().max())
-            carrier = next((
-                q for q, v in per_position.items()
-                if ana.find(vector.atoms[q]) in plan.carriers and abs(v) >= CARRIER_MIN_RATIO * largest
-            ), None)
+            carrier = next(
+                (
+                    q
+                    for q, v in per_position.items()
+                    if ana.find(vector.atoms[q]) in plan.carriers and abs(v) >= CARRIER_MIN_RATIO * largest
+                ),
+                None,
+            )
             if carrier is not None and lp.info.weight not in shared:
                 weight = lp.weight.clone()
                 weight[:, carrier] += contribution / per_position[carrier]

@@ -73,6 +73,7 @@ class _Builder:
 
     def arg(self, value: Any) -> Any:
         """Map an argument of a traced node to the new graph (parameters sliced on demand)."""
+
         def one(n: fx.Node) -> Any:
             v = self.env[n.name]
             return self.param_node(v.name) if isinstance(v, _ParamRef) else v
@@ -160,8 +161,11 @@ class _Builder:
             self.copy(node)
 
     def copy(self, node: fx.Node, args: tuple | None = None) -> None:
-        new = self.graph.node_copy(node, self.arg) if args is None else self.emit(
-            node.target, self.arg(args), None, self.arg(node.kwargs))
+        new = (
+            self.graph.node_copy(node, self.arg)
+            if args is None
+            else self.emit(node.target, self.arg(args), None, self.arg(node.kwargs))
+        )
         new.meta = {SOURCE_KEY: node.name}
         self.env[node.name] = new
 
@@ -224,9 +228,16 @@ def _make_layer(lp: LayerPlan, weight: torch.Tensor, bias: torch.Tensor | None) 
 def _make_conv(weight: torch.Tensor, bias: torch.Tensor | None, lp: LayerPlan, groups: int) -> nn.Module:
     info = lp.info
     conv = skip_init(
-        _CONV[weight.dim() - 2], weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
-        stride=info.stride, padding=info.padding, dilation=info.dilation, groups=groups,
-        bias=bias is not None, dtype=torch.float64,
+        _CONV[weight.dim() - 2],
+        weight.shape[1] * groups,
+        weight.shape[0],
+        tuple(weight.shape[2:]),
+        stride=info.stride,
+        padding=info.padding,
+        dilation=info.dilation,
+        groups=groups,
+        bias=bias is not None,
+        dtype=torch.float64,
     )
     conv.weight = nn.Parameter(weight.clone())
     if bias is not None:

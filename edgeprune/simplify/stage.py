@@ -29,7 +29,8 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     art.files["simplified"] = path
     art.extras["simplify"] = result.report
     ctx.log.info(
-        "simplify removed %d channels; float64 max|delta| %.3g", result.report["channels_removed"],
+        "simplify removed %d channels; float64 max|delta| %.3g",
+        result.report["channels_removed"],
         result.report["max_abs_diff_float64"],
     )
     return {**result.report, "size_bytes": path.stat().st_size}

@@ -33,14 +33,14 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CNXN, OPEN, OKAY, WRTE, CLSE, AUTH = (struct.unpack("<I", c)[0] for c in (b"CNXN", b"OPEN", b"OKAY", b"WRTE",
-                                                                           b"CLSE", b"AUTH"))
+CNXN, OPEN, OKAY, WRTE, CLSE, AUTH = (
+    struct.unpack("<I", c)[0] for c in (b"CNXN", b"OPEN", b"OKAY", b"WRTE", b"CLSE", b"AUTH")
+)
 AUTH_TOKEN, AUTH_SIGNATURE = 1, 2
 VERSION = 0x01000001  # from this version on the receiver skips the payload checksum
 MAX_PAYLOAD = 256 * 1024
 SYNC_CHUNK = 64 * 1024
-BANNER = (b"device::ro.product.name=edgeprune_peer;ro.product.model=AdbPeer;ro.product.device=peer;"
-          b"features=shell_v2,cmd")
+BANNER = b"device::ro.product.name=edgeprune_peer;ro.product.model=AdbPeer;ro.product.device=peer;features=shell_v2,cmd"
 SHELL_STDIN, SHELL_STDOUT, SHELL_STDERR, SHELL_EXIT, SHELL_CLOSE_STDIN = 0, 1, 2, 3, 4
 EMULATOR_PORTS = range(5555, 5586)
 
@@ -167,7 +167,7 @@ class _Stream:
                     if self.closed or self.conn.closed.is_set():
                         return
                 self.can_write.clear()
-                self.conn.send(WRTE, self.local_id, self.remote_id, data[start:start + self.conn.max_payload])
+                self.conn.send(WRTE, self.local_id, self.remote_id, data[start : start + self.conn.max_payload])
 
     def finish(self) -> None:
         """Close from our side once all output is sent."""
@@ -195,9 +195,14 @@ class _ShellStream(_Stream):
 
     def start(self) -> None:
         env = {**os.environ, **self.conn.peer.faults.env}
-        self.proc = subprocess.Popen(["/bin/sh", "-c", self.command], cwd=self.conn.peer.root, env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE if self.v2 else subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            ["/bin/sh", "-c", self.command],
+            cwd=self.conn.peer.root,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if self.v2 else subprocess.STDOUT,
+        )
         pumps = [threading.Thread(target=self._pump, args=(self.proc.stdout, SHELL_STDOUT), daemon=True)]
         if self.v2:
             pumps.append(threading.Thread(target=self._pump, args=(self.proc.stderr, SHELL_STDERR), daemon=True))
@@ -232,7 +237,7 @@ class _ShellStream(_Stream):
             kind, length = struct.unpack("<BI", self.pending[:5])
             if len(self.pending) < 5 + length:
                 return
-            payload, self.pending = self.pending[5:5 + length], self.pending[5 + length:]
+            payload, self.pending = self.pending[5 : 5 + length], self.pending[5 + length :]
             if kind == SHELL_STDIN:
                 self._stdin(payload)
             elif kind == SHELL_CLOSE_STDIN and self.proc and self.proc.stdin:
@@ -300,8 +305,8 @@ class _SyncStream(_Stream):
                 continue
             if len(self.buffer) < 8 + length:
                 return
-            payload = bytes(self.buffer[8:8 + length])
-            del self.buffer[:8 + length]
+            payload = bytes(self.buffer[8 : 8 + length])
+            del self.buffer[: 8 + length]
             self._request(request, payload)
 
     def _request(self, request: bytes, payload: bytes) -> None:
@@ -333,8 +338,9 @@ class _SyncStream(_Stream):
             for entry in sorted(path.iterdir()):
                 info = entry.lstat()
                 name = entry.name.encode()
-                self.write(b"DENT" + struct.pack("<IIII", info.st_mode, info.st_size, int(info.st_mtime),
-                                                 len(name)) + name)
+                self.write(
+                    b"DENT" + struct.pack("<IIII", info.st_mode, info.st_size, int(info.st_mtime), len(name)) + name
+                )
         self.write(b"DONE" + bytes(16))
 
     def _start_upload(self, payload: bytes) -> None:

@@ -39,9 +39,11 @@ def stats_line(samples_us):
     def pct(p):
         return int(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))])
 
-    return (f"count={len(ordered)} first={int(samples_us[0])} curr={int(samples_us[-1])} min={int(ordered[0])} "
-            f"max={int(ordered[-1])} avg={statistics.fmean(samples_us):g} std={int(statistics.pstdev(samples_us))} "
-            f"p5={pct(5)} median={int(statistics.median(ordered))} p95={pct(95)}")
+    return (
+        f"count={len(ordered)} first={int(samples_us[0])} curr={int(samples_us[-1])} min={int(ordered[0])} "
+        f"max={int(ordered[-1])} avg={statistics.fmean(samples_us):g} std={int(statistics.pstdev(samples_us))} "
+        f"p5={pct(5)} median={int(statistics.median(ordered))} p95={pct(95)}"
+    )
 
 
 def rss_mb():
@@ -81,7 +83,7 @@ def main():
     rng = np.random.default_rng(0)
     for d in interpreter.get_input_details():
         dtype = np.dtype(d["dtype"])
-        data = (rng.standard_normal(d["shape"]) if dtype.kind == "f" else rng.integers(-128, 127, d["shape"]))
+        data = rng.standard_normal(d["shape"]) if dtype.kind == "f" else rng.integers(-128, 127, d["shape"])
         interpreter.set_tensor(d["index"], data.astype(dtype))
 
     def timed(n):
@@ -92,20 +94,35 @@ def main():
             samples.append((time.perf_counter() - t) * 1e6)
         return samples
 
-    log("INFO", f"Running benchmark for at least {warmup} iterations and at least 0.5 seconds but terminate if "
-                "exceeding 150 seconds.")
+    log(
+        "INFO",
+        f"Running benchmark for at least {warmup} iterations and at least 0.5 seconds but terminate if "
+        "exceeding 150 seconds.",
+    )
     warm = timed(max(warmup, 1))
     log("INFO", stats_line(warm) + "\n")
-    log("INFO", f"Running benchmark for at least {runs} iterations and at least 1 seconds but terminate if "
-                "exceeding 150 seconds.")
+    log(
+        "INFO",
+        f"Running benchmark for at least {runs} iterations and at least 1 seconds but terminate if "
+        "exceeding 150 seconds.",
+    )
     measured = timed(runs)
     log("INFO", stats_line(measured) + "\n")
-    log("INFO", f"Inference timings in us: Init: {int(init_us)}, First inference: {int(warm[0])}, "
-                f"Warmup (avg): {statistics.fmean(warm):g}, Inference (avg): {statistics.fmean(measured):g}")
-    log("INFO", "Note: as the benchmark tool itself affects memory footprint, the following is only APPROXIMATE "
-                "to the actual memory footprint of the model at runtime. Take the information at your discretion.")
-    log("INFO", f"Memory footprint delta from the start of the tool (MB): init={init_rss - start_rss:g} "
-                f"overall={rss_mb() - start_rss:g}")
+    log(
+        "INFO",
+        f"Inference timings in us: Init: {int(init_us)}, First inference: {int(warm[0])}, "
+        f"Warmup (avg): {statistics.fmean(warm):g}, Inference (avg): {statistics.fmean(measured):g}",
+    )
+    log(
+        "INFO",
+        "Note: as the benchmark tool itself affects memory footprint, the following is only APPROXIMATE "
+        "to the actual memory footprint of the model at runtime. Take the information at your discretion.",
+    )
+    log(
+        "INFO",
+        f"Memory footprint delta from the start of the tool (MB): init={init_rss - start_rss:g} "
+        f"overall={rss_mb() - start_rss:g}",
+    )
     if args.get("report_peak_memory_footprint") == "true":
         log("INFO", f"Overall peak memory footprint (MB) via periodic monitoring: {rss_mb():g}")
 

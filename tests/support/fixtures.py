@@ -48,8 +48,9 @@ def adb_device(tmp_path, adb_server) -> Iterator[AdbPeer]:
 
 
 def _export_onnx(model: torch.nn.Module, x: torch.Tensor, dest: Path) -> Path:
-    torch.onnx.export(model, (x,), str(dest), input_names=["input"], output_names=["logits"],
-                      external_data=False, verbose=False)
+    torch.onnx.export(
+        model, (x,), str(dest), input_names=["input"], output_names=["logits"], external_data=False, verbose=False
+    )
     return dest
 
 
@@ -58,13 +59,20 @@ def _quantize_onnx(fp32: Path, dest: Path, calibration: np.ndarray) -> Path:
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter({"input": calibration[i:i + 1]} for i in range(len(calibration)))
+            self.batches = iter({"input": calibration[i : i + 1]} for i in range(len(calibration)))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
-    quantize_static(str(fp32), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(fp32),
+        str(dest),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
     return dest
 
 

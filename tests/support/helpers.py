@@ -12,8 +12,10 @@ from typing import Any
 from support.adb_peer import AdbPeer
 from support.sshd import SshServer
 
-STANDINS = {"benchmark_model": Path(__file__).with_name("benchmark_model_standin.py"),
-            "onnxruntime_perf_test": Path(__file__).with_name("perf_test_standin.py")}
+STANDINS = {
+    "benchmark_model": Path(__file__).with_name("benchmark_model_standin.py"),
+    "onnxruntime_perf_test": Path(__file__).with_name("perf_test_standin.py"),
+}
 
 
 def free_port() -> int:
@@ -52,21 +54,50 @@ def ssh_profile(server: SshServer, device_dir: Path, port: int | None = None, **
     if port is not None:
         known_hosts = device_dir.parent / f"known_hosts_{port}"
         known_hosts.write_text(server.known_hosts.read_text().replace(f"]:{server.port} ", f"]:{port} "))
-    ssh = {"host": "127.0.0.1", "port": port or server.port, "user": server.user, "key": str(server.client_key),
-           "known_hosts": str(known_hosts), "connect_timeout_s": 5.0, **overrides.pop("ssh", {})}
-    fields = {"name": "loopback-pi", "description": "sshd on 127.0.0.1", "arch": "x86_64", "transport": "ssh",
-              "harness": "python", "runtimes": ["litert", "onnxruntime"], "threads": 1,
-              "workdir": str(device_dir / "work"), "python": sys.executable, "timeout_s": 120.0, **overrides,
-              "ssh": ssh}
+    ssh = {
+        "host": "127.0.0.1",
+        "port": port or server.port,
+        "user": server.user,
+        "key": str(server.client_key),
+        "known_hosts": str(known_hosts),
+        "connect_timeout_s": 5.0,
+        **overrides.pop("ssh", {}),
+    }
+    fields = {
+        "name": "loopback-pi",
+        "description": "sshd on 127.0.0.1",
+        "arch": "x86_64",
+        "transport": "ssh",
+        "harness": "python",
+        "runtimes": ["litert", "onnxruntime"],
+        "threads": 1,
+        "workdir": str(device_dir / "work"),
+        "python": sys.executable,
+        "timeout_s": 120.0,
+        **overrides,
+        "ssh": ssh,
+    }
     return write_profile(device_dir.parent / f"{fields['name']}.toml", fields)
 
 
 def adb_profile(peer: AdbPeer, server_port: int, path: Path, **overrides: Any) -> Path:
-    adb = {"serial": peer.serial, "server_port": server_port, "connect": True, "connect_timeout_s": 5.0,
-           **overrides.pop("adb", {})}
-    fields = {"name": "loopback-phone", "description": "ADB peer on 127.0.0.1", "extends": "android-arm64",
-              "workdir": str(peer.root / "data/local/tmp/edgeprune"), "affinity": "", "timeout_s": 120.0,
-              **overrides, "adb": adb}
+    adb = {
+        "serial": peer.serial,
+        "server_port": server_port,
+        "connect": True,
+        "connect_timeout_s": 5.0,
+        **overrides.pop("adb", {}),
+    }
+    fields = {
+        "name": "loopback-phone",
+        "description": "ADB peer on 127.0.0.1",
+        "extends": "android-arm64",
+        "workdir": str(peer.root / "data/local/tmp/edgeprune"),
+        "affinity": "",
+        "timeout_s": 120.0,
+        **overrides,
+        "adb": adb,
+    }
     return write_profile(path, fields)
 
 

@@ -36,8 +36,12 @@ def main():
         print(f"Error: Load model from {args.model} failed:{exc}", file=sys.stderr)
         sys.exit(1)
     print(f"Session creation time cost: {time.perf_counter() - start:g} s")
-    feed = {i.name: np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in i.shape])
-            .astype(np.float32) for i in session.get_inputs()}
+    feed = {
+        i.name: np.random.default_rng(0)
+        .standard_normal([d if isinstance(d, int) else 1 for d in i.shape])
+        .astype(np.float32)
+        for i in session.get_inputs()
+    }
     start = time.perf_counter()
     session.run(None, feed)
     print(f"First inference time cost: {int((time.perf_counter() - start) * 1e3)} ms")

@@ -19,9 +19,31 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.nnr.bitstream import UnitType, parse_units, write_topology_unit
 from edgeprune.nnr.codec import ModelEncodeOptions, decode_model, encode_model
 
-HOSTILE_VALUES: list[Any] = [None, True, -1, 0, 1 << 31, 1 << 62, -(1 << 62), 1e308, -0.0, "", "#0", "@x", "&0",
-                             "=x" * 40, [], {}, [[]], [1, 2, 3], [65536] * 4, {"float": "nan"},
-                             {"dtype": "float64"}, "os:system", ["py.getitem", ["#0", 0]]]
+HOSTILE_VALUES: list[Any] = [
+    None,
+    True,
+    -1,
+    0,
+    1 << 31,
+    1 << 62,
+    -(1 << 62),
+    1e308,
+    -0.0,
+    "",
+    "#0",
+    "@x",
+    "&0",
+    "=x" * 40,
+    [],
+    {},
+    [[]],
+    [1, 2, 3],
+    [65536] * 4,
+    {"float": "nan"},
+    {"dtype": "float64"},
+    "os:system",
+    ["py.getitem", ["#0", 0]],
+]
 
 
 def seed_streams() -> list[bytes]:
@@ -40,7 +62,7 @@ def _tpl(data: bytes):  # noqa: ANN202 - the parsed TPL unit
 
 
 def _replace(data: bytes, unit, new: bytes) -> bytes:  # noqa: ANN001
-    return data[:unit.offset] + new + data[unit.offset + unit.size:]
+    return data[: unit.offset] + new + data[unit.offset + unit.size :]
 
 
 def _mutate_json(value: Any, rng: random.Random, depth: int = 0) -> Any:
@@ -81,7 +103,7 @@ def bit_flips(data: bytes, rng: random.Random) -> bytes:
 
 
 def truncation(data: bytes, rng: random.Random) -> bytes:
-    return data[:rng.randrange(len(data))]
+    return data[: rng.randrange(len(data))]
 
 
 def unit_size(data: bytes, rng: random.Random) -> bytes:
@@ -91,7 +113,7 @@ def unit_size(data: bytes, rng: random.Random) -> bytes:
     header = 4 if data[unit.offset] >> 7 else 2
     size = rng.choice([0, 1, unit.size - 1, unit.size + 1, unit.size * 2, (1 << (8 * header - 1)) - 1])
     field = (size & ((1 << (8 * header - 1)) - 1)) | (data[unit.offset] >> 7 << (8 * header - 1))
-    return data[:unit.offset] + field.to_bytes(header, "big") + data[unit.offset + header:]
+    return data[: unit.offset] + field.to_bytes(header, "big") + data[unit.offset + header :]
 
 
 def json_mutation(data: bytes, rng: random.Random) -> bytes:
@@ -108,7 +130,7 @@ def payload_with_valid_crc(data: bytes, rng: random.Random) -> bytes:
     units = parse_units(data)
     ndus = [u for u in units if u.unit_type == UnitType.NDU]
     unit = rng.choice(ndus)
-    body = bytearray(data[unit.offset:unit.offset + unit.size])
+    body = bytearray(data[unit.offset : unit.offset + unit.size])
     for _ in range(rng.randint(1, 4)):
         i = rng.randrange(len(body) - len(unit.payload), len(body))
         body[i] ^= 1 << rng.randrange(8)
@@ -121,8 +143,13 @@ def payload_with_valid_crc(data: bytes, rng: random.Random) -> bytes:
     return _replace(mutated, tpl, write_topology_unit(json.dumps(topology)))
 
 
-MUTATORS: list[Callable[[bytes, random.Random], bytes]] = [bit_flips, truncation, unit_size, json_mutation,
-                                                             payload_with_valid_crc]
+MUTATORS: list[Callable[[bytes, random.Random], bytes]] = [
+    bit_flips,
+    truncation,
+    unit_size,
+    json_mutation,
+    payload_with_valid_crc,
+]
 
 
 def cases(seeds: list[bytes], n: int, seed: int) -> Iterator[tuple[str, bytes]]:

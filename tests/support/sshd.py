@@ -39,8 +39,9 @@ class SshServer:
         return self.root / "known_hosts"
 
     def _keygen(self, path: Path) -> None:
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgeprune-test", "-f", str(path)],
-                       check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgeprune-test", "-f", str(path)], check=True
+        )
 
     def start(self) -> SshServer:
         if not SSHD.exists():
@@ -55,14 +56,27 @@ class SshServer:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         config = self.root / "sshd_config"
-        config.write_text("\n".join([
-            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}",
-            f"PidFile {self.root / 'sshd.pid'}", f"AuthorizedKeysFile {self.root / 'authorized_keys'}",
-            "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "UsePAM no", "StrictModes no", "PermitRootLogin prohibit-password",
-            "Subsystem sftp internal-sftp", "LogLevel ERROR",
-            *(f"SetEnv {k}={v}" for k, v in self.env.items()), "",
-        ]))
+        config.write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {host_key}",
+                    f"PidFile {self.root / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {self.root / 'authorized_keys'}",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "PermitRootLogin prohibit-password",
+                    "Subsystem sftp internal-sftp",
+                    "LogLevel ERROR",
+                    *(f"SetEnv {k}={v}" for k, v in self.env.items()),
+                    "",
+                ]
+            )
+        )
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         self.process = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True)

@@ -15,10 +15,19 @@ from torch import nn
 class Conv2dNormActivation(nn.Sequential):
     """conv (no bias) -> BatchNorm -> ReLU6/ReLU, numbered 0/1/2 like torchvision.ops.misc."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1,
-                 activation: type[nn.Module] | None = nn.ReLU6) -> None:
-        layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-                                   nn.BatchNorm2d(cout)]
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        activation: type[nn.Module] | None = nn.ReLU6,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
         if activation is not None:
             layers.append(activation(inplace=True))
         super().__init__(*layers)
@@ -34,8 +43,11 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if expand != 1:
             layers.append(Conv2dNormActivation(cin, hidden, kernel=1))
-        layers += [Conv2dNormActivation(hidden, hidden, stride=stride, groups=hidden),
-                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        layers += [
+            Conv2dNormActivation(hidden, hidden, stride=stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,8 +57,12 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """torchvision.models.MobileNetV2's layout (``features`` / ``classifier.1``) at a reduced width."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3,
-                 settings: tuple = ((1, 8, 1, 1), (6, 12, 2, 2), (6, 16, 2, 2))) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        settings: tuple = ((1, 8, 1, 1), (6, 12, 2, 2), (6, 16, 2, 2)),
+    ) -> None:
         super().__init__()
         c = 8
         features: list[nn.Module] = [Conv2dNormActivation(in_channels, c, stride=2)]
@@ -73,8 +89,11 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                           if stride != 1 or cin != cout else None)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
