@@ -67,6 +67,7 @@ def test_decoded_graph_computes_what_the_model_computes(arch, simplified):
     from edgeprune.simplify import simplify
 
     make, shape = ARCHITECTURES[arch]
+    torch.manual_seed(0)  # the weights, so the coding error does not depend on which tests ran before
     model = kill_channels(make())
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
     if simplified:
@@ -80,7 +81,10 @@ def test_decoded_graph_computes_what_the_model_computes(arch, simplified):
     with torch.no_grad():
         expected, got = model(batch), decoded(batch)
     scale = expected.abs().max().item() + 1e-6
-    assert (got - expected).abs().max().item() <= 1e-3 * scale
+    # Weights at qp -60 are near-exact, but strictly positive 1-D tensors (BN variances, all-positive
+    # biases) are coded at a step <= min/256, i.e. up to 2^-9 relative rounding each; a few layers of
+    # those stay well inside 2^-7 of the output range, while a wrong operator is off by O(1).
+    assert (got - expected).abs().max().item() <= 2.0**-7 * scale
 
 
 def _run_decode(runner, cli, tmp_path: Path, data: bytes) -> tuple[int, str]:  # noqa: ANN001
