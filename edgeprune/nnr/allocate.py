@@ -220,7 +220,7 @@ def int8_scales(weight: np.ndarray, step: float | None) -> np.ndarray:
 def coded_bytes(levels: dict[str, np.ndarray]) -> int:
     """CABAC payload bytes of integer levels as model.nnr codes them (INT payload, row layout)."""
     from edgeprune.nnr import _cabac
-    from edgeprune.nnr.codec import NUM_GTX_FLAGS, layout
+    from edgeprune.nnr.codec import NUM_GTX_FLAGS, QP_DENSITY, layout
 
     total = 0
     for lv in levels.values():
@@ -236,7 +236,7 @@ def coded_bytes(levels: dict[str, np.ndarray]) -> int:
                 estimator_search=False,
                 num_gtx_flags=NUM_GTX_FLAGS,
                 qp_offset=None,
-                qp_density=2,
+                qp_density=QP_DENSITY,
             )
         )
     return total
