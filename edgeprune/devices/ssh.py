@@ -132,13 +132,19 @@ class SshTransport(Transport):
         try:
             self._sftp().put(str(local), remote)
         except (OSError, EOFError, paramiko.SSHException) as exc:
+            dropped = ConnectionLost(
+                f"connection to {self._where()} dropped while pushing {local.name}",
+                "check the network link to the device",
+            )
             if not self._alive():
-                raise ConnectionLost(
-                    f"connection to {self._where()} dropped while pushing {local.name}",
-                    "check the network link to the device",
-                ) from exc
-            # OpenSSH's sftp-server reports a full disk as a bare "Failure": ask df what happened.
-            if self.free_bytes(posixpath.dirname(remote) or ".") < local.stat().st_size:
+                raise dropped from exc
+            # OpenSSH's sftp-server reports a full disk as a bare "Failure": ask df what happened. Paramiko's
+            # reader thread may not have noticed a dead link yet, so the df itself can be what finds it.
+            try:
+                free = self.free_bytes(posixpath.dirname(remote) or ".")
+            except ConnectionLost:
+                raise dropped from exc
+            if free < local.stat().st_size:
                 raise NoSpace(
                     f"{self.profile.name} ran out of space writing {remote}",
                     "free space on the device or point workdir at a larger disk",
