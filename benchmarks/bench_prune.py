@@ -12,6 +12,8 @@ Parts (``--parts``, comma-separated; results accumulate in benchmarks/results/be
 * ``steps``     - cost of one SeReNe training step vs a plain step, side by side (median of rounds);
 * ``ablation``  - digits: sensitivity normalisation / spatial reduction / channel score defaults;
 * ``digits``    - LeNet-5 on scikit-learn digits (the quick set);
+* ``digits-resnet20`` - ResNet-20 with BatchNorm and projection shortcuts on digits (quick; the
+  residual-stream groups that once blocked the search);
 * ``fmnist-lenet5``   - LeNet-5 (431k params) on Fashion-MNIST (54k train, 10k test);
 * ``fmnist-resnet20`` - ResNet-20 (projection shortcuts; Torch-Pruning cannot prune the zero-padding
   "A" shortcuts) on a 4k-sample Fashion-MNIST training subset (10k test) - a CPU budget, not a choice.
@@ -222,6 +224,19 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             common={"lr": 0.05, "batch_size": 64, "finetune_epochs": 10},
         )
 
+    def digits_resnet20() -> Experiment:
+        return Experiment(
+            "digits / ResNet-20 (projection shortcuts, BatchNorm; 8-epoch budget)",
+            lambda: ResNetCifar((3, 3, 3), (16, 32, 64), "B", 1, 10),
+            load_data("digits", normalize="standardize"),
+            TrainConfig(epochs=4, lr=0.05),
+            epochs=8,
+            serene=[{}, {"lmbda": 0.5}, {"twt": 0.2}],
+            l1=[{}, {"twt": 0.2}],
+            tp_ratios=[("magnitude", 0.3), ("magnitude", 0.5), ("magnitude", 0.7), ("groupnorm", 0.5)],
+            common={"lr": 0.05, "batch_size": 64, "finetune_epochs": 2},
+        )
+
     def fmnist_lenet5() -> Experiment:
         full = load_data("fashion-mnist")
         return Experiment(
@@ -250,7 +265,12 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             common={"lr": 0.05, "batch_size": 128, "finetune_epochs": 1, "search_evaluations": 16},
         )
 
-    return {"digits": digits, "fmnist-lenet5": fmnist_lenet5, "fmnist-resnet20": fmnist_resnet20}
+    return {
+        "digits": digits,
+        "digits-resnet20": digits_resnet20,
+        "fmnist-lenet5": fmnist_lenet5,
+        "fmnist-resnet20": fmnist_resnet20,
+    }
 
 
 def part_ablation() -> dict[str, Any]:
@@ -537,7 +557,7 @@ def plot(results: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="", help="steps,ablation,digits,fmnist-lenet5,fmnist-resnet20")
+    parser.add_argument("--parts", default="", help="steps,ablation,digits,digits-resnet20,fmnist-lenet5,fmnist-resnet20")
     parser.add_argument("--report", action="store_true", help="rewrite the BENCHMARKS.md section and the plot")
     parser.add_argument("--methods", default="serene,l1,torch-pruning", help="methods to run (dense always)")
     args = parser.parse_args()

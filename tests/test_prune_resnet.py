@@ -24,11 +24,6 @@ def trained_resnet(digits):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 10 still open: on 2 CPUs this 4-epoch run either removes a few "
-    "channels or ends under the floor and rolls back (loudly); it must do the former",
-)
 def test_short_run_on_a_bn_resnet_removes_channels_within_the_bound(trained_resnet, digits):
     model = copy.deepcopy(trained_resnet)
     options = PruneOptions(method="serene", epochs=4, finetune_epochs=1, twt=0.1, max_accuracy_drop=1.0)

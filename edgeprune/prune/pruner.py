@@ -55,10 +55,15 @@ from edgeprune.prune.train import (
     cycle_factor,
     fit,
     make_optimizer,
+    recalibrate_batchnorm,
     resolve_device,
 )
 
 METHODS = ("serene", "l1", "none")
+# the state_dict entries recalibration rewrites
+_BN_STATISTICS = (".running_mean", ".running_var", ".num_batches_tracked")
+# how many training inputs re-estimate the BatchNorm statistics for one candidate cut
+RECALIBRATION_SAMPLES = 1024
 
 
 @dataclass
@@ -170,7 +175,8 @@ class PruneResult:
     epochs_run: int
     seconds: float
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
-    rolled_back: bool = False  # the run ended below the floor and returned its last good state
+    rolled_back: bool = False  # the run ended below the floor and returned a state with fewer channels removed
+    restored_epoch: int | None = None  # the epoch whose weights were returned, when not the last one
     val_reference: float | None = None  # validation accuracy the floor was set from (after warm-up)
     floor: float | None = None
 
@@ -256,6 +262,7 @@ class _Controller:
         self.model, self.data, self.masks, self.optimizer = model, data, masks, optimizer
         self.options, self.cost, self.regularizer = options, cost, regularizer
         self.steps_per_epoch = steps_per_epoch
+        self.calibration_inputs = data.train.tensors[0][:RECALIBRATION_SAMPLES]
         self.lmbda_step = per_step_lambda(options.lmbda, steps_per_epoch)
         self.detector = PlateauDetector(options.pwe)
         self.events: list[PruneEvent] = []
@@ -295,6 +302,21 @@ class _Controller:
     def measure(self) -> dict[str, float]:
         return evaluate(self.model, self.data.loader("val", 512))
 
+    def recalibrate(self) -> None:
+        """Re-estimate the BatchNorm statistics for the channels as they are now (see
+        :func:`~edgeprune.prune.train.recalibrate_batchnorm`)."""
+        recalibrate_batchnorm(self.model, self.calibration_inputs, self.options.batch_size)
+
+    def measure_recalibrated(self) -> dict[str, float]:
+        """What a candidate cut costs once the BatchNorms have adapted to it; the statistics are
+        restored afterwards, so a rejected candidate leaves no trace."""
+        saved = {k: v.clone() for k, v in self.model.state_dict().items() if k.endswith(_BN_STATISTICS)}
+        self.recalibrate()
+        try:
+            return self.measure()
+        finally:
+            self.model.load_state_dict(saved, strict=False)
+
     def after_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
         opts = self.options
         if self.warmup_left:
@@ -329,7 +351,7 @@ class _Controller:
         score = opts.score or ("maxabs_relative" if opts.method == "serene" else "l1_relative")
         result = threshold_search(
             self.masks,
-            self.measure,
+            self.measure_recalibrated,
             opts.twt,
             score,
             opts.search_evaluations,
@@ -337,6 +359,7 @@ class _Controller:
             cost=self.cost.channel_cost(self.masks),
         )
         self.masks.apply(self.optimizer)
+        self.recalibrate()
         params, macs = self.cost.remaining(self.masks)
         self.events.append(
             PruneEvent(
@@ -493,17 +516,28 @@ def _prune_model(
     val_after = evaluate(model, data.loader("val", 512))
     floor = controller.floor
     rolled_back = False
+    restored_epoch = None
     if floor is not None and val_after["accuracy"] < floor:
         ended = val_after["accuracy"]
+        removed = masks.total_channels() - masks.total_kept()
         controller.restore_good()
         val_after = evaluate(model, data.loader("val", 512))
-        rolled_back = True
+        restored_epoch = controller.good_epoch
+        # The same channels removed at an earlier epoch: early stopping on the validation set, not
+        # a rollback of pruning - the cut itself met the bound.
+        rolled_back = masks.total_channels() - masks.total_kept() < removed
+    if restored_epoch is not None and rolled_back:
         warn(
             f"pruning ended at {100 * ended:.2f} % validation accuracy, below the floor of "
             f"{100 * floor:.2f} % ({options.max_accuracy_drop} points under {100 * controller.reference:.2f} %); "
             f"rolled back to the state after epoch {controller.good_epoch} "
             f"({masks.total_channels() - masks.total_kept()} channels removed). "
             "Give more epochs, a smaller --lmbda/--twt or a larger --max-accuracy-drop"
+        )
+    elif restored_epoch is not None:
+        progress.print(
+            f"fine-tuning ended at {100 * ended:.2f} % validation accuracy, below the floor of {100 * floor:.2f} %; "
+            f"kept the weights of epoch {restored_epoch}, which have the same channels removed and met it"
         )
     masks.apply()
     params, macs = cost.remaining(masks)
@@ -530,6 +564,7 @@ def _prune_model(
         seconds=time.perf_counter() - start,
         masks={str(k): v.clone() for k, v in masks.keep.items()},
         rolled_back=rolled_back,
+        restored_epoch=restored_epoch,
         val_reference=controller.reference,
         floor=floor,
     )

@@ -54,6 +54,7 @@ def prune_artifact(art: Artifact, options: PruneOptions, dest: Path, progress: P
         "val_accuracy_reference": result.val_reference,
         "accuracy_floor": result.floor,
         "rolled_back": result.rolled_back,
+        "restored_epoch": result.restored_epoch,
         "preprocessing": art.data.preprocessing,
         "channels_total": sum(row["channels"] for row in result.groups),
         "channels_kept": sum(row["kept"] for row in result.groups),

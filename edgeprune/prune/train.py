@@ -183,6 +183,39 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm modules that keep running statistics (an aten graph from a .pt2 has none)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 128) -> None:
+    """Re-estimate every BatchNorm's running mean and variance on ``inputs`` (forward passes only).
+
+    Why: cutting channels changes the statistics of every BatchNorm downstream, and evaluating with
+    the stale running statistics makes a cut look far worse than it is after the first few
+    fine-tuning steps (which re-estimate them anyway) - the "adaptive BN" observation of EagleEye
+    (Li et al., ECCV 2020). Weights are not touched; the statistics are a cumulative average over
+    the batches, so the result does not depend on the momentum.
+    """
+    layers = batchnorm_layers(model)
+    if not layers or len(inputs) == 0:
+        return
+    momenta = [m.momentum for m in layers]
+    was_training = model.training
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        for start in range(0, len(inputs), batch_size):
+            model(inputs[start : start + batch_size])
+    finally:
+        for m, momentum in zip(layers, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+
+
 def epoch_batches(
     data: DataBundle, cfg: TrainConfig, epoch: int, rank: int, world: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
