@@ -231,9 +231,11 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             load_data("digits", normalize="standardize"),
             TrainConfig(epochs=4, lr=0.05),
             epochs=8,
-            serene=[{}, {"lmbda": 0.5}, {"twt": 0.2}],
+            serene=[{}, {"recalibration_samples": 0}, {"twt": 0.2}],
             l1=[{}, {"twt": 0.2}],
-            tp_ratios=[("magnitude", 0.3), ("magnitude", 0.5), ("magnitude", 0.7), ("groupnorm", 0.5)],
+            # magnitude 0.7 aborts the process inside torch's backward ("corrupted double-linked list")
+            # while fine-tuning the pruned model, so it is not in the list
+            tp_ratios=[("magnitude", 0.3), ("magnitude", 0.5), ("groupnorm", 0.5)],
             common={"lr": 0.05, "batch_size": 64, "finetune_epochs": 2},
         )
 
@@ -557,7 +559,9 @@ def plot(results: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="", help="steps,ablation,digits,digits-resnet20,fmnist-lenet5,fmnist-resnet20")
+    parser.add_argument(
+        "--parts", default="", help="steps,ablation,digits,digits-resnet20,fmnist-lenet5,fmnist-resnet20"
+    )
     parser.add_argument("--report", action="store_true", help="rewrite the BENCHMARKS.md section and the plot")
     parser.add_argument("--methods", default="serene,l1,torch-pruning", help="methods to run (dense always)")
     args = parser.parse_args()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -52,3 +53,8 @@ class Progress:
 
 
 QUIET = Progress(enabled=False)
+
+
+def warn(message: str) -> None:
+    """A warning the user must see: on stderr, even under --quiet."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -27,6 +27,7 @@ The scheme is the one both runtimes execute natively:
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ from edgeprune.fileio import atomic_path
 from edgeprune.metrics import evaluate
 
 QMAX = 127
+# 7-bit weights (|level| <= 63) for x86 CPUs without VNNI: their INT8 kernels add two u8 x s8 products
+# in 16 bits, which cannot overflow when |level| <= 63 (2 * 255 * 63 < 32767); onnxruntime's reduce_range.
+WEIGHT_BITS = (8, 7)
 CALIBRATION_METHODS = ("minmax", "percentile")
 
 _aten = torch.ops.aten
@@ -110,22 +114,37 @@ class QuantOptions:
     weights: str = "allocated"
     target_accuracy_drop: float | None = 0.5
     bits_per_weight: float | None = None
+    weight_bits: int = 8
+
+    def __post_init__(self) -> None:
+        if self.weight_bits not in WEIGHT_BITS:
+            raise DataError(
+                f"weight bits must be one of {', '.join(map(str, WEIGHT_BITS))} (got {self.weight_bits})",
+                "use --weight-bits 8 (default) or 7",
+            )
+
+    @property
+    def max_level(self) -> int:
+        """The largest |level|: 127 for 8-bit weights, 63 for 7-bit ones."""
+        return 2 ** (self.weight_bits - 1) - 1
 
 
-def quantize_tensor(weight: np.ndarray | torch.Tensor, step: float | None = None) -> QuantizedTensor:
+def quantize_tensor(
+    weight: np.ndarray | torch.Tensor, step: float | None = None, max_level: int = QMAX
+) -> QuantizedTensor:
     """Symmetric per-output-channel INT8 quantisation of one weight (see the module docstring).
 
-    ``step`` (from the rate allocation) sets the grid: ``scale_c = max(step, max|w_c|/127)``, so no
-    level leaves -127..127; None is max-abs INT8.
+    ``step`` (from the rate allocation) sets the grid: ``scale_c = max(step, max|w_c|/max_level)``, so no
+    level leaves -max_level..max_level; None is max-abs INT8.
     """
     from edgeprune.nnr.allocate import int8_scales
 
     w = weight.detach().cpu().numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight)
     w = w.astype(np.float32, copy=False)
     # Zero (or denormal-only) rows get scale 1.0: their levels are 0 with any scale, and 1.0 matches ORT.
-    scale = int8_scales(w, step)
+    scale = int8_scales(w, step, max_level)
     per_row = scale.reshape(-1, *([1] * (w.ndim - 1)))
-    levels = np.clip(np.rint(w / per_row), -QMAX, QMAX).astype(np.int8)
+    levels = np.clip(np.rint(w / per_row), -max_level, max_level).astype(np.int8)
     return QuantizedTensor(levels=levels, scale=scale, axis=0)
 
 
@@ -174,11 +193,11 @@ def quantized_weight_names(model: nn.Module) -> list[str]:
     return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, _PLAIN_WEIGHT_LAYERS)]
 
 
-def quantize_weights(model: nn.Module, qps: dict[str, int] | None = None) -> QuantizedWeights:
+def quantize_weights(model: nn.Module, qps: dict[str, int] | None = None, max_level: int = QMAX) -> QuantizedWeights:
     """Quantise every conv/linear weight of ``model`` (fold BatchNorm first: see :func:`to_deploy_graph`).
 
     ``qps`` (NNC qp per tensor, from :func:`edgeprune.nnr.allocate.allocate_int8`) gives each tensor's
-    step; tensors without one, or ``qps`` None, get max-abs INT8.
+    step; tensors without one, or ``qps`` None, get max-abs INT8 (within ``max_level``).
     """
     from edgeprune.nnr.codec import step_size
 
@@ -186,7 +205,7 @@ def quantize_weights(model: nn.Module, qps: dict[str, int] | None = None) -> Qua
     qps = qps or {}
     return QuantizedWeights(
         tensors={
-            name: quantize_tensor(state[name], step_size(qps[name]) if name in qps else None)
+            name: quantize_tensor(state[name], step_size(qps[name]) if name in qps else None, max_level)
             for name in quantized_weight_names(model)
         }
     )
@@ -460,10 +479,11 @@ def run_stage(art: Artifact, ctx: StageContext) -> dict[str, Any]:
         from edgeprune.nnr.allocate import allocate_int8
 
         drop, bits = _budget(opts, ctx)
-        allocation = allocate_int8(deploy, quantized_weight_names(deploy), art.data, drop, bits, quantize_weights)
-        quant = quantize_weights(deploy, allocation.qps)
+        quantize = functools.partial(quantize_weights, max_level=opts.max_level)
+        allocation = allocate_int8(deploy, quantized_weight_names(deploy), art.data, drop, bits, quantize)
+        quant = quantize(deploy, allocation.qps)
     elif opts.weights == "maxabs":
-        quant = quantize_weights(deploy)
+        quant = quantize_weights(deploy, max_level=opts.max_level)
     else:
         raise DataError(f"unknown weight quantisation {opts.weights!r}", f"choose one of {', '.join(WEIGHT_MODES)}")
     quant.activation_ranges = calibrate_activations(deploy, batch, opts.calibration, opts.percentile)
@@ -481,6 +501,7 @@ def run_stage(art: Artifact, ctx: StageContext) -> dict[str, Any]:
         "size_bytes": art.files["quant"].stat().st_size,
     }
     result["weight_quantisation"] = opts.weights
+    result["weight_bits"] = opts.weight_bits
     if allocation is not None:
         result.update(
             allocation_bits_per_weight=round(allocation.bits_per_weight, 4),

@@ -134,30 +134,36 @@ def trained_mobilenet(digits):
     return _trained(mobilenetv2_like, digits, epochs=2)
 
 
-@pytest.mark.parametrize(
-    "which",
-    [
-        "trained_resnet",
-        pytest.param(
-            "trained_mobilenet",
-            marks=[
-                pytest.mark.slow,
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="known regression after the issue-12 merge: INT8 ONNX of the "
-                    "MobileNetV2-like net scores 73.8 % vs 86.6 % fp32, allocated and max-abs weights alike",
-                ),
-            ],
-        ),
-    ],
-)
-def test_onnx_residual_and_depthwise_models(which, request, tmp_path):
+@pytest.mark.parametrize("which", ["trained_resnet", pytest.param("trained_mobilenet", marks=pytest.mark.slow)])
+def test_onnx_residual_and_depthwise_models(which, request, tmp_path, capfd):
+    """The file's exact INT8 arithmetic is within quantisation noise of fp32 on every CPU; where this CPU's
+    kernels saturate (x86 without VNNI, on the MobileNetV2-like net: 73.8 % vs 86.6 %), export says so."""
     art = copy.deepcopy(request.getfixturevalue(which))
     fp32_accuracy = _float_accuracy(art)
     assert fp32_accuracy > 0.85  # a real model, so the INT8 comparison means something
     result = export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
-    _assert_verified(result, fp32_accuracy, "onnxruntime")
+    row = next(r for r in result["exports"] if r["file"] == "model_int8.onnx")
+    tolerance = accuracy_tolerance(row["samples"])
+    assert abs(row["accuracy_exact"] - fp32_accuracy) <= tolerance
+    if row["kernel_flips"] is None:
+        _assert_verified(result, fp32_accuracy, "onnxruntime")
+    else:
+        assert "INT8 kernels on this CPU change" in capfd.readouterr().err
     assert result["weight_check"]["onnx_int8"]["missing_tensors"] == []
+
+
+@pytest.mark.slow
+def test_seven_bit_weights_run_exactly_on_every_cpu(trained_mobilenet, tmp_path):
+    """--weight-bits 7: levels within -63..63, which no INT8 kernel can saturate, so this CPU's result is
+    the file's exact result and within quantisation noise of fp32."""
+    art = copy.deepcopy(trained_mobilenet)
+    fp32_accuracy = _float_accuracy(art)
+    options = {"export": ONNX_ONLY, "quantize": quant.QuantOptions(weight_bits=7)}
+    result = export_stage.run(art, StageContext(out_dir=tmp_path, options=options))
+    assert max(int(np.abs(t.levels).max()) for t in art.extras["quant"].tensors.values()) <= 63
+    row = next(r for r in result["exports"] if r["file"] == "model_int8.onnx")
+    assert row["kernel_flips"] is None and row["weight_mismatches"] == 0
+    assert abs(row["accuracy"] - fp32_accuracy) <= accuracy_tolerance(row["samples"])
 
 
 def _prune_lenet5(model: nn.Module) -> nn.Module:
@@ -435,30 +441,25 @@ def test_cli_quantize(runner, cli, lenet5_file, example_normalize, tmp_path):
     assert again.exit_code == 2 and "already contains results" in again.output
 
 
-def test_cli_export_onnx_int8(runner, cli, lenet5_file, example_normalize, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("weight_bits", "weight_quant"), [("8", "allocated"), ("7", "maxabs")])
+def test_cli_export_onnx_int8(
+    runner, cli, lenet5_file, example_normalize, tmp_path, monkeypatch, weight_bits, weight_quant
+):
     monkeypatch.setitem(sys.modules, "litert_torch", None)  # --format onnx must not need the [tflite] extra
     out = tmp_path / "e"
+    args = ["export", str(lenet5_file), "--data", "digits", "--normalize", example_normalize, "--format", "onnx"]
     res = runner.invoke(
-        cli,
-        [
-            "export",
-            str(lenet5_file),
-            "--data",
-            "digits",
-            "--normalize",
-            example_normalize,
-            "--format",
-            "onnx",
-            "--int8",
-            "-o",
-            str(out),
-        ],
+        cli, [*args, "--int8", "--weight-bits", weight_bits, "--weight-quant", weight_quant, "-o", str(out)]
     )
     assert res.exit_code == 0, res.output
     assert "model_int8.onnx" in res.output and "weight mismatches 0" in res.output
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx", "model_int8.onnx", "quant.npz"]
     result = json.loads((out / "export.json").read_text())
     assert result["weight_mismatches"] == 0 and result["accuracy_onnxruntime_int8"] > 0.95
+    levels = np.load(out / "quant.npz")
+    largest = max(int(np.abs(levels[k]).max()) for k in levels.files if levels[k].dtype == np.int8)
+    bound = 2 ** (int(weight_bits) - 1) - 1  # max-abs levels reach it; allocated ones stay within it
+    assert largest == bound if weight_quant == "maxabs" else largest <= bound
 
 
 def test_cli_export_errors(runner, cli, lenet5_file, tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ from edgeprune.cli.common import (
 )
 from edgeprune.export import stage as export_stage
 from edgeprune.fileio import atomic_directory, write_json
-from edgeprune.quant import CALIBRATION_METHODS, WEIGHT_MODES, QuantOptions, run_stage
+from edgeprune.quant import CALIBRATION_METHODS, WEIGHT_BITS, WEIGHT_MODES, QuantOptions, run_stage
 
 calibration_options = compose(
     click.option(
@@ -47,6 +47,14 @@ calibration_options = compose(
         help="INT8 weight levels: 'allocated' picks each tensor's step from its sensitivity (smallest "
         "model.nnr within --target-accuracy-drop, default 0.5 point); 'maxabs' uses max|w|/127.",
     ),
+    click.option(
+        "--weight-bits",
+        type=click.Choice([str(b) for b in WEIGHT_BITS]),
+        default="8",
+        show_default=True,
+        help="7 keeps every weight level within -63..63, for x86 CPUs without VNNI, whose INT8 kernels "
+        "saturate on full-range weights (export warns when it measures this).",
+    ),
 )
 
 _export_file_options = compose(
@@ -68,6 +76,7 @@ def quantize_options_from(kwargs: dict[str, Any]) -> tuple[str, QuantOptions]:
         calibration=kwargs.pop("calibration", "minmax"),
         calibration_samples=kwargs.pop("calibration_samples", 128),
         weights=kwargs.pop("weight_quant", "allocated"),
+        weight_bits=int(kwargs.pop("weight_bits", "8")),
     )
 
 

@@ -205,24 +205,52 @@ def read_int8_weights(path: Path) -> dict[str, np.ndarray]:
     return levels
 
 
-def run_session(path: Path, inputs: torch.Tensor, threads: int = 1, chunk: int = 256) -> np.ndarray:
-    """Outputs of the ONNX model on ``inputs`` (onnxruntime CPU, ``threads`` intra-op threads)."""
-    session = make_session(path, threads)
+def run_session(
+    path: Path, inputs: torch.Tensor, threads: int = 1, chunk: int = 256, exact: bool = False
+) -> np.ndarray:
+    """Outputs of the ONNX model on ``inputs`` (onnxruntime CPU, ``threads`` intra-op threads);
+    ``exact``: see :func:`make_session`."""
+    session = make_session(path, threads, exact)
     batch_fixed = session.get_inputs()[0].shape[0] == 1
     step = 1 if batch_fixed else chunk
     outs = [session.run(None, {INPUT_NAME: c.numpy()})[0] for c in inputs.split(step)]
     return np.concatenate(outs)
 
 
-def make_session(path: Path, threads: int = 1):  # noqa: ANN201 - onnxruntime.InferenceSession
-    """An onnxruntime CPU session pinned to ``threads`` threads (the benchmark and verification setup)."""
+def make_session(path: Path, threads: int = 1, exact: bool = False):  # noqa: ANN201 - onnxruntime.InferenceSession
+    """An onnxruntime CPU session pinned to ``threads`` threads (the benchmark and verification setup).
+
+    ``exact=True`` keeps only the basic graph rewrites, so a QDQ file runs as its ONNX definition says -
+    DequantizeLinear, the float op, QuantizeLinear - instead of through the fused INT8 kernels. That is
+    the file's arithmetic on every CPU; the kernels are not: on x86 CPUs without VNNI, onnxruntime's
+    u8 x s8 kernels add pairs of products in 16 bits (VPMADDUBSW) and saturate where two large weights
+    meet two large activations (see :func:`kernel_saturation`).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if exact:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ExportError(f"onnxruntime cannot load {path.name}: {first_line(exc)}", "re-export the model") from None
+
+
+# Predictions that may change between a QDQ file's exact arithmetic and this CPU's INT8 kernels before it
+# counts as saturation: requantisation rounding alone flips a handful of near-ties, saturation flips many.
+SATURATION_FLIPS = 0.02
+
+
+def kernel_saturation(kernel_outputs: np.ndarray, exact_outputs: np.ndarray) -> float | None:
+    """The fraction of predictions this CPU's INT8 kernels change relative to the file's exact
+    arithmetic, when it exceeds :data:`SATURATION_FLIPS` (else None).
+
+    Why measured and not predicted from CPU flags: whether a sum saturates depends on the weights and
+    the activations, and onnxruntime picks kernels by CPU features it does not report.
+    """
+    flips = float((kernel_outputs.argmax(1) != exact_outputs.argmax(1)).mean())
+    return flips if flips > SATURATION_FLIPS else None

@@ -26,6 +26,7 @@ from edgeprune.errors import ExportError, VerificationError
 from edgeprune.export import onnx as onnx_export
 from edgeprune.export import tflite as tflite_export
 from edgeprune.export.verify import LevelCheck, compare_levels, match_by_content
+from edgeprune.progress import warn
 
 FORMATS = ("onnx", "tflite")
 FILE_NAMES = {
@@ -252,6 +253,21 @@ def _onnx_int8(
     outputs = onnx_export.run_session(dest, ver.inputs, opts.threads)
     row = _row(art, "onnx_int8", "onnxruntime", "int8", seconds, ver.measure(outputs))
     row["weight_mismatches"] = check.mismatches
+    exact = onnx_export.run_session(dest, ver.inputs, opts.threads, exact=True)
+    row["accuracy_exact"] = ver.measure(exact)["accuracy"]
+    row["kernel_flips"] = onnx_export.kernel_saturation(outputs, exact)
+    if row["kernel_flips"] is not None:
+        scored = (
+            ""
+            if row["accuracy"] is None
+            else (f" (accuracy {100 * row['accuracy']:.2f} % here, {100 * row['accuracy_exact']:.2f} % exact)")
+        )
+        warn(
+            f"{dest.name}: onnxruntime's INT8 kernels on this CPU change {100 * row['kernel_flips']:.1f} % of the "
+            f"predictions of the file's exact INT8 arithmetic{scored}. x86 CPUs without VNNI add u8 x s8 products "
+            "in 16 bits and saturate; the file itself is right and runs exactly on ARM and on VNNI x86. "
+            "For such CPUs, quantize with --weight-bits 7"
+        )
     return row, check
 
 

@@ -206,14 +206,15 @@ class Int8Allocation:
     budget_met: bool = True  # False: even max-abs INT8 misses the budget; the finest grid is kept
 
 
-def int8_scales(weight: np.ndarray, step: float | None) -> np.ndarray:
-    """Per-output-channel scales: ``max(step, max|w_c|/127)`` (``step`` None: max-abs INT8)."""
+def int8_scales(weight: np.ndarray, step: float | None, max_level: int = 127) -> np.ndarray:
+    """Per-output-channel scales: ``max(step, max|w_c|/max_level)`` (``step`` None: max-abs INT8;
+    ``max_level`` 63 for 7-bit weights, see :class:`edgeprune.quant.QuantOptions`)."""
     w = np.asarray(weight, dtype=np.float32)
     absmax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
-    scale = (absmax / np.float32(127)).astype(np.float32)
+    scale = (absmax / np.float32(max_level)).astype(np.float32)
     if step is not None:
         scale = np.maximum(scale, np.float32(step)).astype(np.float32)
-    scale[absmax / np.float32(127) < np.finfo(np.float32).tiny] = 1.0  # zero rows: levels 0 with any scale
+    scale[absmax / np.float32(max_level) < np.finfo(np.float32).tiny] = 1.0  # zero rows: levels 0 with any scale
     return scale
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ from edgeprune.data import DataBundle
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import analyze
 from edgeprune.metrics import evaluate
-from edgeprune.progress import QUIET, Progress
+from edgeprune.progress import QUIET, Progress, warn
 from edgeprune.prune.masks import ChannelMasks
 from edgeprune.prune.regularizer import BN_SHRINK, SereneRegularizer
 from edgeprune.prune.schedule import SCORES, PlateauDetector, threshold_search
@@ -62,8 +61,6 @@ from edgeprune.prune.train import (
 METHODS = ("serene", "l1", "none")
 # the state_dict entries recalibration rewrites
 _BN_STATISTICS = (".running_mean", ".running_var", ".num_batches_tracked")
-# how many training inputs re-estimate the BatchNorm statistics for one candidate cut
-RECALIBRATION_SAMPLES = 1024
 
 
 @dataclass
@@ -91,6 +88,8 @@ class PruneOptions:
     search_evaluations: int = 16
     bn_shrink: str = "gamma_beta"  # what the SeReNe shrink scales under a BatchNorm (regularizer.BN_SHRINK)
     warmup_epochs: int = 1  # plain training before the first shrink; the accuracy floor is set after it
+    # training inputs that re-estimate the BatchNorm statistics before a candidate cut is measured (0: off)
+    recalibration_samples: int = 1024
     score: str | None = None  # channel score of the threshold search; None: the method's own
     seed: int = 0
     device: str = "auto"  # auto (a GPU when torch sees one), cpu or cuda
@@ -112,9 +111,12 @@ class PruneOptions:
                     f"{name.replace('_', '-')} must be positive (got {value})",
                     "give a fraction of the model (e.g. 0.5) or an absolute count (e.g. 2e6)",
                 )
-        if self.lmbda < 0 or self.twt < 0 or self.pwe < 0 or self.finetune_epochs < 0 or self.warmup_epochs < 0:
+        if (
+            min(self.lmbda, self.twt, self.pwe, self.finetune_epochs, self.warmup_epochs, self.recalibration_samples)
+            < 0
+        ):
             raise EdgepruneError(
-                "lambda, TWT, PWE, warm-up and fine-tune epochs must not be negative",
+                "lambda, TWT, PWE, warm-up and fine-tune epochs and recalibration samples must not be negative",
                 "e.g. --lmbda 0.2 --twt 0.05 --pwe 0",
             )
         if self.lmbda >= 1:
@@ -238,11 +240,6 @@ def per_step_lambda(lmbda_per_epoch: float, steps_per_epoch: int) -> float:
     return 1.0 - (1.0 - lmbda_per_epoch) ** (1.0 / max(steps_per_epoch, 1))
 
 
-def warn(message: str) -> None:
-    """A warning the user must see: on stderr, even under --quiet."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
 class _Controller:
     """The epoch hook: warm-up -> (shrink, plateau -> threshold search -> masks)* -> fine-tuning;
     the learning-rate cycles; stopping; the accuracy floor."""
@@ -262,7 +259,7 @@ class _Controller:
         self.model, self.data, self.masks, self.optimizer = model, data, masks, optimizer
         self.options, self.cost, self.regularizer = options, cost, regularizer
         self.steps_per_epoch = steps_per_epoch
-        self.calibration_inputs = data.train.tensors[0][:RECALIBRATION_SAMPLES]
+        self.calibration_inputs = data.train.tensors[0][: options.recalibration_samples]
         self.lmbda_step = per_step_lambda(options.lmbda, steps_per_epoch)
         self.detector = PlateauDetector(options.pwe)
         self.events: list[PruneEvent] = []
