@@ -20,10 +20,21 @@ from edgeprune.nnr.bitstream import (
     parse_units,
     write_ndu,
     write_start_unit,
+    write_topology_unit,
     write_unit,
 )
 from edgeprune.nnr.codec import default_qp, qp_for_step, step_size
 from edgeprune.quant import quantize_tensor
+
+
+def topology_of(data: bytes) -> dict:
+    return json.loads(next(u for u in parse_units(data) if u.unit_type == UnitType.TPL).fields["topology_data"])
+
+
+def with_topology(data: bytes, topology: dict) -> bytes:
+    """The stream with its topology unit replaced by ``topology`` (a forged or older-version unit)."""
+    tpl = next(u for u in parse_units(data) if u.unit_type == UnitType.TPL)
+    return data[: tpl.offset] + write_topology_unit(json.dumps(topology)) + data[tpl.offset + tpl.size :]
 
 
 def sample_tensors(seed: int = 0) -> dict[str, np.ndarray]:
@@ -178,25 +189,37 @@ def test_flipped_payload_bits_are_caught_by_the_unit_checksum():
 def test_topology_that_contradicts_the_ndus_is_rejected():
     tensors = sample_tensors()
     stream = encode_tensors(tensors)
-    units = parse_units(stream.data)
-    tpl = next(u for u in units if u.unit_type == UnitType.TPL)
-    topology = json.loads(tpl.fields["topology_data"])
+    topology = topology_of(stream.data)
     entry = next(e for e in topology["tensors"] if e["name"] == "fc.weight")
     entry["shape"] = [3, 3]
-    from edgeprune.nnr.bitstream import write_topology_unit
-
-    forged = (
-        stream.data[: tpl.offset] + write_topology_unit(json.dumps(topology)) + stream.data[tpl.offset + tpl.size :]
-    )
     with pytest.raises(BitstreamError, match="does not match"):
-        decode_stream(forged)
+        decode_stream(with_topology(stream.data, topology))
     entry["shape"] = [10, 144]
     entry["crc32"] = zlib.crc32(b"something else")
-    forged = (
-        stream.data[: tpl.offset] + write_topology_unit(json.dumps(topology)) + stream.data[tpl.offset + tpl.size :]
-    )
     with pytest.raises(BitstreamError, match="checksum"):
-        decode_stream(forged)
+        decode_stream(with_topology(stream.data, topology))
+
+
+def test_compact_topology_and_version_1_streams_decode_alike():
+    """Version 2 omits float32 dtypes and axis 0 and writes a uniform scale as one number; a version-1
+    unit (every field spelled out, scale lists, NDU indices) still decodes to the same tensors."""
+    tensors = sample_tensors()
+    quant = {"fc.weight": quantize_tensor(tensors["fc.weight"], step=0.01)}  # one step: a uniform scale
+    stream = encode_tensors(tensors, int8=quant)
+    topology = topology_of(stream.data)
+    fc = next(e for e in topology["tensors"] if e["name"] == "fc.weight")
+    assert isinstance(fc["scale"], float) and "axis" not in fc and "dtype" not in fc
+    assert next(e for e in topology["tensors"] if e["name"] == "bn.num_batches_tracked")["dtype"] == "int64"
+    for index, entry in enumerate(topology["tensors"]):
+        entry.setdefault("dtype", "float32")
+        entry["ndu"] = index
+    fc.update(scale=[fc["scale"]] * 10, axis=0)
+    topology["version"] = 1
+    new, old = decode_stream(stream.data), decode_stream(with_topology(stream.data, topology))
+    assert new.tensors.keys() == old.tensors.keys()
+    for name in new.tensors:
+        np.testing.assert_array_equal(new.tensors[name], old.tensors[name])
+        assert new.tensors[name].dtype == old.tensors[name].dtype
 
 
 @pytest.mark.parametrize(
@@ -207,22 +230,19 @@ def test_topology_that_contradicts_the_ndus_is_rejected():
         ("shape", [1 << 30, 1 << 30], "declares 1152921504606846976 elements"),
         ("mode", "empty", "marked empty"),
         ("scale", [1.0], "scales"),
+        ("scale", True, "malformed scales"),
+        ("scale", float("nan"), "malformed scales"),
+        ("axis", True, "scales"),
     ],
 )
 def test_hostile_topology_fields_are_rejected_without_allocating(field, value, message):
     tensors = sample_tensors()
     quant = {"fc.weight": quantize_tensor(tensors["fc.weight"])}
     stream = encode_tensors(tensors, int8=quant)
-    tpl = next(u for u in parse_units(stream.data) if u.unit_type == UnitType.TPL)
-    topology = json.loads(tpl.fields["topology_data"])
+    topology = topology_of(stream.data)
     next(e for e in topology["tensors"] if e["name"] == "fc.weight")[field] = value
-    from edgeprune.nnr.bitstream import write_topology_unit
-
-    forged = (
-        stream.data[: tpl.offset] + write_topology_unit(json.dumps(topology)) + stream.data[tpl.offset + tpl.size :]
-    )
     with pytest.raises(BitstreamError, match=message):
-        decode_stream(forged)
+        decode_stream(with_topology(stream.data, topology))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

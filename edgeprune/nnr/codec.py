@@ -4,7 +4,7 @@ What goes where in a stream edgeprune writes (design brief, section 3.3):
 
 * ``NNR_STR`` (profile 1) and ``NNR_MPS`` (uniform quantisation, qp density 2, base qp 0), as NNCodec;
 * ``NNR_TPL`` with storage format 0 and a JSON string: what NNR has no field for - the original dtype
-  and shape of every tensor, how it was coded (qp / int8 / int / raw), the per-channel scales of INT8
+  (when not float32) and shape of every tensor, how it was coded (qp / int8 / int / raw), the per-channel scales of INT8
   deploy levels, a CRC-32 of every NDU, the model's input shape and its architecture as a declarative
   graph of known operators (:mod:`edgeprune.nnr.topology`: data only, so that the .nnr alone rebuilds
   a loadable model and decoding it never runs code named by the file);
@@ -50,7 +50,10 @@ QP_DENSITY = 2
 NUM_GTX_FLAGS = 11  # cabac_unary_length_minus1 = 10, NNCodec's default
 log = logging.getLogger(__name__)
 TPL_FORMAT = "edgeprune-nnr"
-TPL_VERSION = 1
+# Version 2 leaves out defaults (dtype float32, axis 0) and writes a uniform per-channel scale as one
+# number - on the example, the scale lists were 80 % of the topology unit. Version-1 streams still decode.
+TPL_VERSION = 2
+DEFAULT_DTYPE = "float32"
 # Weights a stream may declare (all tensors together): 16 M (64 MiB of float32; decoding holds ~4
 # copies next to torch's ~350 MiB) keeps a 1 GiB Raspberry Pi alive whatever the file says - VGG-16
 # for CIFAR has 15 M. EDGEPRUNE_MAX_WEIGHTS raises it on bigger hosts.
@@ -245,6 +248,7 @@ def encode_tensors(
     int8 = int8 or {}
     jobs: list[_TensorJob] = []
     entries: list[dict[str, Any]] = []
+    coded_entries: list[dict[str, Any]] = []  # the entries that have an NDU, in NDU order
     for name, value in tensors.items():
         arr = np.asarray(value)
         if arr.dtype.name not in TENSOR_DTYPES:
@@ -252,7 +256,9 @@ def encode_tensors(
                 f"tensor {name} has dtype {arr.dtype.name}, which edgeprune cannot code",
                 "convert the model to float32 first",
             )
-        entry: dict[str, Any] = {"name": name, "shape": list(arr.shape), "dtype": arr.dtype.name}
+        entry: dict[str, Any] = {"name": name, "shape": list(arr.shape)}
+        if arr.dtype.name != DEFAULT_DTYPE:
+            entry["dtype"] = arr.dtype.name
         entries.append(entry)
         if arr.size == 0:
             entry["mode"] = "empty"
@@ -265,7 +271,9 @@ def encode_tensors(
                     f"INT8 levels of {name} have shape {list(levels.shape)}, the tensor {list(arr.shape)}",
                     "re-run the quantize stage on this model",
                 )
-            entry.update(mode="int8", scale=[float(s) for s in np.asarray(q.scale, dtype=np.float32)], axis=int(q.axis))
+            entry.update(mode="int8", scale=_scale_record(q.scale))
+            if int(q.axis):
+                entry["axis"] = int(q.axis)
             job = _TensorJob(name, len(jobs), levels.astype(np.int32), "int8")
         elif np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
             if arr.size and (int(arr.max()) > _cabac.MAX_ABS_LEVEL or int(arr.min()) < -_cabac.MAX_ABS_LEVEL):
@@ -286,29 +294,27 @@ def encode_tensors(
                 tight = positive_qp(f32)
                 if tight is None:
                     entry["mode"] = "raw"
-                    job = _TensorJob(name, len(jobs), f32, "raw")
-                    entry["ndu"] = job.index
-                    jobs.append(job)
+                    jobs.append(_TensorJob(name, len(jobs), f32, "raw"))
+                    coded_entries.append(entry)
                     continue
                 qp = min(int(qp), tight)
             if not QP_MIN <= int(qp) <= QP_MAX:
                 raise BitstreamError(f"qp {qp} for {name} is outside {QP_MIN}..{QP_MAX}", "choose a qp in that range")
             entry.update(mode="qp", qp=int(qp))
             job = _TensorJob(name, len(jobs), f32, "qp", int(qp))
-        entry["ndu"] = job.index
         jobs.append(job)
+        coded_entries.append(entry)
     workers = threads or min(len(jobs), os.cpu_count() or 1) or 1
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         coded = list(pool.map(lambda j: _encode_job(j, dq, row_skip, estimator_search, rdoq), jobs))
-    ndu_entries = [e for e in entries if "ndu" in e]
-    for entry, (unit, _) in zip(ndu_entries, coded, strict=True):
+    for entry, (unit, _) in zip(coded_entries, coded, strict=True):
         entry["crc32"] = zlib.crc32(unit)
     topology = {"format": TPL_FORMAT, "version": TPL_VERSION, "tensors": entries, **(extra_topology or {})}
     tpl = write_topology_unit(json.dumps(topology, separators=(",", ":")))
     head = write_start_unit(PROFILE) + write_model_parameter_set(PROFILE, QP_DENSITY) + tpl
     stats = [
         TensorStats(e["name"], e["shape"], e["mode"], e.get("qp"), len(unit), int(np.prod(e["shape"] or [1])))
-        for e, (unit, _) in zip(ndu_entries, coded, strict=True)
+        for e, (unit, _) in zip(coded_entries, coded, strict=True)
     ]
     return EncodedStream(head + b"".join(unit for unit, _ in coded), stats, len(tpl))
 
@@ -373,6 +379,17 @@ def _json_depth_exceeds(text: str, limit: int) -> bool:
     return False
 
 
+def _scale_record(scale: Any) -> float | list[float]:
+    """Per-channel INT8 scales for the topology JSON: one number when every channel has the same (the
+    rate-allocated grid usually gives every channel the tensor's step), else the list."""
+    values = [float(v) for v in np.asarray(scale, dtype=np.float32).reshape(-1)]
+    return values[0] if values and all(v == values[0] for v in values) else values
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_entry(entry: Any) -> dict[str, Any]:
     ok = (
         isinstance(entry, dict)
@@ -380,11 +397,12 @@ def _check_entry(entry: Any) -> dict[str, Any]:
         and isinstance(entry.get("shape"), list)
         and all(isinstance(d, int) and 0 <= d < 1 << 31 for d in entry["shape"])
         and len(entry["shape"]) <= 8
-        and isinstance(entry.get("dtype"), str)
+        and isinstance(entry.get("dtype", DEFAULT_DTYPE), str)
         and isinstance(entry.get("mode"), str)
     )
     if not ok:
         raise BitstreamError("the topology unit describes a tensor incompletely", "the file is damaged; re-encode")
+    entry = {"dtype": DEFAULT_DTYPE, **entry}
     if entry["dtype"] not in TENSOR_DTYPES:  # never let numpy parse an arbitrary string as a dtype
         raise BitstreamError(f"unsupported dtype {entry['dtype']!r} in the topology unit", "the file is damaged")
     if math.prod(entry["shape"]) > MAX_TOTAL_ELEMENTS:
@@ -550,15 +568,15 @@ def _apply_topology(
         value = tensors[name]
         if mode == "int8":
             raw_scale = entry.get("scale", [])
-            if not (
-                isinstance(raw_scale, list)
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in raw_scale)
-            ):
+            axis = entry.get("axis", 0)
+            axis_ok = isinstance(axis, int) and not isinstance(axis, bool) and 0 <= axis < max(1, len(shape))
+            channels = shape[axis] if shape and axis_ok else 1
+            if _is_number(raw_scale):  # one scale for every channel
+                raw_scale = [raw_scale] * channels
+            if not (isinstance(raw_scale, list) and all(_is_number(v) for v in raw_scale)):
                 raise BitstreamError(f"INT8 tensor {name!r} has malformed scales", "the file is damaged")
             scale = np.asarray(raw_scale, dtype=np.float32)
-            axis = entry.get("axis", 0)
-            axis_ok = isinstance(axis, int) and 0 <= axis < max(1, len(shape))
-            if not axis_ok or scale.size != (shape[axis] if shape else 1):
+            if not axis_ok or scale.size != channels:
                 raise BitstreamError(
                     f"INT8 tensor {name!r} has {scale.size} scales for shape {list(shape)}", "the file is damaged"
                 )
