@@ -13,7 +13,7 @@ benchmarks (NNCodec is single-threaded; CPU time is what a shared machine measur
 
 Only NNCodec's codec core is needed; ``nncodec.nnc.compression`` imports its framework adapters
 (torch, torchvision) at module level for ``compress_model``, which is never called here, so inert
-stand-ins for those modules are registered before the import (see the design brief, section 4.1).
+stand-ins for those modules are registered before the import.
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ def encode_command(
 
         qps = allocate_qps(art.model, art.data, bits_per_weight, target_accuracy_drop, dq).qps
     options = ModelEncodeOptions(qp=qp, qps=qps, int8=int8, dq=dq, estimator_search=estimator_search, rdoq=rdoq)
-    stream = encode_model(art.model, art.example_input, options, quant=quant, meta=art.meta)
+    stream = encode_model(art.model, art.example_input, options, quant=quant)
     write_bytes(out, stream.data)
     bpw = 8.0 * stream.weight_bytes / max(1, stream.num_weights)
     result = {

@@ -1,4 +1,4 @@
-"""Per-tensor qp allocation: where the bits of an NNR stream really go (design brief, section 4.5).
+"""Per-tensor qp allocation: where the bits of an NNR stream really go.
 
 NNCodec gives every >= 2-D tensor the same qp. At high rate, quantising tensor i with step d_i adds
 about ``0.5 * F_i * N_i * d_i^2 / 12`` to the loss (F_i: mean diagonal Fisher information of its

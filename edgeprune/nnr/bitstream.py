@@ -1,6 +1,6 @@
 """MPEG-NNR (ISO/IEC 15938-17) high-level syntax: NNR units, their headers, and a paranoid reader.
 
-An NNR bitstream is a concatenation of size-prefixed units (design brief, section 3). The syntax of
+An NNR bitstream is a concatenation of size-prefixed units (ISO/IEC 15938-17). The syntax of
 each header is written once, as functions over a :class:`SyntaxCoder` that either writes the
 values of a dict or reads them into it, so the writer and the reader cannot drift apart (NNCodec
 does the same). Only the subset edgeprune produces is implemented: STR, MPS (uniform quantisation),

@@ -64,8 +64,8 @@ nnr_status nnr_quantize(const float *weights, size_t n, float step, uint8_t dq, 
                         uint8_t *scratch);
 
 /* Uniform quantisation with rate-distortion optimisation (NNCodec's lambda > 0 path, no DQ): each weight
- * picks 0, round(|w|/step) - 1 or round(|w|/step) by distortion + estimated CABAC rate. Off by default:
- * the design brief measured it near-useless at 15-40 dB. */
+ * picks 0, round(|w|/step) - 1 or round(|w|/step) by distortion + estimated CABAC rate. Off by default,
+ * as NNCodec's lambda_scale is. */
 nnr_status nnr_quantize_rdoq(const float *weights, size_t n, float step, double lambda_scale, uint32_t ngtx,
                              int32_t *levels);
 

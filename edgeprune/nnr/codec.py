@@ -1,6 +1,6 @@
 """Tensors <-> MPEG-NNR bitstreams, and models <-> .nnr files.
 
-What goes where in a stream edgeprune writes (design brief, section 3.3):
+What goes where in a stream edgeprune writes:
 
 * ``NNR_STR`` (profile 1) and ``NNR_MPS`` (uniform quantisation, qp density 2, base qp 0), as NNCodec;
 * ``NNR_TPL`` with storage format 0 and a JSON string: what NNR has no field for - the original dtype
@@ -610,12 +610,11 @@ def model_tensors(model: nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
 
 
-def architecture_record(model: nn.Module, example_input: torch.Tensor, meta: Mapping[str, Any]) -> dict[str, Any]:
+def architecture_record(model: nn.Module, example_input: torch.Tensor) -> dict[str, Any]:
     """How the decoder rebuilds the module: a declarative graph of known operators
     (:mod:`edgeprune.nnr.topology`), never a Python name or a pickle, so that decoding a downloaded
     .nnr cannot run code. A model the graph cannot describe is stored without an architecture
-    (``decode`` then asks for ``--arch``). ``meta`` is accepted for API stability."""
-    del meta
+    (``decode`` then asks for ``--arch``)."""
     try:
         return {"graph": topology.describe(model, example_input)}
     except topology.TopologyUnsupported as exc:
@@ -643,7 +642,6 @@ def encode_model(
     example_input: torch.Tensor,
     options: ModelEncodeOptions | None = None,
     quant: Any = None,
-    meta: Mapping[str, Any] | None = None,
     architecture: Mapping[str, Any] | None = None,
 ) -> EncodedStream:
     """Encode ``model``'s state_dict (plus what rebuilds it) into an NNR bitstream.
@@ -671,7 +669,7 @@ def encode_model(
     if architecture is not None:
         extra.update(architecture)
     elif options.embed_architecture:
-        extra["architecture"] = architecture_record(model, example_input, meta or {})
+        extra["architecture"] = architecture_record(model, example_input)
     return encode_tensors(
         tensors,
         qps=qps,

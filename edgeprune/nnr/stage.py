@@ -95,7 +95,7 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     opts: NnrOptions = ctx.options_for("nnr", NnrOptions)
     quant = art.extras.get("quant")
     use_int8 = quant is not None if opts.int8 is None else opts.int8
-    architecture = architecture_record(art.model, art.example_input, art.meta)
+    architecture = architecture_record(art.model, art.example_input)
     extra = {"architecture": architecture}
 
     qp_options, allocation_info = _qp_options(opts, art)
@@ -105,7 +105,7 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
         else qp_options
     )
     t0 = time.perf_counter()
-    stream = encode_model(art.model, art.example_input, main_options, quant=quant, meta=art.meta, architecture=extra)
+    stream = encode_model(art.model, art.example_input, main_options, quant=quant, architecture=extra)
     encode_seconds = time.perf_counter() - t0
     path = write_bytes(ctx.out_dir / "model.nnr", stream.data)
     art.files["nnr"] = path
@@ -130,7 +130,7 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
         for t in stream.tensors
     ]
     if use_int8 and opts.qp_stream:
-        qp_stream = encode_model(art.model, art.example_input, qp_options, meta=art.meta, architecture=extra)
+        qp_stream = encode_model(art.model, art.example_input, qp_options, architecture=extra)
         art.files["nnr_qp"] = write_bytes(ctx.out_dir / "model_qp.nnr", qp_stream.data)
         checked = _round_trip(art, qp_stream, None)
         # flat keys: the report renders scalars, and report.py reads them without knowing this stage
@@ -149,7 +149,6 @@ def qp_sweep(art: Artifact, opts: NnrOptions, extra: dict[str, Any]) -> list[dic
             art.model,
             art.example_input,
             ModelEncodeOptions(qp=qp, dq=opts.dq, threads=opts.threads),
-            meta=art.meta,
             architecture=extra,
         )
         row: dict[str, Any] = {

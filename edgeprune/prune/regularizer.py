@@ -1,7 +1,6 @@
 """The SeReNe update: shrink the incoming weights of insensitive neurons, decoupled from the optimizer.
 
-Per step (the order the paper's rule implies, and the one that does not crash - see the design
-brief §1.4/§6.3):
+Per step (the order the paper's rule implies, and the one that does not crash):
 
 1. forward with the sensitivity hooks attached;
 2. :meth:`SereneRegularizer.observe` - sensitivity S at the pre-step weights w^t (all-reduced over
