@@ -38,3 +38,26 @@ def test_short_run_on_a_bn_resnet_removes_channels_within_the_bound(trained_resn
     assert before == result.val_after["accuracy"]
     # the residual stream (the group spanning the most layers) was not what blocked the search
     assert any(row["removed"] for row in result.groups if row["layers"].count(",") >= 2)
+
+
+@pytest.mark.slow
+def test_a_parameter_budget_is_reached_even_where_twt_stops_short(trained_resnet, digits):
+    """--target-params 0.5 on a 4-epoch run: TWT alone removes a few percent here, so the prune events
+    cut the next-ranked channels on a schedule until the cost model says half the parameters are gone;
+    that estimate is checked against what simplify really leaves. Two pruning epochs are too few to
+    recover the accuracy (82 % vs 98 % here, no floor set): the budget is the user's call."""
+    from edgeprune.metrics import count_params
+    from edgeprune.simplify import simplify
+
+    model = copy.deepcopy(trained_resnet)
+    options = PruneOptions(method="serene", epochs=4, finetune_epochs=1, target_params=0.5, max_accuracy_drop=None)
+    example = torch.zeros(1, 1, 8, 8)
+    result = prune_model(model, example, digits, options)
+    assert result.params_remaining <= 0.5
+    assert sum(e.channels_forced for e in result.events) > 0
+    small = simplify(model, example).model
+    # the cost model is exact except for the border corrections simplify adds where dead channels
+    # with a constant output meet zero padding (a few percent here)
+    border = sum(p.numel() for name, p in small.named_parameters() if "_border" in name)
+    assert count_params(small) - border <= result.params_remaining * count_params(trained_resnet) + 1e-6
+    assert evaluate(small, digits.loader("test", 512))["accuracy"] > 0.5  # a damaged but working model

@@ -13,7 +13,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.graph import analyze
 from edgeprune.metrics import evaluate
 from edgeprune.prune.masks import ChannelMasks
-from edgeprune.prune.schedule import PlateauDetector, channel_candidates, threshold_search
+from edgeprune.prune.schedule import PlateauDetector, budget_cut, channel_candidates, threshold_search
 
 
 def _weight(model: nn.Linear, value: float) -> None:
@@ -152,3 +152,17 @@ def test_real_search_keeps_validation_loss_within_twt(lenet):
 def test_unknown_score_is_refused(lenet):
     with pytest.raises(EdgepruneError, match="unknown channel score 'l2'"):
         channel_candidates(lenet[1], "l2")
+
+
+def test_budget_cut_takes_the_shortest_ranked_prefix_that_meets_the_budget(lenet):
+    _, masks, _ = lenet
+    candidates = channel_candidates(masks, "maxabs_relative")
+    total = masks.total_channels()
+    cut = budget_cut(masks, candidates, lambda m: m.total_kept() <= total - 25)
+    assert cut == 25 and masks.total_kept() == total - 25
+    dead = {(str(g), int(c)) for g in masks.keep for c in torch.nonzero(~masks.keep[g]).flatten()}
+    assert dead == {(str(gid), c) for _, gid, c in candidates[:25]}  # exactly the best-ranked 25
+    assert budget_cut(masks, channel_candidates(masks, "maxabs_relative"), lambda m: True) == 0
+    # an unreachable budget cuts every candidate and still keeps one channel per group
+    budget_cut(masks, channel_candidates(masks, "maxabs_relative"), lambda m: False)
+    assert all(masks.kept(g.id) == 1 for g in masks.groups)

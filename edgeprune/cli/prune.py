@@ -98,7 +98,7 @@ _OPTIONS: list[tuple[str, bool, dict[str, Any]]] = [
         False,
         {
             "type": FiniteFloatRange(0, 1, min_open=True, max_open=True),
-            "help": "Stop pruning once this fraction of parameters is removable.",
+            "help": "Remove this fraction of the parameters by the last pruning epoch (cuts beyond TWT if needed).",
         },
     ),
     (
@@ -106,7 +106,7 @@ _OPTIONS: list[tuple[str, bool, dict[str, Any]]] = [
         False,
         {
             "type": FiniteFloatRange(0, min_open=True),
-            "help": "Stop pruning once MACs fall to this fraction (< 1) or count (>= 1, e.g. 2e6).",
+            "help": "Prune to this fraction (< 1) or count (>= 1, e.g. 2e6) of MACs by the last pruning epoch.",
         },
     ),
     (
@@ -114,7 +114,7 @@ _OPTIONS: list[tuple[str, bool, dict[str, Any]]] = [
         False,
         {
             "type": FiniteFloatRange(0, min_open=True),
-            "help": "Stop pruning once parameters fall to this fraction (< 1) or count (>= 1).",
+            "help": "Prune to this fraction (< 1) or count (>= 1) of parameters by the last pruning epoch.",
         },
     ),
     ("warmup_epochs", True, {"type": click.IntRange(0), "help": "Epochs before pruning; sets the floor."}),

@@ -14,9 +14,12 @@
 
 Every epoch ends with the plateau detector (PWE); when it fires, the threshold search (TWT) cuts
 as many channels as the loss bound - and the accuracy floor, with ``max_accuracy_drop`` - allows,
-and the masks pin them at zero. Pruning stops at ``target_sparsity`` (fraction of parameters
-removed once simplified), ``target_macs`` (fraction of MACs remaining) or when only the
-``finetune_epochs`` of the epoch budget are left; those epochs fine-tune with the masks fixed.
+and the masks pin them at zero. A budget - ``target_sparsity`` (fraction of parameters removed once
+simplified), ``target_params`` / ``target_macs`` (fraction or count left) - is reached by the last
+pruning epoch: where TWT cuts less than the schedule towards it asks, the next-ranked channels are
+cut anyway and fine-tuning recovers (:func:`~edgeprune.prune.schedule.budget_cut`). Pruning stops
+once the budget is met or when only the ``finetune_epochs`` of the epoch budget are left; those
+epochs fine-tune with the masks fixed.
 The first ``warmup_epochs`` train without shrinking or pruning; the accuracy floor
 (``max_accuracy_drop`` points) is then set from the validation accuracy after them. Every
 prune/fine-tune cycle has its own learning-rate cycle (warm-up + cosine). lambda is per epoch
@@ -30,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +50,7 @@ from edgeprune.metrics import evaluate
 from edgeprune.progress import QUIET, Progress, warn
 from edgeprune.prune.masks import ChannelMasks
 from edgeprune.prune.regularizer import BN_SHRINK, SereneRegularizer
-from edgeprune.prune.schedule import SCORES, PlateauDetector, threshold_search
+from edgeprune.prune.schedule import SCORES, PlateauDetector, budget_cut, channel_candidates, threshold_search
 from edgeprune.prune.sensitivity import SensitivityConfig
 from edgeprune.prune.train import (
     TrainConfig,
@@ -162,6 +166,7 @@ class PruneEvent:
     loss_bound: float
     params_remaining: float
     macs_remaining: float
+    channels_forced: int = 0  # of channels_pruned, those cut beyond TWT to follow the budget
 
 
 @dataclass
@@ -328,7 +333,9 @@ class _Controller:
                 self._new_cycle(epoch, opts.pwe + 1)
             return False
         last_pruning_epoch = opts.epochs - opts.finetune_epochs - 1
-        if self.pruning and self.detector.update(metrics["loss"], self.model):
+        fired = self.pruning and self.detector.update(metrics["loss"], self.model)
+        # A budget is reached by the last pruning epoch even when the plateau does not fire there.
+        if fired or (self.pruning and epoch >= last_pruning_epoch and self._budget_goals()):
             self._prune(epoch)
             metrics = self.measure()
             self._new_cycle(epoch, opts.pwe + 1)
@@ -355,6 +362,7 @@ class _Controller:
             self.floor,
             cost=self.cost.channel_cost(self.masks),
         )
+        forced = self._follow_budget(epoch, score)
         self.masks.apply(self.optimizer)
         self.recalibrate()
         params, macs = self.cost.remaining(self.masks)
@@ -362,7 +370,8 @@ class _Controller:
             PruneEvent(
                 epoch=epoch + 1,
                 threshold=result.threshold,
-                channels_pruned=result.channels,
+                channels_pruned=result.channels + forced,
+                channels_forced=forced,
                 channels_kept=self.masks.total_kept(),
                 val_loss_before=result.loss_before,
                 val_loss_after=result.loss_after,
@@ -371,6 +380,40 @@ class _Controller:
                 macs_remaining=macs,
             )
         )
+
+    def _follow_budget(self, epoch: int, score: str) -> int:
+        """Cut towards the budget where the TWT search stopped short: after this event the model must be
+        at least 1/k of the way from where it is to the target, k being the prune events left (one per
+        pruning epoch), so the target is reached by the last pruning epoch. Returns the channels cut."""
+        goals = self._budget_goals()
+        if not goals:
+            return 0
+        pruning_epochs_left = self.options.epochs - self.options.finetune_epochs - epoch
+        events_left = max(1, math.ceil(pruning_epochs_left / (self.options.pwe + 1)))
+        params, macs = self.cost.remaining(self.masks)
+        now = {"params": params, "macs": macs}
+        step = {what: now[what] - (now[what] - goal) / events_left for what, goal in goals.items()}
+
+        def within(masks: ChannelMasks) -> bool:
+            p, m = self.cost.remaining(masks)
+            left = {"params": p, "macs": m}
+            return all(left[what] <= goal + 1e-12 for what, goal in step.items())
+
+        candidates = channel_candidates(self.masks, score)
+        cost = self.cost.channel_cost(self.masks)
+        candidates.sort(key=lambda t: (t[0] / max(cost.get(t[1], 1.0), 1e-12), str(t[1]), t[2]))
+        return budget_cut(self.masks, candidates, within)
+
+    def _budget_goals(self) -> dict[str, float]:
+        """The fractions of parameters / MACs the user asked to end at (none without a target)."""
+        opts, goals = self.options, {}
+        if opts.target_sparsity is not None:
+            goals["params"] = 1 - opts.target_sparsity
+        if opts.target_params is not None:
+            goals["params"] = min(goals.get("params", 1.0), self.cost.fraction(opts.target_params, "params"))
+        if opts.target_macs is not None:
+            goals["macs"] = self.cost.fraction(opts.target_macs, "macs")
+        return goals
 
     def _target_reached(self) -> bool:
         params, macs = self.cost.remaining(self.masks)

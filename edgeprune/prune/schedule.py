@@ -209,3 +209,41 @@ def threshold_search(
         evaluations=evaluations,
         pruned={k: torch.tensor(v) for k, v in pruned.items()},
     )
+
+
+def budget_cut(
+    masks: ChannelMasks,
+    candidates: list[tuple[float, Any, int]],
+    within_budget: Callable[[ChannelMasks], bool],
+) -> int:
+    """Mark the shortest prefix of ``candidates`` (best-to-cut first) that makes ``within_budget``
+    true, found by bisection over the prefix length; returns how many channels it cut.
+
+    Why: a budget (``--target-params`` / ``--target-macs``) is a promise about the result, and the TWT
+    search alone only cuts what costs nothing before fine-tuning - in a short run, far less than a
+    user asks for. The prune events therefore follow a schedule towards the budget and cut the
+    next-ranked channels where TWT stops short, leaving the loss to the fine-tuning that follows
+    (what magnitude pruners do at every step). All candidates still leave one channel per group.
+    """
+    if not candidates or within_budget(masks):
+        return 0
+    saved = masks.state_dict()
+
+    def cut(k: int) -> None:
+        masks.load_state_dict(saved)
+        by_group: dict[Any, list[int]] = {}
+        for _, gid, c in candidates[:k]:
+            by_group.setdefault(gid, []).append(c)
+        for gid, channels in by_group.items():
+            masks.prune(gid, torch.tensor(channels))
+
+    lo, hi = 0, len(candidates)  # within_budget fails at lo; at hi it may still fail (all cut)
+    cut(hi)
+    if not within_budget(masks):
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        cut(mid)
+        lo, hi = (lo, mid) if within_budget(masks) else (mid, hi)
+    cut(hi)
+    return hi

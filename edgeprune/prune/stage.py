@@ -66,6 +66,7 @@ def prune_artifact(art: Artifact, options: PruneOptions, dest: Path, progress: P
                 "epoch": e.epoch,
                 "threshold": e.threshold,
                 "pruned": e.channels_pruned,
+                "forced": e.channels_forced,
                 "kept": e.channels_kept,
                 "val_loss": round(e.val_loss_after, 5),
                 "bound": round(e.loss_bound, 5),
