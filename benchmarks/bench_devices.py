@@ -34,9 +34,8 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the loopback sshd lives in the test support code
 
-from sections import replace_section  # noqa: E402
+from sections import replace_section  # noqa: E402 - after ROOT, as the other benchmarks
 
 from edgeprune.artifact import Artifact, StageContext  # noqa: E402
 from edgeprune.devices.bench import BenchOptions, ModelFile, benchmark_files  # noqa: E402
@@ -60,8 +59,7 @@ def start_ssh(tmp: Path):  # noqa: ANN201 - (SshServer, profile) or None
     """A loopback sshd and a profile for it, or None where sshd cannot run here."""
     if os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists():
         return None
-    from support.helpers import ssh_profile
-    from support.sshd import SshServer
+    from edgeprune.testing.sshd import SshServer, ssh_profile
 
     server = SshServer(tmp / "sshd").start()
     return server, load_profile(str(ssh_profile(server, tmp / "pi", name="loopback-pi")))

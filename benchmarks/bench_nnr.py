@@ -41,7 +41,7 @@ from edgeprune.nnr.bitstream import UnitType, parse_units  # noqa: E402
 from edgeprune.nnr.codec import load_decoded, model_tensors  # noqa: E402
 
 VENV_PYTHON = ROOT / ".venv-nncodec" / "bin" / "python"
-ORACLE = ROOT / "tests" / "nnr_oracle.py"
+ORACLE = ROOT / "tools" / "nnr_oracle.py"
 RESULTS = ROOT / "benchmarks" / "results"
 REPEAT = 3  # edgeprune timings: best of 3; NNCodec: compress once (about 20 s), decompress best of 2
 

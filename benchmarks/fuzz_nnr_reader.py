@@ -15,11 +15,8 @@ import resource
 import signal
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.support.reader_fuzz import cases, run_case, seed_streams  # noqa: E402
+from edgeprune.testing.reader_fuzz import cases, run_case, seed_streams
 
 
 def _peak_rss_mib() -> float:

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from support.helpers import write_profile
 
 from edgeprune.artifact import Artifact, StageContext
 from edgeprune.cli.bench import options_from
@@ -26,6 +25,7 @@ from edgeprune.devices.transport import (
 )
 from edgeprune.errors import DeviceError
 from edgeprune.pipeline import run_pipeline
+from edgeprune.testing.sshd import write_profile
 
 pytest_plugins = ["support.fixtures"]
 

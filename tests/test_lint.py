@@ -18,3 +18,18 @@ def test_ruff(command):
     assert ruff, "ruff is missing: install the test extras (tools/install-test-deps.sh)"
     result = subprocess.run([ruff, *command, *CHECKED], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_benchmarks_and_the_package_do_not_import_from_the_tests():
+    """Layering: tests may use everything; nothing shipped or benchmarked may reach into tests/
+    (shared harnesses live in edgeprune.testing)."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for folder in ("edgeprune", "benchmarks", "tools", "runtime_bench")
+        for path in (ROOT / folder).rglob("*.py")
+        if any(
+            marker in path.read_text()
+            for marker in ("from tests", "import tests", "from support", '/ "tests"', "'tests'")
+        )
+    ]
+    assert offenders == []

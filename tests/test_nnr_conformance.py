@@ -22,7 +22,7 @@ from edgeprune.quant import quantize_tensor
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = ROOT / ".venv-nncodec" / "bin" / "python"
-ORACLE = Path(__file__).resolve().parent / "nnr_oracle.py"
+ORACLE = Path(__file__).resolve().parents[1] / "tools" / "nnr_oracle.py"
 
 pytestmark = pytest.mark.skipif(
     not VENV_PYTHON.exists(), reason="NNCodec venv missing: run tools/install.d/50-nncodec.sh"

@@ -6,7 +6,7 @@ import collections
 
 import pytest
 
-from tests.support.reader_fuzz import cases, run_case, seed_streams
+from edgeprune.testing.reader_fuzz import cases, run_case, seed_streams
 
 CASES = 3000
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 from support.fault_proxy import DroppingProxy
-from support.helpers import check_transport_contract, free_port, ssh_profile, write_profile
-from support.sshd import SshServer
+from support.helpers import check_transport_contract, free_port
 
 from edgeprune.devices.bench import BenchOptions, ModelFile, benchmark_files
 from edgeprune.devices.profiles import load_profile
 from edgeprune.devices.ssh import SshTransport
 from edgeprune.devices.transport import AuthFailed, CommandTimeout, ConnectionLost, NoSpace, Unreachable
 from edgeprune.errors import DeviceError
+from edgeprune.testing.sshd import SshServer, ssh_profile, write_profile
 
 pytest_plugins = ["support.fixtures"]
 pytestmark = pytest.mark.network

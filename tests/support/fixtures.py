@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from edgeprune.testing.sshd import SshServer
 from support.adb_peer import AdbPeer
 from support.helpers import free_port
-from support.sshd import SshServer
 
 
 @pytest.fixture(scope="session")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
 import sys
 from pathlib import Path
 from typing import Any
 
+from edgeprune.testing.sshd import write_profile
 from support.adb_peer import AdbPeer
-from support.sshd import SshServer
 
 STANDINS = {
     "benchmark_model": Path(__file__).with_name("benchmark_model_standin.py"),
@@ -22,62 +21,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def write_profile(path: Path, fields: dict[str, Any]) -> Path:
-    """Write a device profile; dict values become [tables]."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in fields.items() if not isinstance(v, dict)]
-    for table, values in fields.items():
-        if isinstance(values, dict):
-            lines += ["", f"[{table}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items())]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def ssh_profile(server: SshServer, device_dir: Path, port: int | None = None, **overrides: Any) -> Path:
-    """A profile for the loopback sshd whose device Python is this interpreter.
-
-    ``port`` reaches the server through something else (a dropping proxy, a closed port); the
-    server's host key is then recorded for that port, as ssh-keyscan would have done.
-    """
-    known_hosts = server.known_hosts
-    if port is not None:
-        known_hosts = device_dir.parent / f"known_hosts_{port}"
-        known_hosts.write_text(server.known_hosts.read_text().replace(f"]:{server.port} ", f"]:{port} "))
-    ssh = {
-        "host": "127.0.0.1",
-        "port": port or server.port,
-        "user": server.user,
-        "key": str(server.client_key),
-        "known_hosts": str(known_hosts),
-        "connect_timeout_s": 5.0,
-        **overrides.pop("ssh", {}),
-    }
-    fields = {
-        "name": "loopback-pi",
-        "description": "sshd on 127.0.0.1",
-        "arch": "x86_64",
-        "transport": "ssh",
-        "harness": "python",
-        "runtimes": ["litert", "onnxruntime"],
-        "threads": 1,
-        "workdir": str(device_dir / "work"),
-        "python": sys.executable,
-        "timeout_s": 120.0,
-        **overrides,
-        "ssh": ssh,
-    }
-    return write_profile(device_dir.parent / f"{fields['name']}.toml", fields)
 
 
 def adb_profile(peer: AdbPeer, server_port: int, path: Path, **overrides: Any) -> Path:

@@ -1,6 +1,6 @@
 """NNCodec 2.1.3 as a conformance oracle, run inside the isolated `.venv-nncodec` (numpy<2, no edgeprune).
 
-Usage: ``.venv-nncodec/bin/python tests/nnr_oracle.py request.json response.json``. The request is a
+Usage: ``.venv-nncodec/bin/python tools/nnr_oracle.py request.json response.json``. The request is a
 list of operations; arrays and bytes travel as base64 in JSON because the two environments have
 different numpy majors (pickles would not load across them).
 
