@@ -231,8 +231,14 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             load_data("digits", normalize="standardize"),
             TrainConfig(epochs=4, lr=0.05),
             epochs=8,
-            serene=[{}, {"recalibration_samples": 0}, {"twt": 0.2}],
-            l1=[{}, {"twt": 0.2}],
+            serene=[
+                {},
+                {"recalibration_samples": 0},
+                {"twt": 0.2},
+                {"target_params": 0.25, "max_accuracy_drop": None},
+                {"target_macs": 0.2, "max_accuracy_drop": None},
+            ],
+            l1=[{}, {"twt": 0.2}, {"target_params": 0.25, "max_accuracy_drop": None}],
             # magnitude 0.7 aborts the process inside torch's backward ("corrupted double-linked list")
             # while fine-tuning the pruned model, so it is not in the list
             tp_ratios=[("magnitude", 0.3), ("magnitude", 0.5), ("groupnorm", 0.5)],

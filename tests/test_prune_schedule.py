@@ -13,7 +13,13 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.graph import analyze
 from edgeprune.metrics import evaluate
 from edgeprune.prune.masks import ChannelMasks
-from edgeprune.prune.schedule import PlateauDetector, budget_cut, channel_candidates, threshold_search
+from edgeprune.prune.schedule import (
+    PlateauDetector,
+    balanced_order,
+    budget_cut,
+    channel_candidates,
+    threshold_search,
+)
 
 
 def _weight(model: nn.Linear, value: float) -> None:
@@ -166,3 +172,13 @@ def test_budget_cut_takes_the_shortest_ranked_prefix_that_meets_the_budget(lenet
     # an unreachable budget cuts every candidate and still keeps one channel per group
     budget_cut(masks, channel_candidates(masks, "maxabs_relative"), lambda m: False)
     assert all(masks.kept(g.id) == 1 for g in masks.groups)
+
+
+def test_balanced_order_removes_the_same_fraction_of_every_group_first():
+    a = [(0.1 * i, "a", i) for i in range(4)]  # four candidates in group a
+    b = [(0.01 * i, "b", i) for i in range(2)]  # two, all weaker than a's
+    order = balanced_order(a + b)
+    # at equal fractions the weaker channel goes first: a quarter of a, then half of b and of a, ...
+    assert [(g, c) for _, g, c in order] == [("a", 0), ("b", 0), ("a", 1), ("a", 2), ("b", 1), ("a", 3)]
+    within = {g: [c for _, gg, c in order if gg == g] for g in "ab"}
+    assert within == {"a": [0, 1, 2, 3], "b": [0, 1]}  # weakest first inside each group

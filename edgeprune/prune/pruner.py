@@ -50,7 +50,14 @@ from edgeprune.metrics import evaluate
 from edgeprune.progress import QUIET, Progress, warn
 from edgeprune.prune.masks import ChannelMasks
 from edgeprune.prune.regularizer import BN_SHRINK, SereneRegularizer
-from edgeprune.prune.schedule import SCORES, PlateauDetector, budget_cut, channel_candidates, threshold_search
+from edgeprune.prune.schedule import (
+    SCORES,
+    PlateauDetector,
+    balanced_order,
+    budget_cut,
+    channel_candidates,
+    threshold_search,
+)
 from edgeprune.prune.sensitivity import SensitivityConfig
 from edgeprune.prune.train import (
     TrainConfig,
@@ -399,10 +406,7 @@ class _Controller:
             left = {"params": p, "macs": m}
             return all(left[what] <= goal + 1e-12 for what, goal in step.items())
 
-        candidates = channel_candidates(self.masks, score)
-        cost = self.cost.channel_cost(self.masks)
-        candidates.sort(key=lambda t: (t[0] / max(cost.get(t[1], 1.0), 1e-12), str(t[1]), t[2]))
-        return budget_cut(self.masks, candidates, within)
+        return budget_cut(self.masks, balanced_order(channel_candidates(self.masks, score)), within)
 
     def _budget_goals(self) -> dict[str, float]:
         """The fractions of parameters / MACs the user asked to end at (none without a target)."""

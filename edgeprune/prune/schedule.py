@@ -211,6 +211,20 @@ def threshold_search(
     )
 
 
+def balanced_order(candidates: list[tuple[float, Any, int]]) -> list[tuple[float, Any, int]]:
+    """``candidates`` (ascending by score within each group) interleaved so that every prefix removes
+    about the same fraction of every group: the i-th weakest of a group with n candidates comes at
+    (i + 1) / n. Why for the cuts a budget forces: a global ranking can empty whole layers down to their
+    last channel, which fine-tuning cannot recover (digits/ResNet-20 at 25 % of the parameters: 90.8 %
+    test accuracy globally ranked); a uniform ratio per layer is what magnitude pruners use."""
+    by_group: dict[Any, list[tuple[float, Any, int]]] = {}
+    for c in sorted(candidates, key=lambda t: (t[0], str(t[1]), t[2])):
+        by_group.setdefault(c[1], []).append(c)
+    keyed = [((i + 1) / len(members), c) for members in by_group.values() for i, c in enumerate(members)]
+    keyed.sort(key=lambda kc: (kc[0], kc[1][0], str(kc[1][1]), kc[1][2]))
+    return [c for _, c in keyed]
+
+
 def budget_cut(
     masks: ChannelMasks,
     candidates: list[tuple[float, Any, int]],
