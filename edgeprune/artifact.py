@@ -1,7 +1,7 @@
 """The object that flows through the pipeline, and what each stage is given.
 
 A stage is a function ``run(artifact, ctx) -> dict`` that may replace ``artifact.model``, add
-files to ``artifact.files`` and attach results (``artifact.quant``, ``artifact.bitstream``...),
+files to ``artifact.files`` and set the typed results later stages consume (``artifact.quant``),
 and returns the numbers it wants in the report. The pipeline (``edgeprune.pipeline``) times the
 stage and adds the common measurements (parameters, MACs, accuracy) itself, so stages never
 repeat that bookkeeping.
@@ -20,6 +20,7 @@ from torch import nn
 if TYPE_CHECKING:
     from edgeprune.data import DataBundle
     from edgeprune.progress import Progress
+    from edgeprune.quant import QuantizedWeights
 
 
 @dataclass
@@ -29,16 +30,19 @@ class Artifact:
     ``model`` is always a float ``nn.Module`` in eval mode on the CPU; ``example_input`` is one
     batch-of-one input with the shape the model expects. ``files`` maps artefact names
     ("pruned", "simplified", "nnr", "onnx_fp32", "onnx_int8", "tflite_fp32", "tflite_int8", ...)
-    to paths already written atomically into the output directory. ``extras`` holds stage results
-    that later stages consume (e.g. "quant": the INT8 levels shared by the encoder and exporters).
+    to paths already written atomically into the output directory. ``quant`` (set by the quantize
+    stage) holds the INT8 levels the encoder codes and the exporters carry; ``dense_model`` (set by
+    the pipeline before any stage changes the model) is the model as loaded, for the dense baseline
+    exports.
     """
 
     model: nn.Module
     example_input: torch.Tensor
     data: DataBundle | None = None
     files: dict[str, Path] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    quant: QuantizedWeights | None = None
+    dense_model: nn.Module | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -60,12 +60,11 @@ def stage_runner(name: str) -> Callable[[Artifact, StageContext], dict[str, Any]
 
 
 def run_pipeline(art: Artifact, ctx: StageContext, stages: Sequence[str] = STAGE_ORDER) -> Report:
-    """Run ``stages`` in order on ``art``; return the report (also kept in ``art.extras['report']``)."""
+    """Run ``stages`` in order on ``art``; return the report."""
     report = Report(meta={**art.meta, "target": ctx.target, "seed": ctx.seed, "stages": list(stages)})
-    art.extras["report"] = report
     if MODEL_CHANGING.intersection(stages) - {"load"}:
         # The model as loaded, for dense-vs-compressed comparisons (the export stage exports it too).
-        art.extras["dense_model"] = copy.deepcopy(art.model)
+        art.dense_model = copy.deepcopy(art.model)
     for name in stages:
         start = time.perf_counter()
         if ctx.progress:

@@ -466,7 +466,7 @@ def run_stage(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     """The quantize stage: fold BN, quantise the weights, calibrate activations on real data.
 
     Replaces ``art.model`` by the BN-folded graph (the model every later stage codes and exports),
-    stores the :class:`QuantizedWeights` in ``art.extras["quant"]`` and writes ``quant.npz``.
+    stores the :class:`QuantizedWeights` in ``art.quant`` and writes ``quant.npz``.
     """
     opts: QuantOptions = ctx.options_for("quantize", QuantOptions)
     batch = calibration_inputs(art, opts.calibration_samples)
@@ -489,7 +489,7 @@ def run_stage(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     quant.activation_ranges = calibrate_activations(deploy, batch, opts.calibration, opts.percentile)
     quant.calibration = {"method": opts.calibration, "samples": len(batch), "percentile": opts.percentile}
     art.model = deploy
-    art.extras["quant"] = quant
+    art.quant = quant
     art.files["quant"] = save_quantized(quant, ctx.out_dir / "quant.npz")
     result: dict[str, Any] = {
         "quantized_tensors": len(quant.tensors),

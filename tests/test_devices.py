@@ -199,7 +199,7 @@ def test_bench_stage_in_the_pipeline_writes_table_plot_and_json(trained_lenet5, 
     int8 = next(r for r in bench.metrics["results"] if r["model"] == "onnx_int8")
     assert bench.metrics["latency_ms"] == int8["median_ms"]  # no tflite_int8 here: the ONNX int8 model
     saved = json.loads((tmp_path / "bench.json").read_text())
-    assert saved["results"] == bench.metrics["results"] and art.extras["bench"]["target"] == "host"
+    assert saved["results"] == bench.metrics["results"] and saved["target"] == "host"
     written = report.write(tmp_path)
     assert written["plot_latency"].stat().st_size > 0
     assert "### bench: results" in (tmp_path / "report.md").read_text()

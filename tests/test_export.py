@@ -67,7 +67,7 @@ def test_onnx_lenet5_files_accuracy_and_levels(lenet5_onnx, trained_lenet5):
     art, result = lenet5_onnx
     _assert_verified(result, _float_accuracy(trained_lenet5), "onnxruntime")
     assert result["weight_mismatches"] == 0 and result["weight_reference"] == "quantize stage"
-    assert result["weight_check"]["onnx_int8"]["compared_values"] == art.extras["quant"].num_values
+    assert result["weight_check"]["onnx_int8"]["compared_values"] == art.quant.num_values
     out = art.files["onnx_fp32"].parent
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model_int8.onnx", "quant.npz"]
     fp32 = onnx.load(str(art.files["onnx_fp32"]))
@@ -82,7 +82,7 @@ def test_onnx_lenet5_files_accuracy_and_levels(lenet5_onnx, trained_lenet5):
 
 def test_onnx_weight_check_fails_when_one_level_is_altered(lenet5_onnx, tmp_path):
     art, _ = lenet5_onnx
-    reference = {n: t.levels for n, t in art.extras["quant"].tensors.items()}
+    reference = {n: t.levels for n, t in art.quant.tensors.items()}
     model = onnx.load(str(art.files["onnx_int8"]))
     init = next(i for i in model.graph.initializer if i.name == "conv2.weight_quantized")
     levels = numpy_helper.to_array(init).copy()
@@ -96,7 +96,7 @@ def test_onnx_weight_check_fails_when_one_level_is_altered(lenet5_onnx, tmp_path
 
 def test_static_batch_onnx_calibrates_and_runs_one_sample_at_a_time(lenet5_onnx, tmp_path):
     art, result = lenet5_onnx
-    qw = art.extras["quant"]
+    qw = art.quant
     fp32 = onnx_export.export_fp32(
         quant.with_quantized_weights(art.model, qw), art.example_input, tmp_path / "static.onnx", dynamic_batch=False
     )
@@ -160,7 +160,7 @@ def test_seven_bit_weights_run_exactly_on_every_cpu(trained_mobilenet, tmp_path)
     fp32_accuracy = _float_accuracy(art)
     options = {"export": ONNX_ONLY, "quantize": quant.QuantOptions(weight_bits=7)}
     result = export_stage.run(art, StageContext(out_dir=tmp_path, options=options))
-    assert max(int(np.abs(t.levels).max()) for t in art.extras["quant"].tensors.values()) <= 63
+    assert max(int(np.abs(t.levels).max()) for t in art.quant.tensors.values()) <= 63
     row = next(r for r in result["exports"] if r["file"] == "model_int8.onnx")
     assert row["kernel_flips"] is None and row["weight_mismatches"] == 0
     assert abs(row["accuracy"] - fp32_accuracy) <= accuracy_tolerance(row["samples"])
@@ -204,7 +204,7 @@ def test_pruned_model_exports_zero_channels_with_equal_levels(trained_lenet5, tm
     fp32_accuracy = _float_accuracy(art)
     result = export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
     _assert_verified(result, fp32_accuracy, "onnxruntime")
-    tensors = art.extras["quant"].tensors.values()
+    tensors = art.quant.tensors.values()
     dead_scales = [t.scale[r] for t in tensors for r in range(len(t.scale)) if not t.levels[r].any()]
     assert len(dead_scales) == 10 + 17 + 100 and all(scale == 1.0 for scale in dead_scales)
 
@@ -222,13 +222,13 @@ def test_pruned_and_simplified_models_export_with_equal_levels(which, trained_le
     fp32_accuracy = _float_accuracy(art)
     result = export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
     _assert_verified(result, fp32_accuracy, "onnxruntime")
-    assert result["weight_check"]["onnx_int8"]["compared_values"] == art.extras["quant"].num_values
+    assert result["weight_check"]["onnx_int8"]["compared_values"] == art.quant.num_values
 
 
 def test_encoded_nnr_levels_are_the_reference(lenet5_onnx, tmp_path, monkeypatch):
     """With model.nnr present the files are compared with the levels decoded from it."""
     art_done, _ = lenet5_onnx
-    decoded = {n: t.levels.copy() for n, t in art_done.extras["quant"].tensors.items()}
+    decoded = {n: t.levels.copy() for n, t in art_done.quant.tensors.items()}
     decoded["fc1.weight"][7, 11] = np.int8(-decoded["fc1.weight"][7, 11] or 5)  # one level differs in the .nnr
     import edgeprune.nnr
 
@@ -242,7 +242,7 @@ def test_encoded_nnr_levels_are_the_reference(lenet5_onnx, tmp_path, monkeypatch
         example_input=art_done.example_input,
         data=art_done.data,
         files={"nnr": nnr_file},
-        extras={"quant": art_done.extras["quant"]},
+        quant=art_done.quant,
     )
     with pytest.raises(
         VerificationError,
@@ -251,7 +251,7 @@ def test_encoded_nnr_levels_are_the_reference(lenet5_onnx, tmp_path, monkeypatch
     ):
         export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
     assert not (tmp_path / "model_int8.onnx").exists()
-    decoded["fc1.weight"][7, 11] = art_done.extras["quant"].tensors["fc1.weight"].levels[7, 11]
+    decoded["fc1.weight"][7, 11] = art_done.quant.tensors["fc1.weight"].levels[7, 11]
     result = export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
     assert result["weight_reference"] == "model.nnr" and result["weight_mismatches"] == 0
     assert (tmp_path / "model_int8.onnx").is_file()
@@ -309,7 +309,7 @@ def test_tflite_lenet5_fp32_and_full_integer(trained_lenet5, tmp_path):
     assert interpreter.get_input_details()[0]["dtype"] == np.int8  # full integer: int8 in and out
     assert interpreter.get_output_details()[0]["dtype"] == np.int8
     # Altering one level inside the flatbuffer is caught: find conv2's OHWI bytes and change one.
-    reference = {n: t.levels for n, t in art.extras["quant"].tensors.items()}
+    reference = {n: t.levels for n, t in art.quant.tensors.items()}
     data = bytearray(art.files["tflite_int8"].read_bytes())
     ohwi = np.moveaxis(reference["conv2.weight"], 1, -1).tobytes()
     offset = data.find(ohwi)
@@ -330,7 +330,7 @@ def test_tflite_int8_depthwise_and_pruned_levels(trained_mobilenet, trained_lene
     for name, art, nhwc in (("mobilenet", copy.deepcopy(trained_mobilenet), False), ("pruned", pruned, True)):
         fp32_accuracy = _float_accuracy(art)
         quant.run_stage(art, StageContext(out_dir=tmp_path / name))
-        qw = art.extras["quant"]
+        qw = art.quant
         dest = tflite_export.export_int8(
             quant.with_quantized_weights(art.model, qw),
             art.example_input,

@@ -176,7 +176,7 @@ def test_encode_stage_writes_int8_stream_and_qp_stream_and_checks_the_round_trip
     assert result["mode"] == "int8" and result["roundtrip_levels_exact"]
     assert art.files["nnr"] == tmp_path / "model.nnr" and (tmp_path / "model_qp.nnr").exists()
     levels = read_int8_levels(art.files["nnr"])
-    for name, q in art.extras["quant"].tensors.items():
+    for name, q in art.quant.tensors.items():
         np.testing.assert_array_equal(levels[name], q.levels)
     assert result["accuracy"] > 0.95 and result["qp_stream_accuracy"] > 0.95
     # the rate-allocated INT8 levels are the smallest artefact, smaller than the DQ qp-mode stream

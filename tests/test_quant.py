@@ -134,7 +134,7 @@ def test_quantize_stage_on_real_data(tmp_path, trained_lenet5):
     fp32 = evaluate(art.model, art.data.loader("test", 256))["accuracy"]
     options = QuantOptions(calibration_samples=32, weights="maxabs")
     result = run_stage(art, StageContext(out_dir=tmp_path, options={"quantize": options}))
-    quant = art.extras["quant"]
+    quant = art.quant
     assert result["quantized_tensors"] == 4 and result["quantized_values"] == quant.num_values
     assert result["weight_sqnr_db"] > 35
     assert abs(result["accuracy"] - fp32) <= accuracy_tolerance(len(art.data.test))
@@ -159,7 +159,7 @@ def test_rate_allocated_levels_halve_the_coded_size_within_the_accuracy_budget(t
     art = copy.deepcopy(trained_lenet5)
     fp32 = evaluate(art.model, art.data.loader("test", 256))["accuracy"]
     result = run_stage(art, StageContext(out_dir=tmp_path))
-    quant = art.extras["quant"]
+    quant = art.quant
     assert result["weight_quantisation"] == "allocated" and result["allocation_sensitivity"] == "fisher"
     state = art.model.state_dict()
     qps = {}
@@ -177,7 +177,7 @@ def test_rate_allocated_levels_halve_the_coded_size_within_the_accuracy_budget(t
     assert result["accuracy"] >= fp32 - 0.005 - accuracy_tolerance(n, flip_rate=0.005)
     maxabs = copy.deepcopy(trained_lenet5)
     run_stage(maxabs, StageContext(out_dir=tmp_path / "m", options={"quantize": QuantOptions(weights="maxabs")}))
-    assert coded_bytes({k: t.levels for k, t in maxabs.extras["quant"].tensors.items()}) > raw * 0.9
+    assert coded_bytes({k: t.levels for k, t in maxabs.quant.tensors.items()}) > raw * 0.9
 
 
 def test_bit_budget_is_met_and_unknown_weight_mode_is_named(tmp_path, trained_lenet5):
@@ -186,7 +186,7 @@ def test_bit_budget_is_met_and_unknown_weight_mode_is_named(tmp_path, trained_le
     art = copy.deepcopy(trained_lenet5)
     options = QuantOptions(weights="allocated", target_accuracy_drop=None, bits_per_weight=2.0)
     result = run_stage(art, StageContext(out_dir=tmp_path, options={"quantize": options}))
-    quant = art.extras["quant"]
+    quant = art.quant
     assert 8 * coded_bytes({k: t.levels for k, t in quant.tensors.items()}) <= 2.0 * quant.num_values
     assert result["allocation_bits_per_weight"] <= 2.0
     from edgeprune.nnr.allocate import allocate_int8

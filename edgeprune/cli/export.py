@@ -135,7 +135,7 @@ def quantize(ctx: click.Context, model: str, out_dir: str, force: bool, as_json:
     with atomic_directory(out, force) as work_dir:
         result = run_stage(art, make_context(ctx, work_dir, kwargs.get("seed", 0), options))
         art.files["deploy_model"] = save_model(art.model, art.example_input, work_dir / "model_deploy.pt2")
-        quant = art.extras["quant"]
+        quant = art.quant
         result["activation_ranges"] = {k: list(v) for k, v in quant.activation_ranges.items()}
         result["files"] = {k: v.name for k, v in art.files.items()}
         write_json(work_dir / "quant.json", result)

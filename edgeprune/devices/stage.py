@@ -74,5 +74,4 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
         "latency_ms": headline_latency(rows, profile),
     }
     art.files["bench"] = write_json(ctx.out_dir / "bench.json", result)
-    art.extras["bench"] = result
     return result

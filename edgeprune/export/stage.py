@@ -119,9 +119,9 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     qw: quant.QuantizedWeights | None = None
     calibration: torch.Tensor | None = None
     if opts.int8:
-        if "quant" not in art.extras:
+        if art.quant is None:
             quant.run_stage(art, ctx)
-        qw = art.extras["quant"]
+        qw = art.quant
         calibration = quant.calibration_inputs(art, ctx.options_for("quantize", quant.QuantOptions).calibration_samples)
     verification = _verification_set(art, opts.verify_samples)
     rows: list[dict[str, Any]] = []
@@ -143,7 +143,7 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
                     art, ctx, opts, verification, snapped, calibration, reference, Path(scratch), qw, reference_name
                 )
                 rows.append(row)
-    dense = art.extras.get("dense_model")
+    dense = art.dense_model
     if opts.dense_baseline and dense is not None:
         rows += _dense_baseline(art, ctx, opts, formats, dense)
     return _summarise(rows, checks, reference_name, qw, opts)
@@ -153,7 +153,7 @@ def _dense_baseline(
     art: Artifact, ctx: StageContext, opts: ExportOptions, formats: tuple[str, ...], dense: torch.nn.Module
 ) -> list[dict[str, Any]]:
     """fp32 exports of the model as it was loaded, verified against that model's own outputs."""
-    example = art.extras.get("dense_example_input", art.example_input)
+    example = art.example_input  # simplify and quantize keep the input shape
     with torch.no_grad():
         x = art.data.test.tensors[0][: opts.verify_samples] if art.data is not None else example[:1]
         labels = art.data.test.tensors[1][: opts.verify_samples] if art.data is not None else None

@@ -1,6 +1,6 @@
 """The ``encode`` stage: code the model into ``model.nnr``, decode it back and check the round trip.
 
-Default in ``compress``: when the quantize stage ran (``art.extras["quant"]``), ``model.nnr`` carries
+Default in ``compress``: when the quantize stage ran (``art.quant``), ``model.nnr`` carries
 exactly its INT8 deploy levels (one quantisation, two consumers: the export stage checks that the
 INT8 ONNX/TFLite weights equal ``read_int8_levels(model.nnr)``), and a second stream
 ``model_qp.nnr`` is written in qp mode (per-tensor qps, DQ on), the compact one for storage and
@@ -93,7 +93,7 @@ def _summary(stream: EncodedStream) -> dict[str, Any]:
 
 def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     opts: NnrOptions = ctx.options_for("nnr", NnrOptions)
-    quant = art.extras.get("quant")
+    quant = art.quant
     use_int8 = quant is not None if opts.int8 is None else opts.int8
     architecture = architecture_record(art.model, art.example_input)
     extra = {"architecture": architecture}

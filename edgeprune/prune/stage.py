@@ -75,7 +75,6 @@ def prune_artifact(art: Artifact, options: PruneOptions, dest: Path, progress: P
             if e.channels_pruned
         ],
     }
-    art.extras["prune"] = result
     return {**out, **_save(art, dest)}
 
 

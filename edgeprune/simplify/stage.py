@@ -27,7 +27,6 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     art.model = result.model
     path = save_model(result.model, art.example_input, ctx.out_dir / "simplified.pt2")
     art.files["simplified"] = path
-    art.extras["simplify"] = result.report
     ctx.log.info(
         "simplify removed %d channels; float64 max|delta| %.3g",
         result.report["channels_removed"],
