@@ -18,6 +18,7 @@ from edgeprune.nnr.bitstream import (
     SyntaxCoder,
     UnitType,
     parse_units,
+    write_model_parameter_set,
     write_ndu,
     write_start_unit,
     write_topology_unit,
@@ -268,3 +269,17 @@ def test_random_mutations_only_ever_raise_bitstream_errors(data):
 
 
 _FUZZ_STREAM = encode_tensors(sample_tensors(1), qps={"conv.weight": -20, "fc.weight": -22}).data
+
+
+def test_a_qp_that_makes_weights_infinite_is_refused():
+    """A base qp far outside any encoder's range (found by the long reader fuzz) used to decode to
+    inf/NaN weights with a numpy RuntimeWarning; it is a damaged file."""
+    stream = encode_tensors({"w": np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8)}).data
+    mps = next(u for u in parse_units(stream) if u.unit_type == UnitType.MPS)
+    assert mps.fields["mps_quantization_parameter"] == 0
+    hostile = write_model_parameter_set(
+        1, mps.fields["mps_qp_density"], base_qp=4000
+    )  # 13-bit field: 2^(4000/4) overflows float32
+    forged = stream[: mps.offset] + hostile + stream[mps.offset + mps.size :]
+    with pytest.raises(BitstreamError, match="not finite"):
+        decode_stream(forged)

@@ -469,7 +469,12 @@ def decode_stream(
                     f"raw tensor {f['topology_elem_id']!r} has {len(u.payload)} bytes, expected {4 * n}",
                     "the file is damaged",
                 )
-            return np.frombuffer(u.payload, dtype="<f4").astype(np.float32).reshape(dims), None
+            values = np.frombuffer(u.payload, dtype="<f4").astype(np.float32).reshape(dims)
+            if not np.isfinite(values).all():
+                raise BitstreamError(
+                    f"raw tensor {f['topology_elem_id']!r} holds NaN or infinity", "the file is damaged; re-encode"
+                )
+            return values, None
         ngtx = f.get("cabac_unary_length_minus1", NUM_GTX_FLAGS - 1) + 1
         if ngtx > _cabac.MAX_GTX_FLAGS:
             raise BitstreamError(f"cabac_unary_length_minus1 {ngtx - 1} is not supported", "re-encode with the default")
@@ -510,7 +515,13 @@ def decode_stream(
         stats.append(TensorStats(name, list(arr.shape), mode, qp, u.size, arr.size))
         if ptype == PayloadType.FLOAT:
             levels_out[name] = arr
-            tensors[name] = np.float32(step_size_at(qp, qp_density)) * arr.astype(np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):
+                value = np.float32(step_size_at(qp, qp_density)) * arr.astype(np.float32)
+            if not np.isfinite(value).all():  # a qp far outside any encoder's range: inf steps, inf * 0
+                raise BitstreamError(
+                    f"tensor {name!r}: qp {qp} gives weights that are not finite", "the file is damaged; re-encode"
+                )
+            tensors[name] = value
         elif ptype == PayloadType.INT:
             levels_out[name] = arr
             tensors[name] = arr
