@@ -54,6 +54,10 @@ def _too_big(what: str, nbytes: int) -> DataError:
     )
 
 
+def _exact(values: torch.Tensor) -> list[float]:
+    return [float(f"{float(v):.9g}") for v in values.flatten()]
+
+
 @dataclass
 class DataBundle:
     """Deterministic train/val/test splits of one dataset as in-memory tensors."""
@@ -164,7 +168,9 @@ def _normalize(bundle: DataBundle, normalize: Normalize) -> DataBundle:
     mean, std = mean.float().reshape(shape), std.float().reshape(shape)
     for split in (bundle.train, bundle.val, bundle.test):
         split.tensors = ((split.tensors[0] - mean) / std, split.tensors[1])
-    stats = f"mean={[round(float(v), 4) for v in mean.flatten()]}, std={[round(float(v), 4) for v in std.flatten()]}"
+    # float32-exact (9 significant digits): the string also goes into the exported files' metadata,
+    # where a reader must be able to reproduce the input exactly
+    stats = f"mean={_exact(mean)}, std={_exact(std)}"
     suffix = f" ({label})" if label else ""
     bundle.preprocessing = f"{bundle.preprocessing}, then (x - mean) / std with {stats}{suffix}"
     return bundle

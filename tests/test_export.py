@@ -456,6 +456,10 @@ def test_cli_export_onnx_int8(
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.onnx", "model_int8.onnx", "quant.npz"]
     result = json.loads((out / "export.json").read_text())
     assert result["weight_mismatches"] == 0 and result["accuracy_onnxruntime_int8"] > 0.95
+    for name in ("model.onnx", "model_int8.onnx"):  # the files say how their input was preprocessed
+        props = {p.key: p.value for p in onnx.load(str(out / name)).metadata_props}
+        assert "(x - mean) / std" in props[export_stage.PREPROCESSING_KEY]
+        assert example_normalize.split(",")[0] in props[export_stage.PREPROCESSING_KEY]
     levels = np.load(out / "quant.npz")
     largest = max(int(np.abs(levels[k]).max()) for k in levels.files if levels[k].dtype == np.int8)
     bound = 2 ** (int(weight_bits) - 1) - 1  # max-abs levels reach it; allocated ones stay within it

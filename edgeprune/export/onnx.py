@@ -205,6 +205,20 @@ def read_int8_weights(path: Path) -> dict[str, np.ndarray]:
     return levels
 
 
+def stamp_metadata(path: Path, properties: Mapping[str, str]) -> None:
+    """Add ``properties`` to the file's ``metadata_props`` (atomically), e.g. the input preprocessing
+    the model expects - an ONNX file says nothing about it otherwise, and a model fed raw pixels
+    instead of standardised ones fails silently."""
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key not in properties]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in properties.items():
+        model.metadata_props.add(key=key, value=value)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
 def run_session(
     path: Path, inputs: torch.Tensor, threads: int = 1, chunk: int = 256, exact: bool = False
 ) -> np.ndarray:

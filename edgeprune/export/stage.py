@@ -109,6 +109,10 @@ def _reference_levels(art: Artifact, qw: quant.QuantizedWeights) -> tuple[str, d
     return "quantize stage", {name: t.levels for name, t in qw.tensors.items()}
 
 
+# ONNX metadata_props key stating the preprocessing the data went through before it reached the model
+PREPROCESSING_KEY = "edgeprune.input_preprocessing"
+
+
 def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     """Write, verify and measure every requested file (see the module docstring)."""
     opts: ExportOptions = ctx.options_for("export", ExportOptions)
@@ -146,6 +150,10 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     dense = art.dense_model
     if opts.dense_baseline and dense is not None:
         rows += _dense_baseline(art, ctx, opts, formats, dense)
+    if art.data is not None:
+        for key in ("onnx_fp32", "onnx_int8", "dense_onnx_fp32"):
+            if key in art.files:
+                onnx_export.stamp_metadata(art.files[key], {PREPROCESSING_KEY: art.data.preprocessing})
     return _summarise(rows, checks, reference_name, qw, opts)
 
 
