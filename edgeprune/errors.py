@@ -53,3 +53,9 @@ class DeviceError(EdgepruneError):
 
 class OutputExistsError(EdgepruneError):
     """The output location already holds results and --force was not given."""
+
+
+def first_line(exc: BaseException, limit: int = 240) -> str:
+    """The first non-empty line of an exception message (library errors are often pages long)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]

@@ -39,7 +39,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from edgeprune.artifact import Artifact, StageContext
 from edgeprune.checkpoint import as_graph_module
-from edgeprune.errors import DataError, GraphError, VerificationError
+from edgeprune.errors import DataError, GraphError, VerificationError, first_line
 from edgeprune.fileio import atomic_path
 from edgeprune.metrics import evaluate
 
@@ -263,12 +263,6 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
             "remove data-dependent Python control flow and unsupported ops from forward()",
         ) from None
     return as_graph_module(program).eval()
-
-
-def first_line(exc: BaseException, limit: int = 240) -> str:
-    """The first non-empty line of an exception message (library errors are often pages long)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:limit]
 
 
 def _tensor_attr(gm: fx.GraphModule, node: Any) -> torch.Tensor | None:

@@ -28,9 +28,8 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from edgeprune.errors import ExportError
+from edgeprune.errors import ExportError, first_line
 from edgeprune.fileio import atomic_path
-from edgeprune.quant import first_line
 
 OPSET = 18
 INPUT_NAME = "input"

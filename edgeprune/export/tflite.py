@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.errors import ExportError
+from edgeprune.errors import ExportError, first_line
 from edgeprune.export.onnx import _quiet, describe_failure, failing_op
 from edgeprune.fileio import atomic_path
-from edgeprune.quant import first_line, trace
+from edgeprune.quant import trace
 
 INSTALL_HINT = "pip install 'edgeprune[tflite]' -c constraints.txt, or pass --format onnx to skip TFLite"
 

@@ -20,7 +20,6 @@ from edgeprune.errors import BitstreamError
 
 MAX_STRING_BYTES = 1 << 26  # a topology JSON larger than 64 MiB is certainly not ours
 MAX_DIMS = 8
-MAX_ELEMENTS = (1 << 31) - 1
 
 
 class UnitType(IntEnum):
