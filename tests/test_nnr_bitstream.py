@@ -232,6 +232,7 @@ def test_compact_topology_and_version_1_streams_decode_alike():
         ("mode", "empty", "marked empty"),
         ("scale", [1.0], "scales"),
         ("scale", True, "malformed scales"),
+        ("shape", [True], "incompletely"),  # JSON true is a Python int: found by the long reader fuzz
         ("scale", float("nan"), "malformed scales"),
         ("axis", True, "scales"),
     ],

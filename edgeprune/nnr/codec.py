@@ -395,7 +395,7 @@ def _check_entry(entry: Any) -> dict[str, Any]:
         isinstance(entry, dict)
         and isinstance(entry.get("name"), str)
         and isinstance(entry.get("shape"), list)
-        and all(isinstance(d, int) and 0 <= d < 1 << 31 for d in entry["shape"])
+        and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 31 for d in entry["shape"])
         and len(entry["shape"]) <= 8
         and isinstance(entry.get("dtype", DEFAULT_DTYPE), str)
         and isinstance(entry.get("mode"), str)
