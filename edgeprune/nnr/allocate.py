@@ -220,27 +220,9 @@ def int8_scales(weight: np.ndarray, step: float | None, max_level: int = 127) ->
 
 def coded_bytes(levels: dict[str, np.ndarray]) -> int:
     """CABAC payload bytes of integer levels as model.nnr codes them (INT payload, row layout)."""
-    from edgeprune.nnr import _cabac
-    from edgeprune.nnr.codec import NUM_GTX_FLAGS, QP_DENSITY, layout
+    from edgeprune.nnr.codec import cabac_payload
 
-    total = 0
-    for lv in levels.values():
-        rows, width = layout(tuple(lv.shape) or (1,))
-        total += len(
-            _cabac.encode(
-                np.ascontiguousarray(lv.reshape(-1), dtype=np.int32),
-                rows,
-                width,
-                dq=False,
-                profile=True,
-                row_skip=True,
-                estimator_search=False,
-                num_gtx_flags=NUM_GTX_FLAGS,
-                qp_offset=None,
-                qp_density=QP_DENSITY,
-            )
-        )
-    return total
+    return sum(len(cabac_payload(lv, lv.shape)) for lv in levels.values())
 
 
 def uniform_qp(state: dict[str, np.ndarray], names: list[str]) -> int:

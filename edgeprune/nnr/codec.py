@@ -181,11 +181,35 @@ class _TensorJob:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def cabac_payload(
+    levels: np.ndarray,
+    shape: tuple[int, ...],
+    dq: bool = False,
+    row_skip: bool = True,
+    estimator_search: bool = False,
+    qp_offset: int | None = None,
+) -> bytes:
+    """The CABAC payload an NDU carries for integer ``levels`` of a tensor of ``shape`` (row layout,
+    edgeprune's profile) - the one place the coder is called, so size estimates cost what files do."""
+    rows, width = layout(tuple(shape) or (1,))
+    return _cabac.encode(
+        np.ascontiguousarray(levels.reshape(-1), dtype=np.int32),
+        rows,
+        width,
+        dq=dq,
+        profile=True,
+        row_skip=row_skip,
+        estimator_search=estimator_search,
+        num_gtx_flags=NUM_GTX_FLAGS,
+        qp_offset=qp_offset,
+        qp_density=QP_DENSITY,
+    )
+
+
 def _encode_job(
     job: _TensorJob, dq: bool, row_skip: bool, estimator_search: bool, rdoq: float
 ) -> tuple[bytes, np.ndarray]:
     shape = tuple(job.array.shape) or (1,)
-    rows, width = layout(shape)
     flat = np.ascontiguousarray(job.array.reshape(-1))
     if job.mode == "raw":
         payload = flat.astype("<f4").tobytes()
@@ -205,18 +229,7 @@ def _encode_job(
         levels = flat.astype(np.int32)
         payload_type, use_dq, qp_offset = PayloadType.INT, False, None
     try:
-        payload = _cabac.encode(
-            levels,
-            rows,
-            width,
-            dq=use_dq,
-            profile=True,
-            row_skip=row_skip,
-            estimator_search=estimator_search,
-            num_gtx_flags=NUM_GTX_FLAGS,
-            qp_offset=qp_offset,
-            qp_density=QP_DENSITY,
-        )
+        payload = cabac_payload(levels, shape, use_dq, row_skip, estimator_search, qp_offset)
     except _cabac.CabacError as exc:
         raise BitstreamError(f"cannot encode {job.name}: {exc}", "use a coarser qp") from None
     return write_ndu(PROFILE, job.name, job.index, payload_type, list(shape), use_dq, NUM_GTX_FLAGS, payload), levels
