@@ -99,6 +99,33 @@ def _verification_set(art: Artifact, samples: int) -> _Verification:
     return _Verification(x, y, reference)
 
 
+@dataclass
+class _Int8Job:
+    """What every INT8 exporter is given: the model with its weights snapped to the INT8 grid, real
+    calibration inputs, the per-channel scales to pin, the levels the file must carry and where they
+    come from, and a scratch directory for the file before it passes the level gate."""
+
+    snapped: torch.nn.Module
+    calibration: torch.Tensor
+    scales: dict[str, np.ndarray]
+    reference: dict[str, np.ndarray]
+    reference_name: str
+    scratch: Path
+
+
+def _int8_job(art: Artifact, ctx: StageContext, qw: quant.QuantizedWeights, scratch: Path) -> _Int8Job:
+    samples = ctx.options_for("quantize", quant.QuantOptions).calibration_samples
+    reference_name, reference = _reference_levels(art, qw)
+    return _Int8Job(
+        snapped=quant.with_quantized_weights(art.model, qw),
+        calibration=quant.calibration_inputs(art, samples),
+        scales={n: t.scale for n, t in qw.tensors.items()},
+        reference=reference,
+        reference_name=reference_name,
+        scratch=scratch,
+    )
+
+
 def _reference_levels(art: Artifact, qw: quant.QuantizedWeights) -> tuple[str, dict[str, np.ndarray]]:
     """Levels the files must carry: those decoded from model.nnr if the encode stage wrote it."""
     nnr_path = art.files.get("nnr")
@@ -121,31 +148,25 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
         tflite_export.require_litert_torch()  # fail before writing anything
     quant.trace(art.model, art.example_input)  # an untraceable model fails here with one clear GraphError
     qw: quant.QuantizedWeights | None = None
-    calibration: torch.Tensor | None = None
     if opts.int8:
         if art.quant is None:
             quant.run_stage(art, ctx)
         qw = art.quant
-        calibration = quant.calibration_inputs(art, ctx.options_for("quantize", quant.QuantOptions).calibration_samples)
     verification = _verification_set(art, opts.verify_samples)
     rows: list[dict[str, Any]] = []
     checks: dict[str, LevelCheck] = {}
-    reference_name, reference = _reference_levels(art, qw) if qw is not None else ("", {})
     with tempfile.TemporaryDirectory(prefix="edgeprune-export-") as scratch:
-        snapped = quant.with_quantized_weights(art.model, qw) if qw is not None else None
+        job = _int8_job(art, ctx, qw, Path(scratch)) if qw is not None else None
+        reference_name = job.reference_name if job is not None else ""
         if "onnx" in formats:
             rows.append(_onnx_fp32(art, ctx, opts, verification))
-            if snapped is not None:
-                row, checks["onnx_int8"] = _onnx_int8(
-                    art, ctx, opts, verification, snapped, calibration, reference, Path(scratch), qw, reference_name
-                )
+            if job is not None:
+                row, checks["onnx_int8"] = _onnx_int8(art, ctx, opts, verification, job)
                 rows.append(row)
         if "tflite" in formats:
             rows.append(_tflite_fp32(art, ctx, opts, verification))
-            if snapped is not None:
-                row, checks["tflite_int8"] = _tflite_int8(
-                    art, ctx, opts, verification, snapped, calibration, reference, Path(scratch), qw, reference_name
-                )
+            if job is not None:
+                row, checks["tflite_int8"] = _tflite_int8(art, ctx, opts, verification, job)
                 rows.append(row)
     dense = art.dense_model
     if opts.dense_baseline and dense is not None:
@@ -229,34 +250,25 @@ def level_gate(check: LevelCheck, candidate: Path, dest: Path, reference_name: s
 
 
 def _onnx_int8(
-    art: Artifact,
-    ctx: StageContext,
-    opts: ExportOptions,
-    ver: _Verification,
-    snapped: torch.nn.Module,
-    calibration: torch.Tensor,
-    reference: dict[str, np.ndarray],
-    scratch: Path,
-    qw: quant.QuantizedWeights,
-    reference_name: str,
+    art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Verification, job: _Int8Job
 ) -> tuple[dict[str, Any], LevelCheck]:
     dest = ctx.out_dir / FILE_NAMES["onnx_int8"]
     qopts: quant.QuantOptions = ctx.options_for("quantize", quant.QuantOptions)
     start = time.perf_counter()
     snapped_onnx = onnx_export.export_fp32(
-        snapped, art.example_input, scratch / "snapped.onnx", opts.opset, opts.dynamic_batch
+        job.snapped, art.example_input, job.scratch / "snapped.onnx", opts.opset, opts.dynamic_batch
     )
     candidate = onnx_export.quantize_int8(
         snapped_onnx,
-        scratch / dest.name,
-        calibration,
+        job.scratch / dest.name,
+        job.calibration,
         qopts.calibration,
         qopts.percentile,
-        weight_scales={n: t.scale for n, t in qw.tensors.items()},
+        weight_scales=job.scales,
     )
     seconds = time.perf_counter() - start
-    check = compare_levels(reference, onnx_export.read_int8_weights(candidate))
-    level_gate(check, candidate, dest, reference_name)
+    check = compare_levels(job.reference, onnx_export.read_int8_weights(candidate))
+    level_gate(check, candidate, dest, job.reference_name)
     art.files["onnx_int8"] = dest
     outputs = onnx_export.run_session(dest, ver.inputs, opts.threads)
     row = _row(art, "onnx_int8", "onnxruntime", "int8", seconds, ver.measure(outputs))
@@ -288,29 +300,20 @@ def _tflite_fp32(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Ve
 
 
 def _tflite_int8(
-    art: Artifact,
-    ctx: StageContext,
-    opts: ExportOptions,
-    ver: _Verification,
-    snapped: torch.nn.Module,
-    calibration: torch.Tensor,
-    reference: dict[str, np.ndarray],
-    scratch: Path,
-    qw: quant.QuantizedWeights,
-    reference_name: str,
+    art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Verification, job: _Int8Job
 ) -> tuple[dict[str, Any], LevelCheck]:
     dest = ctx.out_dir / FILE_NAMES["tflite_int8"]
     candidate, seconds = _timed(
         tflite_export.export_int8,
-        snapped,
+        job.snapped,
         art.example_input,
-        calibration,
-        scratch / dest.name,
+        job.calibration,
+        job.scratch / dest.name,
         opts.nhwc,
-        {n: t.scale for n, t in qw.tensors.items()},
+        job.scales,
     )
-    check = match_by_content(reference, tflite_export.read_int8_weights(candidate))
-    level_gate(check, candidate, dest, reference_name)
+    check = match_by_content(job.reference, tflite_export.read_int8_weights(candidate))
+    level_gate(check, candidate, dest, job.reference_name)
     art.files["tflite_int8"] = dest
     outputs = tflite_export.run_interpreter(dest, ver.inputs, opts.threads, opts.nhwc)
     row = _row(art, "tflite_int8", "litert", "int8", seconds, ver.measure(outputs))
