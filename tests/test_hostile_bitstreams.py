@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 import tracemalloc
-from pathlib import Path
 
 import pytest
 import torch
+from support.nnr_streams import with_topology
 
 from edgeprune import models
 from edgeprune.errors import BitstreamError
 from edgeprune.nnr.bitstream import UnitType, parse_units
 from edgeprune.nnr.codec import ModelEncodeOptions, decode_model, encode_model
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_safety_topology import with_topology  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +39,11 @@ CASES = {
     "scale dict": (_tensors(lambda ts: ts[0].update(mode="int8", scale={"a": 1}, axis=0)), "malformed scales"),
     "scale ragged": (_tensors(lambda ts: ts[0].update(mode="int8", scale=[[1], 2], axis=0)), "malformed scales"),
     "scale nan": (_tensors(lambda ts: ts[0].update(mode="int8", scale=[float("nan")] * 20, axis=0)), "malformed"),
+    # topology v2: a JSON true inside a shape (an int to Python; found by the long fuzz), one-number scales
+    "shape with true": (_tensors(lambda ts: ts[0].__setitem__("shape", [True, 20, 1, 1])), "incompletely"),
+    "scalar scale bool": (_tensors(lambda ts: ts[0].update(mode="int8", scale=True)), "malformed scales"),
+    "scalar scale inf": (_tensors(lambda ts: ts[0].update(mode="int8", scale=float("inf"))), "malformed scales"),
+    "axis true": (_tensors(lambda ts: ts[0].update(mode="int8", scale=0.5, axis=True)), "scales for shape"),
     "deep json": (lambda t: '{"format":"edgeprune-nnr","a":' + "[" * 200_000 + "]" * 200_000 + "}", "nested"),
     "architecture list": (lambda t: {**t, "architecture": [1]}, "not an object"),
     "factory kwargs list": (lambda t: {**t, "architecture": {"factory": "os:system", "kwargs": ["ls"]}}, "never runs"),

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.nnr_streams import with_topology
 
 from edgeprune import models
 from edgeprune.errors import BitstreamError
-from edgeprune.nnr.bitstream import UnitType, parse_units, write_topology_unit
 from edgeprune.nnr.codec import ModelEncodeOptions, decode_model, decode_stream, encode_model
 from edgeprune.nnr.topology import OPS
 
@@ -29,15 +29,6 @@ def _encode(model: torch.nn.Module, shape: tuple[int, ...]) -> bytes:
 def lenet_nnr() -> bytes:
     torch.manual_seed(0)
     return _encode(models.lenet5(input_size=8), (1, 1, 8, 8))
-
-
-def with_topology(data: bytes, edit) -> bytes:  # noqa: ANN001 - edit: dict -> dict
-    """``data`` with its TPL unit's JSON replaced by ``edit(json)``; NDUs (and their CRCs) unchanged."""
-    units = parse_units(data)
-    tpl = next(u for u in units if u.unit_type == UnitType.TPL)
-    topology = edit(json.loads(tpl.fields["topology_data"]))
-    text = topology if isinstance(topology, str) else json.dumps(topology)
-    return data[: tpl.offset] + write_topology_unit(text) + data[tpl.offset + tpl.size :]
 
 
 def test_same_model_same_seed_gives_identical_bytes_without_temp_names(lenet_nnr):
