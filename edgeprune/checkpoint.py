@@ -289,10 +289,11 @@ def _load_exported(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
     dims = _input_dims(program)
     if shape is None and dims is not None:
         # A program exported elsewhere: a symbolic dimension takes the size it was traced with (the batch: 1).
-        hints = [d if isinstance(d, int) else getattr(d.node, "hint", None) for d in dims]
-        if all(isinstance(h, int) for h in hints[1:]):
-            shape = (1, *hints[1:])
-    module = as_graph_module(program)
+        hints = [d if isinstance(d, int) else getattr(d.node, "hint", None) for d in dims[1:]]
+        sizes = [h for h in hints if isinstance(h, int)]
+        if len(sizes) == len(hints):
+            shape = (1, *sizes)
+    module: nn.Module = as_graph_module(program)
     if dims is not None and isinstance(dims[0], int) and shape is not None:
         module = _with_dynamic_batch(module, path, dims[0], shape)
     return module, shape
@@ -323,7 +324,7 @@ def _with_dynamic_batch(module: nn.Module, path: Path, batch: int, shape: tuple[
         ) from None
 
 
-def as_graph_module(program: torch.export.ExportedProgram) -> nn.Module:
+def as_graph_module(program: torch.export.ExportedProgram) -> torch.fx.GraphModule:
     """The program as a trainable ``fx.GraphModule``.
 
     ``ExportedProgram.module()`` refuses ``.eval()``/``.train()``; re-wrapping its graph in a plain
@@ -587,8 +588,12 @@ def inspect_exported_archive(path: Path) -> None:
                     for fqn, meta in entries.items():
                         if not isinstance(meta, dict) or meta.get("use_pickle") is not False:
                             raise _refuse(path, f"stores {kind[:-1]} {str(fqn)[:60]!r} as a pickle")
-                        name = meta.get("path_name")
-                        if not (isinstance(name, str) and name.startswith(prefix) and f"data/{kind}/{name}" in files):
+                        payload = meta.get("path_name")
+                        if not (
+                            isinstance(payload, str)
+                            and payload.startswith(prefix)
+                            and f"data/{kind}/{payload}" in files
+                        ):
                             raise _refuse(path, f"stores {kind[:-1]} {str(fqn)[:60]!r} as an unknown payload")
                 _check_program(path, read_json(model_file))
                 sample = files.get(f"data/sample_inputs/{model}.pt")

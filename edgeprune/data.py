@@ -415,7 +415,7 @@ def _split(
     n = len(x)
     n_test = 0 if x_test is not None else max(1, int(round(n * test_fraction)))
     n_val = max(1, int(round(n * val_fraction)))
-    if x_test is None:
+    if x_test is None or y_test is None:
         x_test, y_test = x[:n_test], y[:n_test]
     x_val, y_val = x[n_test : n_test + n_val], y[n_test : n_test + n_val]
     x_train, y_train = x[n_test + n_val :], y[n_test + n_val :]

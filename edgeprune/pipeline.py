@@ -2,11 +2,13 @@
 
 Python API::
 
+    from edgeprune.load import LoadOptions
     from edgeprune.pipeline import run_pipeline
-    report = run_pipeline(artifact, ctx)            # all stages
-    report = run_pipeline(artifact, ctx, ["simplify", "export"])
+    art, report = run_pipeline(LoadOptions(model="model.pt2", data="digits"), ctx)  # all stages
+    art, report = run_pipeline(artifact, ctx, ["load", "simplify", "export"])  # an Artifact in memory
 
-Each stage is ``run(artifact, ctx) -> dict`` in its own module (see ``STAGE_RUNNERS``). The
+The load stage builds the Artifact from :class:`~edgeprune.load.LoadOptions` (or takes the one
+given); every other stage is ``run(artifact, ctx) -> dict`` in its own module (see ``STAGE_RUNNERS``). The
 pipeline measures what every stage would otherwise repeat - wall time, parameters, non-zero
 parameters, MACs and test accuracy of the float model - and stores the stage's own numbers beside
 them. Standard keys a stage may return: ``accuracy`` (of the artefact it produced, when that is not
@@ -24,6 +26,7 @@ from typing import Any
 
 from edgeprune.artifact import Artifact, StageContext
 from edgeprune.errors import EdgepruneError
+from edgeprune.load import LoadOptions, load
 from edgeprune.metrics import count_macs, count_params, evaluate
 from edgeprune.report import Report, StageRecord
 
@@ -59,19 +62,30 @@ def stage_runner(name: str) -> Callable[[Artifact, StageContext], dict[str, Any]
     return getattr(importlib.import_module(module_name), attr)
 
 
-def run_pipeline(art: Artifact, ctx: StageContext, stages: Sequence[str] = STAGE_ORDER) -> Report:
-    """Run ``stages`` in order on ``art``; return the report."""
+def run_pipeline(
+    source: Artifact | LoadOptions, ctx: StageContext, stages: Sequence[str] = STAGE_ORDER
+) -> tuple[Artifact, Report]:
+    """Load ``source`` (or take the Artifact given) and run ``stages`` on it in order.
+
+    Returns the final Artifact (its model, files and quantisation results) and the report.
+    """
+    if "load" not in stages:
+        raise EdgepruneError("the load stage cannot be skipped", "keep 'load' in the stage list")
+    if ctx.progress:
+        ctx.progress.print("[bold]load[/bold] ...")
+    start = time.perf_counter()
+    art = load(source, ctx.progress) if isinstance(source, LoadOptions) else source
+    load_seconds = time.perf_counter() - start
     report = Report(meta={**art.meta, "target": ctx.target, "seed": ctx.seed, "stages": list(stages)})
     if MODEL_CHANGING.intersection(stages) - {"load"}:
         # The model as loaded, for dense-vs-compressed comparisons (the export stage exports it too).
         art.dense_model = copy.deepcopy(art.model)
     for name in stages:
         start = time.perf_counter()
-        if ctx.progress:
+        if ctx.progress and name != "load":
             ctx.progress.print(f"[bold]{name}[/bold] ...")
         stage_metrics = {} if name == "load" else dict(stage_runner(name)(art, ctx) or {})
-        # The artifact is loaded (or the example trained) before the pipeline starts; its caller times it.
-        seconds = art.meta.get("load_seconds", 0.0) if name == "load" else time.perf_counter() - start
+        seconds = load_seconds if name == "load" else time.perf_counter() - start
         record = StageRecord(name=name, seconds=seconds, metrics=stage_metrics)
         if name in MODEL_CHANGING:
             record.params = count_params(art.model)
@@ -87,4 +101,4 @@ def run_pipeline(art: Artifact, ctx: StageContext, stages: Sequence[str] = STAGE
         record.files = {k: os.path.relpath(v, ctx.out_dir) for k, v in art.files.items() if k not in report.all_files()}
         report.add(record)
         ctx.log.info("%s done in %.2fs: %s", name, seconds, stage_metrics)
-    return report
+    return art, report

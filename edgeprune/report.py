@@ -225,11 +225,11 @@ class Report:
             scale, unit = (1e3, "µs") if max(r["median_ms"] for r in timed) < 1 else (1.0, "ms")
             medians = [r["median_ms"] * scale for r in timed]
             low = [
-                m - (r.get("p10_ms") if r.get("p10_ms") is not None else r["median_ms"]) * scale
+                m - (r["p10_ms"] if r.get("p10_ms") is not None else r["median_ms"]) * scale
                 for m, r in zip(medians, timed, strict=True)
             ]
             high = [
-                (r.get("p90_ms") if r.get("p90_ms") is not None else r["median_ms"]) * scale - m
+                (r["p90_ms"] if r.get("p90_ms") is not None else r["median_ms"]) * scale - m
                 for m, r in zip(medians, timed, strict=True)
             ]
             fig, ax = plt.subplots(figsize=(8, 0.45 * len(timed) + 1.4))
@@ -451,9 +451,11 @@ def _exports_table(export: StageRecord) -> Table:
     )
 
 
-def _stream_points(encode: StageRecord) -> list[tuple[str, int, float]]:
+def _stream_points(encode: StageRecord | None) -> list[tuple[str, int, float]]:
     """(label, size, accuracy) of the streams the encode stage wrote, for the rate-accuracy plot."""
-    points = []
+    points: list[tuple[str, int, float]] = []
+    if encode is None:
+        return points
     if encode.size_bytes and encode.accuracy is not None:
         points.append((f"model.nnr ({encode.metrics.get('mode', '?')})", encode.size_bytes, encode.accuracy))
     if encode.metrics.get("qp_stream_size_bytes") and encode.metrics.get("qp_stream_accuracy") is not None:

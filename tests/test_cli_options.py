@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-import edgeprune.cli.compress
+import edgeprune.examples
 from edgeprune.checkpoint import save_model
 from edgeprune.errors import EdgepruneError
 
@@ -27,7 +27,7 @@ def seen_seed(monkeypatch) -> list[int]:
         seen.append(seed)
         raise _Stop("stopped by the test", "nothing to fix")
 
-    monkeypatch.setattr(edgeprune.cli.compress, "build_example", record)
+    monkeypatch.setattr(edgeprune.examples, "build_example", record)
     return seen
 
 

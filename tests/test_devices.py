@@ -193,7 +193,7 @@ def test_bench_stage_in_the_pipeline_writes_table_plot_and_json(trained_lenet5, 
         meta=dict(trained_lenet5.meta),
     )
     ctx = StageContext(out_dir=tmp_path, options={"bench": FAST}, target="host")
-    report = run_pipeline(art, ctx, ["load", "bench"])
+    _, report = run_pipeline(art, ctx, ["load", "bench"])
     bench = report.stage("bench")
     assert [r["model"] for r in bench.metrics["results"]] == ["onnx_fp32", "onnx_int8", "tflite_fp32"]
     int8 = next(r for r in bench.metrics["results"] if r["model"] == "onnx_int8")

@@ -1,4 +1,5 @@
-"""The code style the project keeps: ``ruff check`` and ``ruff format --check`` over everything it ships or runs."""
+"""The code style the project keeps: ``ruff check`` and ``ruff format --check`` over everything it ships or runs,
+and ``mypy`` over the library (configured in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,13 @@ def test_ruff(command):
     ruff = shutil.which("ruff")
     assert ruff, "ruff is missing: install the test extras (tools/install-test-deps.sh)"
     result = subprocess.run([ruff, *command, *CHECKED], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_mypy_on_the_library():
+    mypy = shutil.which("mypy")
+    assert mypy, "mypy is missing: install the test extras (tools/install-test-deps.sh)"
+    result = subprocess.run([mypy], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -58,14 +59,17 @@ def _terminate(signum: int, frame: object) -> None:
 class _Group(click.Group):
     """Turns user errors into one line and exit status 2; tracebacks only with --debug."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # noqa: ANN401 - click's
+    def main(  # type: ignore[override] # one signature for click's two overloads
+        self, args: Sequence[str] | None = None, standalone_mode: bool = True, **kwargs: Any
+    ) -> Any:  # noqa: ANN401 - click's
         """Usage errors (a bad option value, a missing argument) as one ``error:`` line, not a help panel."""
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, standalone_mode=False, **kwargs)
         try:
-            result = super().main(*args, standalone_mode=False, **kwargs)
+            result = super().main(args, standalone_mode=False, **kwargs)
         except click.ClickException as exc:
-            where = f" (see '{exc.ctx.command_path} --help')" if getattr(exc, "ctx", None) else ""
+            failed_in = getattr(exc, "ctx", None)
+            where = f" (see '{failed_in.command_path} --help')" if failed_in else ""
             click.echo(f"error: {exc.format_message()}{where}", err=True)
             sys.exit(exc.exit_code)
         except click.Abort:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from rich_click import rich_click as config
 from rich_click.patch import patch
+from rich_click.utils import OptionGroupDict
 
 patch()
 config.MAX_WIDTH = 110
@@ -37,7 +38,7 @@ def option_names(decorator: Callable) -> list[str]:
 
 def group_compress_options(stage_panels: list[tuple[str, Callable]]) -> None:
     """Show ``compress --help`` as one panel per stage, after the input/output panels (examples stay first)."""
-    panels = [
+    panels: list[OptionGroupDict] = [
         {
             "name": "Input",
             "options": [
@@ -51,7 +52,7 @@ def group_compress_options(stage_panels: list[tuple[str, Callable]]) -> None:
             ],
         },
         {"name": "Output and stages", "options": ["--output", "--force", "--stages", "--skip", "--target", "--json"]},
-        *({"name": name, "options": option_names(decorator)} for name, decorator in stage_panels),
+        *(OptionGroupDict(name=name, options=option_names(decorator)) for name, decorator in stage_panels),
         {"name": "Messages", "options": ["--quiet", "--verbose", "--debug", "--help"]},
     ]
     config.OPTION_GROUPS["* compress"] = panels

@@ -162,7 +162,7 @@ def devices(ctx: click.Context, names: tuple[str, ...], check: bool, timeout: fl
       edgeprune devices --no-check --json
     """
     profiles = [load_profile(n) for n in names] if names else list_profiles()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for p in profiles:
         row = {
             "name": p.name,
@@ -179,8 +179,9 @@ def devices(ctx: click.Context, names: tuple[str, ...], check: bool, timeout: fl
         rows.append(row)
     lines = [f"{'name':<20} {'transport':<9} {'address':<28} {'runtimes':<26} status"]
     for r in rows:
-        status = ("reachable" if r["reachable"] else f"unreachable: {r['detail']}") if check else "-"
-        lines.append(f"{r['name']:<20} {r['transport']:<9} {r['address']:<28} {','.join(r['runtimes']):<26} {status}")
+        state = ("reachable" if r["reachable"] else f"unreachable: {r['detail']}") if check else "-"
+        runtimes = ",".join(r["runtimes"])
+        lines.append(f"{r['name']:<20} {r['transport']:<9} {r['address']:<28} {runtimes:<26} {state}")
     lines.append("profiles are read from: " + ", ".join(str(p) for p in search_paths()))
     emit(ctx, {"devices": rows}, as_json, "\n".join(lines))
 

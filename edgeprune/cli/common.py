@@ -9,12 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-import torch
 
 from edgeprune.artifact import Artifact, StageContext
-from edgeprune.checkpoint import load_model, parse_input_shape
-from edgeprune.data import DataBundle, load_data, parse_normalize
 from edgeprune.errors import OutputExistsError
+from edgeprune.load import LoadOptions, load
 from edgeprune.progress import Progress
 
 
@@ -73,29 +71,24 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the ma
 force_option = click.option("--force", is_flag=True, help="Overwrite existing output.")
 
 
-def load_artifact(kwargs: dict[str, Any], model_path: str | None) -> Artifact:
-    """Pop the model and data options from ``kwargs`` and build the pipeline's Artifact."""
-    loaded = load_model(
-        model_path,
+def load_options_from(kwargs: dict[str, Any], model_path: str | None, example: str | None = None) -> LoadOptions:
+    """Pop the model options from ``kwargs`` (``--data`` and ``--seed`` stay: other stages read them too)."""
+    return LoadOptions(
+        model=model_path,
+        example=example,
         arch=kwargs.pop("arch", None),
         arch_kwargs=kwargs.pop("arch_kwargs", None),
-        trust=kwargs.pop("trust_checkpoint", False),
-        input_shape=parse_input_shape(kwargs.pop("input_shape", None)),
+        trust_checkpoint=kwargs.pop("trust_checkpoint", False),
+        input_shape=kwargs.pop("input_shape", None),
+        data=kwargs.get("data"),
+        normalize=kwargs.pop("data_normalize", None),
+        seed=kwargs.get("seed", 0),
     )
-    data = load_data_option(kwargs.get("data"), kwargs.get("seed", 0), kwargs.pop("data_normalize", None))
-    if data is not None:
-        data.check_fits(tuple(loaded.example_input.shape))
-        with torch.no_grad():
-            outputs = loaded.model(loaded.example_input)
-        if isinstance(outputs, torch.Tensor) and outputs.ndim == 2:
-            data.check_labels(int(outputs.shape[1]))
-    return Artifact(model=loaded.model, example_input=loaded.example_input, data=data, meta=loaded.meta)
 
 
-def load_data_option(spec: str | None, seed: int, normalize: str | None = None) -> DataBundle | None:
-    if spec is None:
-        return None
-    return load_data(spec, seed=seed, normalize=parse_normalize(normalize))
+def load_artifact(kwargs: dict[str, Any], model_path: str) -> Artifact:
+    """The load stage for a single-stage command: pop the model options from ``kwargs`` and load."""
+    return load(load_options_from(kwargs, model_path))
 
 
 def progress_for(ctx: click.Context) -> Progress:

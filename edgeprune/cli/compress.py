@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,14 @@ from edgeprune.cli.common import (
     emit,
     force_option,
     json_option,
-    load_artifact,
+    load_options_from,
     make_context,
     model_options,
 )
 from edgeprune.devices.profiles import load_profile
 from edgeprune.devices.transport import check_reachable
-from edgeprune.errors import DeviceError, EdgepruneError
-from edgeprune.examples import EXAMPLES, build_example
+from edgeprune.errors import DeviceError
+from edgeprune.examples import EXAMPLES
 from edgeprune.fileio import atomic_directory
 from edgeprune.pipeline import STAGE_ORDER, run_pipeline, select_stages
 
@@ -69,28 +68,14 @@ def compress(
     """
     chosen = select_stages(stages, skip)
     options = dict(build(kwargs) for build in _OPTION_BUILDERS)
-    if example and model:
-        raise EdgepruneError("give either MODEL or --example, not both", "drop one of them")
-    if not example and not model:
-        raise EdgepruneError("no model given", "pass a checkpoint path or --example lenet5")
+    source = load_options_from(kwargs, model, example)
+    source.check()
     if "bench" in chosen:
         _check_target(target)
     out = Path(out_dir)
     with atomic_directory(out, force) as work_dir:
-        stage_ctx = make_context(ctx, work_dir, kwargs.get("seed", 0), options, target)
-        load_start = time.perf_counter()
-        if example:
-            art = build_example(
-                example, seed=kwargs.get("seed", 0), data_spec=kwargs.get("data"), progress=stage_ctx.progress
-            )
-        else:
-            art = load_artifact(kwargs, model)
-        art.meta["load_seconds"] = time.perf_counter() - load_start
-        if art.data is not None:
-            art.meta["data"] = art.data.name
-            art.meta["test_samples"] = len(art.data.test)
-            art.meta["preprocessing"] = art.data.preprocessing
-        report = run_pipeline(art, stage_ctx, chosen)
+        stage_ctx = make_context(ctx, work_dir, source.seed, options, target)
+        _, report = run_pipeline(source, stage_ctx, chosen)
         files = report.write(work_dir)
     result = report.to_dict()
     result["output_dir"] = str(out)

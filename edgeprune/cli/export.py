@@ -136,6 +136,7 @@ def quantize(ctx: click.Context, model: str, out_dir: str, force: bool, as_json:
         result = run_stage(art, make_context(ctx, work_dir, kwargs.get("seed", 0), options))
         art.files["deploy_model"] = save_model(art.model, art.example_input, work_dir / "model_deploy.pt2")
         quant = art.quant
+        assert quant is not None, "the quantize stage sets artifact.quant"
         result["activation_ranges"] = {k: list(v) for k, v in quant.activation_ranges.items()}
         result["files"] = {k: v.name for k, v in art.files.items()}
         write_json(work_dir / "quant.json", result)

@@ -112,12 +112,17 @@ class SshTransport(Transport):
             self.client.close()
             self.client = None
 
-    def _sftp(self) -> paramiko.SFTPClient:
+    def _connected(self) -> paramiko.SSHClient:
+        """The SSH client, connecting first if there is none."""
         if self.client is None:
             self.connect()
+        assert self.client is not None, "connect() sets the client or raises"
+        return self.client
+
+    def _sftp(self) -> paramiko.SFTPClient:
         if self.sftp is None:
             try:
-                self.sftp = self.client.open_sftp()
+                self.sftp = self._connected().open_sftp()
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise ConnectionLost(
                     f"cannot open SFTP on {self._where()}: {exc}", "check that the device's sshd has the sftp subsystem"
@@ -164,9 +169,7 @@ class SshTransport(Transport):
             raise DeviceError(f"cannot read {remote} on {self.profile.name}: {exc}", "check the path") from exc
 
     def execute(self, command: str, timeout: float) -> CommandResult:
-        if self.client is None:
-            self.connect()
-        transport = self.client.get_transport()
+        transport = self._connected().get_transport()
         if transport is None or not transport.is_active():
             raise ConnectionLost(f"the SSH session to {self._where()} is closed", "reconnect")
         try:

@@ -64,7 +64,8 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
             "run the export stage first (remove 'export' from --skip)",
         )
     options = dataclasses.replace(options, seed=options.seed or ctx.seed)
-    progress = (lambda items: ctx.progress.track(items, f"bench on {profile.name}")) if ctx.progress else iter
+    shown = ctx.progress
+    progress = (lambda items: shown.track(items, f"bench on {profile.name}")) if shown else iter
     rows = benchmark_files(profile, models, options, progress=progress)
     result = {
         "target": profile.name,

@@ -59,7 +59,7 @@ def compare_levels(reference: dict[str, np.ndarray], candidate: dict[str, np.nda
 def match_by_content(reference: dict[str, np.ndarray], candidates: Iterable[tuple[str, np.ndarray]]) -> LevelCheck:
     """Compare with unnamed tensors (TFLite): each reference tensor takes the unused candidate of its
     size that differs least, so an altered level still shows up as a mismatch, never as a swap."""
-    pool = [array for _, array in candidates]
+    pool: list[np.ndarray | None] = [array for _, array in candidates]
     check = LevelCheck()
     for name, ref in reference.items():
         scored = [

@@ -307,7 +307,9 @@ class BatchNorm(OpFamily):
         native = op_name(node) != "batch_norm"
         eps = node.args[6] if native else node.args[7]
         training = False if native else bool(node.args[5])
-        return node.args[0], list(node.args[1:5]), float(eps), training
+        source = node.args[0]
+        assert isinstance(source, fx.Node), "aten batch norm's first argument is its input"
+        return source, list(node.args[1:5]), float(eps), training
 
     @staticmethod
     def returns_tuple(node: fx.Node) -> bool:

@@ -291,15 +291,15 @@ def allocate_int8(
         qw = quantize(model, qps)
         bpw = 8.0 * coded_bytes({k: t.levels for k, t in qw.tensors.items()}) / max(1, qw.num_values)
         agreement = None
-        if use_accuracy:
+        if inputs is not None and expected is not None:
             from edgeprune.quant import with_quantized_weights
 
             agreement = float((_predictions(with_quantized_weights(model, qw), inputs) == expected).float().mean())
         return bpw, agreement
 
-    if use_accuracy:
+    if use_accuracy and target_accuracy_drop is not None:
         allowed = SEEN_DATA_MARGIN * target_accuracy_drop / 100.0
-        ok = lambda r: r[1] >= 1.0 - allowed - 1e-12  # noqa: E731
+        ok = lambda r: r[1] is not None and r[1] >= 1.0 - allowed - 1e-12  # noqa: E731
     elif bits_per_weight is not None:
         ok = lambda r: r[0] <= bits_per_weight  # noqa: E731
     else:  # data-free accuracy budget: one step for all tensors, at the qp-mode default resolution

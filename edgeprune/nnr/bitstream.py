@@ -89,7 +89,9 @@ class SyntaxCoder:
     writing and stores the value read into ``fields[name]`` when reading."""
 
     def __init__(self, io: BitWriter | BitReader, fields: dict[str, Any]) -> None:
-        self.io, self.fields = io, fields
+        # Any, not the union: which of the two interfaces is used follows ``self.reading``.
+        self.io: Any = io
+        self.fields = fields
         self.reading = isinstance(io, BitReader)
 
     def get(self, name: str, default: Any = 0) -> Any:

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -217,6 +217,7 @@ def _encode_job(
             PROFILE, job.name, job.index, PayloadType.RAW_FLOAT, list(shape), False, NUM_GTX_FLAGS, payload
         ), flat
     if job.mode == "qp":
+        assert job.qp is not None, "qp-mode jobs carry their qp"
         levels = np.empty(flat.size, dtype=np.int32)
         try:
             _cabac.quantize(
@@ -527,6 +528,7 @@ def decode_stream(
         mode = "raw" if ptype == PayloadType.RAW_FLOAT else "qp" if ptype == PayloadType.FLOAT else "int"
         stats.append(TensorStats(name, list(arr.shape), mode, qp, u.size, arr.size))
         if ptype == PayloadType.FLOAT:
+            assert qp is not None, "decode_one returns the qp of every FLOAT payload"
             levels_out[name] = arr
             with np.errstate(over="ignore", invalid="ignore"):
                 value = np.float32(step_size_at(qp, qp_density)) * arr.astype(np.float32)
@@ -787,7 +789,7 @@ def decode_model(
 MAX_INPUT_ELEMENTS = 1 << 22  # one input sample (16 MiB float32; 3x1024x1024 fits): far above edge inputs
 
 
-def _valid_input_shape(shape: Any) -> bool:
+def _valid_input_shape(shape: Any) -> TypeGuard[list[int] | tuple[int, ...]]:
     """A list of 2..8 positive ints whose single-sample size stays under :data:`MAX_INPUT_ELEMENTS`."""
     return (
         isinstance(shape, (list, tuple))

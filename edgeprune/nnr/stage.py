@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgeprune.artifact import Artifact, StageContext
-from edgeprune.errors import VerificationError
+from edgeprune.errors import EdgepruneError, VerificationError
 from edgeprune.fileio import write_bytes
 from edgeprune.metrics import evaluate
 from edgeprune.nnr.allocate import allocate_qps
@@ -68,7 +68,7 @@ def _round_trip(art: Artifact, stream: EncodedStream, int8_levels: dict[str, np.
     decoded = decode_stream(stream.data)
     decode_seconds = time.perf_counter() - t0
     if int8_levels is not None:
-        bad = [k for k, v in int8_levels.items() if not np.array_equal(decoded.levels.get(k), v)]
+        bad = [k for k, v in int8_levels.items() if k not in decoded.levels or not np.array_equal(decoded.levels[k], v)]
         if bad:
             raise VerificationError(
                 f"the decoded INT8 levels of {bad[0]} differ from the quantize stage's",
@@ -95,6 +95,8 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     opts: NnrOptions = ctx.options_for("nnr", NnrOptions)
     quant = art.quant
     use_int8 = quant is not None if opts.int8 is None else opts.int8
+    if use_int8 and quant is None:
+        raise EdgepruneError("INT8 coding was asked for, but no quantize stage ran", "run the quantize stage first")
     architecture = architecture_record(art.model, art.example_input)
     extra = {"architecture": architecture}
 
@@ -109,7 +111,9 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     encode_seconds = time.perf_counter() - t0
     path = write_bytes(ctx.out_dir / "model.nnr", stream.data)
     art.files["nnr"] = path
-    int8_levels = {k: np.asarray(v.levels) for k, v in quant.tensors.items()} if use_int8 else None
+    int8_levels = (
+        {k: np.asarray(v.levels) for k, v in quant.tensors.items()} if quant is not None and use_int8 else None
+    )
     result: dict[str, Any] = {
         "mode": "int8" if use_int8 else "qp",
         **_summary(stream),

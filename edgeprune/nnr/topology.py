@@ -388,7 +388,9 @@ def build_module(
 def _lookup(root: nn.Module, name: str) -> torch.Tensor:
     *path, leaf = name.split(".")
     module = root.get_submodule(".".join(path)) if path else root
-    return module._parameters[leaf] if leaf in module._parameters else module._buffers[leaf]
+    found = module._parameters[leaf] if leaf in module._parameters else module._buffers[leaf]
+    assert found is not None, "every name in the decoded state was installed into the module tree"
+    return found
 
 
 class _MetaShapes(fx.Interpreter):

@@ -60,6 +60,7 @@ from edgeprune.prune.schedule import (
 )
 from edgeprune.prune.sensitivity import SensitivityConfig
 from edgeprune.prune.train import (
+    Stateful,
     TrainConfig,
     choose_threads,
     cycle_factor,
@@ -544,7 +545,7 @@ def _prune_model(
         "epoch_hooks": (controller.after_epoch,),
         "lr_factor": controller.lr_factor if options.lr_schedule == "cycle" else None,
     }
-    state = {"masks": masks, "controller": controller}
+    state: dict[str, Stateful] = {"masks": masks, "controller": controller}
     with regularizer if regularizer is not None else contextlib.nullcontext():
         history = fit(
             model,
@@ -570,19 +571,20 @@ def _prune_model(
         # The same channels removed at an earlier epoch: early stopping on the validation set, not
         # a rollback of pruning - the cut itself met the bound.
         rolled_back = masks.total_channels() - masks.total_kept() < removed
-    if restored_epoch is not None and rolled_back:
-        warn(
-            f"pruning ended at {100 * ended:.2f} % validation accuracy, below the floor of "
-            f"{100 * floor:.2f} % ({options.max_accuracy_drop} points under {100 * controller.reference:.2f} %); "
-            f"rolled back to the state after epoch {controller.good_epoch} "
-            f"({masks.total_channels() - masks.total_kept()} channels removed). "
-            "Give more epochs, a smaller --lmbda/--twt or a larger --max-accuracy-drop"
-        )
-    elif restored_epoch is not None:
-        progress.print(
-            f"fine-tuning ended at {100 * ended:.2f} % validation accuracy, below the floor of {100 * floor:.2f} %; "
-            f"kept the weights of epoch {restored_epoch}, which have the same channels removed and met it"
-        )
+        if rolled_back:
+            warn(
+                f"pruning ended at {100 * ended:.2f} % validation accuracy, below the floor of "
+                f"{100 * floor:.2f} % ({options.max_accuracy_drop} points under {100 * controller.reference:.2f} %); "
+                f"rolled back to the state after epoch {controller.good_epoch} "
+                f"({masks.total_channels() - masks.total_kept()} channels removed). "
+                "Give more epochs, a smaller --lmbda/--twt or a larger --max-accuracy-drop"
+            )
+        else:
+            progress.print(
+                f"fine-tuning ended at {100 * ended:.2f} % validation accuracy, "
+                f"below the floor of {100 * floor:.2f} %; "
+                f"kept the weights of epoch {restored_epoch}, which have the same channels removed and met it"
+            )
     masks.apply()
     params, macs = cost.remaining(masks)
     rows = [

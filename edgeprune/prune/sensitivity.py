@@ -189,7 +189,7 @@ class SensitivityProbe:
         return sites
 
     def __enter__(self) -> SensitivityProbe:
-        if self.traced:
+        if isinstance(self.model, fx.GraphModule):
             _insert_taps(self.model, {m[len(TAP_PREFIX) :] for m in self.modules})
         for path in self.modules:
             self._handles.append(self.model.get_submodule(path).register_forward_hook(self._forward_hook(path)))
@@ -199,7 +199,7 @@ class SensitivityProbe:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        if self.traced:
+        if isinstance(self.model, fx.GraphModule):
             _remove_taps(self.model)
 
     def _forward_hook(self, path: str):  # noqa: ANN202 - hook factory
@@ -245,7 +245,7 @@ class SensitivityProbe:
         if variant == "lower_bound":
             targets, scale = [outputs.sum()], 1.0 / num_classes
         else:
-            classes = range(num_classes)
+            classes: Sequence[int] = range(num_classes)
             if variant == "sampled" and self.config.sampled_classes < num_classes:
                 m = self.config.sampled_classes
                 classes = torch.randperm(num_classes, generator=self._generator)[:m].tolist()

@@ -272,20 +272,20 @@ def fit(
         for x, y, global_n in show.track(batches, label, total=steps_per_epoch):
             optimizer.zero_grad(set_to_none=True)
             outputs = train_model(x)
-            for hook in output_hooks:
-                hook(outputs)
+            for output_hook in output_hooks:
+                output_hook(outputs)
             # Scaled so that DDP's average over `world` processes is the mean over the global batch.
             loss = F.cross_entropy(outputs, y, reduction="sum") * (world / global_n)
             loss.backward()
             optimizer.step()
             schedule.step()
-            for hook in step_hooks:
-                hook()
+            for step_hook in step_hooks:
+                step_hook()
         metrics = evaluate(model, data.loader("val", 256))
         history.append(metrics)
         stop = False
-        for hook in epoch_hooks:
-            stop = bool(hook(epoch, metrics)) or stop
+        for epoch_hook in epoch_hooks:
+            stop = bool(epoch_hook(epoch, metrics)) or stop
         if checkpoint is not None and rank == 0:
             _save_checkpoint(checkpoint, epoch, model, optimizer, schedule, cfg, history, state)
         if stop:

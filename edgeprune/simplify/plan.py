@@ -138,7 +138,9 @@ def _fold_batchnorm(traced: TracedModel, graph: ChannelGraph, options: SimplifyO
     return layers
 
 
-def _bn_stats(traced: TracedModel, node: fx.Node) -> tuple[torch.Tensor, ...] | None:
+def _bn_stats(
+    traced: TracedModel, node: fx.Node
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float] | None:
     """(gamma, beta, mean, var, eps) of an eval-mode BN node in float64, or None if not foldable."""
     _, (weight, bias, running_mean, running_var), eps, training = BATCH_NORM.parse(node)
     if training:  # training-mode BN computes batch statistics

@@ -122,7 +122,9 @@ class _Builder:
 
     def kept_positions(self, node_name: str) -> list[int]:
         """Positions along the channel axis of a traced node's output that survive."""
-        return self.plan.kept_positions(node_name)
+        positions = self.plan.kept_positions(node_name)
+        assert positions is not None, f"{node_name} has no channel axis; only channel-carrying nodes are asked"
+        return positions
 
     def call_new_module(self, wanted: str, module: nn.Module, x: fx.Node, source: str) -> fx.Node:
         """Add ``module`` under a unique name near ``wanted`` and call it on ``x``."""

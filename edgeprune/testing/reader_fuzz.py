@@ -79,16 +79,16 @@ def _mutate_json(value: Any, rng: random.Random, depth: int = 0) -> Any:
             out[key] = _mutate_json(value[key], rng, depth + 1)
         return out
     if isinstance(value, list) and value and depth < 8 and rng.random() < 0.8:
-        out = list(value)
-        i = rng.randrange(len(out))
+        items = list(value)
+        i = rng.randrange(len(items))
         roll = rng.random()
         if roll < 0.1:
-            del out[i]
+            del items[i]
         elif roll < 0.15:
-            out.insert(i, out[i])
+            items.insert(i, items[i])
         else:
-            out[i] = _mutate_json(out[i], rng, depth + 1)
-        return out
+            items[i] = _mutate_json(items[i], rng, depth + 1)
+        return items
     if isinstance(value, int) and not isinstance(value, bool) and rng.random() < 0.5:
         return rng.choice([value + 1, value - 1, -value, value * 65536, 0, (1 << 63) - 1])
     return rng.choice(HOSTILE_VALUES)

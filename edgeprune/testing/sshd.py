@@ -90,9 +90,11 @@ class SshServer:
 
     def _wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
+        process = self.process
+        assert process is not None and process.stderr is not None, "start() launches sshd first"
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"sshd exited: {self.process.stderr.read()}")
+            if process.poll() is not None:
+                raise RuntimeError(f"sshd exited: {process.stderr.read()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     if s.recv(4) == b"SSH-":
