@@ -162,7 +162,7 @@ def bench_model(name: str, art: Artifact, runs: int, out_dir: Path) -> list[dict
     fp32_accuracy = evaluate(art.model, art.data.loader("test", 256))["accuracy"]
     params, macs = count_params(art.model), count_macs(art.model, art.example_input)
     ctx = StageContext(out_dir=out_dir)
-    quant.run_stage(art, ctx)
+    quant.stage.run(art, ctx)
     result = export_stage.run(art, ctx)
     files = {f"{r['runtime']}_{r['precision']}": r for r in result["exports"]}
     x = art.example_input[:1].numpy()

@@ -35,7 +35,7 @@ STAGE_ORDER: tuple[str, ...] = ("load", "prune", "simplify", "quantize", "encode
 STAGE_RUNNERS: dict[str, str] = {
     "prune": "edgeprune.prune.stage:run",
     "simplify": "edgeprune.simplify.stage:run",
-    "quantize": "edgeprune.quant:run_stage",
+    "quantize": "edgeprune.quant.stage:run",
     "encode": "edgeprune.nnr.stage:run",
     "export": "edgeprune.export.stage:run",
     "bench": "edgeprune.devices.stage:run",

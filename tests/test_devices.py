@@ -8,10 +8,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import click
 import pytest
+from click.testing import CliRunner
 
 from edgeprune.artifact import Artifact, StageContext
-from edgeprune.cli.bench import options_from
+from edgeprune.cli.bench import STAGE
 from edgeprune.devices import stage
 from edgeprune.devices.bench import BenchOptions, ModelFile, benchmark_files
 from edgeprune.devices.profiles import list_profiles, load_profile, with_overrides
@@ -211,26 +213,35 @@ def test_bench_stage_without_exports_says_what_to_run(trained_lenet5, tmp_path):
         stage.run(art, StageContext(out_dir=tmp_path))
 
 
+def _compress_bench_options(args: list[str]):  # noqa: ANN202 - BenchOptions
+    """Parse ``args`` with the bench options ``compress`` gets; return what its builder makes of them."""
+    seen = {}
+
+    @click.command()
+    @STAGE.compress_options
+    @click.option("--other", type=int)
+    def command(**kwargs):  # noqa: ANN003, ANN202
+        seen["stage"], seen["options"] = STAGE.options_from(kwargs)
+        seen["left"] = kwargs
+
+    result = CliRunner().invoke(command, args)
+    assert result.exit_code == 0, result.output
+    return seen
+
+
 def test_compress_options_become_bench_options():
-    kwargs = {
-        "bench_threads": 2,
-        "bench_runs": 7,
-        "bench_warmup": None,
-        "bench_timeout": 30.0,
-        "bench_retries": None,
-        "benchmark_binary": "/x/benchmark_model",
-        "other": 1,
-    }
-    name, options = options_from(kwargs)
-    assert name == "bench" and kwargs == {"other": 1}
+    args = ["--bench-threads", "2", "--bench-runs", "7", "--bench-timeout", "30", "--benchmark-binary", "/x/bm"]
+    seen = _compress_bench_options([*args, "--other", "1"])
+    options = seen["options"]
+    assert seen["stage"] == "bench" and seen["left"] == {"other": 1}
     assert (options.threads, options.runs, options.warmup, options.timeout_s, options.benchmark_binary) == (
         2,
         7,
         10,
         30.0,
-        "/x/benchmark_model",
+        "/x/bm",
     )
-    assert options_from({"bench_runs": None}) == ("bench", None)
+    assert _compress_bench_options([])["options"] == BenchOptions()
 
 
 def test_bench_command_on_the_host(lenet_exports, runner, cli, tmp_path):

@@ -329,7 +329,7 @@ def test_tflite_int8_depthwise_and_pruned_levels(trained_mobilenet, trained_lene
     )
     for name, art, nhwc in (("mobilenet", copy.deepcopy(trained_mobilenet), False), ("pruned", pruned, True)):
         fp32_accuracy = _float_accuracy(art)
-        quant.run_stage(art, StageContext(out_dir=tmp_path / name))
+        quant.stage.run(art, StageContext(out_dir=tmp_path / name))
         qw = art.quant
         dest = tflite_export.export_int8(
             quant.with_quantized_weights(art.model, qw),

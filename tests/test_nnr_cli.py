@@ -15,7 +15,8 @@ from edgeprune.checkpoint import load_model, save_model
 from edgeprune.metrics import evaluate
 from edgeprune.nnr import decode_stream, read_int8_levels
 from edgeprune.nnr.stage import NnrOptions, run
-from edgeprune.quant import quantize_weights, run_stage, to_deploy_graph
+from edgeprune.quant import quantize_weights, to_deploy_graph
+from edgeprune.quant.stage import run as run_quantize_stage
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +172,7 @@ def test_decode_without_architecture_asks_for_arch(runner, cli, trained_lenet5, 
 def test_encode_stage_writes_int8_stream_and_qp_stream_and_checks_the_round_trip(trained_lenet5, tmp_path):
     art = copy.deepcopy(trained_lenet5)
     ctx = StageContext(out_dir=tmp_path, options={"nnr": NnrOptions(sweep=True)})
-    run_stage(art, ctx)
+    run_quantize_stage(art, ctx)
     result = run(art, ctx)
     assert result["mode"] == "int8" and result["roundtrip_levels_exact"]
     assert art.files["nnr"] == tmp_path / "model.nnr" and (tmp_path / "model_qp.nnr").exists()

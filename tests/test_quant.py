@@ -25,10 +25,10 @@ from edgeprune.quant import (
     load_quantized,
     quantize_tensor,
     quantize_weights,
-    run_stage,
     to_deploy_graph,
     with_quantized_weights,
 )
+from edgeprune.quant.stage import run as run_quantize_stage
 
 
 def test_levels_and_scale_follow_the_documented_rule():
@@ -133,7 +133,7 @@ def test_quantize_stage_on_real_data(tmp_path, trained_lenet5):
     art = copy.deepcopy(trained_lenet5)
     fp32 = evaluate(art.model, art.data.loader("test", 256))["accuracy"]
     options = QuantOptions(calibration_samples=32, weights="maxabs")
-    result = run_stage(art, StageContext(out_dir=tmp_path, options={"quantize": options}))
+    result = run_quantize_stage(art, StageContext(out_dir=tmp_path, options={"quantize": options}))
     quant = art.quant
     assert result["quantized_tensors"] == 4 and result["quantized_values"] == quant.num_values
     assert result["weight_sqnr_db"] > 35
@@ -158,7 +158,7 @@ def test_rate_allocated_levels_halve_the_coded_size_within_the_accuracy_budget(t
 
     art = copy.deepcopy(trained_lenet5)
     fp32 = evaluate(art.model, art.data.loader("test", 256))["accuracy"]
-    result = run_stage(art, StageContext(out_dir=tmp_path))
+    result = run_quantize_stage(art, StageContext(out_dir=tmp_path))
     quant = art.quant
     assert result["weight_quantisation"] == "allocated" and result["allocation_sensitivity"] == "fisher"
     state = art.model.state_dict()
@@ -176,7 +176,9 @@ def test_rate_allocated_levels_halve_the_coded_size_within_the_accuracy_budget(t
     n = len(art.data.test)
     assert result["accuracy"] >= fp32 - 0.005 - accuracy_tolerance(n, flip_rate=0.005)
     maxabs = copy.deepcopy(trained_lenet5)
-    run_stage(maxabs, StageContext(out_dir=tmp_path / "m", options={"quantize": QuantOptions(weights="maxabs")}))
+    run_quantize_stage(
+        maxabs, StageContext(out_dir=tmp_path / "m", options={"quantize": QuantOptions(weights="maxabs")})
+    )
     assert coded_bytes({k: t.levels for k, t in maxabs.quant.tensors.items()}) > raw * 0.9
 
 
@@ -185,7 +187,7 @@ def test_bit_budget_is_met_and_unknown_weight_mode_is_named(tmp_path, trained_le
 
     art = copy.deepcopy(trained_lenet5)
     options = QuantOptions(weights="allocated", target_accuracy_drop=None, bits_per_weight=2.0)
-    result = run_stage(art, StageContext(out_dir=tmp_path, options={"quantize": options}))
+    result = run_quantize_stage(art, StageContext(out_dir=tmp_path, options={"quantize": options}))
     quant = art.quant
     assert 8 * coded_bytes({k: t.levels for k, t in quant.tensors.items()}) <= 2.0 * quant.num_values
     assert result["allocation_bits_per_weight"] <= 2.0
@@ -195,7 +197,7 @@ def test_bit_budget_is_met_and_unknown_weight_mode_is_named(tmp_path, trained_le
     free = allocate_int8(art.model, names, None, 0.5, None, quantize_weights)  # no data: one step for all
     assert free.sensitivity == "uniform" and len(set(free.qps.values())) == 1 and free.agreement is None
     with pytest.raises(DataError, match="unknown weight quantisation 'int4'"):
-        run_stage(
+        run_quantize_stage(
             copy.deepcopy(trained_lenet5),
             StageContext(out_dir=tmp_path / "x", options={"quantize": QuantOptions(weights="int4")}),
         )
@@ -214,10 +216,10 @@ def test_calibration_data_of_the_wrong_shape_is_refused(tmp_path, trained_lenet5
         match=r"calibration data has samples of shape \[1, 6, 6\] but the model expects "
         r"\[1, 8, 8\]",
     ):
-        run_stage(art, StageContext(out_dir=tmp_path))
+        run_quantize_stage(art, StageContext(out_dir=tmp_path))
     art.data = None
     with pytest.raises(DataError, match="INT8 calibration needs real data"):
-        run_stage(art, StageContext(out_dir=tmp_path))
+        run_quantize_stage(art, StageContext(out_dir=tmp_path))
     assert not any(tmp_path.iterdir())
 
 

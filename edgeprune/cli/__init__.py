@@ -4,9 +4,9 @@ Each pipeline stage has its own module here (``prune.py``, ``simplify.py``, ``nn
 ``export.py``, ``bench.py``) that defines
 
 * ``COMMANDS``: its subcommands (``edgeprune prune ...``),
-* ``compress_options``: a decorator adding that stage's options to ``edgeprune compress``,
-* ``options_from(kwargs)``: pops those options from the parsed kwargs and returns
-  ``(stage_name, options_object)``,
+* ``STAGES``: the :class:`~edgeprune.cli.declared.StageCli` of each stage it serves, which
+  generates that stage's options for ``compress`` and for the stage's own command from the
+  declarations on the stage's options dataclass,
 
 so ``compress`` and the per-stage commands share one definition of every option.
 """
@@ -39,6 +39,7 @@ import click  # noqa: E402
 
 from edgeprune import __version__  # noqa: E402
 from edgeprune.cli import _help, bench, compress, export, nnr, prune, simplify  # noqa: E402  (_help first: it patches click)
+from edgeprune.cli.common import compose  # noqa: E402
 from edgeprune.errors import EdgepruneError  # noqa: E402
 
 if _MAIN_THREAD:
@@ -205,11 +206,14 @@ def cli(
 
 _help.group_compress_options(
     [
-        ("Prune (SeReNe / L1)", prune.compress_options),
-        ("Simplify", simplify.compress_options),
-        ("Quantize and export (ONNX, TFLite)", export.compress_options),
-        ("Encode (MPEG-NNR)", nnr.compress_options),
-        ("Bench", bench.compress_options),
+        (title, compose(*(stage.compress_options for stage in module.STAGES)))
+        for title, module in (
+            ("Prune (SeReNe / L1)", prune),
+            ("Simplify", simplify),
+            ("Quantize and export (ONNX, TFLite)", export),
+            ("Encode (MPEG-NNR)", nnr),
+            ("Bench", bench),
+        )
     ]
 )
 cli.add_command(add_global_options(compress.compress))

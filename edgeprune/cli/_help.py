@@ -48,6 +48,7 @@ def group_compress_options(stage_panels: list[tuple[str, Callable]]) -> None:
                 "--trust-checkpoint",
                 "--input-shape",
                 "--data",
+                "--normalize",
                 "--seed",
             ],
         },

@@ -1,76 +1,28 @@
 """CLI of the bench stage: ``edgeprune bench``, ``edgeprune devices`` and the ``compress --bench-*`` options.
 
-The same option set is declared once (:func:`_bench_option_set`) and added twice: unprefixed to
-``edgeprune bench`` (``--threads``) and with a ``bench-`` prefix to ``edgeprune compress``
-(``--bench-threads``), where ``--threads`` would be ambiguous between stages.
+The options are declared once, on :class:`edgeprune.devices.bench.BenchOptions`, and added twice:
+unprefixed to ``edgeprune bench`` (``--threads``) and with a ``bench-`` prefix to ``edgeprune
+compress`` (``--bench-threads``), where ``--threads`` would be ambiguous between stages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from edgeprune.cli.common import FiniteFloatRange, compose, emit, force_option, json_option, refuse_existing_file
+from edgeprune.cli.common import FiniteFloatRange, emit, force_option, json_option, refuse_existing_file
+from edgeprune.cli.declared import StageCli
 from edgeprune.devices.bench import BenchOptions, ModelFile, benchmark_files
 from edgeprune.devices.profiles import list_profiles, load_profile, search_paths
 from edgeprune.devices.stage import headline_latency
 from edgeprune.devices.transport import check_reachable
 from edgeprune.fileio import write_json
+from edgeprune.options import COMMAND
 
-# (option suffix, BenchOptions field, click keyword arguments)
-_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("threads", "threads", {"type": click.IntRange(min=1), "help": "Runtime threads (default: the profile's)."}),
-    ("runs", "runs", {"type": click.IntRange(min=1), "help": "Timed runs per model [default: 100]."}),
-    ("warmup", "warmup", {"type": click.IntRange(min=0), "help": "Untimed warm-up runs [default: 10]."}),
-    (
-        "timeout",
-        "timeout_s",
-        {
-            "type": FiniteFloatRange(min=0, min_open=True),
-            "help": "Seconds allowed per model before it is killed (default: the profile's).",
-        },
-    ),
-    (
-        "retries",
-        "retries",
-        {
-            "type": click.IntRange(min=1),
-            "help": "Attempts for connecting and transfers when the link drops [default: 3].",
-        },
-    ),
-)
-_BINARY_HELP = "Host path of TFLite's benchmark_model for Android targets (pushed once, cached on the device)."
-_PERF_TEST_HELP = "Host path of onnxruntime_perf_test for Android targets, to benchmark .onnx files there too."
-
-
-def _bench_option_set(prefix: str) -> Callable:
-    decorators = [
-        click.option(f"--{prefix}{name}", f"{prefix.replace('-', '_')}{name}", default=None, **kw)
-        for name, _, kw in _OPTIONS
-    ]
-    decorators.append(click.option("--benchmark-binary", type=click.Path(dir_okay=False), help=_BINARY_HELP))
-    decorators.append(click.option("--perf-test-binary", type=click.Path(dir_okay=False), help=_PERF_TEST_HELP))
-    return compose(*decorators)
-
-
-def _options(kwargs: dict[str, Any], prefix: str) -> BenchOptions | None:
-    """Pop the bench options (named ``prefix + name``) from ``kwargs``; None when none was given."""
-    given = {field: kwargs.pop(f"{prefix}{name}", None) for name, field, _ in _OPTIONS}
-    for binary in ("benchmark_binary", "perf_test_binary"):
-        given[binary] = kwargs.pop(binary, None)
-    given = {k: v for k, v in given.items() if v is not None}
-    return BenchOptions(**given) if given else None
-
-
-compress_options = _bench_option_set("bench-")
-
-
-def options_from(kwargs: dict[str, Any]) -> tuple[str, Any]:
-    """Pop this stage's options from `kwargs`; return (stage name, options object or None for defaults)."""
-    return "bench", _options(kwargs, "bench_")
+STAGE = StageCli("bench", BenchOptions, prefix="bench-")
+STAGES = (STAGE,)
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -93,7 +45,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 @click.command("bench", context_settings={"show_default": True})
 @click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--target", default="host", help="Device profile name or .toml path (see `edgeprune devices`).")
-@_bench_option_set("")
+@STAGE.command_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the results as JSON here.")
 @force_option
 @json_option
@@ -119,7 +71,7 @@ def bench(
     if output:
         refuse_existing_file(Path(output), force)
     profile = load_profile(target)
-    options = _options(kwargs, "") or BenchOptions()
+    options = STAGE.build(kwargs, COMMAND)
     names = [Path(m).name for m in models]
     files = [ModelFile(name if names.count(name) == 1 else m, Path(m)) for name, m in zip(names, models, strict=True)]
     rows = benchmark_files(profile, files, options)

@@ -26,8 +26,7 @@ from edgeprune.fileio import atomic_directory
 from edgeprune.pipeline import STAGE_ORDER, run_pipeline, select_stages
 
 _STAGE_CLI = (prune, simplify, export, nnr, bench)
-# cli/export.py declares the options of two stages (quantize and export), hence two builders there.
-_OPTION_BUILDERS = (*(m.options_from for m in _STAGE_CLI), export.quantize_options_from)
+_STAGES = tuple(stage for module in _STAGE_CLI for stage in module.STAGES)
 
 
 @click.command(context_settings={"show_default": True})
@@ -43,7 +42,7 @@ _OPTION_BUILDERS = (*(m.options_from for m in _STAGE_CLI), export.quantize_optio
 @click.option("--stages", help=f"Comma-separated stages to run (default: all of {', '.join(STAGE_ORDER)}).")
 @click.option("--skip", help="Comma-separated stages to skip.")
 @json_option
-@compose(*(m.compress_options for m in _STAGE_CLI))
+@compose(*(stage.compress_options for stage in _STAGES))
 @click.pass_context
 def compress(
     ctx: click.Context,
@@ -67,7 +66,7 @@ def compress(
       edgeprune compress model.pt2 --data ./fashion-mnist --skip bench --json -o out/
     """
     chosen = select_stages(stages, skip)
-    options = dict(build(kwargs) for build in _OPTION_BUILDERS)
+    options = dict(stage.options_from(kwargs) for stage in _STAGES)
     source = load_options_from(kwargs, model, example)
     source.check()
     if "bench" in chosen:

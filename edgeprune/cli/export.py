@@ -1,17 +1,13 @@
-"""CLI for the quantize and export stages (see edgeprune.cli for the COMMANDS / compress_options / options_from
-contract). ``options_from`` returns the export options; ``quantize_options_from`` the quantize options."""
+"""CLI for the quantize and export stages (see edgeprune.cli for the COMMANDS / STAGES contract)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from edgeprune.checkpoint import save_model
 from edgeprune.cli.common import (
-    compose,
     data_options,
     emit,
     force_option,
@@ -20,102 +16,23 @@ from edgeprune.cli.common import (
     make_context,
     model_options,
 )
+from edgeprune.cli.declared import StageCli
 from edgeprune.export import stage as export_stage
 from edgeprune.fileio import atomic_directory, write_json
-from edgeprune.quant import CALIBRATION_METHODS, WEIGHT_BITS, WEIGHT_MODES, QuantOptions, run_stage
+from edgeprune.options import COMMAND
+from edgeprune.quant import QuantOptions
+from edgeprune.quant import stage as quant_stage
 
-calibration_options = compose(
-    click.option(
-        "--calibration",
-        type=click.Choice(CALIBRATION_METHODS),
-        default="minmax",
-        show_default=True,
-        help="How activation ranges are calibrated: extremes, or percentiles that ignore outliers.",
-    ),
-    click.option(
-        "--calibration-samples",
-        type=click.IntRange(1),
-        default=128,
-        show_default=True,
-        help="Training samples used to calibrate INT8 activations.",
-    ),
-    click.option(
-        "--weight-quant",
-        type=click.Choice(WEIGHT_MODES),
-        default="allocated",
-        show_default=True,
-        help="INT8 weight levels: 'allocated' picks each tensor's step from its sensitivity (smallest "
-        "model.nnr within --target-accuracy-drop, default 0.5 point); 'maxabs' uses max|w|/127.",
-    ),
-    click.option(
-        "--weight-bits",
-        type=click.Choice([str(b) for b in WEIGHT_BITS]),
-        default="8",
-        show_default=True,
-        help="7 keeps every weight level within -63..63, for x86 CPUs without VNNI, whose INT8 kernels "
-        "saturate on full-range weights (export warns when it measures this).",
-    ),
-)
-
-_export_file_options = compose(
-    click.option(
-        "--opset",
-        type=click.IntRange(18),
-        default=export_stage.ExportOptions.opset,
-        show_default=True,
-        help="ONNX opset (18 is the lowest the exporter supports).",
-    ),
-    click.option("--static-batch", is_flag=True, help="Fix the ONNX batch dimension to 1 instead of dynamic."),
-    click.option("--nhwc", is_flag=True, help="TFLite files take NHWC images (channels last), as phone cameras give."),
-)
-
-
-def quantize_options_from(kwargs: dict[str, Any]) -> tuple[str, QuantOptions]:
-    """Pop the quantize stage's options from ``kwargs``."""
-    return "quantize", QuantOptions(
-        calibration=kwargs.pop("calibration", "minmax"),
-        calibration_samples=kwargs.pop("calibration_samples", 128),
-        weights=kwargs.pop("weight_quant", "allocated"),
-        weight_bits=int(kwargs.pop("weight_bits", "8")),
-    )
-
-
-def _export_options(kwargs: dict[str, Any], formats: str | None, int8: bool) -> export_stage.ExportOptions:
-    return export_stage.ExportOptions(
-        formats=export_stage.parse_formats(formats),
-        int8=int8,
-        opset=kwargs.pop("opset", export_stage.ExportOptions.opset),
-        dynamic_batch=not kwargs.pop("static_batch", False),
-        nhwc=kwargs.pop("nhwc", False),
-    )
-
-
-def compress_options(f: Callable) -> Callable:
-    """Options the quantize and export stages add to `edgeprune compress`."""
-    return compose(
-        calibration_options,
-        click.option(
-            "--export-format",
-            default="onnx,tflite",
-            show_default=True,
-            help="Comma-separated export formats: onnx, tflite.",
-        ),
-        click.option("--export-fp32-only", is_flag=True, help="Export only fp32 files (no INT8 ONNX/TFLite)."),
-        _export_file_options,
-    )(f)
-
-
-def options_from(kwargs: dict[str, Any]) -> tuple[str, export_stage.ExportOptions]:
-    """Pop the export stage's options from the compress kwargs."""
-    formats = kwargs.pop("export_format", None)
-    return "export", _export_options(kwargs, formats, int8=not kwargs.pop("export_fp32_only", False))
+QUANTIZE = StageCli("quantize", QuantOptions, prefix="quantize-")
+EXPORT = StageCli("export", export_stage.ExportOptions, prefix="export-")
+STAGES = (QUANTIZE, EXPORT)
 
 
 @click.command("quantize")
 @click.argument("model", type=click.Path(dir_okay=False))
 @model_options
 @data_options
-@calibration_options
+@QUANTIZE.command_options
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True, help="Output directory.")
 @force_option
 @json_option
@@ -129,12 +46,11 @@ def quantize(ctx: click.Context, model: str, out_dir: str, force: bool, as_json:
     Example:
       edgeprune quantize model.pt2 --data digits -o q/
     """
-    options = dict([quantize_options_from(kwargs)])
+    options = {"quantize": QUANTIZE.build(kwargs, COMMAND, save_deploy_model=True)}
     art = load_artifact(kwargs, model)
     out = Path(out_dir)
     with atomic_directory(out, force) as work_dir:
-        result = run_stage(art, make_context(ctx, work_dir, kwargs.get("seed", 0), options))
-        art.files["deploy_model"] = save_model(art.model, art.example_input, work_dir / "model_deploy.pt2")
+        result = quant_stage.run(art, make_context(ctx, work_dir, kwargs.get("seed", 0), options))
         quant = art.quant
         assert quant is not None, "the quantize stage sets artifact.quant"
         result["activation_ranges"] = {k: list(v) for k, v in quant.activation_ranges.items()}
@@ -155,19 +71,13 @@ def quantize(ctx: click.Context, model: str, out_dir: str, force: bool, as_json:
 @click.argument("model", type=click.Path(dir_okay=False))
 @model_options
 @data_options
-@click.option(
-    "--format", "formats", default="onnx,tflite", show_default=True, help="Comma-separated formats: onnx, tflite."
-)
-@click.option("--int8", is_flag=True, help="Also write INT8 files (calibrated on --data).")
-@calibration_options
-@_export_file_options
+@EXPORT.command_options
+@QUANTIZE.command_options
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True, help="Output directory.")
 @force_option
 @json_option
 @click.pass_context
-def export(
-    ctx: click.Context, model: str, formats: str, int8: bool, out_dir: str, force: bool, as_json: bool, **kwargs: Any
-) -> None:
+def export(ctx: click.Context, model: str, out_dir: str, force: bool, as_json: bool, **kwargs: Any) -> None:
     """Export MODEL to ONNX and/or TFLite (fp32, and INT8 with --int8), verified in each runtime.
 
     \b
@@ -176,7 +86,7 @@ def export(
       edgeprune export model.pt2 --data digits --int8 -o out/
       edgeprune export model.pt2 --format onnx --input-shape 1,3,32,32 -o out/
     """
-    options = dict([quantize_options_from(kwargs), ("export", _export_options(kwargs, formats, int8))])
+    options = {"quantize": QUANTIZE.build(kwargs, COMMAND), "export": EXPORT.build(kwargs, COMMAND)}
     art = load_artifact(kwargs, model)
     out = Path(out_dir)
     with atomic_directory(out, force) as work_dir:

@@ -6,7 +6,6 @@ The commands only parse options and call :mod:`edgeprune.nnr`; the compress opti
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ import click
 from edgeprune.checkpoint import parse_input_shape, save_model
 from edgeprune.cli.common import (
     FiniteFloatRange,
-    compose,
     data_options,
     emit,
     force_option,
@@ -24,25 +22,16 @@ from edgeprune.cli.common import (
     model_options,
     refuse_existing_file,
 )
+from edgeprune.cli.declared import StageCli
 from edgeprune.errors import EdgepruneError
 from edgeprune.fileio import write_bytes
 from edgeprune.nnr.codec import QP_MAX, QP_MIN, ModelEncodeOptions, decode_model, encode_model, inspect_stream
 from edgeprune.nnr.stage import NnrOptions
+from edgeprune.options import COMMAND
 
-_budget_options = compose(
-    click.option(
-        "--bits-per-weight",
-        type=FiniteFloatRange(min=0, min_open=True),
-        help="Choose a step per tensor (Fisher sensitivity) so the weights cost this many bits each "
-        "(in compress: the INT8 levels model.nnr and the INT8 files share).",
-    ),
-    click.option(
-        "--target-accuracy-drop",
-        type=FiniteFloatRange(min=0),
-        help="Choose a step per tensor for the smallest stream within this many points of the float "
-        "model (needs --data; compress defaults to 0.5 for its INT8 levels).",
-    ),
-)
+STAGE = StageCli("nnr", NnrOptions, prefix="nnr-")
+STAGES = (STAGE,)
+_budget_options = STAGE.decorator(COMMAND, names=("bits_per_weight", "target_accuracy_drop"))
 
 
 @click.command("encode", context_settings={"show_default": True})
@@ -82,8 +71,6 @@ def encode_command(
     dq: bool,
     rdoq: float,
     estimator_search: bool,
-    bits_per_weight: float | None,
-    target_accuracy_drop: float | None,
     force: bool,
     as_json: bool,
     **kwargs: Any,
@@ -98,6 +85,8 @@ def encode_command(
     """
     out = Path(output)
     refuse_existing_file(out, force)
+    budget = STAGE.build(kwargs, COMMAND)
+    bits_per_weight, target_accuracy_drop = budget.bits_per_weight, budget.target_accuracy_drop
     if rdoq > 0 and dq:
         raise EdgepruneError("--rdoq is implemented for uniform quantisation only", "add --no-dq")
     if int8 and (qp is not None or bits_per_weight is not None or target_accuracy_drop is not None):
@@ -200,36 +189,3 @@ def inspect_command(ctx: click.Context, bitstream: str, as_json: bool) -> None:
 
 
 COMMANDS: list[click.Command] = [encode_command, decode_command, inspect_command]
-
-
-def compress_options(f: Callable) -> Callable:
-    """Options this stage adds to `edgeprune compress`."""
-    return compose(
-        click.option(
-            "--nnr-int8/--nnr-qp-mode",
-            "nnr_int8",
-            default=None,
-            help="model.nnr holds the quantize stage's INT8 levels / qp-mode levels "
-            "[default: INT8 when the quantize stage runs].",
-        ),
-        click.option(
-            "--nnr-qp",
-            type=click.IntRange(QP_MIN, QP_MAX),
-            help="One qp for every >= 2-D tensor of the qp-mode stream (default: per tensor).",
-        ),
-        _budget_options,
-        click.option("--nnr-dq/--nnr-no-dq", "nnr_dq", default=True, help="Dependent quantisation."),
-        click.option("--nnr-sweep", is_flag=True, help="Also measure accuracy vs size over single qps (report plot)."),
-    )(f)
-
-
-def options_from(kwargs: dict[str, Any]) -> tuple[str, Any]:
-    """Pop this stage's options from `kwargs`; return (stage name, options object)."""
-    return "nnr", NnrOptions(
-        int8=kwargs.pop("nnr_int8", None),
-        qp=kwargs.pop("nnr_qp", None),
-        bits_per_weight=kwargs.pop("bits_per_weight", None),
-        target_accuracy_drop=kwargs.pop("target_accuracy_drop", None),
-        dq=kwargs.pop("nnr_dq", True),
-        sweep=kwargs.pop("nnr_sweep", False),
-    )

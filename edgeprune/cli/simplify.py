@@ -1,8 +1,7 @@
-"""CLI for the simplify stage (see edgeprune.cli for the COMMANDS / compress_options / options_from contract)."""
+"""CLI for the simplify stage (see edgeprune.cli for the COMMANDS / STAGES contract)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +9,6 @@ import click
 
 from edgeprune.checkpoint import save_model
 from edgeprune.cli.common import (
-    FiniteFloatRange,
-    compose,
     data_options,
     emit,
     force_option,
@@ -20,42 +17,14 @@ from edgeprune.cli.common import (
     model_options,
     refuse_existing_file,
 )
+from edgeprune.cli.declared import StageCli
 from edgeprune.metrics import count_macs, count_params
+from edgeprune.options import COMMAND
 from edgeprune.simplify import simplify
-from edgeprune.simplify.options import PADDED_CONSTANT_MODES, SimplifyOptions
+from edgeprune.simplify.options import SimplifyOptions
 
-_simplify_options = compose(
-    click.option(
-        "--padded-constants",
-        type=click.Choice(PADDED_CONSTANT_MODES),
-        default="border",
-        show_default=True,
-        help="A removed channel's constant entering a zero-padded conv: add an exact border correction, "
-        "fold it into one kept dead channel (no extra op), or keep the channel.",
-    ),
-    click.option("--keep-batchnorm", is_flag=True, help="Do not fold BatchNorm into the preceding Conv/Linear."),
-    click.option(
-        "--simplify-tolerance",
-        type=FiniteFloatRange(min=0, min_open=True),
-        default=1e-9,
-        show_default=True,
-        help="Largest float64 output difference the equivalence proof accepts.",
-    ),
-)
-
-
-def compress_options(f: Callable) -> Callable:
-    """Options this stage adds to `edgeprune compress`."""
-    return _simplify_options(f)
-
-
-def options_from(kwargs: dict[str, Any]) -> tuple[str, Any]:
-    """Pop this stage's options from `kwargs`; return (stage name, options object)."""
-    return "simplify", SimplifyOptions(
-        padded_constants=kwargs.pop("padded_constants", "border"),
-        fold_batchnorm=not kwargs.pop("keep_batchnorm", False),
-        tolerance=kwargs.pop("simplify_tolerance", 1e-9),
-    )
+STAGE = StageCli("simplify", SimplifyOptions, prefix="simplify-")
+STAGES = (STAGE,)
 
 
 @click.command("simplify")
@@ -69,7 +38,7 @@ def options_from(kwargs: dict[str, Any]) -> tuple[str, Any]:
 )
 @model_options
 @data_options
-@_simplify_options
+@STAGE.command_options
 @json_option
 @force_option
 @click.pass_context
@@ -89,7 +58,7 @@ def simplify_command(
     out = Path(output)
     refuse_existing_file(out, force)
     art = load_artifact(kwargs, model_path)
-    _, options = options_from(kwargs)
+    options = STAGE.build(kwargs, COMMAND)
     real = art.data.calibration_batch(3) if art.data is not None else None
     before = count_params(art.model), count_macs(art.model, art.example_input)
     result = simplify(art.model, art.example_input, real, options, seed=kwargs.get("seed", 0))

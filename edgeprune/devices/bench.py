@@ -19,7 +19,7 @@ import sys
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from edgeprune.devices.transport import (
     with_retries,
 )
 from edgeprune.errors import DeviceError
+from edgeprune.options import cli
 from runtime_bench.__main__ import HARNESS_ERROR_EXIT
 from runtime_bench.harness import ONNX_RUNTIMES, TFLITE_RUNTIMES
 from runtime_bench.parsers import ParseError, parse_benchmark_model, parse_perf_test
@@ -49,13 +50,34 @@ SPACE_MARGIN_BYTES = 4 << 20
 class BenchOptions:
     """How to benchmark; ``None`` means "use the device profile's value"."""
 
-    threads: int | None = None
-    runs: int = 100
-    warmup: int = 10
-    timeout_s: float | None = None
-    benchmark_binary: str | None = None
-    perf_test_binary: str | None = None
-    retries: int = 3
+    threads: int | None = field(default=None, metadata=cli("Runtime threads.", low=1, default_text="the profile's"))
+    runs: int = field(default=100, metadata=cli("Timed runs per model.", low=1))
+    warmup: int = field(default=10, metadata=cli("Untimed warm-up runs.", low=0))
+    timeout_s: float | None = field(
+        default=None,
+        metadata=cli(
+            "Seconds allowed per model before it is killed.",
+            flag="timeout",
+            low=0,
+            low_open=True,
+            default_text="the profile's",
+        ),
+    )
+    benchmark_binary: str | None = field(
+        default=None,
+        metadata=cli(
+            "Host path of TFLite's benchmark_model for Android targets (pushed once, cached on the device).",
+            prefixed=False,
+        ),
+    )
+    perf_test_binary: str | None = field(
+        default=None,
+        metadata=cli(
+            "Host path of onnxruntime_perf_test for Android targets, to benchmark .onnx files there too.",
+            prefixed=False,
+        ),
+    )
+    retries: int = field(default=3, metadata=cli("Attempts for connecting and transfers when the link drops.", low=1))
     retry_backoff_s: float = 0.5
     seed: int = 0
 

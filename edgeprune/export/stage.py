@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from edgeprune.errors import ExportError, VerificationError
 from edgeprune.export import onnx as onnx_export
 from edgeprune.export import tflite as tflite_export
 from edgeprune.export.verify import LevelCheck, compare_levels, match_by_content
+from edgeprune.options import COMMAND, COMPRESS, CliOption, cli, cli_each
 from edgeprune.progress import warn
 
 FORMATS = ("onnx", "tflite")
@@ -39,22 +40,6 @@ FILE_NAMES = {
 }
 
 
-@dataclass
-class ExportOptions:
-    """Options of the export stage (``edgeprune export`` / ``compress --export-format ...``)."""
-
-    formats: tuple[str, ...] = FORMATS
-    int8: bool = True
-    opset: int = onnx_export.OPSET
-    dynamic_batch: bool = True
-    nhwc: bool = False
-    verify_samples: int = 1000
-    threads: int = 1
-    # Also export the model as loaded (before prune/simplify) in fp32, so the bench stage can show
-    # what pruning bought on the device ("dense vs pruned vs INT8").
-    dense_baseline: bool = True
-
-
 def parse_formats(text: str | None) -> tuple[str, ...]:
     """``"onnx,tflite"`` -> ("onnx", "tflite"), rejecting unknown names."""
     chosen = tuple(dict.fromkeys(f.strip().lower() for f in (text or ",".join(FORMATS)).split(",") if f.strip()))
@@ -65,6 +50,54 @@ def parse_formats(text: str | None) -> tuple[str, ...]:
             f"choose from {', '.join(FORMATS)} (comma-separated)",
         )
     return chosen
+
+
+@dataclass
+class ExportOptions:
+    """Options of the export stage (``edgeprune export`` / ``compress --export-format ...``)."""
+
+    formats: tuple[str, ...] = field(
+        default=FORMATS,
+        metadata=cli("Comma-separated export formats: onnx, tflite.", flag="format", parse=parse_formats),
+    )
+    int8: bool = field(
+        default=True,
+        metadata=cli_each(
+            CliOption(
+                "Export only fp32 files (no INT8 ONNX/TFLite).",
+                flag="fp32-only",
+                is_flag=True,
+                inverted=True,
+                only=COMPRESS,
+            ),
+            CliOption("Also write INT8 files (calibrated on --data).", is_flag=True, only=COMMAND),
+        ),
+    )
+    opset: int = field(
+        default=onnx_export.OPSET,
+        metadata=cli("ONNX opset (18 is the lowest the exporter supports).", prefixed=False, low=18),
+    )
+    dynamic_batch: bool = field(
+        default=True,
+        metadata=cli(
+            "Fix the ONNX batch dimension to 1 instead of dynamic.",
+            flag="static-batch",
+            is_flag=True,
+            inverted=True,
+            prefixed=False,
+        ),
+    )
+    nhwc: bool = field(
+        default=False,
+        metadata=cli(
+            "TFLite files take NHWC images (channels last), as phone cameras give.", is_flag=True, prefixed=False
+        ),
+    )
+    verify_samples: int = 1000
+    threads: int = 1
+    # Also export the model as loaded (before prune/simplify) in fp32, so the bench stage can show
+    # what pruning bought on the device ("dense vs pruned vs INT8").
+    dense_baseline: bool = True
 
 
 @dataclass
@@ -150,7 +183,7 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     qw: quant.QuantizedWeights | None = None
     if opts.int8:
         if art.quant is None:
-            quant.run_stage(art, ctx)
+            quant.stage.run(art, ctx)
         qw = art.quant
     verification = _verification_set(art, opts.verify_samples)
     rows: list[dict[str, Any]] = []

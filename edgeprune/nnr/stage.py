@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,8 @@ from edgeprune.fileio import write_bytes
 from edgeprune.metrics import evaluate
 from edgeprune.nnr.allocate import allocate_qps
 from edgeprune.nnr.codec import (
+    QP_MAX,
+    QP_MIN,
     EncodedStream,
     ModelEncodeOptions,
     architecture_record,
@@ -30,6 +32,7 @@ from edgeprune.nnr.codec import (
     encode_model,
     load_decoded,
 )
+from edgeprune.options import cli
 
 SWEEP_QPS = (-38, -34, -30, -26, -22, -18, -14)
 
@@ -38,14 +41,46 @@ SWEEP_QPS = (-38, -34, -30, -26, -22, -18, -14)
 class NnrOptions:
     """Options of the encode stage (``compress --nnr-*`` / ``edgeprune encode``)."""
 
-    int8: bool | None = None  # None: INT8 levels when the quantize stage ran, else qp mode
-    qp: int | None = None  # one qp for all >= 2-D tensors (None: per-tensor choice)
-    bits_per_weight: float | None = None
-    target_accuracy_drop: float | None = None  # percentage points on the validation split
-    dq: bool = True
+    int8: bool | None = field(  # None: INT8 levels when the quantize stage ran, else qp mode
+        default=None,
+        metadata=cli(
+            "model.nnr holds the quantize stage's INT8 levels / qp-mode levels.",
+            flag="int8/qp-mode",
+            default_text="INT8 when the quantize stage runs",
+        ),
+    )
+    qp: int | None = field(  # one qp for all >= 2-D tensors (None: per-tensor choice)
+        default=None,
+        metadata=cli(
+            "One qp for every >= 2-D tensor of the qp-mode stream.", low=QP_MIN, high=QP_MAX, default_text="per tensor"
+        ),
+    )
+    bits_per_weight: float | None = field(
+        default=None,
+        metadata=cli(
+            "Choose a step per tensor (Fisher sensitivity) so the weights cost this many bits each "
+            "(in compress: the INT8 levels model.nnr and the INT8 files share).",
+            low=0,
+            low_open=True,
+            prefixed=False,
+        ),
+    )
+    target_accuracy_drop: float | None = field(  # percentage points on the validation split
+        default=None,
+        metadata=cli(
+            "Choose a step per tensor for the smallest stream within this many points of the float "
+            "model (needs --data; compress defaults to 0.5 for its INT8 levels).",
+            low=0,
+            prefixed=False,
+        ),
+    )
+    dq: bool = field(default=True, metadata=cli("Dependent quantisation.", flag="dq/no-dq"))
     estimator_search: bool = False
     qp_stream: bool = True  # also write model_qp.nnr when model.nnr is the INT8 stream
-    sweep: bool = False
+    sweep: bool = field(
+        default=False,
+        metadata=cli("Also measure accuracy vs size over single qps (report plot).", is_flag=True),
+    )
     threads: int | None = None
 
 

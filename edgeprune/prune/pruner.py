@@ -47,6 +47,7 @@ from edgeprune.data import DataBundle
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import analyze
 from edgeprune.metrics import evaluate
+from edgeprune.options import cli
 from edgeprune.progress import QUIET, Progress, warn
 from edgeprune.prune.masks import ChannelMasks
 from edgeprune.prune.regularizer import BN_SHRINK, SereneRegularizer
@@ -58,8 +59,14 @@ from edgeprune.prune.schedule import (
     channel_candidates,
     threshold_search,
 )
+from edgeprune.prune.sensitivity import NORMALIZE as SENSITIVITY_NORMS
+from edgeprune.prune.sensitivity import SPATIAL as SPATIAL_REDUCTIONS
+from edgeprune.prune.sensitivity import VARIANTS as SENSITIVITY_VARIANTS
 from edgeprune.prune.sensitivity import SensitivityConfig
 from edgeprune.prune.train import (
+    DEVICES,
+    LR_SCHEDULES,
+    OPTIMIZERS,
     Stateful,
     TrainConfig,
     choose_threads,
@@ -79,34 +86,95 @@ _BN_STATISTICS = (".running_mean", ".running_var", ".num_batches_tracked")
 class PruneOptions:
     """Everything a pruning run can be told (defaults: the budget `compress --example lenet5` uses)."""
 
-    method: str = "serene"
-    epochs: int = 40
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    lr_schedule: str = "cycle"
-    batch_size: int = 64
-    weight_decay: float = 0.0
-    lmbda: float = 0.2  # per epoch: the fraction a fully insensitive channel loses in one epoch
-    twt: float = 0.05
-    pwe: int = 0
-    sensitivity: str = "lower_bound"
-    spatial: str = "mean"
-    normalize: str = "group_max"
-    target_sparsity: float | None = None
-    target_macs: float | None = None  # MACs left: a fraction (< 1) or an absolute count (>= 1)
-    target_params: float | None = None  # parameters left: a fraction (< 1) or an absolute count (>= 1)
-    max_accuracy_drop: float | None = 1.0
-    finetune_epochs: int = 10
+    method: str = field(
+        default="serene",
+        metadata=cli("serene (sensitivity-driven), l1 (magnitude + fine-tuning) or none.", choices=METHODS),
+    )
+    epochs: int = field(default=40, metadata=cli("Training epochs in all (pruning + fine-tuning).", low=1))
+    lr: float = field(default=0.05, metadata=cli("Learning rate.", low=0, low_open=True))
+    optimizer: str = field(
+        default="sgd", metadata=cli("Optimizer (SGD with Nesterov momentum, or Adam).", choices=OPTIMIZERS)
+    )
+    lr_schedule: str = field(default="cycle", metadata=cli("Learning-rate schedule.", choices=LR_SCHEDULES))
+    batch_size: int = field(default=64, metadata=cli("Global batch size (split over torchrun processes).", low=1))
+    weight_decay: float = field(default=0.0, metadata=cli("Optimizer weight decay.", low=0))
+    # per epoch: the fraction a fully insensitive channel loses in one epoch
+    lmbda: float = field(default=0.2, metadata=cli("SeReNe: shrink per epoch (0..1).", low=0, prefixed=False))
+    twt: float = field(
+        default=0.05, metadata=cli("Threshold search: allowed relative loss increase.", low=0, prefixed=False)
+    )
+    pwe: int = field(
+        default=0, metadata=cli("Plateau patience in epochs before each pruning step.", low=0, prefixed=False)
+    )
+    sensitivity: str = field(
+        default="lower_bound", metadata=cli("SeReNe sensitivity estimator.", choices=SENSITIVITY_VARIANTS)
+    )
+    spatial: str = field(
+        default="mean", metadata=cli("Reduction of conv sensitivities over positions.", choices=SPATIAL_REDUCTIONS)
+    )
+    normalize: str = field(
+        default="group_max",
+        metadata=cli(
+            "Per-group normalisation of sensitivities.",
+            flag="sensitivity-norm",  # --normalize is the data's (MEAN,STD)
+            choices=SENSITIVITY_NORMS,
+        ),
+    )
+    target_sparsity: float | None = field(
+        default=None,
+        metadata=cli(
+            "Remove this fraction of the parameters by the last pruning epoch (cuts beyond TWT if needed).",
+            low=0,
+            high=1,
+            low_open=True,
+            high_open=True,
+            prefixed=False,
+        ),
+    )
+    target_macs: float | None = field(  # MACs left: a fraction (< 1) or an absolute count (>= 1)
+        default=None,
+        metadata=cli(
+            "Prune to this fraction (< 1) or count (>= 1, e.g. 2e6) of MACs by the last pruning epoch.",
+            low=0,
+            low_open=True,
+            prefixed=False,
+        ),
+    )
+    target_params: float | None = field(  # parameters left: a fraction (< 1) or an absolute count (>= 1)
+        default=None,
+        metadata=cli(
+            "Prune to this fraction (< 1) or count (>= 1) of parameters by the last pruning epoch.",
+            low=0,
+            low_open=True,
+            prefixed=False,
+        ),
+    )
+    max_accuracy_drop: float | None = field(
+        default=1.0, metadata=cli("Largest validation accuracy drop allowed, in points.", low=0)
+    )
+    finetune_epochs: int = field(default=10, metadata=cli("Final epochs that only fine-tune.", low=0))
     search_evaluations: int = 16
     bn_shrink: str = "gamma_beta"  # what the SeReNe shrink scales under a BatchNorm (regularizer.BN_SHRINK)
-    warmup_epochs: int = 1  # plain training before the first shrink; the accuracy floor is set after it
+    # plain training before the first shrink; the accuracy floor is set after it
+    warmup_epochs: int = field(default=1, metadata=cli("Epochs before pruning; sets the floor.", low=0))
     # training inputs that re-estimate the BatchNorm statistics before a candidate cut is measured (0: off)
     recalibration_samples: int = 1024
-    score: str | None = None  # channel score of the threshold search; None: the method's own
+    score: str | None = field(  # None: the method's own
+        default=None,
+        metadata=cli(
+            "Channel score of the threshold search.",
+            choices=SCORES,
+            default_text="maxabs_relative for serene, l1_relative for l1",
+        ),
+    )
     seed: int = 0
-    device: str = "auto"  # auto (a GPU when torch sees one), cpu or cuda
-    checkpoint: Path | None = None
-    resume: bool = False
+    device: str = field(
+        default="auto", metadata=cli("Train on: auto (a GPU when present), cpu or cuda.", choices=DEVICES)
+    )
+    checkpoint: Path | None = field(
+        default=None, metadata=cli("Write the training/pruning state here after every epoch.")
+    )
+    resume: bool = field(default=False, metadata=cli("Resume from the checkpoint if present.", is_flag=True))
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

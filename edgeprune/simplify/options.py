@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from edgeprune.options import cli
 
 PADDED_CONSTANT_MODES = ("border", "carrier", "refuse")
 
@@ -23,9 +25,35 @@ class SimplifyOptions:
     ``tolerance``: the largest float64 output difference the equivalence proof accepts.
     """
 
-    padded_constants: str = "border"
-    fold_batchnorm: bool = True
-    tolerance: float = 1e-9
+    padded_constants: str = field(
+        default="border",
+        metadata=cli(
+            "A removed channel's constant entering a zero-padded conv: add an exact border correction, "
+            "fold it into one kept dead channel (no extra op), or keep the channel.",
+            choices=PADDED_CONSTANT_MODES,
+            prefixed=False,
+        ),
+    )
+    fold_batchnorm: bool = field(
+        default=True,
+        metadata=cli(
+            "Do not fold BatchNorm into the preceding Conv/Linear.",
+            flag="keep-batchnorm",
+            is_flag=True,
+            inverted=True,
+            prefixed=False,
+        ),
+    )
+    tolerance: float = field(
+        default=1e-9,
+        metadata=cli(
+            "Largest float64 output difference the equivalence proof accepts.",
+            flag="simplify-tolerance",
+            prefixed=False,
+            low=0,
+            low_open=True,
+        ),
+    )
 
     def __post_init__(self) -> None:
         from edgeprune.errors import EdgepruneError
