@@ -30,8 +30,9 @@ import torch
 from edgeprune import quant
 from edgeprune.examples import build_example
 from edgeprune.metrics import evaluate
-from edgeprune.nnr.allocate import allocate_int8, coded_bytes
+from edgeprune.nnr import coded_bytes
 from edgeprune.nnr.codec import default_qp
+from edgeprune.quant.allocate import allocate_int8
 
 
 def _trained_resnet20():  # noqa: ANN202 - Artifact

@@ -19,7 +19,7 @@ from edgeprune.data import load_data
 from edgeprune.metrics import evaluate
 from edgeprune.models import LeNet5, LeNet300
 from edgeprune.progress import QUIET, Progress
-from edgeprune.prune.train import TrainConfig, fit
+from edgeprune.prune import TrainConfig, fit
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,23 @@ def _json_default(value: Any) -> Any:
 
 
 @contextlib.contextmanager
+def scratch_directory(beside: str | os.PathLike) -> Iterator[Path]:
+    """A hidden temporary directory next to the file ``beside``, removed afterwards whatever happens.
+
+    A single-stage command runs its stage into it and ``os.replace``s the stage's file onto
+    ``beside`` - the same filesystem, so the move is atomic - and every other file the stage wrote
+    disappears with the directory.
+    """
+    beside = Path(beside)
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{beside.name}.partial-", dir=beside.parent))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def atomic_directory(dest: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a fresh hidden work directory that replaces ``dest`` only if the block succeeds.
 

@@ -71,8 +71,10 @@ def run_pipeline(
     """
     if "load" not in stages:
         raise EdgepruneError("the load stage cannot be skipped", "keep 'load' in the stage list")
-    if ctx.progress:
-        ctx.progress.print("[bold]load[/bold] ...")
+    # Stage headers tell a multi-stage run where it is; a single-stage command prints only its result.
+    announce = ctx.progress if len(set(stages) - {"load"}) > 1 else None
+    if announce:
+        announce.print("[bold]load[/bold] ...")
     start = time.perf_counter()
     art = load(source, ctx.progress) if isinstance(source, LoadOptions) else source
     load_seconds = time.perf_counter() - start
@@ -82,8 +84,8 @@ def run_pipeline(
         art.dense_model = copy.deepcopy(art.model)
     for name in stages:
         start = time.perf_counter()
-        if ctx.progress and name != "load":
-            ctx.progress.print(f"[bold]{name}[/bold] ...")
+        if announce and name != "load":
+            announce.print(f"[bold]{name}[/bold] ...")
         stage_metrics = {} if name == "load" else dict(stage_runner(name)(art, ctx) or {})
         seconds = load_seconds if name == "load" else time.perf_counter() - start
         record = StageRecord(name=name, seconds=seconds, metrics=stage_metrics)

@@ -153,7 +153,7 @@ def test_quantize_stage_on_real_data(tmp_path, trained_lenet5):
 def test_rate_allocated_levels_halve_the_coded_size_within_the_accuracy_budget(tmp_path, trained_lenet5):
     """The default: each tensor's step from its Fisher sensitivity, |level| <= 127, the coded levels at most
     half of raw INT8, and test accuracy within the 0.5-point budget (plus what 359 images can resolve)."""
-    from edgeprune.nnr.allocate import coded_bytes
+    from edgeprune.nnr import coded_bytes
     from edgeprune.nnr.codec import step_size
 
     art = copy.deepcopy(trained_lenet5)
@@ -183,7 +183,7 @@ def test_rate_allocated_levels_halve_the_coded_size_within_the_accuracy_budget(t
 
 
 def test_bit_budget_is_met_and_unknown_weight_mode_is_named(tmp_path, trained_lenet5):
-    from edgeprune.nnr.allocate import coded_bytes
+    from edgeprune.nnr import coded_bytes
 
     art = copy.deepcopy(trained_lenet5)
     options = QuantOptions(weights="allocated", target_accuracy_drop=None, bits_per_weight=2.0)
@@ -191,7 +191,7 @@ def test_bit_budget_is_met_and_unknown_weight_mode_is_named(tmp_path, trained_le
     quant = art.quant
     assert 8 * coded_bytes({k: t.levels for k, t in quant.tensors.items()}) <= 2.0 * quant.num_values
     assert result["allocation_bits_per_weight"] <= 2.0
-    from edgeprune.nnr.allocate import allocate_int8
+    from edgeprune.quant.allocate import allocate_int8
 
     names = list(quant.tensors)
     free = allocate_int8(art.model, names, None, 0.5, None, quantize_weights)  # no data: one step for all

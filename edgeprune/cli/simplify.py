@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import click
 
-from edgeprune.checkpoint import save_model
 from edgeprune.cli.common import (
     data_options,
     emit,
     force_option,
     json_option,
-    load_artifact,
+    load_options_from,
+    make_context,
     model_options,
     refuse_existing_file,
 )
 from edgeprune.cli.declared import StageCli
-from edgeprune.metrics import count_macs, count_params
+from edgeprune.fileio import scratch_directory
 from edgeprune.options import COMMAND
-from edgeprune.simplify import simplify
+from edgeprune.pipeline import run_pipeline
 from edgeprune.simplify.options import SimplifyOptions
 
 STAGE = StageCli("simplify", SimplifyOptions, prefix="simplify-")
@@ -57,25 +58,24 @@ def simplify_command(
     """
     out = Path(output)
     refuse_existing_file(out, force)
-    art = load_artifact(kwargs, model_path)
-    options = STAGE.build(kwargs, COMMAND)
-    real = art.data.calibration_batch(3) if art.data is not None else None
-    before = count_params(art.model), count_macs(art.model, art.example_input)
-    result = simplify(art.model, art.example_input, real, options, seed=kwargs.get("seed", 0))
-    save_model(result.model, art.example_input, out)
-    after = count_params(result.model), count_macs(result.model, art.example_input)
-    report = result.report
+    options = {"simplify": STAGE.build(kwargs, COMMAND)}
+    source = load_options_from(kwargs, model_path)
+    with scratch_directory(out) as work:
+        art, run = run_pipeline(source, make_context(ctx, work, source.seed, options), ["load", "simplify"])
+        os.replace(art.files["simplified"], out)
+    loaded, simplified = run.stages
+    report = simplified.metrics
     summary = (
         f"wrote {out}: {report['channels_removed']} channels removed, "
-        f"params {before[0]:,} -> {after[0]:,}, MACs {before[1]:,} -> {after[1]:,}; "
+        f"params {loaded.params:,} -> {simplified.params:,}, MACs {loaded.macs:,} -> {simplified.macs:,}; "
         f"max |delta| {report['max_abs_diff_float64']:.2g} (float64), {report['max_abs_diff_float32']:.2g} (float32)"
     )
     result_json = {
         "output": str(out),
-        "params_before": before[0],
-        "params_after": after[0],
-        "macs_before": before[1],
-        "macs_after": after[1],
+        "params_before": loaded.params,
+        "params_after": simplified.params,
+        "macs_before": loaded.macs,
+        "macs_after": simplified.macs,
         **report,
     }
     emit(ctx, result_json, as_json, summary)

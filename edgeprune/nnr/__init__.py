@@ -2,10 +2,17 @@
 
 Public API: :func:`encode_model` / :func:`decode_model` (models <-> .nnr), :func:`encode_tensors` /
 :func:`decode_stream` (dicts of arrays), :func:`read_int8_levels` (the INT8 deploy levels of a .nnr),
-:func:`inspect_stream`. The pipeline stage is ``edgeprune.nnr.stage:run``.
+:func:`inspect_stream`; the rate model other stages plan with - :func:`step_size` / :func:`qp_for_step`
+(NNC's qp grid), :func:`coded_bytes` (what levels cost as model.nnr codes them),
+:func:`fisher_sensitivity` and :func:`allocate_qps`; :class:`NnrOptions`, the encode stage's options.
+The pipeline stage is ``edgeprune.nnr.stage:run``.
 """
 
+from edgeprune.nnr.allocate import allocate_qps, coded_bytes, fisher_sensitivity
 from edgeprune.nnr.codec import (
+    QP_MAX,
+    QP_MIN,
+    WEIGHT_STEP_PER_STD,
     DecodedStream,
     EncodedStream,
     ModelEncodeOptions,
@@ -14,17 +21,29 @@ from edgeprune.nnr.codec import (
     encode_model,
     encode_tensors,
     inspect_stream,
+    qp_for_step,
     read_int8_levels,
+    step_size,
 )
+from edgeprune.nnr.stage import NnrOptions
 
 __all__ = [
+    "QP_MAX",
+    "QP_MIN",
+    "WEIGHT_STEP_PER_STD",
     "DecodedStream",
     "EncodedStream",
     "ModelEncodeOptions",
+    "NnrOptions",
+    "allocate_qps",
+    "coded_bytes",
     "decode_model",
     "decode_stream",
     "encode_model",
     "encode_tensors",
+    "fisher_sensitivity",
     "inspect_stream",
+    "qp_for_step",
     "read_int8_levels",
+    "step_size",
 ]

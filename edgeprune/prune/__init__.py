@@ -11,3 +11,7 @@ Modules: ``sensitivity`` (SeReNe neuron sensitivity), ``regularizer`` (the decou
 (plateau detector and threshold search), ``pruner`` (the run), ``train`` (the training loop, also
 under torchrun/DDP), ``stage`` (the pipeline stage and the library call behind ``edgeprune prune``).
 """
+
+from edgeprune.prune.train import TrainConfig, fit
+
+__all__ = ["TrainConfig", "fit"]

@@ -14,6 +14,7 @@ from torch import fx, nn
 
 from edgeprune.errors import VerificationError
 from edgeprune.fileio import atomic_path
+from edgeprune.nnr import step_size
 
 QMAX = 127
 # 7-bit weights (|level| <= 63) for x86 CPUs without VNNI: their INT8 kernels add two u8 x s8 products
@@ -67,6 +68,18 @@ class QuantizedWeights:
         return int(sum(t.levels.size for t in self.tensors.values()))
 
 
+def int8_scales(weight: np.ndarray, step: float | None, max_level: int = 127) -> np.ndarray:
+    """Per-output-channel scales: ``max(step, max|w_c|/max_level)`` (``step`` None: max-abs INT8;
+    ``max_level`` 63 for 7-bit weights, see :class:`edgeprune.quant.stage.QuantOptions`)."""
+    w = np.asarray(weight, dtype=np.float32)
+    absmax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
+    scale = (absmax / np.float32(max_level)).astype(np.float32)
+    if step is not None:
+        scale = np.maximum(scale, np.float32(step)).astype(np.float32)
+    scale[absmax / np.float32(max_level) < np.finfo(np.float32).tiny] = 1.0  # zero rows: levels 0 with any scale
+    return scale
+
+
 def quantize_tensor(
     weight: np.ndarray | torch.Tensor, step: float | None = None, max_level: int = QMAX
 ) -> QuantizedTensor:
@@ -75,8 +88,6 @@ def quantize_tensor(
     ``step`` (from the rate allocation) sets the grid: ``scale_c = max(step, max|w_c|/max_level)``, so no
     level leaves -max_level..max_level; None is max-abs INT8.
     """
-    from edgeprune.nnr.allocate import int8_scales
-
     w = weight.detach().cpu().numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight)
     w = w.astype(np.float32, copy=False)
     # Zero (or denormal-only) rows get scale 1.0: their levels are 0 with any scale, and 1.0 matches ORT.
@@ -134,11 +145,9 @@ def quantized_weight_names(model: nn.Module) -> list[str]:
 def quantize_weights(model: nn.Module, qps: dict[str, int] | None = None, max_level: int = QMAX) -> QuantizedWeights:
     """Quantise every conv/linear weight of ``model`` (fold BatchNorm first: see :func:`to_deploy_graph`).
 
-    ``qps`` (NNC qp per tensor, from :func:`edgeprune.nnr.allocate.allocate_int8`) gives each tensor's
+    ``qps`` (NNC qp per tensor, from :func:`edgeprune.quant.allocate.allocate_int8`) gives each tensor's
     step; tensors without one, or ``qps`` None, get max-abs INT8 (within ``max_level``).
     """
-    from edgeprune.nnr.codec import step_size
-
     state = model.state_dict()
     qps = qps or {}
     return QuantizedWeights(

@@ -14,7 +14,9 @@ from edgeprune.artifact import Artifact, StageContext
 from edgeprune.checkpoint import save_model
 from edgeprune.errors import DataError
 from edgeprune.metrics import evaluate
+from edgeprune.nnr import NnrOptions
 from edgeprune.options import cli
+from edgeprune.quant.allocate import allocate_int8
 from edgeprune.quant.calibrate import CALIBRATION_METHODS, calibrate_activations, calibration_inputs
 from edgeprune.quant.deploy import to_deploy_graph
 from edgeprune.quant.levels import (
@@ -103,8 +105,6 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
         fold_diff = float((original(batch) - deploy(batch)).abs().max())
     allocation = None
     if opts.weights == "allocated":
-        from edgeprune.nnr.allocate import allocate_int8
-
         drop, bits = _budget(opts, ctx)
         quantize = functools.partial(quantize_weights, max_level=opts.max_level)
         allocation = allocate_int8(deploy, quantized_weight_names(deploy), art.data, drop, bits, quantize)
@@ -149,8 +149,6 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
 def _budget(opts: QuantOptions, ctx: StageContext) -> tuple[float | None, float | None]:
     """The one rate knob: the encode stage's budget when the user gave one there (``compress
     --target-accuracy-drop/--bits-per-weight`` set it), else the quantize options' (0.5 point)."""
-    from edgeprune.nnr.stage import NnrOptions
-
     nnr = ctx.options_for("nnr", NnrOptions)
     if nnr.bits_per_weight is not None:
         return None, nnr.bits_per_weight
