@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from sections import replace_section  # noqa: E402 - after ROOT, as the other benchmarks
 
+from edgeprune import quant  # noqa: E402
 from edgeprune.artifact import Artifact, StageContext  # noqa: E402
 from edgeprune.devices.bench import BenchOptions, ModelFile, benchmark_files  # noqa: E402
 from edgeprune.devices.profiles import load_profile  # noqa: E402
@@ -51,7 +52,9 @@ FILES = ("onnx_fp32", "onnx_int8", "tflite_fp32", "tflite_int8")
 
 def export(name: str, out: Path) -> Artifact:
     art = build_example(name, seed=0)
-    export_stage.run(art, StageContext(out_dir=out / name, target="host"))
+    ctx = StageContext(out_dir=out / name, target="host")
+    quant.stage.run(art, ctx)
+    export_stage.run(art, ctx)
     return art
 
 

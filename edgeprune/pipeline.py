@@ -62,17 +62,35 @@ def stage_runner(name: str) -> Callable[[Artifact, StageContext], dict[str, Any]
     return getattr(importlib.import_module(module_name), attr)
 
 
+def with_prerequisites(stages: Sequence[str], ctx: StageContext) -> list[str]:
+    """``stages`` plus what they cannot run without: INT8 exports carry the quantize stage's levels,
+    so an export that writes INT8 files brings the quantize stage along (quantisation has one
+    entry point, and ``--stages export`` still gives INT8 files)."""
+    chosen = list(stages)
+    if "export" in chosen and "quantize" not in chosen:
+        from edgeprune.export import ExportOptions
+
+        if ctx.options_for("export", ExportOptions).int8:
+            chosen.append("quantize")
+    return [s for s in STAGE_ORDER if s in chosen]
+
+
 def run_pipeline(
-    source: Artifact | LoadOptions, ctx: StageContext, stages: Sequence[str] = STAGE_ORDER
+    source: Artifact | LoadOptions,
+    ctx: StageContext,
+    stages: Sequence[str] = STAGE_ORDER,
+    headers: bool = True,
 ) -> tuple[Artifact, Report]:
     """Load ``source`` (or take the Artifact given) and run ``stages`` on it in order.
 
     Returns the final Artifact (its model, files and quantisation results) and the report.
+    ``headers``: print each stage's name as it starts (``compress``; the single-stage commands,
+    which print only their result, turn it off).
     """
     if "load" not in stages:
         raise EdgepruneError("the load stage cannot be skipped", "keep 'load' in the stage list")
-    # Stage headers tell a multi-stage run where it is; a single-stage command prints only its result.
-    announce = ctx.progress if len(set(stages) - {"load"}) > 1 else None
+    stages = with_prerequisites(stages, ctx)
+    announce = ctx.progress if headers else None
     if announce:
         announce.print("[bold]load[/bold] ...")
     start = time.perf_counter()

@@ -31,6 +31,12 @@ class StageRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
 
+    def result(self) -> dict[str, Any]:
+        """The stage's numbers with the accuracy and size the pipeline lifted into the record
+        (what a single-stage command prints and writes)."""
+        lifted = {"accuracy": self.accuracy, "size_bytes": self.size_bytes}
+        return {**self.metrics, **{k: v for k, v in lifted.items() if v is not None}}
+
 
 @dataclass
 class Report:
@@ -44,6 +50,13 @@ class Report:
 
     def stage(self, name: str) -> StageRecord | None:
         return next((s for s in self.stages if s.name == name), None)
+
+    def result_of(self, name: str) -> dict[str, Any]:
+        """:meth:`StageRecord.result` of a stage that ran (a KeyError names one that did not)."""
+        record = self.stage(name)
+        if record is None:
+            raise KeyError(f"stage {name!r} did not run")
+        return record.result()
 
     def all_files(self) -> set[str]:
         return {k for s in self.stages for k in s.files}

@@ -56,8 +56,9 @@ def test_no_option_given_means_the_dataclass_defaults(stage, where):
     code, options, output = _parse(stage, where, [])
     assert code == 0, output
     expected = stage.options()
-    if (stage.stage, where) == ("export", COMMAND):
-        expected.int8 = False  # INT8 files are opt-in (--int8) for `edgeprune export`, opt-out in compress
+    if (stage.stage, where) in (("export", COMMAND), ("nnr", COMMAND)):
+        # INT8 is opt-in (--int8) for `edgeprune export` and `edgeprune encode`, the default in compress
+        expected.int8 = False
     assert options == expected
 
 

@@ -46,8 +46,15 @@ def lenet5_onnx(trained_lenet5, tmp_path_factory):
     """LeNet-5 on digits exported to fp32 + INT8 ONNX once for the tests that inspect the files."""
     art = copy.deepcopy(trained_lenet5)
     out = tmp_path_factory.mktemp("lenet5-onnx")
-    result = export_stage.run(art, StageContext(out_dir=out, options={"export": ONNX_ONLY}))
+    result = _export(art, StageContext(out_dir=out, options={"export": ONNX_ONLY}))
     return art, result
+
+
+def _export(art: Artifact, ctx: StageContext) -> dict:
+    """The export stage after the quantize stage, as the pipeline runs them for INT8 files."""
+    if art.quant is None and ctx.options_for("export", export_stage.ExportOptions).int8:
+        quant.stage.run(art, ctx)
+    return export_stage.run(art, ctx)
 
 
 def _float_accuracy(art: Artifact) -> float:
@@ -141,7 +148,7 @@ def test_onnx_residual_and_depthwise_models(which, request, tmp_path, capfd):
     art = copy.deepcopy(request.getfixturevalue(which))
     fp32_accuracy = _float_accuracy(art)
     assert fp32_accuracy > 0.85  # a real model, so the INT8 comparison means something
-    result = export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
+    result = _export(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
     row = next(r for r in result["exports"] if r["file"] == "model_int8.onnx")
     tolerance = accuracy_tolerance(row["samples"])
     assert abs(row["accuracy_exact"] - fp32_accuracy) <= tolerance
@@ -159,7 +166,7 @@ def test_seven_bit_weights_run_exactly_on_every_cpu(trained_mobilenet, tmp_path)
     art = copy.deepcopy(trained_mobilenet)
     fp32_accuracy = _float_accuracy(art)
     options = {"export": ONNX_ONLY, "quantize": quant.QuantOptions(weight_bits=7)}
-    result = export_stage.run(art, StageContext(out_dir=tmp_path, options=options))
+    result = _export(art, StageContext(out_dir=tmp_path, options=options))
     assert max(int(np.abs(t.levels).max()) for t in art.quant.tensors.values()) <= 63
     row = next(r for r in result["exports"] if r["file"] == "model_int8.onnx")
     assert row["kernel_flips"] is None and row["weight_mismatches"] == 0
@@ -202,7 +209,7 @@ def test_pruned_model_exports_zero_channels_with_equal_levels(trained_lenet5, tm
         model=_prune_lenet5(trained_lenet5.model), example_input=trained_lenet5.example_input, data=trained_lenet5.data
     )
     fp32_accuracy = _float_accuracy(art)
-    result = export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
+    result = _export(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
     _assert_verified(result, fp32_accuracy, "onnxruntime")
     tensors = art.quant.tensors.values()
     dead_scales = [t.scale[r] for t in tensors for r in range(len(t.scale)) if not t.levels[r].any()]
@@ -220,7 +227,7 @@ def test_pruned_and_simplified_models_export_with_equal_levels(which, trained_le
     assert count_params(simplified) < count_params(pruned)
     art = Artifact(model=simplified, example_input=source.example_input, data=source.data)
     fp32_accuracy = _float_accuracy(art)
-    result = export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
+    result = _export(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
     _assert_verified(result, fp32_accuracy, "onnxruntime")
     assert result["weight_check"]["onnx_int8"]["compared_values"] == art.quant.num_values
 
@@ -249,10 +256,10 @@ def test_encoded_nnr_levels_are_the_reference(lenet5_onnx, tmp_path, monkeypatch
         match=r"model_int8.onnx: 1 INT8 weights differ from model.nnr "
         r"\(1 in fc1.weight.*not written",
     ):
-        export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
+        _export(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
     assert not (tmp_path / "model_int8.onnx").exists()
     decoded["fc1.weight"][7, 11] = art_done.quant.tensors["fc1.weight"].levels[7, 11]
-    result = export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
+    result = _export(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
     assert result["weight_reference"] == "model.nnr" and result["weight_mismatches"] == 0
     assert (tmp_path / "model_int8.onnx").is_file()
 
@@ -301,7 +308,7 @@ def test_torchvision_mobilenet_v2_with_bn_exports_the_exact_levels(digits, tmp_p
 def test_tflite_lenet5_fp32_and_full_integer(trained_lenet5, tmp_path):
     art = copy.deepcopy(trained_lenet5)
     options = export_stage.ExportOptions(formats=("tflite",))
-    result = export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": options}))
+    result = _export(art, StageContext(out_dir=tmp_path, options={"export": options}))
     _assert_verified(result, _float_accuracy(trained_lenet5), "litert")
     from ai_edge_litert.interpreter import Interpreter
 
@@ -381,7 +388,7 @@ def test_untraceable_model_fails_before_writing(tmp_path, digits):
     art = Artifact(model=_DataDependent().eval(), example_input=digits.test.tensors[0][:1], data=digits)
     options = export_stage.ExportOptions(formats=("onnx",), int8=False)
     with pytest.raises(GraphError, match="cannot trace the model"):
-        export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": options}))
+        _export(art, StageContext(out_dir=tmp_path, options={"export": options}))
     assert not any(tmp_path.iterdir())
 
 
@@ -391,6 +398,13 @@ def test_missing_litert_torch_names_the_extra(monkeypatch, tmp_path, trained_len
     with pytest.raises(ExportError, match=r"pip install 'edgeprune\[tflite\]' -c constraints.txt"):
         export_stage.run(art, StageContext(out_dir=tmp_path))
     assert not any(tmp_path.iterdir())
+
+
+def test_int8_export_without_the_quantize_stage_is_refused(trained_lenet5, tmp_path):
+    """Quantisation has one entry point (the quantize stage, which the pipeline adds for INT8 exports)."""
+    art = copy.deepcopy(trained_lenet5)
+    with pytest.raises(ExportError, match="quantize stage did not run"):
+        export_stage.run(art, StageContext(out_dir=tmp_path, options={"export": ONNX_ONLY}))
 
 
 def test_unknown_format_is_refused():

@@ -203,7 +203,7 @@ def test_bit_budget_is_met_and_unknown_weight_mode_is_named(tmp_path, trained_le
         )
 
 
-def test_calibration_data_of_the_wrong_shape_is_refused(tmp_path, trained_lenet5, digits):
+def test_wrong_calibration_shape_is_refused_and_no_data_quantizes_weights_only(tmp_path, trained_lenet5, digits):
     wrong = DataBundle(
         "wide",
         *(torch.utils.data.TensorDataset(torch.zeros(20, 1, 6, 6), torch.zeros(20).long()) for _ in range(3)),
@@ -217,10 +217,11 @@ def test_calibration_data_of_the_wrong_shape_is_refused(tmp_path, trained_lenet5
         r"\[1, 8, 8\]",
     ):
         run_quantize_stage(art, StageContext(out_dir=tmp_path))
-    art.data = None
-    with pytest.raises(DataError, match="INT8 calibration needs real data"):
-        run_quantize_stage(art, StageContext(out_dir=tmp_path))
     assert not any(tmp_path.iterdir())
+    art.data = None  # without data: the weights only (one step for all), no activation ranges
+    result = run_quantize_stage(art, StageContext(out_dir=tmp_path))
+    assert result["calibration"] == {"method": None, "samples": 0} and art.quant.activation_ranges == {}
+    assert result["allocation_sensitivity"] == "uniform" and "accuracy" not in result
 
 
 def test_layers_on_constants_are_not_quantised_and_exports_match_the_levels(tmp_path, trained_lenet5):

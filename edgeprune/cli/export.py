@@ -12,7 +12,7 @@ from edgeprune.cli.common import (
     emit,
     force_option,
     json_option,
-    load_artifact,
+    load_options_from,
     make_context,
     model_options,
 )
@@ -20,8 +20,8 @@ from edgeprune.cli.declared import StageCli
 from edgeprune.export import stage as export_stage
 from edgeprune.fileio import atomic_directory, write_json
 from edgeprune.options import COMMAND
+from edgeprune.pipeline import run_pipeline
 from edgeprune.quant import QuantOptions
-from edgeprune.quant import stage as quant_stage
 
 QUANTIZE = StageCli("quantize", QuantOptions, prefix="quantize-")
 EXPORT = StageCli("export", export_stage.ExportOptions, prefix="export-")
@@ -47,10 +47,13 @@ def quantize(ctx: click.Context, model: str, out_dir: str, force: bool, as_json:
       edgeprune quantize model.pt2 --data digits -o q/
     """
     options = {"quantize": QUANTIZE.build(kwargs, COMMAND, save_deploy_model=True)}
-    art = load_artifact(kwargs, model)
+    source = load_options_from(kwargs, model)
     out = Path(out_dir)
     with atomic_directory(out, force) as work_dir:
-        result = quant_stage.run(art, make_context(ctx, work_dir, kwargs.get("seed", 0), options))
+        art, run = run_pipeline(
+            source, make_context(ctx, work_dir, source.seed, options), ["load", "quantize"], headers=False
+        )
+        result = run.result_of("quantize")
         quant = art.quant
         assert quant is not None, "the quantize stage sets artifact.quant"
         result["activation_ranges"] = {k: list(v) for k, v in quant.activation_ranges.items()}
@@ -87,10 +90,14 @@ def export(ctx: click.Context, model: str, out_dir: str, force: bool, as_json: b
       edgeprune export model.pt2 --format onnx --input-shape 1,3,32,32 -o out/
     """
     options = {"quantize": QUANTIZE.build(kwargs, COMMAND), "export": EXPORT.build(kwargs, COMMAND)}
-    art = load_artifact(kwargs, model)
+    source = load_options_from(kwargs, model)
     out = Path(out_dir)
     with atomic_directory(out, force) as work_dir:
-        result = export_stage.run(art, make_context(ctx, work_dir, kwargs.get("seed", 0), options))
+        # INT8 files bring the quantize stage along (pipeline.with_prerequisites)
+        art, run = run_pipeline(
+            source, make_context(ctx, work_dir, source.seed, options), ["load", "export"], headers=False
+        )
+        result = run.result_of("export")
         result["files"] = {k: v.name for k, v in art.files.items()}
         write_json(work_dir / "export.json", result)
     emit(ctx, result, as_json, _summary(result, out))

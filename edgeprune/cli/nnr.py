@@ -6,6 +6,7 @@ The commands only parse options and call :mod:`edgeprune.nnr`; the compress opti
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,68 +14,38 @@ import click
 
 from edgeprune.checkpoint import parse_input_shape, save_model
 from edgeprune.cli.common import (
-    FiniteFloatRange,
     data_options,
     emit,
     force_option,
     json_option,
-    load_artifact,
+    load_options_from,
+    make_context,
     model_options,
     refuse_existing_file,
 )
 from edgeprune.cli.declared import StageCli
 from edgeprune.errors import EdgepruneError
-from edgeprune.fileio import write_bytes
-from edgeprune.nnr.codec import QP_MAX, QP_MIN, ModelEncodeOptions, decode_model, encode_model, inspect_stream
+from edgeprune.fileio import scratch_directory
+from edgeprune.nnr.codec import decode_model, inspect_stream
 from edgeprune.nnr.stage import NnrOptions
 from edgeprune.options import COMMAND
+from edgeprune.pipeline import run_pipeline
+from edgeprune.quant import QuantOptions
 
 STAGE = StageCli("nnr", NnrOptions, prefix="nnr-")
 STAGES = (STAGE,)
-_budget_options = STAGE.decorator(COMMAND, names=("bits_per_weight", "target_accuracy_drop"))
 
 
 @click.command("encode", context_settings={"show_default": True})
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .nnr file to write.")
-@click.option(
-    "--qp",
-    type=click.IntRange(QP_MIN, QP_MAX),
-    help="One qp for every >= 2-D tensor, NNC style (step = (1 + (qp mod 4)/4) * 2^(qp div 4)); "
-    "default: a per-tensor choice from the weight spread.",
-)
-@click.option("--int8", is_flag=True, help="Code the INT8 deploy levels (BN folded, per-channel scales) instead.")
-@click.option("--dq/--no-dq", default=True, help="Dependent quantisation (8-state trellis).")
-@click.option(
-    "--rdoq",
-    type=FiniteFloatRange(min=0),
-    default=0.0,
-    help="RDOQ lambda scale (uniform quantisation only, needs --no-dq; measured near-useless: off).",
-)
-@click.option(
-    "--estimator-search",
-    is_flag=True,
-    help="Pick each context's estimator like NNCodec (about 0.5-1 % smaller, slower to encode).",
-)
-@_budget_options
+@STAGE.command_options
 @model_options
 @data_options
 @force_option
 @json_option
 @click.pass_context
-def encode_command(
-    ctx: click.Context,
-    model: str,
-    output: str,
-    qp: int | None,
-    int8: bool,
-    dq: bool,
-    rdoq: float,
-    estimator_search: bool,
-    force: bool,
-    as_json: bool,
-    **kwargs: Any,
-) -> None:
+def encode_command(ctx: click.Context, model: str, output: str, force: bool, as_json: bool, **kwargs: Any) -> None:
     """Encode a model's weights into an MPEG-NNR bitstream (.nnr) that NNCodec can decode too.
 
     \b
@@ -85,41 +56,24 @@ def encode_command(
     """
     out = Path(output)
     refuse_existing_file(out, force)
-    budget = STAGE.build(kwargs, COMMAND)
-    bits_per_weight, target_accuracy_drop = budget.bits_per_weight, budget.target_accuracy_drop
-    if rdoq > 0 and dq:
-        raise EdgepruneError("--rdoq is implemented for uniform quantisation only", "add --no-dq")
-    if int8 and (qp is not None or bits_per_weight is not None or target_accuracy_drop is not None):
+    options = STAGE.build(kwargs, COMMAND, qp_stream=False)
+    budget = options.bits_per_weight is not None or options.target_accuracy_drop is not None
+    if options.int8 and (options.qp is not None or budget):
         raise EdgepruneError("--int8 codes fixed INT8 levels; --qp and the budgets do not apply", "drop one of them")
-    art = load_artifact(kwargs, model)
-    quant = None
-    if int8:
-        from edgeprune.quant import quantize_weights, to_deploy_graph
-
-        art.model, _ = to_deploy_graph(art.model, art.example_input)
-        quant = quantize_weights(art.model)
-    qps = None
-    if bits_per_weight is not None or target_accuracy_drop is not None:
-        from edgeprune.nnr.allocate import allocate_qps
-
-        qps = allocate_qps(art.model, art.data, bits_per_weight, target_accuracy_drop, dq).qps
-    options = ModelEncodeOptions(qp=qp, qps=qps, int8=int8, dq=dq, estimator_search=estimator_search, rdoq=rdoq)
-    stream = encode_model(art.model, art.example_input, options, quant=quant)
-    write_bytes(out, stream.data)
-    bpw = 8.0 * stream.weight_bytes / max(1, stream.num_weights)
-    result = {
-        "output": str(out),
-        "size_bytes": len(stream.data),
-        "weight_bytes": stream.weight_bytes,
-        "num_weights": stream.num_weights,
-        "bits_per_weight": bpw,
-        "mode": "int8" if int8 else "qp",
-    }
+    source = load_options_from(kwargs, model)
+    # --int8 codes the max-abs levels of the quantize stage (BN folded first), as the INT8 exports carry
+    stages = ["load", "quantize", "encode"] if options.int8 else ["load", "encode"]
+    stage_options = {"nnr": options, "quantize": QuantOptions(weights="maxabs")}
+    with scratch_directory(out) as work:
+        art, run = run_pipeline(source, make_context(ctx, work, source.seed, stage_options), stages, headers=False)
+        os.replace(art.files["nnr"], out)
+    result = {"output": str(out), **run.result_of("encode")}
+    bpw = result["bits_per_weight"]
     emit(
         ctx,
         result,
         as_json,
-        f"wrote {out}: {len(stream.data)} bytes, {stream.num_weights} weights, {bpw:.3f} bits/weight",
+        f"wrote {out}: {result['size_bytes']} bytes, {result['num_weights']} weights, {bpw:.3f} bits/weight",
     )
 
 

@@ -61,7 +61,9 @@ def simplify_command(
     options = {"simplify": STAGE.build(kwargs, COMMAND)}
     source = load_options_from(kwargs, model_path)
     with scratch_directory(out) as work:
-        art, run = run_pipeline(source, make_context(ctx, work, source.seed, options), ["load", "simplify"])
+        art, run = run_pipeline(
+            source, make_context(ctx, work, source.seed, options), ["load", "simplify"], headers=False
+        )
         os.replace(art.files["simplified"], out)
     loaded, simplified = run.stages
     report = simplified.metrics

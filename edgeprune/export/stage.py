@@ -180,11 +180,12 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     if "tflite" in formats:
         tflite_export.require_litert_torch()  # fail before writing anything
     quant.trace(art.model, art.example_input)  # an untraceable model fails here with one clear GraphError
-    qw: quant.QuantizedWeights | None = None
-    if opts.int8:
-        if art.quant is None:
-            quant.stage.run(art, ctx)
-        qw = art.quant
+    qw = art.quant if opts.int8 else None
+    if opts.int8 and qw is None:
+        raise ExportError(
+            "INT8 exports carry the quantize stage's levels, and the quantize stage did not run",
+            "run it first (the pipeline does when export is asked for INT8 files), or export fp32 only",
+        )
     verification = _verification_set(art, opts.verify_samples)
     rows: list[dict[str, Any]] = []
     checks: dict[str, LevelCheck] = {}

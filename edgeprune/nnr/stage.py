@@ -32,7 +32,7 @@ from edgeprune.nnr.codec import (
     encode_model,
     load_decoded,
 )
-from edgeprune.options import cli
+from edgeprune.options import COMMAND, COMPRESS, CliOption, cli, cli_each
 
 SWEEP_QPS = (-38, -34, -30, -26, -22, -18, -14)
 
@@ -43,16 +43,28 @@ class NnrOptions:
 
     int8: bool | None = field(  # None: INT8 levels when the quantize stage ran, else qp mode
         default=None,
-        metadata=cli(
-            "model.nnr holds the quantize stage's INT8 levels / qp-mode levels.",
-            flag="int8/qp-mode",
-            default_text="INT8 when the quantize stage runs",
+        metadata=cli_each(
+            CliOption(
+                "model.nnr holds the quantize stage's INT8 levels / qp-mode levels.",
+                flag="int8/qp-mode",
+                default_text="INT8 when the quantize stage runs",
+                only=COMPRESS,
+            ),
+            CliOption(
+                "Code the INT8 deploy levels (BN folded, max-abs per-channel scales) instead.",
+                is_flag=True,
+                only=COMMAND,
+            ),
         ),
     )
     qp: int | None = field(  # one qp for all >= 2-D tensors (None: per-tensor choice)
         default=None,
         metadata=cli(
-            "One qp for every >= 2-D tensor of the qp-mode stream.", low=QP_MIN, high=QP_MAX, default_text="per tensor"
+            "One qp for every >= 2-D tensor of the qp-mode stream, NNC style "
+            "(step = (1 + (qp mod 4)/4) * 2^(qp div 4)).",
+            low=QP_MIN,
+            high=QP_MAX,
+            default_text="a per-tensor choice from the weight spread",
         ),
     )
     bits_per_weight: float | None = field(
@@ -74,14 +86,31 @@ class NnrOptions:
             prefixed=False,
         ),
     )
-    dq: bool = field(default=True, metadata=cli("Dependent quantisation.", flag="dq/no-dq"))
-    estimator_search: bool = False
+    dq: bool = field(default=True, metadata=cli("Dependent quantisation (8-state trellis).", flag="dq/no-dq"))
+    estimator_search: bool = field(
+        default=False,
+        metadata=cli(
+            "Pick each context's estimator like NNCodec (about 0.5-1 % smaller, slower to encode).", is_flag=True
+        ),
+    )
+    rdoq: float = field(
+        default=0.0,
+        metadata=cli(
+            "RDOQ lambda scale (uniform quantisation only, needs --no-dq; measured near-useless: off).",
+            low=0,
+            only=COMMAND,
+        ),
+    )
     qp_stream: bool = True  # also write model_qp.nnr when model.nnr is the INT8 stream
     sweep: bool = field(
         default=False,
-        metadata=cli("Also measure accuracy vs size over single qps (report plot).", is_flag=True),
+        metadata=cli("Also measure accuracy vs size over single qps (report plot).", is_flag=True, only=COMPRESS),
     )
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rdoq > 0 and self.dq:
+            raise EdgepruneError("--rdoq is implemented for uniform quantisation only", "add --no-dq")
 
 
 def _qp_options(opts: NnrOptions, art: Artifact) -> tuple[ModelEncodeOptions, dict[str, Any]]:
@@ -93,7 +122,7 @@ def _qp_options(opts: NnrOptions, art: Artifact) -> tuple[ModelEncodeOptions, di
         qps = allocation.qps
         info = {"allocation_offset": allocation.offset, "allocation_trials": len(allocation.trials)}
     return ModelEncodeOptions(
-        qp=opts.qp, qps=qps, dq=opts.dq, estimator_search=opts.estimator_search, threads=opts.threads
+        qp=opts.qp, qps=qps, dq=opts.dq, estimator_search=opts.estimator_search, rdoq=opts.rdoq, threads=opts.threads
     ), info
 
 

@@ -95,14 +95,17 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     """The quantize stage: fold BN, quantise the weights, calibrate activations on real data.
 
     Replaces ``art.model`` by the BN-folded graph (the model every later stage codes and exports),
-    stores the :class:`QuantizedWeights` in ``art.quant`` and writes ``quant.npz``.
+    stores the :class:`QuantizedWeights` in ``art.quant`` and writes ``quant.npz``. Without data
+    the weights are still quantised (the allocation falls back to one step for all tensors), but no
+    activation is calibrated: INT8 exports, which need those ranges, then ask for data themselves.
     """
     opts: QuantOptions = ctx.options_for("quantize", QuantOptions)
-    batch = calibration_inputs(art, opts.calibration_samples)
+    batch = calibration_inputs(art, opts.calibration_samples) if art.data is not None else None
     original = art.model.eval()
     deploy, folded = to_deploy_graph(original, art.example_input)
+    probe = batch if batch is not None else art.example_input
     with torch.no_grad():
-        fold_diff = float((original(batch) - deploy(batch)).abs().max())
+        fold_diff = float((original(probe) - deploy(probe)).abs().max())
     allocation = None
     if opts.weights == "allocated":
         drop, bits = _budget(opts, ctx)
@@ -113,8 +116,11 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
         quant = quantize_weights(deploy, max_level=opts.max_level)
     else:
         raise DataError(f"unknown weight quantisation {opts.weights!r}", f"choose one of {', '.join(WEIGHT_MODES)}")
-    quant.activation_ranges = calibrate_activations(deploy, batch, opts.calibration, opts.percentile)
-    quant.calibration = {"method": opts.calibration, "samples": len(batch), "percentile": opts.percentile}
+    if batch is not None:
+        quant.activation_ranges = calibrate_activations(deploy, batch, opts.calibration, opts.percentile)
+        quant.calibration = {"method": opts.calibration, "samples": len(batch), "percentile": opts.percentile}
+    else:
+        quant.calibration = {"method": None, "samples": 0}
     art.model = deploy
     art.quant = quant
     art.files["quant"] = save_quantized(quant, ctx.out_dir / "quant.npz")
