@@ -38,6 +38,8 @@ from torch import nn
 
 from edgeprune.errors import CheckpointError
 from edgeprune.fileio import atomic_path
+from edgeprune.graph.trace import FILE_BATCH
+from edgeprune.graph.trace import export_program as trace_export
 
 
 @dataclass
@@ -167,24 +169,10 @@ def save_model(model: nn.Module, example_input: torch.Tensor, dest: str | Path) 
 
 
 def export_program(model: nn.Module, example_input: torch.Tensor) -> torch.export.ExportedProgram:
-    """``torch.export`` the model in eval mode with a dynamic batch dimension.
-
-    The batch is exported from a two-sample example so that torch does not specialise it to 1.
-    Spatial dimensions are ``Dim.AUTO``: they stay dynamic where the model allows it (global
-    pooling) and are specialised where it does not (Flatten -> Linear), so a saved model accepts
-    every resolution the original accepted.
-    """
-    batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    example = example_input[:1].expand(2, *example_input.shape[1:]).contiguous()
-    spatial = {d: torch.export.Dim.AUTO for d in range(2, example.dim())}
-    model.eval()
-    try:
-        return torch.export.export(model, (example,), dynamic_shapes=({0: batch, **spatial},))
-    except Exception as exc:  # torch.export raises many unrelated types for untraceable code
-        raise CheckpointError(
-            f"cannot export the model to save it: {str(exc).splitlines()[0][:200]}",
-            "remove data-dependent Python control flow from forward()",
-        ) from None
+    """``torch.export`` the model for saving: a named batch of 1..65,536 and spatial sizes as the
+    model allows, so a saved model accepts every batch and resolution the original accepted
+    (the policy of :func:`edgeprune.graph.trace.export_program`)."""
+    return trace_export(model, example_input, FILE_BATCH, purpose="export the model to save it", error=CheckpointError)
 
 
 def build_arch(arch: str, arch_kwargs: str | dict | None) -> nn.Module:

@@ -30,6 +30,7 @@ from torch import nn
 
 from edgeprune.errors import ExportError, first_line
 from edgeprune.fileio import atomic_path
+from edgeprune.graph.trace import FILE_BATCH, export_shapes, two_samples
 
 OPSET = 18
 INPUT_NAME = "input"
@@ -88,8 +89,9 @@ def export_fp32(
     """Export ``model`` to a simplified, self-contained fp32 ONNX file at ``dest`` (atomically)."""
     import onnxslim
 
-    example = example_input[:1].expand(2, *example_input.shape[1:]).contiguous() if dynamic_batch else example_input[:1]
-    dynamic = ({0: torch.export.Dim("batch", min=1, max=1 << 16)},) if dynamic_batch else None
+    # The export policy of edgeprune.graph.trace: the file's batch is named and dynamic; the resolution is fixed.
+    example = two_samples(example_input) if dynamic_batch else example_input[:1]
+    dynamic = export_shapes(example, FILE_BATCH, spatial=False) if dynamic_batch else None
     with atomic_path(dest) as tmp:
         try:
             with _quiet():

@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from edgeprune.graph.coupling import (
     ChannelAnalysis,
@@ -310,6 +311,22 @@ class BatchNorm(OpFamily):
         source = node.args[0]
         assert isinstance(source, fx.Node), "aten batch norm's first argument is its input"
         return source, list(node.args[1:5]), float(eps), training
+
+    @staticmethod
+    def fold(
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float],
+        linear: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias of the Conv (``linear`` False) or Linear before an eval-mode BN with that BN
+        folded in; ``stats`` = (gamma, beta, running mean, running var, eps). The one BN fold of
+        edgeprune (simplify in float64, the quantize stage in float32), with torch's own arithmetic:
+        the exporters fold with the same functions, so the quantised weights exist in their files."""
+        gamma, beta, mean, var, eps = stats
+        fuse = fuse_linear_bn_weights if linear else fuse_conv_bn_weights
+        folded_weight, folded_bias = fuse(weight, bias, mean, var, eps, gamma, beta)
+        return folded_weight.detach(), folded_bias.detach()
 
     @staticmethod
     def returns_tuple(node: fx.Node) -> bool:

@@ -5,9 +5,12 @@
 of the graph is which parameter or buffer (``graph_signature``), so every weight the channel
 analysis talks about is addressable as ``model.state_dict()[name]`` - no name guessing.
 
-We export with automatic dynamic batch and spatial sizes where the model allows it: the
-simplified model is rebuilt from this very graph, and a graph specialised to one resolution
-would silently lock the simplified model to it.
+Every ``torch.export`` call of edgeprune goes through :func:`export_program`, which holds the one
+export policy: eval mode, a two-sample example so the batch is never specialised to 1, the batch
+dimension given by the caller's purpose, and spatial sizes ``Dim.AUTO`` (dynamic where the model
+allows it, e.g. global pooling, specialised where it does not, e.g. Flatten -> Linear). The
+analysis exports with automatic batch and spatial sizes: the simplified model is rebuilt from this
+very graph, and a graph specialised to one resolution would silently lock it to that resolution.
 """
 
 from __future__ import annotations
@@ -19,7 +22,50 @@ import torch
 from torch import fx, nn
 from torch.export import Dim
 
-from edgeprune.errors import GraphError
+from edgeprune.errors import EdgepruneError, GraphError, first_line
+
+# A saved or exported file's batch: named, from 1 to 65,536 (a bound every later re-export accepts).
+FILE_BATCH = Dim("batch", min=1, max=1 << 16)
+# An in-memory re-trace (quantisation): the batch stays symbolic with whatever bounds a loaded
+# program already carries, which a named Dim with its own bounds would contradict.
+TRACE_BATCH = Dim.DYNAMIC
+
+
+def export_shapes(example: torch.Tensor, batch: Any, spatial: bool = True) -> tuple[dict[int, Any]]:  # noqa: ANN401
+    """``dynamic_shapes`` for a single-input model: ``batch`` for dim 0, ``Dim.AUTO`` for the spatial
+    dims (2 and up) when ``spatial``; the channel dim is always static."""
+    shapes: dict[int, Any] = {0: batch}
+    if spatial:
+        shapes.update({d: Dim.AUTO for d in range(2, example.dim())})
+    return (shapes,)
+
+
+def two_samples(example_input: torch.Tensor) -> torch.Tensor:
+    """The example as a batch of two: torch specialises a batch of 1 to a constant."""
+    return example_input[:1].expand(2, *example_input.shape[1:]).contiguous()
+
+
+def export_program(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    batch: Any = FILE_BATCH,  # noqa: ANN401 - a torch.export Dim
+    spatial: bool = True,
+    purpose: str = "trace the model",
+    error: type[EdgepruneError] = GraphError,
+) -> torch.export.ExportedProgram:
+    """``torch.export`` ``model`` (in eval mode) under the one policy of the module docstring.
+
+    Raises ``error`` ("cannot <purpose>: <why>") when the model cannot be traced.
+    """
+    example = two_samples(example_input)
+    try:
+        return torch.export.export(model.eval(), (example,), dynamic_shapes=export_shapes(example, batch, spatial))
+    except Exception as exc:  # torch.export raises many unrelated types for untraceable code
+        raise error(
+            f"cannot {purpose}: {first_line(exc)}",
+            "remove data-dependent Python control flow and unsupported ops from forward() "
+            "(use torch.where / torch.cond)",
+        ) from None
 
 
 @dataclass
@@ -56,25 +102,22 @@ class TracedModel:
 
 
 def export(model: nn.Module, example_input: torch.Tensor) -> torch.export.ExportedProgram:
-    """``torch.export`` the model in eval mode, batch and spatial sizes dynamic where possible.
+    """The analysis' export: batch and spatial sizes automatic (dynamic where the model allows it).
 
-    Falls back to a static export (then the rewritten model will only accept that shape, which
-    the equivalence check reports) and raises :class:`GraphError` when the model cannot be traced.
+    Falls back to a static export of the single example (then the rewritten model only accepts
+    that shape, which the equivalence check reports); :class:`GraphError` when neither traces.
     """
-    model.eval()
-    example = example_input[:1].expand(2, *example_input.shape[1:]).contiguous()
-    dynamic = ({d: Dim.AUTO for d in range(example.dim()) if d != 1},)
-    errors = []
-    for args, shapes in (((example,), dynamic), ((example_input[:1],), None)):
-        try:
-            return torch.export.export(model, args, dynamic_shapes=shapes)
-        except Exception as exc:  # torch.export raises many unrelated types for untraceable code
-            errors.append(exc)
-    first = str(errors[-1]).strip().splitlines()
-    raise GraphError(
-        f"cannot trace the model with torch.export: {(first[0] if first else type(errors[-1]).__name__)[:200]}",
-        "remove data-dependent Python control flow from forward() (use torch.where / torch.cond)",
-    )
+    try:
+        return export_program(model, example_input, batch=Dim.AUTO, purpose="trace the model with torch.export")
+    except GraphError:
+        pass
+    try:
+        return torch.export.export(model.eval(), (example_input[:1],))
+    except Exception as exc:  # torch.export raises many unrelated types for untraceable code
+        raise GraphError(
+            f"cannot trace the model with torch.export: {first_line(exc)}",
+            "remove data-dependent Python control flow from forward() (use torch.where / torch.cond)",
+        ) from None
 
 
 def trace(model: nn.Module, example_input: torch.Tensor, sample_batch: torch.Tensor | None = None) -> TracedModel:

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from edgeprune.checkpoint import as_graph_module
-from edgeprune.errors import GraphError, first_line
+from edgeprune.graph.ops import BATCH_NORM
+from edgeprune.graph.trace import TRACE_BATCH, export_program
 from edgeprune.quant.levels import BATCHNORM_OPS, LINEAR_OPS, is_weight_layer
 
 _aten = torch.ops.aten
@@ -32,15 +32,11 @@ def to_deploy_graph(model: nn.Module, example_input: torch.Tensor) -> tuple[fx.G
 
 
 def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
-    """The model as an aten-level GraphModule with a dynamic batch dimension, or a GraphError naming why."""
-    example = example_input[:1].expand(2, *example_input.shape[1:]).contiguous()
-    try:  # DYNAMIC: the batch must stay symbolic, with whatever bounds a loaded program already carries
-        program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
-    except Exception as exc:  # torch.export raises many unrelated types for untraceable code
-        raise GraphError(
-            f"cannot trace the model for quantisation/export: {first_line(exc)}",
-            "remove data-dependent Python control flow and unsupported ops from forward()",
-        ) from None
+    """The model as an aten-level GraphModule with a symbolic batch (and the resolution it was given),
+    or a GraphError naming why."""
+    program = export_program(
+        model, example_input, TRACE_BATCH, spatial=False, purpose="trace the model for quantisation/export"
+    )
     return as_graph_module(program).eval()
 
 
@@ -85,8 +81,7 @@ def _fold_one(gm: fx.GraphModule, bn: fx.Node) -> int:
         return 0
     gamma = torch.ones_like(mean) if gamma is None else gamma
     beta = torch.zeros_like(mean) if beta is None else beta
-    fuse = fuse_linear_bn_weights if layer.target in LINEAR_OPS else fuse_conv_bn_weights
-    new_weight, new_bias = fuse(weight, bias, mean, var, eps, gamma, beta)
+    new_weight, new_bias = BATCH_NORM.fold(weight, bias, (gamma, beta, mean, var, eps), layer.target in LINEAR_OPS)
     weight_name = layer.args[1].target
     _set_attr(gm, weight_name, new_weight)
     if bias_node is not None:

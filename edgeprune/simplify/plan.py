@@ -128,12 +128,7 @@ def _fold_batchnorm(traced: TracedModel, graph: ChannelGraph, options: SimplifyO
         stats = _bn_stats(traced, node)
         if stats is None:
             continue
-        gamma, beta, mean, var, eps = stats
-        scale = gamma / torch.sqrt(var + eps)
-        shape = (-1,) + (1,) * (plan.weight.dim() - 1)
-        bias = plan.bias if plan.bias is not None else torch.zeros_like(mean)
-        plan.weight = plan.weight * scale.reshape(shape)
-        plan.bias = (bias - mean) * scale + beta
+        plan.weight, plan.bias = BATCH_NORM.fold(plan.weight, plan.bias, stats, linear=plan.info.kind == "linear")
         plan.folded_bn = node.name
     return layers
 
