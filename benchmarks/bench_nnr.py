@@ -38,7 +38,7 @@ from edgeprune.metrics import evaluate  # noqa: E402
 from edgeprune.nnr import decode_stream, encode_tensors  # noqa: E402
 from edgeprune.nnr.allocate import allocate_qps  # noqa: E402
 from edgeprune.nnr.bitstream import UnitType, parse_units  # noqa: E402
-from edgeprune.nnr.codec import load_decoded, model_tensors  # noqa: E402
+from edgeprune.nnr.model import load_decoded, model_tensors  # noqa: E402
 
 VENV_PYTHON = ROOT / ".venv-nncodec" / "bin" / "python"
 ORACLE = ROOT / "tools" / "nnr_oracle.py"

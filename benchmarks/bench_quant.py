@@ -31,7 +31,7 @@ from edgeprune import quant
 from edgeprune.examples import build_example
 from edgeprune.metrics import evaluate
 from edgeprune.nnr import coded_bytes
-from edgeprune.nnr.codec import default_qp
+from edgeprune.nnr.qp import default_qp
 from edgeprune.quant.allocate import allocate_int8
 
 

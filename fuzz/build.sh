@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${TMPDIR:-/tmp}/nnr_decode_fuzzer}"  # outside the work tree: nothing to ignore
 clang -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-  -Iedgeprune/nnr fuzz/nnr_decode_fuzzer.c edgeprune/nnr/cabac.c -lm -o "$out"
+  -Iedgeprune/nnr fuzz/nnr_decode_fuzzer.c edgeprune/nnr/cabac.c edgeprune/nnr/quantize.c -lm -o "$out"
 echo "$out"

@@ -12,7 +12,7 @@ from support.nnr_streams import with_topology
 from edgeprune import models
 from edgeprune.errors import BitstreamError
 from edgeprune.nnr.bitstream import UnitType, parse_units
-from edgeprune.nnr.codec import ModelEncodeOptions, decode_model, encode_model
+from edgeprune.nnr.model import ModelEncodeOptions, decode_model, encode_model
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_ndu_dimensions_whose_product_wraps_around(stream):
     ndu = next(u for u in parse_units(stream) if u.unit_type == UnitType.NDU)
     dims = ndu.fields["tensor_dimensions"]
     assert len(dims) == 4
-    from edgeprune.nnr.codec import decode_stream
+    from edgeprune.nnr.tensors import decode_stream
 
     for wrapped in ([1 << 32, 1 << 32, 1, 1], [1 << 32, 1 << 31, 1, 1]):
         data = _with_dims(stream, ndu, wrapped)

@@ -23,7 +23,7 @@ from edgeprune.nnr.bitstream import (
     write_start_unit,
     write_unit,
 )
-from edgeprune.nnr.codec import default_qp, qp_for_step, step_size
+from edgeprune.nnr.qp import default_qp, qp_for_step, step_size
 from edgeprune.quant import quantize_tensor
 
 

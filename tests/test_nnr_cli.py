@@ -113,7 +113,7 @@ def test_accuracy_budget_beats_nncodecs_default_qp_by_half(
     default = invoke_json(runner, cli, ["encode", str(lenet_file), "--qp", "-38", "-o", str(tmp_path / "d.nnr")])
     assert budget["weight_bytes"] <= 0.5 * default["weight_bytes"]
     model = copy.deepcopy(trained_lenet5.model)
-    from edgeprune.nnr.codec import load_decoded
+    from edgeprune.nnr.model import load_decoded
 
     load_decoded(model, decode_stream(tmp_path / "b.nnr"))
     test = trained_lenet5.data.loader("test", 256)
@@ -146,7 +146,7 @@ def test_errors_are_one_line_with_exit_code_2(runner, cli, lenet_file, tmp_path,
 def test_decode_without_architecture_asks_for_arch(runner, cli, trained_lenet5, tmp_path):
     from edgeprune.fileio import write_bytes
     from edgeprune.nnr import encode_tensors
-    from edgeprune.nnr.codec import model_tensors
+    from edgeprune.nnr.model import model_tensors
 
     bare = write_bytes(tmp_path / "bare.nnr", encode_tensors(model_tensors(trained_lenet5.model)).data)
     result = runner.invoke(cli, ["decode", str(bare), "-o", str(tmp_path / "x.pt2")])

@@ -15,7 +15,8 @@ import torch
 from support import tv_layout
 
 from edgeprune.checkpoint import load_model
-from edgeprune.nnr.codec import decode_model, decode_stream, encode_tensors, model_tensors
+from edgeprune.nnr.model import decode_model, model_tensors
+from edgeprune.nnr.tensors import decode_stream, encode_tensors
 
 MODELS = {"mobilenet_v2": tv_layout.mobilenet_v2, "resnet18ish": tv_layout.resnet18ish}
 INPUT = "1,3,32,32"

@@ -154,7 +154,7 @@ def test_rate_allocated_levels_halve_the_coded_size_within_the_accuracy_budget(t
     """The default: each tensor's step from its Fisher sensitivity, |level| <= 127, the coded levels at most
     half of raw INT8, and test accuracy within the 0.5-point budget (plus what 359 images can resolve)."""
     from edgeprune.nnr import coded_bytes
-    from edgeprune.nnr.codec import step_size
+    from edgeprune.nnr.qp import step_size
 
     art = copy.deepcopy(trained_lenet5)
     fp32 = evaluate(art.model, art.data.loader("test", 256))["accuracy"]

@@ -13,7 +13,8 @@ from support.nnr_streams import with_topology
 
 from edgeprune import models
 from edgeprune.errors import BitstreamError
-from edgeprune.nnr.codec import ModelEncodeOptions, decode_model, decode_stream, encode_model
+from edgeprune.nnr.model import ModelEncodeOptions, decode_model, encode_model
+from edgeprune.nnr.tensors import decode_stream
 from edgeprune.nnr.topology import OPS
 
 sys.path.insert(0, str(Path(__file__).parent))

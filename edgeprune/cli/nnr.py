@@ -26,8 +26,9 @@ from edgeprune.cli.common import (
 from edgeprune.cli.declared import StageCli
 from edgeprune.errors import EdgepruneError
 from edgeprune.fileio import scratch_directory
-from edgeprune.nnr.codec import decode_model, inspect_stream
+from edgeprune.nnr.model import decode_model
 from edgeprune.nnr.stage import NnrOptions
+from edgeprune.nnr.tensors import inspect_stream
 from edgeprune.options import COMMAND
 from edgeprune.pipeline import run_pipeline
 from edgeprune.quant import QuantOptions

@@ -22,18 +22,9 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.metrics import evaluate
-from edgeprune.nnr.codec import (
-    QP_MAX,
-    QP_MIN,
-    DecodedStream,
-    cabac_payload,
-    decode_stream,
-    default_qp,
-    encode_tensors,
-    load_decoded,
-    model_tensors,
-    qp_for_step,
-)
+from edgeprune.nnr.model import load_decoded, model_tensors
+from edgeprune.nnr.qp import QP_MAX, QP_MIN, default_qp, qp_for_step
+from edgeprune.nnr.tensors import DecodedStream, cabac_payload, decode_stream, encode_tensors
 
 SEARCH_SPAN = 32  # qp units either side of the default operating point (8 octaves of step size)
 

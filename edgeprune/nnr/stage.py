@@ -22,16 +22,9 @@ from edgeprune.errors import EdgepruneError, VerificationError
 from edgeprune.fileio import write_bytes
 from edgeprune.metrics import evaluate
 from edgeprune.nnr.allocate import allocate_qps
-from edgeprune.nnr.codec import (
-    QP_MAX,
-    QP_MIN,
-    EncodedStream,
-    ModelEncodeOptions,
-    architecture_record,
-    decode_stream,
-    encode_model,
-    load_decoded,
-)
+from edgeprune.nnr.model import ModelEncodeOptions, architecture_record, encode_model, load_decoded
+from edgeprune.nnr.qp import QP_MAX, QP_MIN
+from edgeprune.nnr.tensors import EncodedStream, decode_stream
 from edgeprune.options import COMMAND, COMPRESS, CliOption, cli, cli_each
 
 SWEEP_QPS = (-38, -34, -30, -26, -22, -18, -14)

@@ -17,7 +17,7 @@ import torch
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.nnr.bitstream import UnitType, parse_units, write_topology_unit
-from edgeprune.nnr.codec import ModelEncodeOptions, decode_model, encode_model
+from edgeprune.nnr.model import ModelEncodeOptions, decode_model, encode_model
 
 HOSTILE_VALUES: list[Any] = [
     None,

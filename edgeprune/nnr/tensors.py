@@ -1,4 +1,4 @@
-"""Tensors <-> MPEG-NNR bitstreams, and models <-> .nnr files.
+"""Tensors <-> MPEG-NNR bitstreams (numpy only; models are :mod:`edgeprune.nnr.model`).
 
 What goes where in a stream edgeprune writes:
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import math
 import os
 import zlib
@@ -27,14 +26,12 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from edgeprune.errors import BitstreamError
-from edgeprune.nnr import _cabac, topology
+from edgeprune.nnr import _cabac
 from edgeprune.nnr.bitstream import (
     PayloadType,
     UnitType,
@@ -44,11 +41,19 @@ from edgeprune.nnr.bitstream import (
     write_start_unit,
     write_topology_unit,
 )
+from edgeprune.nnr.qp import (
+    QP_DENSITY,
+    QP_MAX,
+    QP_MIN,
+    default_qp,
+    is_positive_vector,
+    positive_qp,
+    step_size,
+    step_size_at,
+)
 
 PROFILE = 1
-QP_DENSITY = 2
 NUM_GTX_FLAGS = 11  # cabac_unary_length_minus1 = 10, NNCodec's default
-log = logging.getLogger(__name__)
 TPL_FORMAT = "edgeprune-nnr"
 # Version 2 leaves out defaults (dtype float32, axis 0) and writes a uniform per-channel scale as one
 # number - on the example, the scale lists were 80 % of the topology unit. Version-1 streams still decode.
@@ -62,62 +67,6 @@ TENSOR_DTYPES = frozenset(
     {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64"}
 )
 BINS_PER_BYTE_LIMIT = 2048  # generous bound on decodable bins per payload byte (see decode_stream)
-QP_MIN, QP_MAX = -128, 127  # the per-tensor qp offset is 6 + qp_density = 8 bits
-WEIGHT_STEP_PER_STD = 1 / 8  # default step of >= 2-D weights: std/8 (~30 dB), cf. brief section 4.3 (b)
-VECTOR_STEP_PER_MAX = 2.0**-11  # default step of 1-D tensors: max|w| / 2048 (about 12 bits each)
-
-
-def step_size(qp: int) -> float:
-    """NNC's step for ``qp`` at qp density 2: (1 + (qp mod 4)/4) * 2^floor(qp/4), as float32."""
-    return _cabac.step_size(int(qp), QP_DENSITY)
-
-
-def qp_for_step(step: float) -> int:
-    """The qp whose step is nearest to ``step`` in the log domain, clamped to the 8-bit offset range."""
-    if not step > 0 or not math.isfinite(step):
-        return QP_MAX
-    guess = int(round(4 * math.log2(step)))
-    best = min(range(guess - 3, guess + 4), key=lambda qp: abs(math.log2(step_size(qp)) - math.log2(step)))
-    return int(min(QP_MAX, max(QP_MIN, best)))
-
-
-def default_qp(weight: np.ndarray) -> int:
-    """A per-tensor qp that keeps accuracy on the models we measured without wasting bits (see constants)."""
-    w = np.asarray(weight, dtype=np.float32)
-    if w.size == 0 or not np.any(w):
-        return 0
-    if w.ndim >= 2:
-        return qp_for_step(float(w.std()) * WEIGHT_STEP_PER_STD)
-    return qp_for_step(float(np.abs(w).max()) * VECTOR_STEP_PER_MAX)
-
-
-POSITIVE_REL_STEP = 2.0**-8  # step of a strictly positive 1-D tensor: <= its smallest value / 256
-RAW_ABOVE_BITS = 24  # ... unless that needs more than 24 bits of range: then store float32
-
-
-def positive_qp(values: np.ndarray) -> int | None:
-    """The qp of a strictly positive 1-D tensor (BatchNorm running variances, scales), or None for raw.
-
-    Why: the default 1-D step (max|w|/2048) decodes small variances of a layer with one large one to 0
-    or below, and the decoded model then divides by sqrt(var + eps) ~ 0 and produces NaN. A step of at
-    most min/256 keeps every entry within 0.4 % (DQ included) and positive; when max/min is so large
-    that this would need > 24 bits per value, float32 is cheaper and exact.
-    """
-    w = np.asarray(values, dtype=np.float32)
-    smallest, largest = float(w.min()), float(w.max())
-    if not smallest > 0:
-        raise ValueError("positive_qp needs strictly positive values")
-    qp = qp_for_step(smallest * POSITIVE_REL_STEP)
-    while step_size(qp) > smallest * POSITIVE_REL_STEP and qp > QP_MIN:
-        qp -= 1  # qp_for_step rounds to the nearest step; the bound must hold
-    if math.log2(largest / step_size(qp)) > RAW_ABOVE_BITS or step_size(qp) > smallest * POSITIVE_REL_STEP:
-        return None
-    return qp
-
-
-def is_positive_vector(values: np.ndarray) -> bool:
-    """A 1-D float tensor that must stay > 0 after decoding: every value is > 0 (running variances are)."""
-    return values.ndim <= 1 and values.size > 0 and bool(np.all(values > 0))
 
 
 def layout(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -547,10 +496,6 @@ def decode_stream(
     return DecodedStream(tensors, levels_out, topology, stats)
 
 
-def step_size_at(qp: int, qp_density: int) -> float:
-    return _cabac.step_size(int(qp), int(qp_density))
-
-
 def _apply_topology(
     topology: dict[str, Any],
     by_name: dict,
@@ -628,177 +573,6 @@ def read_int8_levels(source: str | os.PathLike | bytes | bytearray) -> dict[str,
     return {name: decoded.levels[name] for name in names}
 
 
-# ------------------------------------------------------------------ models
-
-
-def model_tensors(model: nn.Module) -> dict[str, np.ndarray]:
-    """The model's state_dict as numpy arrays (what the NDUs carry)."""
-    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-
-
-def architecture_record(model: nn.Module, example_input: torch.Tensor) -> dict[str, Any]:
-    """How the decoder rebuilds the module: a declarative graph of known operators
-    (:mod:`edgeprune.nnr.topology`), never a Python name or a pickle, so that decoding a downloaded
-    .nnr cannot run code. A model the graph cannot describe is stored without an architecture
-    (``decode`` then asks for ``--arch``)."""
-    try:
-        return {"graph": topology.describe(model, example_input)}
-    except topology.TopologyUnsupported as exc:
-        log.warning("the .nnr will not carry the architecture (%s); decode it with --arch", exc)
-        return {}
-
-
-@dataclass
-class ModelEncodeOptions:
-    """How `encode_model` codes a model (see the CLI options of `edgeprune encode` for the meaning)."""
-
-    qp: int | None = None  # one qp for all >= 2-D float tensors; None: per-tensor default
-    qps: dict[str, int] | None = None  # per-tensor qps (from the allocator); overrides qp
-    int8: bool = False  # code the quantize stage's INT8 levels where available
-    dq: bool = True
-    row_skip: bool = True
-    estimator_search: bool = False
-    rdoq: float = 0.0  # lambda scale of RDOQ (uniform quantisation only); 0: off
-    embed_architecture: bool = True
-    threads: int | None = None
-
-
-def encode_model(
-    model: nn.Module,
-    example_input: torch.Tensor,
-    options: ModelEncodeOptions | None = None,
-    quant: Any = None,
-    architecture: Mapping[str, Any] | None = None,
-) -> EncodedStream:
-    """Encode ``model``'s state_dict (plus what rebuilds it) into an NNR bitstream.
-
-    ``architecture`` (``{"architecture": architecture_record(...)}``) lets callers that write several
-    streams of one model export its graph once."""
-    options = options or ModelEncodeOptions()
-    tensors = model_tensors(model)
-    int8 = {}
-    if options.int8:
-        if quant is None:
-            raise BitstreamError(
-                "--int8 needs the INT8 levels of the quantize stage",
-                "run `edgeprune compress` (quantize runs before encode) or drop --int8",
-            )
-        int8 = {k: v for k, v in getattr(quant, "tensors", quant).items() if k in tensors}
-    qps: dict[str, int] | int | None = options.qps
-    if qps is None and options.qp is not None:
-        qps = {
-            k: (options.qp if v.ndim >= 2 else default_qp(v))
-            for k, v in tensors.items()
-            if np.issubdtype(v.dtype, np.floating)
-        }
-    extra: dict[str, Any] = {"input_shape": list(example_input.shape)}
-    if architecture is not None:
-        extra.update(architecture)
-    elif options.embed_architecture:
-        extra["architecture"] = architecture_record(model, example_input)
-    return encode_tensors(
-        tensors,
-        qps=qps,
-        int8=int8,
-        dq=options.dq,
-        row_skip=options.row_skip,
-        estimator_search=options.estimator_search,
-        rdoq=options.rdoq,
-        extra_topology=extra,
-        threads=options.threads,
-    )
-
-
-def load_decoded(model: nn.Module, decoded: DecodedStream) -> nn.Module:
-    """Copy the decoded tensors into ``model`` (names and shapes must match exactly)."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in decoded.tensors]
-    extra = [k for k in decoded.tensors if k not in expected]
-    if missing or extra:
-        problem = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
-        raise BitstreamError(
-            f"the .nnr tensors do not match the architecture ({problem})", "check --arch / --arch-kwargs"
-        )
-    state = {}
-    for k, ref in expected.items():
-        array = np.array(decoded.tensors[k], copy=True, order="C")  # ascontiguousarray would make 0-dim 1-D
-        if array.size == 1 and ref.dim() == 0:
-            array = array.reshape(())  # an NDU has at least one dimension; streams without a topology say [1]
-        value = torch.from_numpy(array).to(ref.dtype)
-        if tuple(value.shape) != tuple(ref.shape):
-            raise BitstreamError(
-                f"{k}: the .nnr has shape {list(value.shape)}, the architecture {list(ref.shape)}",
-                "check --arch / --arch-kwargs",
-            )
-        state[k] = value
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def decode_model(
-    source: str | os.PathLike | bytes | bytearray,
-    arch: str | None = None,
-    arch_kwargs: str | dict | None = None,
-    input_shape: tuple[int, ...] | None = None,
-) -> tuple[nn.Module, torch.Tensor, DecodedStream]:
-    """Rebuild (model, example_input, decoded stream) from a .nnr alone, or with ``arch`` (and
-    ``input_shape``) overriding what it carries."""
-    from edgeprune.checkpoint import build_arch
-
-    decoded = decode_stream(source)
-    topo = decoded.topology
-    shape = list(input_shape) if input_shape else topo.get("input_shape")
-    record = topo.get("architecture") or {}
-    if not isinstance(record, dict):
-        raise BitstreamError("the architecture in the .nnr is not an object", "the file is damaged; pass --arch")
-    if arch:  # the user's own code, named on the command line
-        model = build_arch(arch, arch_kwargs)
-    elif "graph" in record:
-        if not _valid_input_shape(shape):
-            raise BitstreamError("the .nnr records an invalid input shape", "pass --input-shape")
-        model = topology.build_module(record["graph"], decoded.tensors, (1, *shape[1:]))
-    elif "factory" in record or "exported_program_xz" in record:
-        raise BitstreamError(
-            "this .nnr names Python code to build its model (an older edgeprune format), "
-            "which decode never runs from a file",
-            "pass --arch package.module:factory if you trust it, or re-encode the model",
-        )
-    else:
-        raise BitstreamError(
-            "this .nnr carries no architecture (e.g. written by NNCodec)",
-            "pass --arch package.module:factory (and --input-shape)",
-        )
-    model = load_decoded(model.float(), decoded)
-    if not _valid_input_shape(shape):
-        shape = list(getattr(model, "input_shape", []) or [])
-    if not _valid_input_shape(shape):
-        raise BitstreamError("the .nnr does not record a valid input shape for the model", "pass --input-shape")
-    example = torch.zeros(1, *shape[1:])
-    try:
-        with torch.no_grad():
-            model(example)
-    except Exception as exc:  # noqa: BLE001 - the rebuilt graph comes from a file; any failure is the file's
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise BitstreamError(
-            f"the model rebuilt from the .nnr does not run on inputs of shape {list(example.shape)}: {first}",
-            "check --arch / --input-shape, or re-encode the model",
-        ) from None
-    return model, example, decoded
-
-
-MAX_INPUT_ELEMENTS = 1 << 22  # one input sample (16 MiB float32; 3x1024x1024 fits): far above edge inputs
-
-
-def _valid_input_shape(shape: Any) -> TypeGuard[list[int] | tuple[int, ...]]:
-    """A list of 2..8 positive ints whose single-sample size stays under :data:`MAX_INPUT_ELEMENTS`."""
-    return (
-        isinstance(shape, (list, tuple))
-        and 2 <= len(shape) <= 8
-        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
-        and math.prod(shape[1:]) <= MAX_INPUT_ELEMENTS
-    )
-
-
 def inspect_stream(source: str | os.PathLike | bytes | bytearray) -> dict[str, Any]:
     """Units, tensors and bits per weight of a .nnr (decodes it, so damage is reported too)."""
     data = _read_bytes(source)
@@ -839,19 +613,3 @@ def inspect_stream(source: str | os.PathLike | bytes | bytearray) -> dict[str, A
             else "none"
         ),
     }
-
-
-__all__ = [
-    "EncodedStream",
-    "DecodedStream",
-    "ModelEncodeOptions",
-    "encode_tensors",
-    "decode_stream",
-    "encode_model",
-    "decode_model",
-    "read_int8_levels",
-    "inspect_stream",
-    "default_qp",
-    "qp_for_step",
-    "step_size",
-]
