@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sections import replace_section
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -244,10 +245,7 @@ def main() -> None:
     text = markdown(rows, args.runs, "python benchmarks/bench_export.py " + " ".join(sys.argv[1:]))
     print(text)
     if not args.no_write:
-        doc = (ROOT / "BENCHMARKS.md").read_text()
-        start = doc.index(SECTION)
-        nxt = doc.find("\n## ", start + len(SECTION))
-        (ROOT / "BENCHMARKS.md").write_text(doc[:start] + text + (doc[nxt:] if nxt != -1 else ""))
+        replace_section(SECTION, text)
 
 
 if __name__ == "__main__":

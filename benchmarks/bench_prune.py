@@ -42,11 +42,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from sections import replace_section
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from edgeprune.data import DataBundle, load_data
-from edgeprune.fileio import atomic_path, write_json, write_text
+from edgeprune.fileio import atomic_path, write_json
 from edgeprune.graph import analyze
 from edgeprune.metrics import count_macs, count_params, evaluate
 from edgeprune.models import LeNet5, ResNetCifar
@@ -526,11 +527,7 @@ def write_report(results: dict[str, Any]) -> None:
         lines.append("")
     if PLOT.exists():
         lines += [f"![accuracy vs size]({PLOT.relative_to(ROOT).as_posix()})", ""]
-    text = (ROOT / "BENCHMARKS.md").read_text()
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
-    new = text[:start] + "\n".join(lines).rstrip() + "\n" + (text[end:] if end != -1 else "")
-    write_text(ROOT / "BENCHMARKS.md", new)
+    replace_section(SECTION, "\n".join(lines))
 
 
 def plot(results: dict[str, Any]) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgeprune.fileio import write_text
+
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
 
@@ -20,7 +22,7 @@ def replace_section(heading: str, text: str, path: Path = BENCHMARKS_MD) -> None
     doc = path.read_text() if path.exists() else ""
     start = doc.find(heading + "\n")
     if start == -1:
-        path.write_text(doc.rstrip("\n") + ("\n\n" if doc else "") + body)
+        write_text(path, doc.rstrip("\n") + ("\n\n" if doc else "") + body)
         return
     end = doc.find("\n## ", start + len(heading))
-    path.write_text(doc[:start] + body + (doc[end:] if end != -1 else ""))
+    write_text(path, doc[:start] + body + (doc[end:] if end != -1 else ""))
