@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
-from edgeprune.artifact import Artifact, StageContext
+from edgeprune.artifact import StageContext
 from edgeprune.errors import OutputExistsError
-from edgeprune.load import LoadOptions, load
+from edgeprune.load import LoadOptions
 from edgeprune.progress import Progress
 
 
@@ -84,11 +84,6 @@ def load_options_from(kwargs: dict[str, Any], model_path: str | None, example: s
         normalize=kwargs.pop("data_normalize", None),
         seed=kwargs.get("seed", 0),
     )
-
-
-def load_artifact(kwargs: dict[str, Any], model_path: str) -> Artifact:
-    """The load stage for a single-stage command: pop the model options from ``kwargs`` and load."""
-    return load(load_options_from(kwargs, model_path))
 
 
 def progress_for(ctx: click.Context) -> Progress:

@@ -7,6 +7,7 @@ shows it under its plain name (``--epochs``), ``compress`` prefixes the generic 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,16 @@ from edgeprune.cli.common import (
     emit,
     force_option,
     json_option,
-    load_artifact,
+    load_options_from,
+    make_context,
     model_options,
-    progress_for,
     refuse_existing_file,
 )
 from edgeprune.cli.declared import StageCli
+from edgeprune.fileio import scratch_directory
 from edgeprune.options import COMMAND
+from edgeprune.pipeline import run_pipeline
 from edgeprune.prune.pruner import PruneOptions
-from edgeprune.prune.stage import prune_artifact
 from edgeprune.prune.train import is_main_process
 
 STAGE = StageCli("prune", PruneOptions, prefix="prune-")
@@ -58,12 +60,15 @@ def prune(ctx: click.Context, model: str, output: Path, force: bool, as_json: bo
       torchrun --nproc-per-node 2 -m edgeprune prune model.pt2 --data digits -o pruned.pt2
     """
     refuse_existing_file(output, force)
-    options = STAGE.build(kwargs, COMMAND, seed=kwargs.get("seed", 0))
-    art = load_artifact(kwargs, model)
-    result = prune_artifact(art, options, output, progress_for(ctx))
-    if not is_main_process():
-        return
-    result["output"] = str(output)
+    options = STAGE.build(kwargs, COMMAND)
+    source = load_options_from(kwargs, model)
+    with scratch_directory(output) as work:
+        stage_ctx = make_context(ctx, work, source.seed, {"prune": options})
+        art, run = run_pipeline(source, stage_ctx, ["load", "prune"], headers=False)
+        if not is_main_process():  # under torchrun only rank 0 writes
+            return
+        os.replace(art.files["pruned"], output)
+    result = {**run.result_of("prune"), "output": str(output)}
     summary = f"wrote {output} (method none: the model is unchanged)"
     if options.method != "none":
         summary = (

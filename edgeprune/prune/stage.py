@@ -1,4 +1,4 @@
-"""The ``prune`` pipeline stage (and the library call behind ``edgeprune prune``).
+"""The ``prune`` pipeline stage (``edgeprune prune`` and ``compress`` both run it through the pipeline).
 
 ``run(art, ctx)`` prunes ``art.model`` in place with the method of the stage's
 :class:`~edgeprune.prune.pruner.PruneOptions`, writes ``pruned.pt2`` into the output directory
