@@ -105,6 +105,11 @@ def run_pipeline(
         if announce and name != "load":
             announce.print(f"[bold]{name}[/bold] ...")
         stage_metrics = {} if name == "load" else dict(stage_runner(name)(art, ctx) or {})
+        if name == "export":
+            # The INT8 files must carry model.nnr's levels exactly: one check, a gate (export.verify).
+            from edgeprune.export import verify_exported_levels
+
+            verify_exported_levels(art, stage_metrics)
         seconds = load_seconds if name == "load" else time.perf_counter() - start
         record = StageRecord(name=name, seconds=seconds, metrics=stage_metrics)
         if name in MODEL_CHANGING:

@@ -25,7 +25,7 @@ from edgeprune.errors import ExportError, GraphError, VerificationError
 from edgeprune.export import onnx as onnx_export
 from edgeprune.export import stage as export_stage
 from edgeprune.export import tflite as tflite_export
-from edgeprune.export.verify import compare_levels, match_by_content
+from edgeprune.export.verify import compare_levels, match_by_content, verify_exported_levels
 from edgeprune.metrics import count_params, evaluate
 from edgeprune.models import mobilenetv2_like, resnet20
 from edgeprune.progress import QUIET
@@ -54,7 +54,9 @@ def _export(art: Artifact, ctx: StageContext) -> dict:
     """The export stage after the quantize stage, as the pipeline runs them for INT8 files."""
     if art.quant is None and ctx.options_for("export", export_stage.ExportOptions).int8:
         quant.stage.run(art, ctx)
-    return export_stage.run(art, ctx)
+    result = export_stage.run(art, ctx)
+    verify_exported_levels(art, result)  # the pipeline's step after export
+    return result
 
 
 def _float_accuracy(art: Artifact) -> float:

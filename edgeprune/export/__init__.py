@@ -6,5 +6,6 @@ pipeline stage and :class:`ExportOptions`).
 """
 
 from edgeprune.export.stage import ExportOptions
+from edgeprune.export.verify import verify_exported_levels
 
-__all__ = ["ExportOptions"]
+__all__ = ["ExportOptions", "verify_exported_levels"]

@@ -2,10 +2,8 @@
 
 Files (``art.files`` keys): ``model.onnx`` (onnx_fp32), ``model_int8.onnx`` (onnx_int8), ``model.tflite``
 (tflite_fp32), ``model_int8.tflite`` (tflite_int8). For every file the stage reports its size, export
-time, test accuracy in its runtime, and max |output - torch fp32 output|; for the INT8 files also the
-number of weight levels that differ from the reference (model.nnr when encoded, else the quantize
-stage's levels). That number is a gate: any mismatch is a VerificationError (exit 2) and the file is
-not written (:func:`level_gate`).
+time, test accuracy in its runtime, and max |output - torch fp32 output|. Whether the INT8 files carry
+exactly the levels of model.nnr is the pipeline's next step (:func:`edgeprune.export.verify.verify_exported_levels`).
 """
 
 from __future__ import annotations
@@ -22,10 +20,9 @@ import torch
 
 from edgeprune import quant
 from edgeprune.artifact import Artifact, StageContext
-from edgeprune.errors import ExportError, VerificationError
+from edgeprune.errors import ExportError
 from edgeprune.export import onnx as onnx_export
 from edgeprune.export import tflite as tflite_export
-from edgeprune.export.verify import LevelCheck, compare_levels, match_by_content
 from edgeprune.options import COMMAND, COMPRESS, CliOption, cli, cli_each
 from edgeprune.progress import warn
 
@@ -135,38 +132,22 @@ def _verification_set(art: Artifact, samples: int) -> _Verification:
 @dataclass
 class _Int8Job:
     """What every INT8 exporter is given: the model with its weights snapped to the INT8 grid, real
-    calibration inputs, the per-channel scales to pin, the levels the file must carry and where they
-    come from, and a scratch directory for the file before it passes the level gate."""
+    calibration inputs, the per-channel scales to pin, and a scratch directory for intermediate files."""
 
     snapped: torch.nn.Module
     calibration: torch.Tensor
     scales: dict[str, np.ndarray]
-    reference: dict[str, np.ndarray]
-    reference_name: str
     scratch: Path
 
 
 def _int8_job(art: Artifact, ctx: StageContext, qw: quant.QuantizedWeights, scratch: Path) -> _Int8Job:
     samples = ctx.options_for("quantize", quant.QuantOptions).calibration_samples
-    reference_name, reference = _reference_levels(art, qw)
     return _Int8Job(
         snapped=quant.with_quantized_weights(art.model, qw),
         calibration=quant.calibration_inputs(art, samples),
         scales={n: t.scale for n, t in qw.tensors.items()},
-        reference=reference,
-        reference_name=reference_name,
         scratch=scratch,
     )
-
-
-def _reference_levels(art: Artifact, qw: quant.QuantizedWeights) -> tuple[str, dict[str, np.ndarray]]:
-    """Levels the files must carry: those decoded from model.nnr if the encode stage wrote it."""
-    nnr_path = art.files.get("nnr")
-    if nnr_path is not None:
-        from edgeprune.nnr import read_int8_levels
-
-        return "model.nnr", read_int8_levels(nnr_path)
-    return "quantize stage", {name: t.levels for name, t in qw.tensors.items()}
 
 
 # ONNX metadata_props key stating the preprocessing the data went through before it reached the model
@@ -188,20 +169,16 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
         )
     verification = _verification_set(art, opts.verify_samples)
     rows: list[dict[str, Any]] = []
-    checks: dict[str, LevelCheck] = {}
     with tempfile.TemporaryDirectory(prefix="edgeprune-export-") as scratch:
         job = _int8_job(art, ctx, qw, Path(scratch)) if qw is not None else None
-        reference_name = job.reference_name if job is not None else ""
         if "onnx" in formats:
             rows.append(_onnx_fp32(art, ctx, opts, verification))
             if job is not None:
-                row, checks["onnx_int8"] = _onnx_int8(art, ctx, opts, verification, job)
-                rows.append(row)
+                rows.append(_onnx_int8(art, ctx, opts, verification, job))
         if "tflite" in formats:
             rows.append(_tflite_fp32(art, ctx, opts, verification))
             if job is not None:
-                row, checks["tflite_int8"] = _tflite_int8(art, ctx, opts, verification, job)
-                rows.append(row)
+                rows.append(_tflite_int8(art, ctx, opts, verification, job))
     dense = art.dense_model
     if opts.dense_baseline and dense is not None:
         rows += _dense_baseline(art, ctx, opts, formats, dense)
@@ -209,7 +186,7 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
         for key in ("onnx_fp32", "onnx_int8", "dense_onnx_fp32"):
             if key in art.files:
                 onnx_export.stamp_metadata(art.files[key], {PREPROCESSING_KEY: art.data.preprocessing})
-    return _summarise(rows, checks, reference_name, qw, opts)
+    return _summarise(rows, qw, opts)
 
 
 def _dense_baseline(
@@ -263,29 +240,9 @@ def _onnx_fp32(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Veri
     return _row(art, "onnx_fp32", "onnxruntime", "fp32", seconds, ver.measure(outputs))
 
 
-def level_gate(check: LevelCheck, candidate: Path, dest: Path, reference_name: str) -> Path:
-    """Move ``candidate`` to ``dest`` only when its INT8 weights equal the reference levels exactly.
-
-    Why a gate and not a number: a file whose levels differ from model.nnr is a different model from
-    the one that was coded and measured; writing it and exiting 0 would ship it. The candidate is
-    written elsewhere first, so on a mismatch nothing appears at ``dest``.
-    """
-    if check.mismatches:
-        candidate.unlink(missing_ok=True)
-        worst = max(check.per_tensor, key=lambda k: check.per_tensor[k])
-        what = "lacks" if worst in check.missing else "differs from"
-        raise VerificationError(
-            f"{dest.name}: {check.mismatches} INT8 weights differ from {reference_name} "
-            f"({check.per_tensor[worst]} in {worst}, which the file {what} the reference); not written",
-            "this is a bug in edgeprune's exporter (please report it); --no-int8 exports fp32 only",
-        )
-    shutil.move(candidate, dest)  # the scratch directory may be on another filesystem
-    return dest
-
-
 def _onnx_int8(
     art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Verification, job: _Int8Job
-) -> tuple[dict[str, Any], LevelCheck]:
+) -> dict[str, Any]:
     dest = ctx.out_dir / FILE_NAMES["onnx_int8"]
     qopts: quant.QuantOptions = ctx.options_for("quantize", quant.QuantOptions)
     start = time.perf_counter()
@@ -301,12 +258,9 @@ def _onnx_int8(
         weight_scales=job.scales,
     )
     seconds = time.perf_counter() - start
-    check = compare_levels(job.reference, onnx_export.read_int8_weights(candidate))
-    level_gate(check, candidate, dest, job.reference_name)
-    art.files["onnx_int8"] = dest
+    art.files["onnx_int8"] = Path(shutil.move(candidate, dest))  # the scratch directory may be elsewhere
     outputs = onnx_export.run_session(dest, ver.inputs, opts.threads)
     row = _row(art, "onnx_int8", "onnxruntime", "int8", seconds, ver.measure(outputs))
-    row["weight_mismatches"] = check.mismatches
     exact = onnx_export.run_session(dest, ver.inputs, opts.threads, exact=True)
     row["accuracy_exact"] = ver.measure(exact)["accuracy"]
     row["kernel_flips"] = onnx_export.kernel_saturation(outputs, exact)
@@ -322,7 +276,7 @@ def _onnx_int8(
             "in 16 bits and saturate; the file itself is right and runs exactly on ARM and on VNNI x86. "
             "For such CPUs, quantize with --weight-bits 7"
         )
-    return row, check
+    return row
 
 
 def _tflite_fp32(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Verification) -> dict[str, Any]:
@@ -335,7 +289,7 @@ def _tflite_fp32(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Ve
 
 def _tflite_int8(
     art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Verification, job: _Int8Job
-) -> tuple[dict[str, Any], LevelCheck]:
+) -> dict[str, Any]:
     dest = ctx.out_dir / FILE_NAMES["tflite_int8"]
     candidate, seconds = _timed(
         tflite_export.export_int8,
@@ -346,32 +300,18 @@ def _tflite_int8(
         opts.nhwc,
         job.scales,
     )
-    check = match_by_content(job.reference, tflite_export.read_int8_weights(candidate))
-    level_gate(check, candidate, dest, job.reference_name)
-    art.files["tflite_int8"] = dest
+    art.files["tflite_int8"] = Path(shutil.move(candidate, dest))
     outputs = tflite_export.run_interpreter(dest, ver.inputs, opts.threads, opts.nhwc)
-    row = _row(art, "tflite_int8", "litert", "int8", seconds, ver.measure(outputs))
-    row["weight_mismatches"] = check.mismatches
-    return row, check
+    return _row(art, "tflite_int8", "litert", "int8", seconds, ver.measure(outputs))
 
 
-def _summarise(
-    rows: list[dict[str, Any]],
-    checks: dict[str, LevelCheck],
-    reference_name: str,
-    qw: quant.QuantizedWeights | None,
-    opts: ExportOptions,
-) -> dict[str, Any]:
+def _summarise(rows: list[dict[str, Any]], qw: quant.QuantizedWeights | None, opts: ExportOptions) -> dict[str, Any]:
     """The report numbers: the per-file table plus the headline keys (INT8 accuracy, main file size)."""
     result: dict[str, Any] = {"exports": rows, "onnx_opset": opts.opset if "onnx" in opts.formats else None}
     for row in rows:
         stem = f"{row['runtime']}_{row['precision'].replace(' ', '_')}"
         result[f"accuracy_{stem}"] = row["accuracy"]
         result[f"max_abs_diff_{stem}"] = row["max_abs_diff"]
-    if qw is not None:
-        result["weight_reference"] = reference_name
-        result["weight_mismatches"] = sum(c.mismatches for c in checks.values())
-        result["weight_check"] = {key: c.as_dict() for key, c in checks.items()}
     main = next((r for r in reversed(rows) if r["precision"] == ("int8" if qw is not None else "fp32")), None)
     if main is not None:
         result["size_bytes"] = main["size_bytes"]
