@@ -21,22 +21,21 @@ from typing import Any
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``dest``; on success rename it onto ``dest``.
 
-    The temporary name keeps ``dest``'s suffix so that libraries which pick a format from the
-    extension (torch.onnx, matplotlib) behave as they would for the final name.
+    The temporary file has ``dest``'s own name, inside a hidden temporary directory beside it:
+    libraries that pick a format from the extension (torch.onnx, matplotlib) behave as for the final
+    name, and those that record the file name inside the file (torch.export.save names its archive
+    folder after it) write the same bytes on every run - a random temporary name would leak into them.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=f".tmp{dest.suffix}", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = work / dest.name
     try:
         yield tmp
-        # mkstemp creates files 0600; give the artefact the permissions a normal write would.
-        tmp.chmod(0o666 & ~_umask())
+        tmp.chmod(0o666 & ~_umask())  # the permissions a plain write would give
         os.replace(tmp, dest)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _umask() -> int:

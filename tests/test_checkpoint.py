@@ -136,3 +136,12 @@ def test_save_model_is_atomic_when_export_fails(tmp_path):
     with pytest.raises(CheckpointError, match="cannot export"):
         save_model(Untraceable(), torch.randn(1, 3), dest)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_saving_the_same_model_twice_gives_identical_bytes(tmp_path):
+    """torch.export.save names its archive folder after the file: no temporary name may leak into it."""
+    model, x = lenet5(input_size=8).eval(), torch.zeros(1, 1, 8, 8)
+    first = save_model(model, x, tmp_path / "a" / "model.pt2").read_bytes()
+    second = save_model(model, x, tmp_path / "b" / "model.pt2").read_bytes()
+    assert first == second
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["model.pt2"]  # no temporary left behind
