@@ -73,19 +73,30 @@ def _json_default(value: Any) -> Any:
 
 @contextlib.contextmanager
 def scratch_directory(beside: str | os.PathLike) -> Iterator[Path]:
-    """A hidden temporary directory next to the file ``beside``, removed afterwards whatever happens.
+    """A hidden temporary directory near the file ``beside``, removed afterwards whatever happens.
 
-    A single-stage command runs its stage into it and ``os.replace``s the stage's file onto
-    ``beside`` - the same filesystem, so the move is atomic - and every other file the stage wrote
-    disappears with the directory.
+    A single-stage command runs its stage into it and moves the stage's file onto ``beside`` with
+    :func:`move_into_place`; every other file the stage wrote disappears with the directory. It is
+    made in the nearest existing directory on the way to ``beside`` (the same filesystem, so the
+    final move is atomic), so a run that fails creates no directory either.
     """
-    beside = Path(beside)
-    beside.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{beside.name}.partial-", dir=beside.parent))
+    beside = Path(beside).absolute()
+    near = beside.parent
+    while not near.is_dir() and near != near.parent:
+        near = near.parent
+    work = Path(tempfile.mkdtemp(prefix=f".{beside.name}.partial-", dir=near))
     try:
         yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def move_into_place(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Atomically move the finished file ``src`` onto ``dest``, creating ``dest``'s directory."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dest)
+    return dest
 
 
 @contextlib.contextmanager

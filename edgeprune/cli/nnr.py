@@ -6,7 +6,6 @@ The commands only parse options and call :mod:`edgeprune.nnr`; the compress opti
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from edgeprune.cli.common import (
 )
 from edgeprune.cli.declared import StageCli
 from edgeprune.errors import EdgepruneError
-from edgeprune.fileio import scratch_directory
+from edgeprune.fileio import move_into_place, scratch_directory
 from edgeprune.nnr.model import decode_model
 from edgeprune.nnr.stage import NnrOptions
 from edgeprune.nnr.tensors import inspect_stream
@@ -67,7 +66,7 @@ def encode_command(ctx: click.Context, model: str, output: str, force: bool, as_
     stage_options = {"nnr": options, "quantize": QuantOptions(weights="maxabs")}
     with scratch_directory(out) as work:
         art, run = run_pipeline(source, make_context(ctx, work, source.seed, stage_options), stages, headers=False)
-        os.replace(art.files["nnr"], out)
+        move_into_place(art.files["nnr"], out)
     result = {"output": str(out), **run.result_of("encode")}
     bpw = result["bits_per_weight"]
     emit(

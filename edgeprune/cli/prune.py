@@ -7,7 +7,6 @@ shows it under its plain name (``--epochs``), ``compress`` prefixes the generic 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from edgeprune.cli.common import (
     refuse_existing_file,
 )
 from edgeprune.cli.declared import StageCli
-from edgeprune.fileio import scratch_directory
+from edgeprune.fileio import move_into_place, scratch_directory
 from edgeprune.options import COMMAND
 from edgeprune.pipeline import run_pipeline
 from edgeprune.prune.pruner import PruneOptions
@@ -67,7 +66,7 @@ def prune(ctx: click.Context, model: str, output: Path, force: bool, as_json: bo
         art, run = run_pipeline(source, stage_ctx, ["load", "prune"], headers=False)
         if not is_main_process():  # under torchrun only rank 0 writes
             return
-        os.replace(art.files["pruned"], output)
+        move_into_place(art.files["pruned"], output)
     result = {**run.result_of("prune"), "output": str(output)}
     summary = f"wrote {output} (method none: the model is unchanged)"
     if options.method != "none":

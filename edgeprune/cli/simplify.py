@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from edgeprune.cli.common import (
     refuse_existing_file,
 )
 from edgeprune.cli.declared import StageCli
-from edgeprune.fileio import scratch_directory
+from edgeprune.fileio import move_into_place, scratch_directory
 from edgeprune.options import COMMAND
 from edgeprune.pipeline import run_pipeline
 from edgeprune.simplify.options import SimplifyOptions
@@ -64,7 +63,7 @@ def simplify_command(
         art, run = run_pipeline(
             source, make_context(ctx, work, source.seed, options), ["load", "simplify"], headers=False
         )
-        os.replace(art.files["simplified"], out)
+        move_into_place(art.files["simplified"], out)
     loaded, simplified = run.stages
     report = simplified.metrics
     summary = (
