@@ -1,4 +1,7 @@
-"""The ``edgeprune`` command: a click group whose commands only parse options and call the library.
+"""The ``edgeprune`` command: a click group whose commands only parse options and run the pipeline.
+
+``compress`` runs the stages it is given; every single-stage command runs the load stage and its own
+through the same :func:`edgeprune.pipeline.run_pipeline`, so both reach a stage by one code path.
 
 Each pipeline stage has its own module here (``prune.py``, ``simplify.py``, ``nnr.py``,
 ``export.py``, ``bench.py``) that defines
