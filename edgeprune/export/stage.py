@@ -160,7 +160,8 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     formats = parse_formats(",".join(opts.formats))
     if "tflite" in formats:
         tflite_export.require_litert_torch()  # fail before writing anything
-    quant.trace(art.model, art.example_input)  # an untraceable model fails here with one clear GraphError
+    if art.quant is None:  # the quantize stage traced this very model already; else fail here, clearly
+        quant.trace(art.model, art.example_input)
     qw = art.quant if opts.int8 else None
     if opts.int8 and qw is None:
         raise ExportError(
