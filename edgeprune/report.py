@@ -119,9 +119,9 @@ class Report:
                     "NNR bitstreams",
                     2,
                     [
-                        "**weights**: the compressed data units (NDUs); **topology**: the JSON topology unit that "
-                        "lets the .nnr be decoded without the model's code; **other headers**: start unit, model "
-                        "parameter set and unit headers."
+                        "**weights**: the compressed data units (NDUs); **topology**: the topology unit "
+                        "(deflated JSON) that lets the .nnr be decoded without the model's code; **other headers**: "
+                        "start unit, model parameter set and unit headers."
                     ],
                     _nnr_table(encode),
                 )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import zlib
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.nnr_streams import topology_of, with_topology
+from support.nnr_streams import entry_of, topology_of, with_topology
 
 from edgeprune.errors import BitstreamError
 from edgeprune.nnr import decode_stream, encode_tensors, read_int8_levels
@@ -180,36 +181,50 @@ def test_topology_that_contradicts_the_ndus_is_rejected():
     tensors = sample_tensors()
     stream = encode_tensors(tensors)
     topology = topology_of(stream.data)
-    entry = next(e for e in topology["tensors"] if e["name"] == "fc.weight")
+    entry = entry_of(stream.data, topology, "fc.weight")
     entry["shape"] = [3, 3]
     with pytest.raises(BitstreamError, match="does not match"):
         decode_stream(with_topology(stream.data, lambda _: topology))
-    entry["shape"] = [10, 144]
-    entry["crc32"] = zlib.crc32(b"something else")
+    del entry["shape"]
+    topology["crc32"] = zlib.crc32(b"something else")
+    with pytest.raises(BitstreamError, match="checksum"):
+        decode_stream(with_topology(stream.data, lambda _: topology))
+    topology["crc32"] = "0"
     with pytest.raises(BitstreamError, match="checksum"):
         decode_stream(with_topology(stream.data, lambda _: topology))
 
 
-def test_compact_topology_and_version_1_streams_decode_alike():
-    """Version 2 omits float32 dtypes and axis 0 and writes a uniform scale as one number; a version-1
-    unit (every field spelled out, scale lists, NDU indices) still decodes to the same tensors."""
+def test_packed_topology_and_plain_json_version_1_and_2_streams_decode_alike():
+    """Version 3 leaves out what the NDU headers say and deflates the unit; version-1 and -2 units (plain
+    JSON, every coded tensor named, one CRC-32 per NDU) still decode to the same tensors."""
     tensors = sample_tensors()
     quant = {"fc.weight": quantize_tensor(tensors["fc.weight"], step=0.01)}  # one step: a uniform scale
     stream = encode_tensors(tensors, int8=quant)
-    topology = topology_of(stream.data)
-    fc = next(e for e in topology["tensors"] if e["name"] == "fc.weight")
-    assert isinstance(fc["scale"], float) and "axis" not in fc and "dtype" not in fc
-    assert next(e for e in topology["tensors"] if e["name"] == "bn.num_batches_tracked")["dtype"] == "int64"
-    for index, entry in enumerate(topology["tensors"]):
-        entry.setdefault("dtype", "float32")
+    packed = topology_of(stream.data)
+    fc = entry_of(stream.data, packed, "fc.weight")
+    assert "name" not in fc and "shape" not in fc and isinstance(fc["scale"], float) and "axis" not in fc
+    assert entry_of(stream.data, packed, "bn.num_batches_tracked") == {"shape": [], "dtype": "int64"}
+    assert entry_of(stream.data, packed, "conv.weight") == {}  # everything is in its NDU
+    new = decode_stream(stream.data)
+    ndus = {u.fields["topology_elem_id"]: u for u in parse_units(stream.data) if u.unit_type == UnitType.NDU}
+    version_2 = {**{k: v for k, v in new.topology.items() if k != "crc32"}, "version": 2}
+    for entry in version_2["tensors"]:
+        if entry["name"] in ndus:
+            unit = ndus[entry["name"]]
+            entry["crc32"] = zlib.crc32(stream.data[unit.offset : unit.offset + unit.size])
+    version_1 = json.loads(json.dumps({**version_2, "version": 1}))
+    for index, entry in enumerate(version_1["tensors"]):
         entry["ndu"] = index
-    fc.update(scale=[fc["scale"]] * 10, axis=0)
-    topology["version"] = 1
-    new, old = decode_stream(stream.data), decode_stream(with_topology(stream.data, lambda _: topology))
-    assert new.tensors.keys() == old.tensors.keys()
-    for name in new.tensors:
-        np.testing.assert_array_equal(new.tensors[name], old.tensors[name])
-        assert new.tensors[name].dtype == old.tensors[name].dtype
+    entry_of(stream.data, version_1, "fc.weight").update(scale=[0.01] * 10, axis=0)
+    for legacy in (version_2, version_1):
+        old = decode_stream(with_topology(stream.data, lambda _, t=legacy: t, packed=False))
+        assert new.tensors.keys() == old.tensors.keys()
+        for name in new.tensors:
+            np.testing.assert_array_equal(new.tensors[name], old.tensors[name])
+            assert new.tensors[name].dtype == old.tensors[name].dtype
+    entry_of(stream.data, version_2, "conv.bias")["crc32"] ^= 1
+    with pytest.raises(BitstreamError, match="checksum mismatch in the NDU of 'conv.bias'"):
+        decode_stream(with_topology(stream.data, lambda _: version_2, packed=False))
 
 
 @pytest.mark.parametrize(
@@ -218,7 +233,7 @@ def test_compact_topology_and_version_1_streams_decode_alike():
         ("dtype", "object", "unsupported dtype"),
         ("dtype", "int8)", "unsupported dtype"),
         ("shape", [1 << 30, 1 << 30], "declares 1152921504606846976 elements"),
-        ("mode", "empty", "marked empty"),
+        ("mode", "empty", "incompletely"),  # an entry without an NDU must carry its name and shape
         ("scale", [1.0], "scales"),
         ("scale", True, "malformed scales"),
         ("shape", [True], "incompletely"),  # JSON true is a Python int: found by the long reader fuzz
@@ -231,7 +246,7 @@ def test_hostile_topology_fields_are_rejected_without_allocating(field, value, m
     quant = {"fc.weight": quantize_tensor(tensors["fc.weight"])}
     stream = encode_tensors(tensors, int8=quant)
     topology = topology_of(stream.data)
-    next(e for e in topology["tensors"] if e["name"] == "fc.weight")[field] = value
+    entry_of(stream.data, topology, "fc.weight")[field] = value
     with pytest.raises(BitstreamError, match=message):
         decode_stream(with_topology(stream.data, lambda _: topology))
 

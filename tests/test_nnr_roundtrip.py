@@ -23,6 +23,7 @@ INPUT = "1,3,32,32"
 
 
 def _checkpoint(name: str, tmp_path) -> tuple[torch.nn.Module, object]:
+    torch.manual_seed(0)  # the weights must not depend on which tests ran before
     model = tv_layout.pretrained_like(MODELS[name]())
     first_bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     first_bn.num_batches_tracked.fill_((1 << 40) + 3)  # beyond the CABAC level range: stored as raw int64
@@ -48,7 +49,8 @@ def _check_round_trip(reference: torch.nn.Module, decoded: torch.nn.Module) -> N
     with torch.no_grad():
         out_ref, out = reference(x), decoded(x)
     assert torch.isfinite(out).all()
-    # Coding noise ~ std/8 per weight (~18 dB per layer, through ~10 layers): the same function, noisier.
+    # Coding noise ~ std/8 per weight (~18 dB per layer, through ~10 layers): the same function, noisier
+    # (seed 0: 0.17 for mobilenet_v2, 0.43 for resnet18ish, whose random weights amplify the noise).
     assert float((out - out_ref).norm() / out_ref.norm()) < 0.5
 
 

@@ -4,9 +4,9 @@ An NNR bitstream is a concatenation of size-prefixed units (ISO/IEC 15938-17). T
 each header is written once, as functions over a :class:`SyntaxCoder` that either writes the
 values of a dict or reads them into it, so the writer and the reader cannot drift apart (NNCodec
 does the same). Only the subset edgeprune produces is implemented: STR, MPS (uniform quantisation),
-TPL with storage format 0 (a NUL-terminated UTF-8 JSON string), and NDUs of payload type INT, FLOAT
-and RAW_FLOAT holding one tensor each with raster scan. Everything else is rejected with a
-:class:`BitstreamError` naming the feature; unknown unit types are skipped by size.
+TPL with storage format 0 (a NUL-terminated UTF-8 string: JSON, packed as text by edgeprune), and NDUs
+of payload type INT, FLOAT and RAW_FLOAT holding one tensor each with raster scan. Everything else is
+rejected with a :class:`BitstreamError` naming the feature; unknown unit types are skipped by size.
 """
 
 from __future__ import annotations

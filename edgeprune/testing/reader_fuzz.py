@@ -7,6 +7,7 @@ Shared by the bounded test (tests/test_safety_fuzz.py) and the long run
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import zlib
@@ -18,6 +19,7 @@ import torch
 from edgeprune.errors import EdgepruneError
 from edgeprune.nnr.bitstream import UnitType, parse_units, write_topology_unit
 from edgeprune.nnr.model import ModelEncodeOptions, decode_model, encode_model
+from edgeprune.nnr.tensors import TPL_PREFIX, topology_json
 
 HOSTILE_VALUES: list[Any] = [
     None,
@@ -116,17 +118,23 @@ def unit_size(data: bytes, rng: random.Random) -> bytes:
     return data[: unit.offset] + field.to_bytes(header, "big") + data[unit.offset + header :]
 
 
+def _with_topology(data: bytes, topology: Any) -> bytes:
+    """``data`` with a TPL unit that packs ``topology`` as the encoder does (whatever JSON value it is)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    packed = compressor.compress(json.dumps(topology).encode()) + compressor.flush()
+    return _replace(data, _tpl(data), write_topology_unit(TPL_PREFIX + base64.b85encode(packed).decode()))
+
+
 def json_mutation(data: bytes, rng: random.Random) -> bytes:
-    """Mutate the topology JSON and write a syntactically valid TPL unit (NDU CRCs stay valid)."""
-    tpl = _tpl(data)
-    topology = json.loads(tpl.fields["topology_data"])
+    """Mutate the topology JSON and write a well-formed TPL unit (the NDUs' CRC stays valid)."""
+    topology = json.loads(topology_json(_tpl(data).fields["topology_data"]))
     for _ in range(rng.randint(1, 3)):
         topology = _mutate_json(topology, rng)
-    return _replace(data, tpl, write_topology_unit(json.dumps(topology)))
+    return _with_topology(data, topology)
 
 
 def payload_with_valid_crc(data: bytes, rng: random.Random) -> bytes:
-    """Flip bits inside one NDU and update its CRC in the topology, so the CABAC decoder sees them."""
+    """Flip bits inside one NDU and update the CRC in the topology, so the CABAC decoder sees them."""
     units = parse_units(data)
     ndus = [u for u in units if u.unit_type == UnitType.NDU]
     unit = rng.choice(ndus)
@@ -135,12 +143,10 @@ def payload_with_valid_crc(data: bytes, rng: random.Random) -> bytes:
         i = rng.randrange(len(body) - len(unit.payload), len(body))
         body[i] ^= 1 << rng.randrange(8)
     mutated = _replace(data, unit, bytes(body))
-    tpl = _tpl(mutated)
-    topology = json.loads(tpl.fields["topology_data"])
-    for entry in topology.get("tensors", []):
-        if entry.get("name") == unit.fields["topology_elem_id"]:
-            entry["crc32"] = zlib.crc32(bytes(body))
-    return _replace(mutated, tpl, write_topology_unit(json.dumps(topology)))
+    topology = json.loads(topology_json(_tpl(mutated).fields["topology_data"]))
+    ndus = [u for u in parse_units(mutated) if u.unit_type == UnitType.NDU]
+    topology["crc32"] = zlib.crc32(b"".join(mutated[u.offset : u.offset + u.size] for u in ndus))
+    return _with_topology(mutated, topology)
 
 
 MUTATORS: list[Callable[[bytes, random.Random], bytes]] = [

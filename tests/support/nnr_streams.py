@@ -1,20 +1,40 @@
-"""Forging .nnr streams for the reader tests: replace the topology unit, keep the NDUs and their CRCs."""
+"""Forging .nnr streams for the reader tests: replace the topology unit, keep the NDUs (and their CRC)."""
 
 from __future__ import annotations
 
+import base64
 import json
+import zlib
 
 from edgeprune.nnr.bitstream import UnitType, parse_units, write_topology_unit
+from edgeprune.nnr.tensors import TPL_PREFIX, topology_json
+
+
+def _tpl(data: bytes):  # noqa: ANN202 - the parsed TPL unit
+    return next(u for u in parse_units(data) if u.unit_type == UnitType.TPL)
 
 
 def topology_of(data: bytes) -> dict:
-    """The stream's topology JSON."""
-    return json.loads(next(u for u in parse_units(data) if u.unit_type == UnitType.TPL).fields["topology_data"])
+    """The stream's topology JSON, as written (version 3: inflated; coded tensors' entries unnamed)."""
+    return json.loads(topology_json(_tpl(data).fields["topology_data"]))
 
 
-def with_topology(data: bytes, edit) -> bytes:  # noqa: ANN001 - edit: dict -> dict (or JSON text)
-    """``data`` with its TPL unit's JSON replaced by ``edit(json)``; NDUs (and their CRCs) unchanged."""
-    tpl = next(u for u in parse_units(data) if u.unit_type == UnitType.TPL)
-    topology = edit(json.loads(tpl.fields["topology_data"]))
+def entry_of(data: bytes, topology: dict, name: str) -> dict:
+    """The entry of tensor ``name`` in ``topology``: the k-th entry with an NDU belongs to the k-th NDU."""
+    ndu_names = iter(u.fields["topology_elem_id"] for u in parse_units(data) if u.unit_type == UnitType.NDU)
+    for entry in topology["tensors"]:
+        if entry.get("name", next(ndu_names) if entry.get("mode") not in ("empty", "raw_int") else None) == name:
+            return entry
+    raise KeyError(name)
+
+
+def with_topology(data: bytes, edit, packed: bool = True) -> bytes:  # noqa: ANN001 - edit: dict -> dict or text
+    """``data`` with its TPL unit's JSON replaced by ``edit(json)`` (packed as the encoder packs it unless
+    ``packed`` is False: plain JSON, as version-1/2 streams carry it); the NDUs are unchanged."""
+    tpl = _tpl(data)
+    topology = edit(topology_of(data))
     text = topology if isinstance(topology, str) else json.dumps(topology)
+    if packed:
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -15)  # as pack_topology, but any text
+        text = TPL_PREFIX + base64.b85encode(compressor.compress(text.encode()) + compressor.flush()).decode()
     return data[: tpl.offset] + write_topology_unit(text) + data[tpl.offset + tpl.size :]
