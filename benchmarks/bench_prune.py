@@ -14,6 +14,8 @@ Parts (``--parts``, comma-separated; results accumulate in benchmarks/results/be
 * ``digits``    - LeNet-5 on scikit-learn digits (the quick set);
 * ``digits-resnet20`` - ResNet-20 with BatchNorm and projection shortcuts on digits (quick; the
   residual-stream groups that once blocked the search);
+* ``digits-vgg-bn`` / ``digits-mobilenetv2`` - a VGG-style net with BatchNorm and a MobileNetV2-style
+  net (depthwise, inverted residuals) on digits, same budget as ``digits-resnet20``;
 * ``fmnist-lenet5``   - LeNet-5 (431k params) on Fashion-MNIST (54k train, 10k test);
 * ``fmnist-resnet20`` - ResNet-20 (projection shortcuts; Torch-Pruning cannot prune the zero-padding
   "A" shortcuts) on a 4k-sample Fashion-MNIST training subset (10k test) - a CPU budget, not a choice.
@@ -50,7 +52,7 @@ from edgeprune.data import DataBundle, load_data
 from edgeprune.fileio import atomic_path, write_json
 from edgeprune.graph import analyze
 from edgeprune.metrics import count_macs, count_params, evaluate
-from edgeprune.models import LeNet5, ResNetCifar
+from edgeprune.models import LeNet5, ResNetCifar, VGGCifar, mobilenetv2_like
 from edgeprune.nnr import ModelEncodeOptions, encode_model
 from edgeprune.prune.masks import ChannelMasks
 from edgeprune.prune.pruner import PruneOptions, prune_model
@@ -274,8 +276,29 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             common={"lr": 0.05, "batch_size": 128, "finetune_epochs": 1, "search_evaluations": 16},
         )
 
+    def digits_small(name: str, factory: Callable[[], nn.Module]) -> Experiment:
+        """The issue's other architectures at digits' 8x8: same budget and settings as ResNet-20."""
+        return Experiment(
+            f"digits / {name} (8-epoch budget)",
+            factory,
+            load_data("digits", normalize="standardize"),
+            TrainConfig(epochs=4, lr=0.05),
+            epochs=8,
+            serene=[{}, {"target_macs": 0.3, "max_accuracy_drop": None}],
+            l1=[{}],
+            tp_ratios=[("magnitude", 0.3), ("magnitude", 0.5)],
+            common={"lr": 0.05, "batch_size": 64, "finetune_epochs": 2},
+        )
+
     return {
         "digits": digits,
+        "digits-vgg-bn": lambda: digits_small(
+            "VGG-style with BatchNorm (conv 32-32-M-64-64-M-128-128-M, Linear 512)",
+            lambda: VGGCifar((32, 32, "M", 64, 64, "M", 128, 128, "M"), 1, 10),
+        ),
+        "digits-mobilenetv2": lambda: digits_small(
+            "MobileNetV2-style (inverted residuals, depthwise, BatchNorm, ReLU6)", lambda: mobilenetv2_like(1, 10)
+        ),
         "digits-resnet20": digits_resnet20,
         "fmnist-lenet5": fmnist_lenet5,
         "fmnist-resnet20": fmnist_resnet20,
@@ -563,7 +586,9 @@ def plot(results: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--parts", default="", help="steps,ablation,digits,digits-resnet20,fmnist-lenet5,fmnist-resnet20"
+        "--parts",
+        default="",
+        help="steps,ablation,digits,digits-resnet20,digits-vgg-bn,digits-mobilenetv2,fmnist-lenet5,fmnist-resnet20",
     )
     parser.add_argument("--report", action="store_true", help="rewrite the BENCHMARKS.md section and the plot")
     parser.add_argument("--methods", default="serene,l1,torch-pruning", help="methods to run (dense always)")

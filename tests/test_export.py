@@ -123,6 +123,24 @@ def test_static_batch_onnx_calibrates_and_runs_one_sample_at_a_time(lenet5_onnx,
     assert abs(accuracy - result["accuracy_onnxruntime_int8"]) <= accuracy_tolerance(len(y))
 
 
+def test_best_calibration_keeps_the_file_that_agrees_most_on_validation(trained_lenet5, tmp_path):
+    art = copy.deepcopy(trained_lenet5)
+    options = {"export": ONNX_ONLY, "quantize": quant.QuantOptions(calibration="best", calibration_samples=32)}
+    result = _export(art, StageContext(out_dir=tmp_path, options=options))
+    row = next(r for r in result["exports"] if r["file"] == "model_int8.onnx")
+    agreement = row["calibration_validation_agreement"]
+    assert set(agreement) == set(quant.CALIBRATION_METHODS)
+    assert agreement[row["calibration"]] == max(agreement.values())
+    val = art.data.val.tensors[0]
+    with torch.no_grad():
+        reference = art.model(val).argmax(1).numpy()
+    kept = onnx_export.run_session(art.files["onnx_int8"], val, exact=True).argmax(1)
+    assert float((kept == reference).mean()) == agreement[row["calibration"]]  # the file is the chosen one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model_int8.onnx", "quant.npz"]
+    assert art.quant.calibration["method"] == "best" and art.quant.calibration["ranges"] == "minmax"
+    assert row["weight_mismatches"] == 0
+
+
 def test_level_comparison_counts_missing_and_reshaped_tensors():
     ref = {"a": np.arange(6, dtype=np.int8).reshape(2, 3), "b": np.ones((4, 2), np.int8)}
     check = compare_levels(ref, {"a": np.arange(6, dtype=np.int8).reshape(2, 3)})

@@ -28,6 +28,7 @@ from edgeprune.quant import (
     to_deploy_graph,
     with_quantized_weights,
 )
+from edgeprune.quant.calibrate import entropy_threshold
 from edgeprune.quant.stage import run as run_quantize_stage
 
 
@@ -125,8 +126,24 @@ def test_calibration_ranges(trained_lenet5, digits):
     assert clipped.keys() == minmax.keys()
     assert all(clipped[k][1] <= minmax[k][1] and clipped[k][0] >= minmax[k][0] for k in minmax)
     assert any(clipped[k][1] < minmax[k][1] for k in minmax)
+    entropy = calibrate_activations(deploy, batch, "entropy")
+    assert entropy.keys() == minmax.keys()
+    assert all(minmax[k][0] <= entropy[k][0] <= entropy[k][1] <= minmax[k][1] for k in minmax)
     with pytest.raises(DataError, match="unknown calibration method 'kl'"):
         calibrate_activations(deploy, batch, "kl")
+
+
+def test_entropy_threshold_clips_rare_outliers_and_keeps_a_dense_range():
+    """KL calibration: a uniform distribution needs its whole range; a Gaussian with a handful of huge
+    outliers is clipped far below them but not into its bulk (TensorRT lands at ~3-5 sigma)."""
+    rng = np.random.default_rng(0)
+    uniform = rng.uniform(0.0, 1.0, 50_000)
+    assert entropy_threshold(uniform) >= 0.99 * uniform.max()
+    gaussian = rng.standard_normal(50_000)
+    gaussian[:5] = 60.0
+    threshold = entropy_threshold(gaussian)
+    assert 2.5 < threshold < 10.0
+    assert entropy_threshold(np.zeros(10)) == 0.0
 
 
 def test_quantize_stage_on_real_data(tmp_path, trained_lenet5):
@@ -138,7 +155,7 @@ def test_quantize_stage_on_real_data(tmp_path, trained_lenet5):
     assert result["quantized_tensors"] == 4 and result["quantized_values"] == quant.num_values
     assert result["weight_sqnr_db"] > 35
     assert abs(result["accuracy"] - fp32) <= accuracy_tolerance(len(art.data.test))
-    assert quant.calibration == {"method": "minmax", "samples": 32, "percentile": 99.99}
+    assert quant.calibration == {"method": "minmax", "ranges": "minmax", "samples": 32, "percentile": 99.99}
     assert art.files["quant"] == tmp_path / "quant.npz"
     reloaded = load_quantized(art.files["quant"])
     for name, qt in quant.tensors.items():

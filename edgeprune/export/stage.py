@@ -250,18 +250,27 @@ def _onnx_int8(
     snapped_onnx = onnx_export.export_fp32(
         job.snapped, art.example_input, job.scratch / "snapped.onnx", opts.opset, opts.dynamic_batch
     )
-    candidate = onnx_export.quantize_int8(
-        snapped_onnx,
-        job.scratch / dest.name,
-        job.calibration,
-        qopts.calibration,
-        qopts.percentile,
-        weight_scales=job.scales,
-    )
+    methods = quant.CALIBRATION_METHODS if qopts.calibration == "best" else (qopts.calibration,)
+    candidates = {
+        method: onnx_export.quantize_int8(
+            snapped_onnx,
+            job.scratch / f"{method}_{dest.name}",
+            job.calibration,
+            method,
+            qopts.percentile,
+            weight_scales=job.scales,
+        )
+        for method in methods
+    }
+    agreement = _validation_agreement(art, candidates, job.calibration, opts.threads) if len(methods) > 1 else {}
+    chosen = max(methods, key=lambda m: agreement[m]) if agreement else methods[0]  # ties: the first listed
     seconds = time.perf_counter() - start
-    art.files["onnx_int8"] = Path(shutil.move(candidate, dest))  # the scratch directory may be elsewhere
+    art.files["onnx_int8"] = Path(shutil.move(candidates[chosen], dest))  # the scratch directory may be elsewhere
     outputs = onnx_export.run_session(dest, ver.inputs, opts.threads)
     row = _row(art, "onnx_int8", "onnxruntime", "int8", seconds, ver.measure(outputs))
+    row["calibration"] = chosen
+    if agreement:
+        row["calibration_validation_agreement"] = agreement
     exact = onnx_export.run_session(dest, ver.inputs, opts.threads, exact=True)
     row["accuracy_exact"] = ver.measure(exact)["accuracy"]
     row["kernel_flips"] = onnx_export.kernel_saturation(outputs, exact)
@@ -278,6 +287,21 @@ def _onnx_int8(
             "For such CPUs, quantize with --weight-bits 7"
         )
     return row
+
+
+def _validation_agreement(
+    art: Artifact, candidates: dict[str, Path], calibration: torch.Tensor, threads: int
+) -> dict[str, float]:
+    """Each candidate file's top-1 agreement with the float model on the validation split (the
+    calibration samples when there is none), run exactly (no CPU-specific INT8 kernels), so the
+    choice is the same on every machine and never looks at the test split the report scores."""
+    val = art.data.val.tensors[0] if art.data is not None and len(art.data.val) else calibration
+    with torch.no_grad():
+        reference = art.model.eval()(val).numpy().argmax(1)
+    return {
+        method: float((onnx_export.run_session(path, val, threads, exact=True).argmax(1) == reference).mean())
+        for method, path in candidates.items()
+    }
 
 
 def _tflite_fp32(art: Artifact, ctx: StageContext, opts: ExportOptions, ver: _Verification) -> dict[str, Any]:

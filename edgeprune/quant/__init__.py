@@ -28,7 +28,12 @@ Modules: :mod:`~edgeprune.quant.levels` (the levels and their container), :mod:`
 (the pipeline stage and its options).
 """
 
-from edgeprune.quant.calibrate import CALIBRATION_METHODS, calibrate_activations, calibration_inputs
+from edgeprune.quant.calibrate import (
+    CALIBRATION_CHOICES,
+    CALIBRATION_METHODS,
+    calibrate_activations,
+    calibration_inputs,
+)
 from edgeprune.quant.deploy import to_deploy_graph, trace
 from edgeprune.quant.levels import (
     QMAX,
@@ -46,6 +51,7 @@ from edgeprune.quant.levels import (
 from edgeprune.quant.stage import WEIGHT_MODES, QuantOptions
 
 __all__ = [
+    "CALIBRATION_CHOICES",
     "CALIBRATION_METHODS",
     "QMAX",
     "WEIGHT_BITS",

@@ -17,7 +17,7 @@ from edgeprune.metrics import evaluate
 from edgeprune.nnr import NnrOptions
 from edgeprune.options import cli
 from edgeprune.quant.allocate import allocate_int8
-from edgeprune.quant.calibrate import CALIBRATION_METHODS, calibrate_activations, calibration_inputs
+from edgeprune.quant.calibrate import CALIBRATION_CHOICES, calibrate_activations, calibration_inputs
 from edgeprune.quant.deploy import to_deploy_graph
 from edgeprune.quant.levels import (
     WEIGHT_BITS,
@@ -43,8 +43,10 @@ class QuantOptions:
     calibration: str = field(
         default="minmax",
         metadata=cli(
-            "How activation ranges are calibrated: extremes, or percentiles that ignore outliers.",
-            choices=CALIBRATION_METHODS,
+            "How INT8 activation ranges are calibrated: extremes (minmax), percentiles or the KL-optimal "
+            "threshold (entropy) that ignore outliers, or 'best': the INT8 ONNX export tries all three and "
+            "keeps the file that agrees most with the float model on the validation split.",
+            choices=CALIBRATION_CHOICES,
             prefixed=False,
         ),
     )
@@ -117,8 +119,14 @@ def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     else:
         raise DataError(f"unknown weight quantisation {opts.weights!r}", f"choose one of {', '.join(WEIGHT_MODES)}")
     if batch is not None:
-        quant.activation_ranges = calibrate_activations(deploy, batch, opts.calibration, opts.percentile)
-        quant.calibration = {"method": opts.calibration, "samples": len(batch), "percentile": opts.percentile}
+        ranges = "minmax" if opts.calibration == "best" else opts.calibration  # "best" is chosen at export
+        quant.activation_ranges = calibrate_activations(deploy, batch, ranges, opts.percentile)
+        quant.calibration = {
+            "method": opts.calibration,
+            "ranges": ranges,
+            "samples": len(batch),
+            "percentile": opts.percentile,
+        }
     else:
         quant.calibration = {"method": None, "samples": 0}
     art.model = deploy

@@ -1,0 +1,194 @@
+"""INT8 calibration: edgeprune's INT8 ONNX vs onnxruntime's ``quantize_static`` (MinMax, Percentile, Entropy).
+
+For each model (trained here on scikit-learn's digits; 1,258 train / 180 val / 359 test images):
+
+* **onnxruntime** (the peer): the fp32 ONNX of the float model, ``quantize_static`` in QDQ format with
+  per-channel symmetric int8 weights and uint8 activations - the configuration onnxruntime documents
+  for CNNs - once per calibrator, on the same 128 training images edgeprune calibrates on;
+* **edgeprune**: ``quantize`` + ``export --int8 --format onnx`` with ``--weight-quant maxabs`` (the same
+  weight rule as the peer, so only the calibration differs) and with the default rate-allocated
+  weights, once per ``--calibration`` choice (``best`` picks among the three on the validation split).
+
+Every file is scored on the test split in two onnxruntime sessions: its default optimisations (the
+fused INT8 kernels a user gets on this CPU) and basic rewrites only ("exact": QDQ run as the ONNX
+definition says, what ARM and VNNI x86 compute). Columns: test accuracy and top-1 agreement with the
+float model. One test image is 0.28 points.
+
+    python benchmarks/bench_calibration.py [--models lenet5,resnet20,mobilenetv2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeprune import quant
+from edgeprune.artifact import Artifact, StageContext
+from edgeprune.data import load_data
+from edgeprune.examples import build_example
+from edgeprune.export import onnx as onnx_export
+from edgeprune.export.stage import ExportOptions
+from edgeprune.models import mobilenetv2_like, resnet20
+from edgeprune.pipeline import run_pipeline
+from edgeprune.progress import QUIET
+from edgeprune.prune.train import TrainConfig, fit
+from edgeprune.quant.calibrate import CALIBRATION_CHOICES
+
+SAMPLES = 128
+
+
+def _trained(factory, epochs: int) -> Artifact:  # noqa: ANN001 - a model factory
+    data = load_data("digits", seed=0)
+    torch.manual_seed(0)
+    model = factory(in_channels=1)
+    fit(model, data, TrainConfig(epochs=epochs, lr=0.05, batch_size=64), QUIET)
+    return Artifact(model=model.eval(), example_input=data.test.tensors[0][:1].clone(), data=data)
+
+
+BUILDERS = {
+    "lenet5": lambda: build_example("lenet5", seed=0),
+    "resnet20": lambda: _trained(resnet20, 3),
+    "mobilenetv2": lambda: _trained(mobilenetv2_like, 2),
+}
+
+
+def score(path: Path, x: torch.Tensor, y: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Accuracy and top-1 agreement with the float model, with onnxruntime's kernels and exactly."""
+    out: dict[str, float] = {}
+    for key, exact in (("", False), ("_exact", True)):
+        pred = onnx_export.run_session(path, x, exact=exact).argmax(1)
+        out[f"accuracy{key}"] = float((pred == y).mean())
+        out[f"agreement{key}"] = float((pred == reference.argmax(1)).mean())
+    return out
+
+
+def peer_rows(name: str, art: Artifact, work: Path, x: torch.Tensor, y: np.ndarray, ref: np.ndarray) -> list[dict]:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    fp32 = onnx_export.export_fp32(art.model, art.example_input, work / "peer_fp32.onnx")
+    calibration = quant.calibration_inputs(art, SAMPLES)
+    rows = []
+    for method in ("minmax", "percentile", "entropy"):
+        dest = work / f"peer_{method}.onnx"
+        start = time.perf_counter()
+        with onnx_export._quiet():
+            quantize_static(
+                str(fp32),
+                str(dest),
+                onnx_export._BatchReader(calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=onnx_export.ort_calibration_method(method),
+                extra_options={"WeightSymmetric": True, "CalibPercentile": 99.99},
+            )
+        seconds = time.perf_counter() - start
+        rows.append(
+            {
+                "model": name,
+                "tool": "onnxruntime quantize_static",
+                "weights": "maxabs (its own)",
+                "calibration": method,
+                "seconds": seconds,
+                **score(dest, x, y, ref),
+            }
+        )
+        print(rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+def edgeprune_rows(name: str, art: Artifact, work: Path, x: torch.Tensor, y: np.ndarray, ref: np.ndarray) -> list[dict]:
+    rows = []
+    for weights in ("maxabs", "allocated"):
+        for method in CALIBRATION_CHOICES:
+            out = work / f"ep_{weights}_{method}"
+            out.mkdir()
+            ctx = StageContext(
+                out_dir=out,
+                options={
+                    "quantize": quant.QuantOptions(weights=weights, calibration=method, calibration_samples=SAMPLES),
+                    "export": ExportOptions(formats=("onnx",), int8=True),
+                },
+                progress=QUIET,
+            )
+            start = time.perf_counter()
+            _, report = run_pipeline(copy.deepcopy(art), ctx, ["load", "quantize", "export"], headers=False)
+            seconds = time.perf_counter() - start
+            row = next(r for r in report.result_of("export")["exports"] if r["file"] == "model_int8.onnx")
+            chosen = method if method != "best" else f"best (chose {row['calibration']})"
+            rows.append(
+                {
+                    "model": name,
+                    "tool": "edgeprune",
+                    "weights": weights,
+                    "calibration": chosen,
+                    "seconds": seconds,
+                    **score(out / "model_int8.onnx", x, y, ref),
+                }
+            )
+            print(rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], command: str, seconds: float) -> str:
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} thread(s), Python {platform.python_version()}, "
+        f"torch {torch.__version__}; {now}; command `{command}` ({seconds:.0f} s). Calibration on the same "
+        f"{SAMPLES} training images for every file; scored on the 359 test digits.",
+        "",
+        "| model | tool | weights | calibration | acc (this CPU's kernels) | agreement | acc (exact) | "
+        "agreement (exact) |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['tool']} | {r['weights']} | {r['calibration']} | {100 * r['accuracy']:.2f} % | "
+            f"{r['agreement']:.3f} | {100 * r['accuracy_exact']:.2f} % | {r['agreement_exact']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(BUILDERS))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            art = BUILDERS[name]()
+            work = Path(tmp) / name
+            work.mkdir()
+            x, y = art.data.test.tensors
+            with torch.no_grad():
+                reference = art.model.eval()(x).numpy()
+            accuracy = float((reference.argmax(1) == y.numpy()).mean())
+            rows.append(
+                {
+                    "model": name,
+                    "tool": "float model (torch)",
+                    "weights": "fp32",
+                    "calibration": "-",
+                    **{"accuracy": accuracy, "accuracy_exact": accuracy, "agreement": 1.0, "agreement_exact": 1.0},
+                }
+            )
+            rows += peer_rows(name, art, work, x, y.numpy(), reference)
+            rows += edgeprune_rows(name, art, work, x, y.numpy(), reference)
+    command = "python benchmarks/bench_calibration.py --models " + args.models
+    print(markdown(rows, command, time.perf_counter() - started))
+
+
+if __name__ == "__main__":
+    main()
