@@ -71,6 +71,16 @@ def score(path: Path, x: torch.Tensor, y: np.ndarray, reference: np.ndarray) -> 
     return out
 
 
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over the calibration images, 32 at a time."""
+
+    def __init__(self, batch: torch.Tensor) -> None:
+        self._chunks = iter([{onnx_export.INPUT_NAME: c.numpy()} for c in batch.split(32)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._chunks, None)
+
+
 def peer_rows(name: str, art: Artifact, work: Path, x: torch.Tensor, y: np.ndarray, ref: np.ndarray) -> list[dict]:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -80,18 +90,17 @@ def peer_rows(name: str, art: Artifact, work: Path, x: torch.Tensor, y: np.ndarr
     for method in ("minmax", "percentile", "entropy"):
         dest = work / f"peer_{method}.onnx"
         start = time.perf_counter()
-        with onnx_export._quiet():
-            quantize_static(
-                str(fp32),
-                str(dest),
-                onnx_export._BatchReader(calibration),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=onnx_export.ort_calibration_method(method),
-                extra_options={"WeightSymmetric": True, "CalibPercentile": 99.99},
-            )
+        quantize_static(
+            str(fp32),
+            str(dest),
+            _Reader(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=onnx_export.ort_calibration_method(method),
+            extra_options={"WeightSymmetric": True, "CalibPercentile": 99.99},
+        )
         seconds = time.perf_counter() - start
         rows.append(
             {
