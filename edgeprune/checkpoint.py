@@ -221,10 +221,9 @@ def _parse_kwargs(arch_kwargs: str | dict | None) -> dict[str, Any]:
         return arch_kwargs
     try:
         kwargs = json.loads(arch_kwargs)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(
-            f"--arch-kwargs is not valid JSON: {exc.msg}", "write e.g. '{\"num_classes\": 10}'"
-        ) from None
+    except (ValueError, RecursionError) as exc:  # ValueError: also a number past Python's int-digit limit
+        why = exc.msg if isinstance(exc, json.JSONDecodeError) else "a value is too long or too deeply nested"
+        raise CheckpointError(f"--arch-kwargs is not valid JSON: {why}", "write e.g. '{\"num_classes\": 10}'") from None
     if not isinstance(kwargs, dict):
         raise CheckpointError("--arch-kwargs must be a JSON object", "write e.g. '{\"num_classes\": 10}'")
     for key, value in kwargs.items():
@@ -437,7 +436,7 @@ def _saved_input_shape(path: Path, text: str) -> tuple[int, ...] | None:
     problem = "is not a JSON object"
     try:
         record = json.loads(text) if len(text) < 1 << 16 else None
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: also a number past Python's int-digit limit
         record = None
     shape = record.get("input_shape") if isinstance(record, dict) else None
     if isinstance(record, dict):
@@ -563,7 +562,7 @@ def inspect_exported_archive(path: Path) -> None:
                     )
                 try:
                     return json.loads(zf.read(info))
-                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+                except (ValueError, RecursionError):  # bad JSON or UTF-8, or a number past the int-digit limit
                     raise CheckpointError(f"{name} inside {path} is not valid JSON", "re-export the model") from None
 
             for model_file in models:

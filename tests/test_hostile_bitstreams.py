@@ -45,6 +45,7 @@ CASES = {
     "scalar scale inf": (_tensors(lambda ts: ts[0].update(mode="int8", scale=float("inf"))), "malformed scales"),
     "axis true": (_tensors(lambda ts: ts[0].update(mode="int8", scale=0.5, axis=True)), "scales for shape"),
     "deep json": (lambda t: '{"format":"edgeprune-nnr","a":' + "[" * 200_000 + "]" * 200_000 + "}", "nested"),
+    "integer past the digit limit": (lambda t: json.dumps(t)[:-1] + ',"a":' + "1" * 5000 + "}", "not valid JSON"),
     "architecture list": (lambda t: {**t, "architecture": [1]}, "not an object"),
     "factory kwargs list": (lambda t: {**t, "architecture": {"factory": "os:system", "kwargs": ["ls"]}}, "never runs"),
     "input shape bomb": (lambda t: {**t, "input_shape": [1, 65536, 65536, 3]}, "input shape"),

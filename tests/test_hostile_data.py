@@ -138,6 +138,15 @@ def test_arch_kwargs_negative_classes(runner, cli, lenet, tmp_path):
     assert output.startswith("error: cannot build edgeprune.models:lenet5")
 
 
+def test_arch_kwargs_with_an_integer_past_the_digit_limit(runner, cli, tmp_path):
+    weights = tmp_path / "sd.pt"
+    torch.save(models.lenet5().state_dict(), weights)
+    huge = '{"num_classes": ' + "1" * 5000 + "}"
+    args = ["simplify", str(weights), "--arch", "edgeprune.models:lenet5", "--arch-kwargs", huge]
+    output = _invoke(runner, cli, tmp_path, args)
+    assert output.startswith("error: --arch-kwargs is not valid JSON")
+
+
 def test_checkpoint_that_is_a_single_byte(runner, cli, tmp_path):
     bad = tmp_path / "m.pt"
     bad.write_bytes(b"\x80")

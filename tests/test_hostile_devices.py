@@ -39,6 +39,7 @@ def _profile(tmp_path: Path, extra: str = "", ssh: str = "port = 22") -> Path:
         ("", 'port = "22"', "ssh.port = '22' is not an integer"),
         ("timeout_s = nan", "port = 22", "timeout_s = nan"),
         ('runtimes = "litert"', "port = 22", "runtimes must be a list"),
+        ("threads = " + "1" * 5000, "port = 22", "not valid TOML"),  # past Python's int-digit limit
     ],
 )
 def test_bad_profile_values_are_named(tmp_path, extra, ssh, message):

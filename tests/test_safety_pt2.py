@@ -144,7 +144,15 @@ def test_legacy_pickle_payloads_and_unknown_files_are_refused(runner, cli, pt2, 
 
 
 @pytest.mark.parametrize(
-    "text", ["{not json", "[1, 2]", '"1,1,8,8"', '{"input_shape": [1, -1, 8, 8]}', '{"input_shape": [1, 65536, 65536]}']
+    "text",
+    [
+        "{not json",
+        "[1, 2]",
+        '"1,1,8,8"',
+        '{"input_shape": [1, -1, 8, 8]}',
+        '{"input_shape": [1, 65536, 65536]}',
+        '{"input_shape": [' + "1" * 5000 + "]}",  # past Python's int-digit limit: a ValueError, not a JSONDecodeError
+    ],
 )
 def test_invalid_edgeprune_json_is_one_line(runner, cli, pt2, tmp_path, text):
     bad = rewrite(pt2, tmp_path / "bad.pt2", lambda m, d: text.encode() if m == "extra/edgeprune.json" else d)

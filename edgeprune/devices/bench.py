@@ -171,6 +171,15 @@ class DeviceSession:
         return result
 
 
+def _json_record(text: str) -> dict[str, Any] | None:
+    """The JSON object a device printed, or None for anything else (device output is untrusted text)."""
+    try:
+        record = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def _tool_error(profile: DeviceProfile, tool: str, setting: str, model: str, result: CommandResult) -> DeviceError:
     """Translate a failed benchmark command into the reason and fix a user can act on."""
     if result.exit_code == 127:
@@ -242,7 +251,8 @@ class _PythonHarness:
     def parse(self, model: ModelFile, result: CommandResult) -> dict[str, Any]:
         p = self.session.profile
         if result.exit_code == HARNESS_ERROR_EXIT:
-            reason = json.loads(result.stdout or "{}").get("error", result.last_error_line())
+            record = _json_record(result.stdout)
+            reason = record.get("error") if record else result.last_error_line()
             raise DeviceError(
                 f"runtime_bench on {p.name} cannot run {model.path.name}: {reason}",
                 p.setup or "install numpy and a runtime on the device",
@@ -251,13 +261,14 @@ class _PythonHarness:
             if "No module named 'numpy'" in result.stderr:
                 raise DeviceError(f"numpy is missing on {p.name}", p.setup or "pip install numpy on the device")
             raise _tool_error(p, "python", "python", model.path.name, result)
-        try:
-            return json.loads(result.stdout.strip().splitlines()[-1])
-        except (json.JSONDecodeError, IndexError) as exc:
+        lines = result.stdout.strip().splitlines()
+        record = _json_record(lines[-1]) if lines else None
+        if record is None:
             raise DeviceError(
                 f"runtime_bench on {p.name} printed no result for {model.path.name}",
                 "run `python3 -m runtime_bench run MODEL` on the device to see why",
-            ) from exc
+            )
+        return record
 
 
 class _NativeTool(ABC):

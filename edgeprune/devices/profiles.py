@@ -129,7 +129,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except OSError as exc:
         raise DeviceError(f"cannot read device profile {path}: {exc.strerror}", "check the path") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer past Python's int-digit limit
         raise DeviceError(f"device profile {path} is not valid TOML: {exc}", "fix the file") from exc
 
 

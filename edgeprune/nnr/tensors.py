@@ -354,7 +354,7 @@ def _topology_of(units: list) -> dict[str, Any]:
         )
     try:
         topology = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: also a number past Python's int-digit limit
         if packed:
             raise BitstreamError("the topology unit is not valid JSON", "the file is damaged; re-encode") from None
         return {}
