@@ -131,7 +131,6 @@ class _TensorJob:
     array: np.ndarray  # float32 (qp/raw) or int32 levels (int/int8)
     mode: str  # "qp", "int8", "int", "raw"
     qp: int | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def cabac_payload(
