@@ -120,9 +120,27 @@ def unit_size(data: bytes, rng: random.Random) -> bytes:
 
 def _with_topology(data: bytes, topology: Any) -> bytes:
     """``data`` with a TPL unit that packs ``topology`` as the encoder does (whatever JSON value it is)."""
+    return _with_text(data, json.dumps(topology))
+
+
+def _with_text(data: bytes, text: str) -> bytes:
+    """``data`` with a TPL unit that packs ``text`` (JSON or not) as the encoder packs its JSON."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-    packed = compressor.compress(json.dumps(topology).encode()) + compressor.flush()
+    packed = compressor.compress(text.encode("utf-8", "surrogatepass")) + compressor.flush()
     return _replace(data, _tpl(data), write_topology_unit(TPL_PREFIX + base64.b85encode(packed).decode()))
+
+
+# What json.dumps never writes: numbers past Python's 4,300-digit int limit or float range, bare
+# NaN/Infinity, lone surrogates (invalid UTF-8 once packed), stray brackets and quotes.
+TEXT_EDITS = ["1" * 5000, "-" + "9" * 4400, "1e999999", "NaN", "-Infinity", "\\ud800", "\ud800", "]", "{", '"', ","]
+
+
+def json_text_mutation(data: bytes, rng: random.Random) -> bytes:
+    """Edit the topology's JSON text itself at a random place (a valid packed unit around invalid JSON)."""
+    text = topology_json(_tpl(data).fields["topology_data"])
+    i = rng.randrange(len(text))
+    edit = rng.choice(TEXT_EDITS)
+    return _with_text(data, text[:i] + edit + text[i + rng.randint(0, 3) :])
 
 
 def json_mutation(data: bytes, rng: random.Random) -> bytes:
@@ -154,6 +172,7 @@ MUTATORS: list[Callable[[bytes, random.Random], bytes]] = [
     truncation,
     unit_size,
     json_mutation,
+    json_text_mutation,
     payload_with_valid_crc,
 ]
 
