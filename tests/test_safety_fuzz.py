@@ -35,5 +35,6 @@ def test_mutated_streams_are_decoded_or_refused_with_one_line(seeds):
         "truncation",
         "unit_size",
         "json_mutation",
+        "json_text_mutation",
         "payload_with_valid_crc",
     }
