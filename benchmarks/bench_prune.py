@@ -276,17 +276,19 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             common={"lr": 0.05, "batch_size": 128, "finetune_epochs": 1, "search_evaluations": 16},
         )
 
-    def digits_small(name: str, factory: Callable[[], nn.Module]) -> Experiment:
-        """The issue's other architectures at digits' 8x8: same budget and settings as ResNet-20."""
+    def digits_small(name: str, factory: Callable[[], nn.Module], macs: tuple[float, ...], ratios: tuple[float, ...]):
+        """The issue's other architectures at digits' 8x8, 8 epochs like ResNet-20: TWT defaults, MAC
+        budgets (no accuracy floor) for SeReNe and L1, and Torch-Pruning's magnitude ratios."""
+        budgets = [{"target_macs": m, "max_accuracy_drop": None} for m in macs]
         return Experiment(
             f"digits / {name} (8-epoch budget)",
             factory,
             load_data("digits", normalize="standardize"),
             TrainConfig(epochs=4, lr=0.05),
             epochs=8,
-            serene=[{}, {"target_macs": 0.3, "max_accuracy_drop": None}],
-            l1=[{}],
-            tp_ratios=[("magnitude", 0.3), ("magnitude", 0.5)],
+            serene=[{}, *budgets],
+            l1=[{}, *budgets],
+            tp_ratios=[("magnitude", r) for r in ratios],
             common={"lr": 0.05, "batch_size": 64, "finetune_epochs": 2},
         )
 
@@ -295,9 +297,14 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
         "digits-vgg-bn": lambda: digits_small(
             "VGG-style with BatchNorm (conv 32-32-M-64-64-M-128-128-M, Linear 512)",
             lambda: VGGCifar((32, 32, "M", 64, 64, "M", 128, 128, "M"), 1, 10),
+            macs=(0.3, 0.18, 0.04),
+            ratios=(0.3, 0.5, 0.6, 0.7, 0.8),
         ),
         "digits-mobilenetv2": lambda: digits_small(
-            "MobileNetV2-style (inverted residuals, depthwise, BatchNorm, ReLU6)", lambda: mobilenetv2_like(1, 10)
+            "MobileNetV2-style (inverted residuals, depthwise, BatchNorm, ReLU6)",
+            lambda: mobilenetv2_like(1, 10),
+            macs=(0.3,),
+            ratios=(0.3, 0.5),
         ),
         "digits-resnet20": digits_resnet20,
         "fmnist-lenet5": fmnist_lenet5,
