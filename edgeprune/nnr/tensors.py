@@ -290,8 +290,13 @@ def pack_topology(topology: Mapping[str, Any]) -> str:
     NNCodec reads ``topology_data`` as a NUL-terminated UTF-8 string, so the unit must stay text for
     NNCodec to decode edgeprune's streams; the RFC 1924 alphabet has no NUL, quote or backslash.
     """
+    return pack_topology_text(json.dumps(topology, separators=(",", ":")))
+
+
+def pack_topology_text(text: str) -> str:
+    """:func:`pack_topology` for JSON text already written (or, in the reader's tests, any text)."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-    packed = compressor.compress(json.dumps(topology, separators=(",", ":")).encode()) + compressor.flush()
+    packed = compressor.compress(text.encode("utf-8", "surrogatepass")) + compressor.flush()
     return TPL_PREFIX + base64.b85encode(packed).decode("ascii")
 
 

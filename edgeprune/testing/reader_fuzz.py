@@ -7,7 +7,6 @@ Shared by the bounded test (tests/test_safety_fuzz.py) and the long run
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 import zlib
@@ -19,7 +18,7 @@ import torch
 from edgeprune.errors import EdgepruneError
 from edgeprune.nnr.bitstream import UnitType, parse_units, write_topology_unit
 from edgeprune.nnr.model import ModelEncodeOptions, decode_model, encode_model
-from edgeprune.nnr.tensors import TPL_PREFIX, topology_json
+from edgeprune.nnr.tensors import pack_topology_text, topology_json
 
 HOSTILE_VALUES: list[Any] = [
     None,
@@ -125,9 +124,7 @@ def _with_topology(data: bytes, topology: Any) -> bytes:
 
 def _with_text(data: bytes, text: str) -> bytes:
     """``data`` with a TPL unit that packs ``text`` (JSON or not) as the encoder packs its JSON."""
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-    packed = compressor.compress(text.encode("utf-8", "surrogatepass")) + compressor.flush()
-    return _replace(data, _tpl(data), write_topology_unit(TPL_PREFIX + base64.b85encode(packed).decode()))
+    return _replace(data, _tpl(data), write_topology_unit(pack_topology_text(text)))
 
 
 # What json.dumps never writes: numbers past Python's 4,300-digit int limit or float range, bare

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import zlib
 
 from edgeprune.nnr.bitstream import UnitType, parse_units, write_topology_unit
-from edgeprune.nnr.tensors import TPL_PREFIX, topology_json
+from edgeprune.nnr.tensors import pack_topology_text, topology_json
 
 
 def _tpl(data: bytes):  # noqa: ANN202 - the parsed TPL unit
@@ -35,6 +33,5 @@ def with_topology(data: bytes, edit, packed: bool = True) -> bytes:  # noqa: ANN
     topology = edit(topology_of(data))
     text = topology if isinstance(topology, str) else json.dumps(topology)
     if packed:
-        compressor = zlib.compressobj(9, zlib.DEFLATED, -15)  # as pack_topology, but any text
-        text = TPL_PREFIX + base64.b85encode(compressor.compress(text.encode()) + compressor.flush()).decode()
+        text = pack_topology_text(text)
     return data[: tpl.offset] + write_topology_unit(text) + data[tpl.offset + tpl.size :]
