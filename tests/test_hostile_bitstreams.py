@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import tracemalloc
 
@@ -13,6 +14,7 @@ from edgeprune import models
 from edgeprune.errors import BitstreamError
 from edgeprune.nnr.bitstream import UnitType, parse_units
 from edgeprune.nnr.model import ModelEncodeOptions, decode_model, encode_model
+from edgeprune.nnr.tensors import TPL_PREFIX, pack_topology_text
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +66,31 @@ def test_crafted_topology_is_one_line(runner, cli, stream, tmp_path, case):
     finally:
         tracemalloc.stop()
     assert peak < 256 << 20
+    src, out = tmp_path / "evil.nnr", tmp_path / "out"
+    src.write_bytes(data)
+    out.mkdir()
+    result = runner.invoke(cli, ["decode", str(src), "-o", str(out / "m.pt2")])
+    assert result.exit_code == 2 and result.output.startswith("error:"), result.output
+    assert len(result.output.strip().splitlines()) == 1 and list(out.iterdir()) == []
+
+
+PACKED_DAMAGE = {
+    "not base85": (lambda t: TPL_PREFIX + "not base85 ~~~", "not valid base85"),
+    "not deflate": (lambda t: TPL_PREFIX + base64.b85encode(b"\xff" * 40).decode(), "does not inflate"),
+    "deflate cut short": (lambda t: pack_topology_text(json.dumps(t))[:-12], "cut short|does not inflate"),
+    "not UTF-8": (lambda t: pack_topology_text('{"a": "\ud800"}'), "not UTF-8"),
+    "not an object": (lambda t: pack_topology_text("[1, 2]"), "not a JSON object"),
+    "not JSON": (lambda t: pack_topology_text("{tensors: 1"), "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PACKED_DAMAGE))
+def test_damaged_packed_topology_is_one_line(runner, cli, stream, tmp_path, case):
+    """The version-3 unit's own layers (base85, deflate, UTF-8, JSON) each refuse damage in one line."""
+    text, message = PACKED_DAMAGE[case]
+    data = with_topology(stream, text, packed=False)  # the text goes into the unit as it is
+    with pytest.raises(BitstreamError, match=message):
+        decode_model(data)
     src, out = tmp_path / "evil.nnr", tmp_path / "out"
     src.write_bytes(data)
     out.mkdir()
