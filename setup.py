@@ -11,7 +11,7 @@ EXT_MODULES: list = [
     Extension(
         "edgeprune.nnr._cabac",
         sources=["edgeprune/nnr/_cabac.c", "edgeprune/nnr/cabac.c", "edgeprune/nnr/quantize.c"],
-        depends=["edgeprune/nnr/cabac.h", "edgeprune/nnr/nnr_tables.h"],
+        depends=["edgeprune/nnr/cabac.h", "edgeprune/nnr/nnr_tables.h", "edgeprune/nnr/nnr_derived_tables.h"],
         extra_compile_args=["-std=c99", "-O3"],
     ),
 ]

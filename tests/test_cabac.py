@@ -229,3 +229,83 @@ def test_rdoq_trades_distortion_for_rate_and_needs_uniform_quantisation():
     assert sizes[0] > sizes[1] > sizes[2] and errors[0] < errors[1] < errors[2]
     with pytest.raises(_cabac.CabacError, match="disable DQ"):
         _cabac.quantize(w, np.empty(w.size, dtype=np.int32), step, dq=True, rdoq=1.0)
+
+
+def _block_scan_payload(rows: int, width: int, scan_order: int, dq: bool, seed: int):  # noqa: ANN202
+    from edgeprune.nnr.tensors import cabac_payload, quantize_levels
+
+    w = (np.random.default_rng(seed).standard_normal((rows, width)) * 3).astype(np.float32)
+    levels = quantize_levels(w, 1.0, dq, 0.0, scan_order)
+    coded = cabac_payload(
+        levels, (rows, width), dq, row_skip=False, estimator_search=bool(seed % 2), qp_offset=-3, scan_order=scan_order
+    )
+    return levels, coded
+
+
+def _decode_range(coded, rows, width, dq, out, eps, block_rows=None):  # noqa: ANN001, ANN202
+    return _cabac.decode(
+        coded.data, out, rows, width, dq=dq, scan_order=coded.scan_order, entry_points=eps, block_rows=block_rows
+    )
+
+
+@pytest.mark.parametrize("dq", [False, True])
+@pytest.mark.parametrize(("scan_order", "rows", "width"), [(1, 61, 37), (2, 100, 7), (4, 130, 200), (3, 33, 65)])
+def test_block_scan_decodes_alike_from_every_entry_point(scan_order, rows, width, dq):
+    """Every split of the block rows into ranges (as threads decode them) gives the levels the encoder had;
+    only the range that ends the tensor reports the bytes consumed."""
+    levels, coded = _block_scan_payload(rows, width, scan_order, dq, seed=rows)
+    count = _cabac.block_rows(rows, scan_order)
+    assert count == -(-rows // (4 << scan_order)) and len(coded.entry_points) == count - 1
+    eps = np.array(coded.entry_points, dtype=np.uint64)
+    out = np.full(rows * width, 12345, dtype=np.int32)
+    qp, used = _decode_range(coded, rows, width, dq, out, eps)
+    assert qp == -3 and used == len(coded.data)
+    np.testing.assert_array_equal(out, levels)
+    for first in range(count):
+        for end in range(first + 1, count + 1):
+            part = np.full(rows * width, 12345, dtype=np.int32)
+            _, used = _decode_range(coded, rows, width, dq, part, eps, (first, end))
+            assert used == (len(coded.data) if end == count else 0)
+            lo, hi = first * (4 << scan_order) * width, min(rows, end * (4 << scan_order)) * width
+            np.testing.assert_array_equal(part[lo:hi], levels[lo:hi])
+            assert (part[:lo] == 12345).all() and (part[hi:] == 12345).all()  # nothing outside its rows
+
+
+def test_a_damaged_entry_point_is_caught_by_the_block_row_before_it():
+    rows, width, scan_order = 40, 50, 1
+    _, coded = _block_scan_payload(rows, width, scan_order, True, seed=5)
+    out = np.empty(rows * width, dtype=np.int32)
+    for k in range(len(coded.entry_points)):
+        for flip in (1 << 11, 1 << 3, 1):  # offset, value bits, DQ state
+            eps = np.array(coded.entry_points, dtype=np.uint64)
+            eps[k] ^= np.uint64(flip)
+            with pytest.raises(_cabac.CabacError, match="corrupt"):
+                _decode_range(coded, rows, width, True, out, eps)
+    eps = np.array(coded.entry_points, dtype=np.uint64)
+    eps[-1] = np.uint64(8 * len(coded.data) + 64) << np.uint64(11)  # beyond the payload: refused, not read
+    with pytest.raises(_cabac.CabacError, match="corrupt"):
+        _decode_range(coded, rows, width, True, out, eps, (len(eps), len(eps) + 1))
+
+
+def test_block_scan_arguments_are_checked():
+    levels = np.zeros(40 * 8, dtype=np.int32)
+    with pytest.raises(TypeError, match="needs entry_points"):
+        _cabac.encode(levels, 40, 8, dq=False, scan_order=1)
+    with pytest.raises(TypeError, match="one entry point per block row"):
+        _cabac.encode(levels, 40, 8, dq=False, scan_order=1, row_skip=False, entry_points=np.zeros(2, np.uint64))
+    with pytest.raises(_cabac.CabacError, match="inconsistent"):  # NNCodec's row skip in a block scan: not written
+        _cabac.encode(levels, 40, 8, dq=False, scan_order=1, row_skip=True, entry_points=np.zeros(4, np.uint64))
+    payload = _cabac.encode(levels, 40, 8, dq=False, scan_order=1, row_skip=False, entry_points=np.zeros(4, np.uint64))
+    eps = np.zeros(4, np.uint64)
+    with pytest.raises(ValueError, match="block_rows"):
+        _cabac.decode(payload, levels, 40, 8, dq=False, scan_order=1, entry_points=eps, block_rows=(3, 9))
+    assert [_cabac.block_rows(r, 4) for r in (1, 64, 65)] == [1, 1, 2]
+
+
+def test_derived_estimator_tables_match_their_generator():
+    """nnr_derived_tables.h is generated from the normative tables; a hand edit or a stale copy fails here."""
+    import subprocess
+    import sys
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "gen_cabac_tables.py"
+    assert subprocess.run([sys.executable, str(tool), "--check"]).returncode == 0

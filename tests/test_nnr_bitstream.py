@@ -288,3 +288,105 @@ def test_a_qp_that_makes_weights_infinite_is_refused():
     forged = stream[: mps.offset] + hostile + stream[mps.offset + mps.size :]
     with pytest.raises(BitstreamError, match="not finite"):
         decode_stream(forged)
+
+
+def test_entry_point_lists_round_trip_through_the_syntax():
+    """NNCodec's packing: 8 value bits, the DQ state (with DQ), ue(11) of the first offset delta, then ie(7)
+    of each change of delta (which may be negative)."""
+    eps = [(900 << 11) | (17 << 3) | 5, (1200 << 11) | (255 << 3) | 0, (40 << 11) | (0 << 3) | 7, 3 << 3]
+    for dq in (True, False):
+        written = [ep if dq else ep & ~7 for ep in eps]
+
+        def syntax(c: SyntaxCoder, dq: bool = dq, count: int = len(written)) -> None:
+            c.entry_point_list("eps", count, dq)
+            c.byte_alignment()
+
+        w = BitWriter()
+        syntax(SyntaxCoder(w, {"eps": written}))
+        read: dict = {}
+        syntax(SyntaxCoder(BitReader(bytes(w.data), 0, len(w.data), "test"), read))
+        assert read["eps"] == written
+
+
+def _big_stream(**kw) -> bytes:  # noqa: ANN003
+    rng = np.random.default_rng(2)
+    big = (rng.standard_normal((256, 300)) * 0.05).astype(np.float32)
+    tensors = {"big.weight": big, "bias": np.ones(3, np.float32)}
+    return encode_tensors(tensors, **kw).data
+
+
+def test_large_tensors_are_block_scanned_and_decode_alike_on_any_number_of_threads():
+    stream = _big_stream()
+    ndu = next(u for u in parse_units(stream) if u.unit_type == UnitType.NDU)
+    assert ndu.fields["scan_order"] == 4 and len(ndu.fields["cabac_entry_point_list"]) == 3  # 4 block rows of 64
+    reference = decode_stream(stream, threads=1)
+    for threads in (2, 3, 8):
+        decoded = decode_stream(stream, threads=threads)
+        np.testing.assert_array_equal(decoded.tensors["big.weight"], reference.tensors["big.weight"])
+        np.testing.assert_array_equal(decoded.levels["big.weight"], reference.levels["big.weight"])
+    raster = decode_stream(_big_stream(scan_order=0), threads=2)
+    assert (
+        np.abs(raster.tensors["big.weight"] - reference.tensors["big.weight"]).max()
+        <= step_size(default_qp(raster.tensors["big.weight"])) * 2
+    )  # same qp, trellis in another order: the same grid, within a step
+
+
+def _with_ndu_fields(stream: bytes, **fields) -> bytes:  # noqa: ANN003
+    """The stream with its first NDU's header fields replaced (payload kept)."""
+    ndu = next(u for u in parse_units(stream) if u.unit_type == UnitType.NDU)
+    f = {**ndu.fields, **fields}
+    unit = write_ndu(
+        f["general_profile_idc"],
+        f["topology_elem_id"],
+        f["parameter_id"],
+        f["nnr_compressed_data_unit_payload_type"],
+        f["tensor_dimensions"],
+        bool(f["dq_flag"]),
+        f["cabac_unary_length_minus1"] + 1,
+        ndu.payload,
+        f["scan_order"],
+        f["cabac_entry_point_list"],
+    )
+    return stream[: ndu.offset] + unit + stream[ndu.offset + ndu.size :]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda eps: [eps[0] ^ (1 << 3)] + eps[1:], "corrupt"),  # one value bit
+        (lambda eps: eps[:1] + [eps[1] + (1 << 11)] + eps[2:], "corrupt"),  # one bit later
+        (lambda eps: eps[:2] + [(1 << 40) << 11], "beyond its payload"),
+    ],
+)
+def test_damaged_entry_points_are_one_line_errors(edit, message):
+    stream = _big_stream()
+    eps = next(u for u in parse_units(stream) if u.unit_type == UnitType.NDU).fields["cabac_entry_point_list"]
+    forged = _with_ndu_fields(stream, cabac_entry_point_list=edit(list(eps)))
+    for threads in (1, 4):
+        with pytest.raises(BitstreamError, match=message) as err:
+            decode_stream(forged, threads=threads)
+        assert "\n" not in str(err.value)
+
+
+def test_hostile_entry_point_headers_are_refused_before_decoding():
+    stream = _big_stream()
+    with pytest.raises(BitstreamError, match="scan order 9"):
+        parse_units(_with_ndu_fields(stream, scan_order=9, cabac_entry_point_list=[]))
+    # a first dimension of 2^30 with 64-row blocks declares 2^24 entry points in a header of a few bytes
+    forged = _with_ndu_fields(stream, tensor_dimensions=[1 << 30, 1], cabac_entry_point_list=[1 << 3] * 3)
+    with pytest.raises(BitstreamError, match="entry points, more than its header holds|truncated"):
+        parse_units(forged)
+    # a change of offset that puts an entry point before the previous one
+    w = BitWriter()
+    SyntaxCoder(w, {"eps": [(50 << 11), (10 << 11)]}).entry_point_list("eps", 2, False)
+    w.u(1, 1)
+    reader = SyntaxCoder(BitReader(bytes(w.data), 0, len(w.data), "NDU"), {})
+    assert reader.entry_point_list("eps", 2, False) == [50 << 11, 10 << 11]  # deltas 50, 10: both valid
+    w = BitWriter()
+    w.u(8, 0)
+    SyntaxCoder(w, {})._write_ue(11, 5)
+    w.u(8, 0)
+    SyntaxCoder(w, {})._write_ue(7, 12)  # ie(7) of -6: delta 5 - 6 < 0
+    w.u(8, 0)
+    with pytest.raises(BitstreamError, match="before the one preceding it"):
+        SyntaxCoder(BitReader(bytes(w.data), 0, len(w.data), "NDU"), {}).entry_point_list("eps", 2, False)

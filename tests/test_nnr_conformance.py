@@ -18,7 +18,7 @@ import pytest
 
 from edgeprune.nnr import decode_stream, encode_tensors
 from edgeprune.nnr.bitstream import UnitType, parse_units
-from edgeprune.nnr.tensors import TPL_PREFIX
+from edgeprune.nnr.tensors import TPL_PREFIX, auto_scan_order
 from edgeprune.quant import quantize_tensor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,16 +62,25 @@ def weights(shape: tuple[int, ...], seed: int, zero_heavy: bool = False) -> np.n
     return w
 
 
-# (shape, qp, dq, estimator search (NNCodec's param_opt), row skipping, zero heavy)
+# (shape, qp, dq, estimator search (NNCodec's param_opt), row skipping, zero heavy, scan order)
 CASES = [
-    ((300,), -30, True, True, False, False),
-    ((64, 96), -38, True, True, False, False),
-    ((64, 96), -26, False, True, True, False),
-    ((32, 16, 3, 3), -20, True, True, True, False),
-    ((32, 16, 3, 3), -16, False, False, False, False),
-    ((48, 8, 3, 3), -24, True, True, True, True),
-    ((128, 40), -18, True, False, True, True),
-    ((10, 1), -32, True, True, False, False),
+    ((300,), -30, True, True, False, False, 0),
+    ((64, 96), -38, True, True, False, False, 0),
+    ((64, 96), -26, False, True, True, False, 0),
+    ((32, 16, 3, 3), -20, True, True, True, False, 0),
+    ((32, 16, 3, 3), -16, False, False, False, False, 0),
+    ((48, 8, 3, 3), -24, True, True, True, True, 0),
+    ((128, 40), -18, True, False, True, True, 0),
+    ((10, 1), -32, True, True, False, False, 0),
+    # block scans with entry points: 8x8 (12 block rows), 16x16 with border blocks, one 64-row block row,
+    # 32x32 on a pruned layer (NNCodec cannot write a block scan of a (rows, 1) tensor: no such case)
+    ((96, 80), -30, True, True, False, False, 1),
+    ((130, 16, 3, 3), -20, True, False, False, False, 2),
+    ((64, 200), -26, False, True, False, False, 4),
+    ((200, 70), -24, True, True, False, True, 3),
+    # NNCodec's row skipping in a block scan (edgeprune does not write it): decoded the same way
+    ((72, 42), -22, False, True, True, True, 1),
+    ((72, 42), -22, True, False, True, True, 2),
 ]
 
 
@@ -84,22 +93,34 @@ def ndus(data: bytes) -> dict[str, bytes]:
 
 
 def test_nncodec_streams_decode_identically_and_edgeprune_writes_the_same_ndus(tmp_path):
-    params = [{"t": weights(shape, i, zero)} for i, (shape, _, _, _, _, zero) in enumerate(CASES)]
+    params = [{"t": weights(shape, i, zero)} for i, (shape, _, _, _, _, zero, _) in enumerate(CASES)]
     ops = [
         {
             "op": "compress",
             "params": {k: _arr(v) for k, v in p.items()},
-            "kwargs": {"qp": qp, "nonweight_qp": qp, "use_dq": dq, "param_opt": po, "row_skipping": rs},
+            "kwargs": {
+                "qp": qp,
+                "nonweight_qp": qp,
+                "use_dq": dq,
+                "param_opt": po,
+                "row_skipping": rs,
+                "scan_order": scan,
+            },
         }
-        for p, (_, qp, dq, po, rs, _) in zip(params, CASES, strict=True)
+        for p, (_, qp, dq, po, rs, _, scan) in zip(params, CASES, strict=True)
     ]
     streams = [base64.b64decode(r["bitstream"]) for r in oracle(ops, tmp_path)]
     theirs = oracle([{"op": "decompress", "bitstream": base64.b64encode(s).decode()} for s in streams], tmp_path)
     for p, case, stream, reference in zip(params, CASES, streams, theirs, strict=True):
-        shape, qp, dq, po, rs, _ = case
-        decoded = decode_stream(stream)
-        np.testing.assert_array_equal(decoded.tensors["t"], _unarr(reference["params"]["t"]), err_msg=str(case))
-        ours = encode_tensors(p, qps=qp, dq=dq, row_skip=rs, estimator_search=po)
+        shape, qp, dq, po, rs, _, scan = case
+        if len(shape) > 1 and scan:
+            assert parse_units(stream)[-1].fields["scan_order"] == scan, case  # NNCodec wrote a block scan
+        for threads in (1, 3):  # whole tensors, and block rows split across threads
+            decoded = decode_stream(stream, threads=threads)
+            np.testing.assert_array_equal(decoded.tensors["t"], _unarr(reference["params"]["t"]), err_msg=str(case))
+        if scan and rs:
+            continue
+        ours = encode_tensors(p, qps=qp, dq=dq, row_skip=rs, estimator_search=po, scan_order=scan)
         assert ndus(ours.data)["t"] == ndus(stream)["t"], case
         np.testing.assert_array_equal(decode_stream(ours.data).levels["t"], decoded.levels["t"])
 
@@ -107,18 +128,23 @@ def test_nncodec_streams_decode_identically_and_edgeprune_writes_the_same_ndus(t
 def test_edgeprune_streams_decode_identically_in_nncodec(tmp_path):
     conv = weights((32, 16, 3, 3), 10, zero_heavy=True)
     fc = weights((10, 288), 11)
+    big = weights((300, 256), 14)
     tensors = {
         "conv.weight": conv,
         "conv.bias": weights((32,), 12),
         "fc.weight": fc,
         "fc.bias": weights((10,), 13),
         "steps": np.array([3, 1, 4, 1, 5], dtype=np.int32),
+        "big.weight": big,  # large enough for the default block scan with entry points
     }
+    int8 = {"conv.weight": quantize_tensor(conv), "fc.weight": quantize_tensor(fc), "big.weight": quantize_tensor(big)}
     streams = [
         encode_tensors(tensors).data,  # per-tensor default qps, DQ
         encode_tensors(tensors, qps=-22, dq=False, row_skip=False).data,  # uniform, one qp
-        encode_tensors(tensors, int8={"conv.weight": quantize_tensor(conv), "fc.weight": quantize_tensor(fc)}).data,
+        encode_tensors(tensors, int8=int8).data,
+        encode_tensors(tensors, scan_order=1).data,  # 8x8 blocks for every tensor of 2+ dimensions
     ]
+    assert {u.fields.get("scan_order", 0) for u in parse_units(streams[0])[3:]} == {0, auto_scan_order(big.shape)}
     theirs = oracle([{"op": "decompress", "bitstream": base64.b64encode(s).decode()} for s in streams], tmp_path)
     for stream, reference in zip(streams, theirs, strict=True):
         decoded = decode_stream(stream)

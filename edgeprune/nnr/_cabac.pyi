@@ -20,6 +20,8 @@ def encode(
     num_gtx_flags: int = ...,
     qp_offset: int | None = ...,
     qp_density: int = ...,
+    scan_order: int = ...,
+    entry_points: np.ndarray | None = ...,
 ) -> bytes: ...
 def decode(
     payload: bytes,
@@ -32,8 +34,12 @@ def decode(
     num_gtx_flags: int = ...,
     has_qp_offset: bool = ...,
     qp_density: int = ...,
+    scan_order: int = ...,
+    entry_points: np.ndarray | None = ...,
+    block_rows: tuple[int, int] | None = ...,
 ) -> tuple[int | None, int]: ...
 def quantize(
     weights: np.ndarray, out: np.ndarray, step: float, *, dq: bool, rdoq: float = ..., num_gtx_flags: int = ...
 ) -> None: ...
+def block_rows(rows: int, scan_order: int) -> int: ...
 def step_size(qp: int, qp_density: int) -> float: ...

@@ -166,4 +166,4 @@ def _val_accuracy(model: nn.Module, decoded: DecodedStream, data) -> float:  # n
 
 def coded_bytes(levels: dict[str, np.ndarray]) -> int:
     """CABAC payload bytes of integer levels as model.nnr codes them (INT payload, row layout)."""
-    return sum(len(cabac_payload(lv, lv.shape)) for lv in levels.values())
+    return sum(len(cabac_payload(lv, lv.shape).data) for lv in levels.values())

@@ -11,7 +11,7 @@ rejected with a :class:`BitstreamError` naming the feature; unknown unit types a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -20,6 +20,7 @@ from edgeprune.errors import BitstreamError
 
 MAX_STRING_BYTES = 1 << 26  # a topology JSON larger than 64 MiB is certainly not ours
 MAX_DIMS = 8
+MAX_SCAN_ORDER = 4  # block scans of 8x8 .. 64x64 (scan_order 1..4); 0 is raster
 
 
 class UnitType(IntEnum):
@@ -128,6 +129,47 @@ class SyntaxCoder:
         else:
             self._write_ue(k, int(items[index]))
         return items[index]
+
+    def entry_point_list(self, name: str, count: int, dq: bool) -> list[int]:
+        """``cabac_entry_point_list``: per block row after the first, 8 bits of the decoder's value, the DQ
+        state and the bit offset from the previous entry point (ue(11) for the first, then ie(7) of the
+        change). Kept in NNCodec's packed form: offset delta << 11 | value << 3 | DQ state."""
+        if not self.reading:
+            items = [int(ep) for ep in self.fields[name]]
+            previous = 0
+            for j, ep in enumerate(items):
+                self.io.u(8, (ep >> 3) & 255)
+                if dq:
+                    self.io.u(3, ep & 7)
+                delta = ep >> 11
+                if j == 0:
+                    self._write_ue(11, delta)
+                else:
+                    change = delta - previous
+                    self._write_ue(7, -2 * change if change <= 0 else 2 * change - 1)
+                previous = delta
+            return items
+        if count * (9 + 3 * dq) > self.io.end - self.io.pos:
+            raise BitstreamError(
+                f"{self.io.what} declares {count} entry points, more than its header holds", "the file is damaged"
+            )
+        items, previous = [], 0
+        for j in range(count):
+            value = self.io.u(8)
+            state = self.io.u(3) if dq else 0
+            if j == 0:
+                delta = self._read_ue(11)
+            else:
+                change = self._read_ue(7)
+                delta = previous + ((change + 1) >> 1 if change & 1 else -(change >> 1))
+            if delta < 0:
+                raise BitstreamError(
+                    f"{self.io.what}: entry point {j} lies before the one preceding it", "the file is damaged"
+                )
+            items.append((delta << 11) | (value << 3) | state)
+            previous = delta
+        self.fields[name] = items
+        return items
 
     def _read_ue(self, k: int) -> int:
         value = 0
@@ -299,10 +341,12 @@ def _ndu_header(c: SyntaxCoder) -> None:
         if c.get("general_profile_idc") == 1:
             c.ue("first_tensor_dimension_shift", 1)
         c.u("scan_order", 4)
-        if c.get("scan_order"):
-            raise BitstreamError(
-                f"block scan order {c.get('scan_order')} is not supported", "re-encode with raster scan"
-            )
+        scan_order = c.get("scan_order")
+        if scan_order > MAX_SCAN_ORDER:
+            raise BitstreamError(f"scan order {scan_order} is not defined (0..{MAX_SCAN_ORDER})", "the file is damaged")
+        if scan_order:
+            block_rows = -(-c.get("tensor_dimensions")[0] // (4 << scan_order))
+            c.entry_point_list("cabac_entry_point_list", block_rows - 1, bool(c.get("dq_flag")))
     c.byte_alignment()
 
 
@@ -389,6 +433,8 @@ def write_ndu(
     dq: bool,
     num_gtx_flags: int,
     payload: bytes,
+    scan_order: int = 0,
+    entry_points: Sequence[int] = (),
 ) -> bytes:
     fields = {
         "general_profile_idc": profile,
@@ -410,7 +456,8 @@ def write_ndu(
         "tensor_dimensions": list(dims),
         "cabac_unary_length_minus1": num_gtx_flags - 1,
         "first_tensor_dimension_shift": 0,
-        "scan_order": 0,
+        "scan_order": scan_order,
+        "cabac_entry_point_list": list(entry_points),
     }
     return write_unit(UnitType.NDU, fields, _ndu_header, payload)
 

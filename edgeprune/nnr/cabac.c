@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nnr_derived_tables.h"
 #include "nnr_tables.h"
 
 #define CTX_SIG 0
@@ -29,13 +30,39 @@
 #define SIGNALLED_REM_CONTEXTS 31 /* NNCodec 2.x signals configurations for prefix contexts 0..30 */
 #define MAX_PREFIX 29             /* EG0 prefix bins; enough for |q| < 2^29 */
 
-static const uint8_t DQ_NEXT[8][2] = {{0, 2}, {7, 5}, {1, 3}, {6, 4}, {2, 0}, {5, 7}, {3, 1}, {4, 6}};
+/* The 8-state DQ transition {{0, 2}, {7, 5}, {1, 3}, {6, 4}, {2, 0}, {5, 7}, {3, 1}, {4, 6}}[state][parity],
+ * packed 4 bits per entry: a shift instead of a load on the decoder's critical path. */
+#define DQ_NEXT(state, parity) ((int)((0x6413750246315720ULL >> ((((state) << 1) | ((parity) & 1)) << 2)) & 7))
 
-/* A skipped (all-zero) row still moves the DQ state machine as if `width` zero levels were coded. */
+/* A skipped (all-zero) row still moves the DQ state machine as if `width` zero levels were coded. The
+ * zero transition is a permutation of the 8 states with cycles of length 1, 2 and 4, so `width` zeros act
+ * like width mod 4 of them (a crafted width of 2^30 costs nothing). */
 static inline int dq_after_zero_row(int state, uint32_t width) {
-    for (uint32_t i = 0; i < width; i++) state = DQ_NEXT[state][0];
+    for (uint32_t i = 0; i < (width & 3); i++) state = DQ_NEXT(state, 0);
     return state;
 }
+
+/* ---------------------------------------------------------------- scan order
+ * Raster scan is one block of rows x width. Block scan (scan_order k > 0) cuts the tensor into squares of
+ * 4 << k: block rows top to bottom, in each the blocks left to right, in each block its rows (NNCodec's
+ * Scan). A "segment" is one row's part of one block; row skipping works per segment. */
+
+typedef struct {
+    uint32_t height, width, count; /* block height and width, number of block rows */
+} block_layout;
+
+static block_layout block_layout_of(const nnr_tensor_params *p) {
+    block_layout b = {p->rows, p->width, 1};
+    if (p->scan_order) {
+        b.height = b.width = 4u << p->scan_order;
+        b.count = (p->rows + b.height - 1) / b.height;
+    }
+    return b;
+}
+
+uint32_t nnr_block_rows(const nnr_tensor_params *p) { return block_layout_of(p).count; }
+
+static inline uint32_t min_u32(uint32_t a, uint32_t b) { return a < b ? a : b; }
 
 static inline int bit_length(uint32_t x) {
 #if defined(__GNUC__) || defined(__clang__)
@@ -55,42 +82,57 @@ static inline int level_class(int32_t prev) { return prev == 0 ? 0 : (prev < 0 ?
 /* ---------------------------------------------------------------- probability estimator */
 
 typedef struct {
-    int32_t s;      /* log-domain state, sign = MPS (kept in int16 range, as the standard's 16-bit state) */
-    int32_t f;      /* fast part (s = slow + 16 f), kept in int8 range */
-    int32_t sh_f, sh_s;
+    int16_t s;                  /* log-domain state, sign = MPS (the standard's 16-bit state) */
+    int8_t f;                   /* fast part (s = slow + 16 f) */
+    uint8_t fast_row, slow_row; /* this configuration's rows of NNR_FAST_NEXT / NNR_SLOW_STEP (bin 0) */
+    uint8_t col, mps;           /* LPS-table column and MPS of s, updated with it: off the decoding critical path */
 } context;
 
+static inline int fast_row_of(int cfg) { return 2 * NNR_ESTIMATOR_CONFIGS[cfg][0]; }
+static inline int slow_row_of(int cfg) { return 2 * (NNR_ESTIMATOR_CONFIGS[cfg][1] - NNR_SLOW_SHIFT_BASE); }
+
+/* The two-rate estimator after coding `bin`: the fast part moves by the step curve at its own rate,
+ * the slow part (s - 16 f) at its rate; the reference stores 8-bit / 16-bit parts, hence the wrap-around
+ * (in the fast table, and in the int16 of s). */
+static inline void estimator_update(int32_t *s, int32_t *f, int fast_row, int slow_row, int bin) {
+    int32_t slow = *s - 16 * *f;
+    int32_t toward = bin ? slow : -slow;
+    slow += NNR_SLOW_STEP[slow_row + bin][(16 + (toward >> 7)) & 31];
+    *f = NNR_FAST_NEXT[fast_row + bin][*f + 128];
+    *s = (int16_t)(slow + 16 * *f);
+}
+
+static inline void ctx_set(context *c, int32_t s, int32_t f) {
+    int col = abs(s >> 7); /* arithmetic shift: asymmetric for negative states, as in the standard */
+    col -= col >> 5;       /* |s| < 4096 keeps col <= 32; map a (never reached) 32 to 31 without a branch */
+    c->s = (int16_t)s;
+    c->f = (int8_t)f;
+    c->col = (uint8_t)col;
+    c->mps = s >= 0;
+}
+
 static void ctx_init(context *c, int cfg) {
-    c->sh_f = NNR_ESTIMATOR_CONFIGS[cfg][0] + 4;
-    c->sh_s = NNR_ESTIMATOR_CONFIGS[cfg][1];
-    c->s = NNR_ESTIMATOR_CONFIGS[cfg][2];
-    c->f = NNR_ESTIMATOR_CONFIGS[cfg][3];
+    c->fast_row = (uint8_t)fast_row_of(cfg);
+    c->slow_row = (uint8_t)slow_row_of(cfg);
+    ctx_set(c, NNR_ESTIMATOR_CONFIGS[cfg][2], NNR_ESTIMATOR_CONFIGS[cfg][3]);
 }
 
-static inline void estimator_update(int32_t *s, int32_t *f, int sh_f, int sh_s, int bin) {
-    int d = 2 * bin - 1; /* +1 for a one, -1 for a zero */
-    int fast = *f;
-    int slow = *s - 16 * fast;
-    fast += d * (NNR_STEP_CURVE[(16 + ((d * fast) >> 3)) & 31] >> sh_f);
-    slow += d * (NNR_STEP_CURVE[(16 + ((d * slow) >> 7)) & 31] >> sh_s);
-    fast = (int8_t)fast; /* the reference stores 8-bit / 16-bit parts: keep their wrap-around exactly */
-    *f = fast;
-    *s = (int16_t)(slow + 16 * fast);
+static inline void ctx_update(context *c, int bin) {
+    int32_t s = c->s, f = c->f;
+    estimator_update(&s, &f, c->fast_row, c->slow_row, bin);
+    ctx_set(c, s, f);
 }
 
-static inline uint32_t ctx_rlps(const context *c, uint32_t range) {
-    int col = abs(c->s >> 7); /* arithmetic shift: asymmetric for negative states, as in the standard */
-    col -= col >> 5;          /* |s| < 4096 keeps col <= 32; map a (never reached) 32 to 31 without a branch */
-    return NNR_LPS_TABLE[(range & 0xe0) + (uint32_t)col];
-}
+static inline uint32_t ctx_rlps(const context *c, uint32_t range) { return NNR_LPS_TABLE[(range & 0xe0) + c->col]; }
 
-static inline int ctx_mps(const context *c) { return c->s >= 0; }
+static inline int ctx_mps(const context *c) { return c->mps; }
 
 /* ---------------------------------------------------------------- encoder */
 
 typedef struct {
     uint32_t low, range;
     int32_t bits_left;
+    uint64_t shifts; /* renormalisation shifts so far = the decoder's bit offset (for entry points) */
     uint32_t num_buffered;
     uint32_t buffered;
     uint8_t *out;
@@ -126,6 +168,7 @@ static void enc_start(encoder *e, uint8_t *out, size_t cap) {
     e->low = 0;
     e->range = 510;
     e->bits_left = 23;
+    e->shifts = 0;
     e->num_buffered = 0;
     e->buffered = 0;
     e->out = out;
@@ -140,6 +183,7 @@ static inline void enc_bin(encoder *e, context *c, int bin) {
         if (e->range < 256) {
             e->range <<= 1;
             e->low <<= 1;
+            e->shifts++;
             if (--e->bits_left < 12) enc_write_out(e);
         }
     } else {
@@ -148,12 +192,14 @@ static inline void enc_bin(encoder *e, context *c, int bin) {
         e->range = rlps << n;
         e->low <<= n;
         e->bits_left -= n;
+        e->shifts += (uint64_t)n;
         if (e->bits_left < 12) enc_write_out(e);
     }
-    estimator_update(&c->s, &c->f, c->sh_f, c->sh_s, bin);
+    ctx_update(c, bin);
 }
 
 static inline void enc_bypass(encoder *e, uint32_t value, int nbins) {
+    e->shifts += (uint64_t)nbins;
     for (int i = nbins - 1; i >= 0; i--) {
         e->low <<= 1;
         if ((value >> i) & 1) e->low += e->range;
@@ -203,12 +249,17 @@ typedef struct {
     uint64_t bits[9];
 } context_search;
 
-static void search_init(context_search *cs) {
+/* At an entry point the coder's contexts restart; each candidate configuration restarts too, its cost kept. */
+static void search_restart(context_search *cs) {
     for (int i = 0; i < 9; i++) {
         cs->s[i] = NNR_ESTIMATOR_CONFIGS[i][2];
         cs->f[i] = NNR_ESTIMATOR_CONFIGS[i][3];
-        cs->bits[i] = 0;
     }
+}
+
+static void search_init(context_search *cs) {
+    search_restart(cs);
+    for (int i = 0; i < 9; i++) cs->bits[i] = 0;
 }
 
 static inline void search_bin(context_search *cs, int bin) {
@@ -216,7 +267,7 @@ static inline void search_bin(context_search *cs, int bin) {
         int idx = 512 + (cs->s[i] >> 3);
         idx = idx < 0 ? 0 : (idx > 1023 ? 1023 : idx);
         cs->bits[i] += NNR_RATE_TABLE[idx][bin];
-        estimator_update(&cs->s[i], &cs->f[i], NNR_ESTIMATOR_CONFIGS[i][0] + 4, NNR_ESTIMATOR_CONFIGS[i][1], bin);
+        estimator_update(&cs->s[i], &cs->f[i], fast_row_of(i), slow_row_of(i), bin);
     }
 }
 
@@ -295,8 +346,7 @@ static inline uint32_t bin_cost(const context *c, int bin) {
 #define BYPASS(v, n) (sink->bits += (uint64_t)(n) << 15)
 DEFINE_LEVEL_CODER(rate_level, rate_sink, REGULAR_RATE)
 #undef BYPASS
-#define REGULAR_UPDATE(ci, bin) \
-    estimator_update(&sink[(ci)].s, &sink[(ci)].f, sink[(ci)].sh_f, sink[(ci)].sh_s, (bin))
+#define REGULAR_UPDATE(ci, bin) ctx_update(&sink[(ci)], (bin))
 #define BYPASS(v, n) ((void)0)
 DEFINE_LEVEL_CODER(update_level, context, REGULAR_UPDATE)
 #undef BYPASS
@@ -321,14 +371,15 @@ static nnr_status check_params(const nnr_tensor_params *p) {
     if (p->rows == 0 || p->width == 0) return NNR_ERR_ARGUMENT;
     if ((uint64_t)p->rows * p->width > (uint64_t)0x7fffffff) return NNR_ERR_ARGUMENT;
     if (p->num_gtx_flags < 1 || p->num_gtx_flags > NNR_MAX_GTX_FLAGS) return NNR_ERR_ARGUMENT;
-    if (p->qp_density > 7 || p->dq > 1 || p->profile > 1) return NNR_ERR_ARGUMENT;
+    if (p->qp_density > 7 || p->dq > 1 || p->profile > 1 || p->scan_order > 4) return NNR_ERR_ARGUMENT;
+    if (nnr_block_rows(p) > 1 && !p->entry_points) return NNR_ERR_ARGUMENT;
     return NNR_OK;
 }
 
 size_t nnr_encode_bound(const int32_t *levels, const nnr_tensor_params *p) {
     size_t n = (size_t)p->rows * p->width;
     /* sig + sign + gtx flags + EG0 prefix and suffix; regular bins at most 8 bits each */
-    size_t bins = 64 + 13 + p->rows + 8 * (size_t)(24 + 3 + 2 * p->num_gtx_flags + 32);
+    size_t bins = 64 + 13 + p->rows + nnr_block_rows(p) + 8 * (size_t)(24 + 3 + 2 * p->num_gtx_flags + 32);
     for (size_t i = 0; i < n; i++) {
         if (levels[i] == 0) {
             bins += 1;
@@ -340,12 +391,45 @@ size_t nnr_encode_bound(const int32_t *levels, const nnr_tensor_params *p) {
     return bins + 16;
 }
 
-static void signal_configuration(encoder *e, context *ctx, context_search *search, int idx, int cfg_ctx,
-                                 int searched) {
+static uint8_t signal_configuration(encoder *e, context *ctx, context_search *search, int idx, int cfg_ctx,
+                                    int searched) {
     int best = searched ? search_best(&search[idx]) : 0;
     enc_bin(e, &ctx[cfg_ctx], best != 0);
     if (best) enc_bypass(e, (uint32_t)(best - 1), 3);
     ctx_init(&ctx[idx], best);
+    return (uint8_t)best;
+}
+
+/* Bits [bit, bit + n) of the finished payload (zeros past its end). */
+static uint32_t payload_bits(const uint8_t *buf, size_t len, uint64_t bit, int n) {
+    uint32_t v = 0;
+    for (int i = 0; i < n; i++, bit++) {
+        uint32_t byte = (bit >> 3) < len ? buf[bit >> 3] : 0;
+        v = (v << 1) | ((byte >> (7 - (bit & 7))) & 1);
+    }
+    return v;
+}
+
+/* At the start of a block row the encoder restarts its contexts and sets its range to 256. The decoder's
+ * state there is its bit offset (= the encoder's shifts) and the top 8 bits of its value, which are
+ * (codeword - low) at the range's scale: known only once the codeword is finished. Until then the entry
+ * point holds (absolute offset << 12 | low mod 512 << 3 | DQ state); finish_entry_points packs it. */
+static uint64_t enter_block_row(encoder *e, context *ctx, const uint8_t *cfg, int nctx, int state) {
+    for (int i = 0; i < nctx; i++) ctx_init(&ctx[i], cfg[i]);
+    e->range = 256;
+    return (e->shifts << 12) | ((uint64_t)(e->low & 511u) << 3) | (uint64_t)state;
+}
+
+static void finish_entry_points(const encoder *e, uint64_t first, uint64_t *eps, uint32_t count) {
+    const size_t written = e->pos < e->cap ? e->pos : e->cap;
+    uint64_t previous = first >> 12;
+    for (uint32_t i = 0; i < count; i++) {
+        uint64_t offset = eps[i] >> 12;
+        uint32_t low = (uint32_t)(eps[i] >> 3) & 511u;
+        uint32_t value = (payload_bits(e->out, written, offset, 9) - low) & 511u; /* < 256 by construction */
+        eps[i] = ((offset - previous) << 11) | ((uint64_t)(value & 255u) << 3) | (eps[i] & 7u);
+        previous = offset;
+    }
 }
 
 nnr_status nnr_encode_tensor(const int32_t *levels, nnr_tensor_params *p, uint8_t *out, size_t cap,
@@ -354,14 +438,20 @@ nnr_status nnr_encode_tensor(const int32_t *levels, nnr_tensor_params *p, uint8_
     if (st != NNR_OK) return st;
     const uint32_t ngtx = p->num_gtx_flags;
     const size_t n = (size_t)p->rows * p->width;
+    const block_layout blocks = block_layout_of(p);
+    /* NNCodec's encoder and decoder advance DQ by a whole row per skipped block-row segment, which its
+     * own trellis does not follow; edgeprune writes block scan without row skipping. */
+    if (p->scan_order && p->row_skip && uses_row_skip_syntax(p)) return NNR_ERR_ARGUMENT;
     for (size_t i = 0; i < n; i++)
         if (levels[i] > NNR_MAX_ABS_LEVEL || levels[i] < -NNR_MAX_ABS_LEVEL) return NNR_ERR_LEVEL_RANGE;
 
     context ctx[CTX_MAX];
     context_search search[CTX_MAX];
+    uint8_t cfg[CTX_MAX] = {0};
+    const int nctx = (int)CTX_COUNT(ngtx);
     encoder e;
     enc_start(&e, out, cap);
-    for (int i = 0; i < (int)CTX_COUNT(ngtx); i++) ctx_init(&ctx[i], 0);
+    for (int i = 0; i < nctx; i++) ctx_init(&ctx[i], 0);
 
     if (p->has_qp_offset) {
         int nbits = 6 + p->qp_density;
@@ -384,50 +474,73 @@ nnr_status nnr_encode_tensor(const int32_t *levels, nnr_tensor_params *p, uint8_
         for (int i = 0; i < (int)CTX_REM(ngtx) + 32; i++) search_init(&search[i]);
         int state = 0;
         int32_t prev = 0;
-        for (uint32_t r = 0; r < p->rows; r++) {
-            const int32_t *row = levels + (size_t)r * p->width;
-            if (row_skip && row_is_zero(row, p->width)) {
-                if (p->dq) state = dq_after_zero_row(state, p->width);
-                continue;
+        for (uint32_t br = 0; br < blocks.count; br++) {
+            const uint32_t r0 = br * blocks.height, r1 = min_u32(p->rows, r0 + blocks.height);
+            for (uint32_t c0 = 0; c0 < p->width; c0 += blocks.width) {
+                const uint32_t c1 = min_u32(p->width, c0 + blocks.width);
+                for (uint32_t r = r0; r < r1; r++) {
+                    const int32_t *row = levels + (size_t)r * p->width;
+                    if (row_skip && row_is_zero(row, p->width)) {
+                        if (p->dq) state = dq_after_zero_row(state, p->width);
+                        continue;
+                    }
+                    for (uint32_t i = c0; i < c1; i++) {
+                        int32_t q = p->dq ? dq_coded(row[i], state) : row[i];
+                        search_level(search, &e, row[i], state, level_class(prev), ngtx);
+                        prev = row[i];
+                        if (p->dq) state = DQ_NEXT(state, q);
+                    }
+                }
             }
-            for (uint32_t i = 0; i < p->width; i++) {
-                int32_t q = p->dq ? dq_coded(row[i], state) : row[i];
-                search_level(search, &e, row[i], state, level_class(prev), ngtx);
-                prev = row[i];
-                if (p->dq) state = DQ_NEXT[state][q & 1];
+            if (br + 1 < blocks.count) {
+                for (int i = 0; i < (int)CTX_REM(ngtx) + 32; i++) search_restart(&search[i]);
+                prev = 0;
             }
         }
     }
     /* signalled configurations: sig, sign, greater flags, remainder prefixes 0..30 */
     const int cfg_ctx = CTX_CFG(ngtx);
-    for (int i = 0; i < (p->dq ? 24 : 3); i++) signal_configuration(&e, ctx, search, CTX_SIG + i, cfg_ctx, p->estimator_search);
-    for (int i = 0; i < 3; i++) signal_configuration(&e, ctx, search, CTX_SIGN + i, cfg_ctx, p->estimator_search);
-    for (uint32_t i = 0; i < 2 * ngtx; i++) signal_configuration(&e, ctx, search, CTX_GTX + (int)i, cfg_ctx, p->estimator_search);
+    for (int i = 0; i < (p->dq ? 24 : 3); i++) cfg[CTX_SIG + i] = signal_configuration(&e, ctx, search, CTX_SIG + i, cfg_ctx, p->estimator_search);
+    for (int i = 0; i < 3; i++) cfg[CTX_SIGN + i] = signal_configuration(&e, ctx, search, CTX_SIGN + i, cfg_ctx, p->estimator_search);
+    for (uint32_t i = 0; i < 2 * ngtx; i++) cfg[CTX_GTX + i] = signal_configuration(&e, ctx, search, CTX_GTX + (int)i, cfg_ctx, p->estimator_search);
     for (int i = 0; i < SIGNALLED_REM_CONTEXTS; i++)
-        signal_configuration(&e, ctx, search, CTX_REM(ngtx) + i, cfg_ctx, p->estimator_search);
+        cfg[CTX_REM(ngtx) + i] = signal_configuration(&e, ctx, search, CTX_REM(ngtx) + i, cfg_ctx, p->estimator_search);
 
     int state = 0;
     int32_t prev = 0;
-    for (uint32_t r = 0; r < p->rows; r++) {
-        const int32_t *row = levels + (size_t)r * p->width;
-        if (row_skip && row_is_zero(row, p->width)) {
-            if (p->dq) state = dq_after_zero_row(state, p->width);
-            continue;
-        }
-        for (uint32_t i = 0; i < p->width; i++) {
-            int32_t q = row[i];
-            if (p->dq) {
-                if (q != 0 && ((q & 1) != (state & 1))) return NNR_ERR_LEVEL_RANGE; /* not on this quantiser's grid */
-                q = dq_coded(q, state);
+    const uint64_t first = blocks.count > 1 ? enter_block_row(&e, ctx, cfg, nctx, state) : 0;
+    for (uint32_t br = 0; br < blocks.count; br++) {
+        const uint32_t r0 = br * blocks.height, r1 = min_u32(p->rows, r0 + blocks.height);
+        for (uint32_t c0 = 0; c0 < p->width; c0 += blocks.width) {
+            const uint32_t c1 = min_u32(p->width, c0 + blocks.width);
+            for (uint32_t r = r0; r < r1; r++) {
+                const int32_t *row = levels + (size_t)r * p->width;
+                if (row_skip && row_is_zero(row, p->width)) {
+                    if (p->dq) state = dq_after_zero_row(state, p->width);
+                    continue;
+                }
+                for (uint32_t i = c0; i < c1; i++) {
+                    int32_t q = row[i];
+                    if (p->dq) {
+                        if (q != 0 && ((q & 1) != (state & 1))) return NNR_ERR_LEVEL_RANGE; /* not on this quantiser's grid */
+                        q = dq_coded(q, state);
+                    }
+                    encode_level(ctx, &e, q, state, level_class(prev), ngtx);
+                    prev = q;
+                    if (p->dq) state = DQ_NEXT(state, q);
+                }
             }
-            encode_level(ctx, &e, q, state, level_class(prev), ngtx);
-            prev = q;
-            if (p->dq) state = DQ_NEXT[state][q & 1];
+        }
+        if (br + 1 < blocks.count) {
+            p->entry_points[br] = enter_block_row(&e, ctx, cfg, nctx, state);
+            prev = 0;
         }
     }
     enc_finish(&e);
     *out_len = e.pos;
-    return e.pos > cap ? NNR_ERR_OUTPUT_FULL : NNR_OK;
+    if (e.pos > cap) return NNR_ERR_OUTPUT_FULL;
+    finish_entry_points(&e, first, p->entry_points, blocks.count - 1);
+    return NNR_OK;
 }
 
 /* ---------------------------------------------------------------- decoder */
@@ -465,7 +578,7 @@ static inline int dec_bin(decoder *d, context *c) {
     d->range = rmps ^ ((rmps ^ rlps) & lps);
     d->value -= (rmps << 7) & lps;
     int bin = ctx_mps(c) ^ (int)(lps & 1);
-    int n = 9 - bit_length(d->range);
+    int n = NNR_RENORM[d->range >> 1];
     d->range <<= n;
     d->value <<= n;
     d->bits_needed += n;
@@ -473,7 +586,7 @@ static inline int dec_bin(decoder *d, context *c) {
         d->value += dec_byte(d) << d->bits_needed;
         d->bits_needed -= 8;
     }
-    estimator_update(&c->s, &c->f, c->sh_f, c->sh_s, bin);
+    ctx_update(c, bin);
     return bin;
 }
 
@@ -536,16 +649,51 @@ static inline int decode_level(decoder *d, context *ctx, int state, int cls, uin
     return 1;
 }
 
+/* The decoder's entry point here (NNCodec's BinDec::getEntryPoint after entryPointStart): bit offset and
+ * the top 8 value bits. A value that does not fit 8 bits cannot come from an encoder (marked by 256). */
+static void dec_entry_point(decoder *d, uint64_t *offset, uint32_t *value) {
+    d->range = 256;
+    *offset = 8 * (uint64_t)d->pos - 8 + (uint64_t)(int64_t)d->bits_needed;
+    *value = d->value >> 7 < 256 ? d->value >> 7 : 256;
+}
+
+/* Continue decoding at a bit offset with these 8 value bits (BinDec::setEntryPoint); 0 if it lies
+ * outside the payload. */
+static int dec_seek(decoder *d, uint64_t offset, uint32_t value) {
+    if (offset > 8 * (uint64_t)d->len) return 0;
+    const uint64_t t = offset + 9;
+    size_t pos = (size_t)(t >> 3);
+    int32_t bits_needed = (int32_t)(t & 7) - 9;
+    if (t & 7)
+        pos++;
+    else
+        bits_needed += 8;
+    if (pos > d->len) return 0;
+    d->pos = pos;
+    d->bits_needed = bits_needed;
+    d->range = 256;
+    d->value = (value << 7) + (((uint32_t)d->buf[pos - 1] << (8 + bits_needed)) & 127u);
+    return 1;
+}
+
 nnr_status nnr_decode_tensor(const uint8_t *payload, size_t len, nnr_tensor_params *p, int32_t *levels,
                              size_t *consumed) {
     nnr_status st = check_params(p);
     if (st != NNR_OK) return st;
     if (len < 2) return NNR_ERR_TRUNCATED;
     const uint32_t ngtx = p->num_gtx_flags;
+    const block_layout blocks = block_layout_of(p);
+    const uint32_t first_br = p->first_block_row;
+    const uint32_t end_br = p->end_block_row ? p->end_block_row : blocks.count;
+    if (first_br >= end_br || end_br > blocks.count) return NNR_ERR_ARGUMENT;
+    const uint32_t row_begin = first_br * blocks.height, row_end = min_u32(p->rows, end_br * blocks.height);
+    *consumed = 0;
     context ctx[CTX_MAX];
+    uint8_t cfg[CTX_MAX] = {0};
+    const int nctx = (int)CTX_COUNT(ngtx);
     decoder d;
     dec_start(&d, payload, len);
-    for (int i = 0; i < (int)CTX_COUNT(ngtx); i++) ctx_init(&ctx[i], 0);
+    for (int i = 0; i < nctx; i++) ctx_init(&ctx[i], 0);
 
     if (p->has_qp_offset) {
         int nbits = 6 + p->qp_density;
@@ -556,9 +704,13 @@ nnr_status nnr_decode_tensor(const uint8_t *payload, size_t len, nnr_tensor_para
     int row_skip = 0;
     if (skip_syntax) {
         row_skip = (int)dec_bypass(&d, 1);
-        /* the skip flag of row r is parked in levels[r * width] until that row is reached */
+        /* the skip flag of row r is parked in the row's last element until its last segment is reached;
+         * only rows of this block-row range are written */
         if (row_skip)
-            for (uint32_t r = 0; r < p->rows; r++) levels[(size_t)r * p->width] = dec_bin(&d, &ctx[CTX_SKIP(ngtx)]);
+            for (uint32_t r = 0; r < p->rows; r++) {
+                int skip = dec_bin(&d, &ctx[CTX_SKIP(ngtx)]);
+                if (r >= row_begin && r < row_end) levels[(size_t)r * p->width + p->width - 1] = skip;
+            }
     }
     const int cfg_ctx = CTX_CFG(ngtx);
     const int nsig = p->dq ? 24 : 3;
@@ -567,8 +719,8 @@ nnr_status nnr_decode_tensor(const uint8_t *payload, size_t len, nnr_tensor_para
                   : i < nsig + 3 ? CTX_SIGN + (i - nsig)
                   : i < nsig + 3 + 2 * (int)ngtx ? CTX_GTX + (i - nsig - 3)
                   : (int)CTX_REM(ngtx) + (i - nsig - 3 - 2 * (int)ngtx);
-        int cfg = dec_bin(&d, &ctx[cfg_ctx]) ? 1 + (int)dec_bypass(&d, 3) : 0;
-        ctx_init(&ctx[idx], cfg);
+        cfg[idx] = dec_bin(&d, &ctx[cfg_ctx]) ? (uint8_t)(1 + dec_bypass(&d, 3)) : 0;
+        ctx_init(&ctx[idx], cfg[idx]);
     }
     if (d.pos > len + 2) return NNR_ERR_TRUNCATED;
 
@@ -576,28 +728,63 @@ nnr_status nnr_decode_tensor(const uint8_t *payload, size_t len, nnr_tensor_para
     const uint32_t max_abs = p->dq ? NNR_MAX_ABS_LEVEL / 2 : NNR_MAX_ABS_LEVEL;
     int state = 0;
     int32_t prev = 0;
-    for (uint32_t r = 0; r < p->rows; r++) {
-        int32_t *row = levels + (size_t)r * p->width;
-        if (row_skip && row[0]) {
-            memset(row, 0, sizeof(int32_t) * p->width);
-            if (p->dq) state = dq_after_zero_row(state, p->width);
-            continue;
+    uint64_t offset = 0; /* absolute bit offset of the current block row's entry point */
+    if (blocks.count > 1) {
+        uint32_t value;
+        dec_entry_point(&d, &offset, &value);
+        if (value > 255) return NNR_ERR_CORRUPT;
+        for (int i = 0; i < nctx; i++) ctx_init(&ctx[i], cfg[i]);
+        for (uint32_t br = 0; br < first_br; br++) {
+            offset += p->entry_points[br] >> 11; /* deltas below 2^53 each: cannot wrap before the check */
+            if (offset > 8 * (uint64_t)len) return NNR_ERR_CORRUPT;
         }
-        for (uint32_t i = 0; i < p->width; i++) {
-            int32_t q;
-            if (!decode_level(&d, ctx, state, level_class(prev), ngtx, max_abs, &q))
-                return d.pos > len + 2 ? NNR_ERR_TRUNCATED : NNR_ERR_CORRUPT;
-            prev = q;
-            if (p->dq) {
-                row[i] = q == 0 ? 0 : 2 * q - (q < 0 ? -(state & 1) : (state & 1));
-                state = DQ_NEXT[state][q & 1];
-            } else {
-                row[i] = q;
+        if (first_br > 0) {
+            const uint64_t ep = p->entry_points[first_br - 1];
+            if (!dec_seek(&d, offset, (uint32_t)(ep >> 3) & 255u)) return NNR_ERR_CORRUPT;
+            state = (int)(ep & 7u);
+        }
+    }
+    for (uint32_t br = first_br; br < end_br; br++) {
+        const uint32_t r0 = br * blocks.height, r1 = min_u32(p->rows, r0 + blocks.height);
+        for (uint32_t c0 = 0; c0 < p->width; c0 += blocks.width) {
+            const uint32_t c1 = min_u32(p->width, c0 + blocks.width);
+            for (uint32_t r = r0; r < r1; r++) {
+                int32_t *row = levels + (size_t)r * p->width;
+                if (row_skip && row[p->width - 1]) {
+                    if (c1 == p->width) row[p->width - 1] = 0; /* the flag's segment comes last */
+                    memset(row + c0, 0, sizeof(int32_t) * (c1 - c0 - (c1 == p->width)));
+                    if (p->dq) state = dq_after_zero_row(state, p->width);
+                    continue;
+                }
+                for (uint32_t i = c0; i < c1; i++) {
+                    int32_t q;
+                    if (!decode_level(&d, ctx, state, level_class(prev), ngtx, max_abs, &q))
+                        return d.pos > len + 2 ? NNR_ERR_TRUNCATED : NNR_ERR_CORRUPT;
+                    prev = q;
+                    if (p->dq) {
+                        row[i] = q == 0 ? 0 : 2 * q - (q < 0 ? -(state & 1) : (state & 1));
+                        state = DQ_NEXT(state, q);
+                    } else {
+                        row[i] = q;
+                    }
+                }
+                /* a stream that ran out long ago is truncated: stop instead of decoding zeros */
+                if (d.pos > len + 2) return NNR_ERR_TRUNCATED;
             }
         }
-        /* a stream that ran out long ago is truncated: stop instead of decoding zeros */
-        if (d.pos > len + 2) return NNR_ERR_TRUNCATED;
+        if (br + 1 < blocks.count) {
+            /* the next block row must start exactly where its entry point says */
+            const uint64_t ep = p->entry_points[br];
+            uint64_t here;
+            uint32_t value;
+            dec_entry_point(&d, &here, &value);
+            offset += ep >> 11;
+            if (here != offset || value != ((ep >> 3) & 255u) || (uint64_t)state != (ep & 7u)) return NNR_ERR_CORRUPT;
+            for (int i = 0; i < nctx; i++) ctx_init(&ctx[i], cfg[i]);
+            prev = 0;
+        }
     }
+    if (end_br < blocks.count) return NNR_OK;
     int end = dec_terminate(&d);
     *consumed = d.pos;
     if (d.pos > len + 2) return NNR_ERR_TRUNCATED;

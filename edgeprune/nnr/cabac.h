@@ -3,6 +3,9 @@
  * One call codes the arithmetic-coded payload of one NDU holding one tensor: the optional qp offset,
  * the row-skip flags, the estimator-configuration signalling, the levels and the terminating bin.
  * The tensor is viewed as `rows` x `width` (width = product of all but the first dimension).
+ * With a block scan (scan_order 1..4) it is coded in square blocks of 4 << scan_order, block row by
+ * block row; every block row after the first starts at an *entry point* (the CABAC range reset to 256,
+ * fresh contexts, the DQ state carried over) so that block rows can be decoded on several threads.
  * Levels are always passed as *reconstruction indices* n (w = step * n); with dependent
  * quantisation the coder converts to and from the coded index q itself.
  *
@@ -39,7 +42,15 @@ typedef struct {
     uint8_t has_qp_offset;  /* payload type FLOAT: the qp offset is the first thing in the payload */
     uint8_t qp_density;     /* its width is 6 + qp_density bypass bins */
     int32_t qp_offset;      /* encoder input / decoder output */
+    uint8_t scan_order;     /* 0 raster; 1..4 block scan (ignored for rows == 1: one block row) */
+    uint64_t *entry_points; /* nnr_block_rows() - 1 entry points in NNCodec's packed form
+                             * (bit-offset delta << 11 | top 8 value bits << 3 | DQ state): written by
+                             * the encoder, read by the decoder; NULL when there is one block row */
+    uint32_t first_block_row, end_block_row; /* decoder: decode block rows [first, end) only (0, 0: all) */
 } nnr_tensor_params;
+
+/* Number of block rows (entry points + 1) of a tensor with these dimensions and scan order. */
+uint32_t nnr_block_rows(const nnr_tensor_params *p);
 
 /* Upper bound of the payload size in bytes for these levels (every regular bin costs at most 8 bits). */
 size_t nnr_encode_bound(const int32_t *levels, const nnr_tensor_params *p);
@@ -48,7 +59,11 @@ size_t nnr_encode_bound(const int32_t *levels, const nnr_tensor_params *p);
 nnr_status nnr_encode_tensor(const int32_t *levels, nnr_tensor_params *p, uint8_t *out, size_t cap,
                              size_t *out_len);
 
-/* Decode `len` payload bytes into levels[rows*width]; fills p->qp_offset; *consumed = bytes used. */
+/* Decode `len` payload bytes into levels[rows*width]; fills p->qp_offset; *consumed = bytes used.
+ * With entry points and a block-row range, only the rows of that range are written (several threads
+ * may decode disjoint ranges of one payload into one array); each range checks that its last block row
+ * ends exactly where the next entry point says, and the range holding the last block row checks the
+ * end of the payload and sets *consumed (0 for the other ranges). */
 nnr_status nnr_decode_tensor(const uint8_t *payload, size_t len, nnr_tensor_params *p, int32_t *levels,
                              size_t *consumed);
 
