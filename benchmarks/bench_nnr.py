@@ -213,6 +213,68 @@ def throughput_rows(params: dict[str, np.ndarray], qp: int = -32) -> list[dict]:
     return rows
 
 
+def embedding_params() -> dict[str, np.ndarray]:
+    """One dominant tensor: a MiniLM-sized word-embedding table (30,522 x 384, BERT's N(0, 0.02) init),
+    where decoding tensor by tensor cannot use a second thread."""
+    rng = np.random.default_rng(0)
+    return {"embeddings.word_embeddings.weight": (rng.standard_normal((30522, 384)) * 0.02).astype(np.float32)}
+
+
+def _best_decode(data: bytes, threads: int, repeat: int = 5) -> tuple[float, float]:
+    """(wall s, process CPU s), each the best of ``repeat`` decodes."""
+    wall = cpu = float("inf")
+    for _ in range(repeat):
+        w0, c0 = time.perf_counter(), time.process_time()
+        decode_stream(data, threads=threads)
+        wall, cpu = min(wall, time.perf_counter() - w0), min(cpu, time.process_time() - c0)
+    return wall, cpu
+
+
+def decode_scaling_rows(models: list[tuple[str, dict[str, np.ndarray]]], qp: int = -32) -> list[dict]:
+    """Decode wall time against NNCodec (single-threaded; its CPU time, which is at most its wall time):
+    edgeprune's default streams (large tensors in block scan with entry points) on 1 and 2 threads,
+    the same weights in raster scan (parallel across tensors only), and NNCodec's own stream."""
+    rows = []
+    for label, params in models:
+        n = sum(v.size for v in params.values())
+        enc = oracle([{"op": "compress", "params": {k: arr(v) for k, v in params.items()}, "kwargs": {"qp": qp}}])[0]
+        theirs = base64.b64decode(enc["bitstream"])
+        reference = oracle([{"op": "decompress", "bitstream": enc["bitstream"], "repeat": 3}])[0]["seconds"]
+        streams = {
+            "edgeprune default (block scan)": encode_tensors(params, qps=qp).data,
+            "edgeprune raster scan": encode_tensors(params, qps=qp, scan_order=0).data,
+            "edgeprune decoding NNCodec's stream": theirs,
+        }
+        rows.append(
+            {
+                "model": label,
+                "weights": n,
+                "decoder": "NNCodec 2.1.3",
+                "threads": 1,
+                "wall_s": reference,
+                "cpu_s": reference,
+                "bytes": len(theirs),
+            }
+        )
+        for name, data in streams.items():
+            for threads in (1, 2):
+                wall, cpu = _best_decode(data, threads)
+                rows.append(
+                    {
+                        "model": label,
+                        "weights": n,
+                        "decoder": name,
+                        "threads": threads,
+                        "wall_s": wall,
+                        "cpu_s": cpu,
+                        "bytes": len(data),
+                    }
+                )
+        for r in rows[-7:]:
+            r["vs_nncodec"] = reference / r["wall_s"]
+    return rows
+
+
 def curve(name: str, model, data) -> dict:  # noqa: ANN001
     params = float_params(model)
     float_acc = evaluate(model, data.loader("test", 256))["accuracy"]
@@ -290,7 +352,27 @@ def equal_accuracy_ratio(c: dict) -> tuple[float | None, dict | None]:
     return best["bytes"] / default["bytes"], best
 
 
-def markdown(same: list[dict], speed: list[dict], curves: list[dict], seconds: float) -> str:
+def decode_markdown(rows: list[dict]) -> list[str]:
+    lines = [
+        "",
+        "**Decode wall time vs NNCodec** (qp -32, DQ; dict -> bytes -> dict per call; best of 5 decodes, NNCodec "
+        "best of 3 in its own process; NNCodec decodes on one thread, so its CPU time stands for its wall time):",
+        "",
+        "| weights | decoder | threads | stream B | wall s | CPU s | Mparams/s (wall) | vs NNCodec (wall) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} ({r['weights'] / 1e6:.1f} M) | {r['decoder']} | {r['threads']} | {r['bytes']:,} | "
+            f"{r['wall_s']:.3f} | {r['cpu_s']:.3f} | {r['weights'] / r['wall_s'] / 1e6:.1f} | "
+            f"{r['vs_nncodec']:.2f}x |"
+        )
+    return lines
+
+
+def markdown(
+    same: list[dict], speed: list[dict], curves: list[dict], seconds: float, decode: list[dict] | None = None
+) -> str:
     lines = [
         f"Machine: {platform.node()} ({os.cpu_count()} CPUs, {platform.machine()}), "
         f"Python {platform.python_version()}, "
@@ -338,6 +420,7 @@ def markdown(same: list[dict], speed: list[dict], curves: list[dict], seconds: f
             f"| {r['coder']} | {r['threads']} | {enc} | {r['decode_s']:.2f} | {r['decode_Mparams_s']:.2f} | "
             f"{base['decode_s'] / r['decode_s']:.1f}x | {wall} |"
         )
+    lines += decode_markdown(decode or [])
     lines += [
         "",
         "**Accuracy vs size** (`benchmarks/results/nnr_accuracy_vs_size.png`): NNCodec's single qp vs "
@@ -364,28 +447,41 @@ def markdown(same: list[dict], speed: list[dict], curves: list[dict], seconds: f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip-throughput", action="store_true", help="Leave out the 15 M-weight timing run.")
+    parser.add_argument("--skip-throughput", action="store_true", help="Leave out the 15 M-weight timing runs.")
+    parser.add_argument(
+        "--decode-only", action="store_true", help="Only the decode-speed table (writes results/nnr_decode.md)."
+    )
     args = parser.parse_args()
     if not VENV_PYTHON.exists():
         raise SystemExit("NNCodec venv missing: run tools/install.d/50-nncodec.sh")
     torch.set_num_threads(1)
     start = time.perf_counter()
+    from edgeprune.models import vgg16_cifar
+
+    torch.manual_seed(0)
+    vgg = float_params(vgg16_cifar())
+    decode = [] if args.skip_throughput else decode_scaling_rows([("VGG-16", vgg), ("embedding", embedding_params())])
+    if args.decode_only:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        text = "\n".join(decode_markdown(decode)) + "\n"
+        (RESULTS / "nnr_decode.md").write_text(text)
+        (RESULTS / "nnr_decode.json").write_text(json.dumps(decode, indent=1))
+        print(text)
+        return
     dense = build_example("lenet5", seed=0)
     pruned = pruned_lenet(dense)
     models = [("LeNet-5 dense (digits)", dense.model), ("LeNet-5 L1-pruned + simplified", pruned.model)]
     same = [row for name, m in models for row in same_qp_rows(name, m, dense.data)]
     speed = []
     if not args.skip_throughput:
-        from edgeprune.models import vgg16_cifar
-
-        torch.manual_seed(0)
-        speed = throughput_rows(float_params(vgg16_cifar()))
+        speed = throughput_rows(vgg)
     curves = [curve(name, m, dense.data) for name, m in models]
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(curves, RESULTS / "nnr_accuracy_vs_size.png")
-    text = markdown(same, speed, curves, time.perf_counter() - start)
+    text = markdown(same, speed, curves, time.perf_counter() - start, decode)
     (RESULTS / "nnr.md").write_text(text)
-    (RESULTS / "nnr.json").write_text(json.dumps({"same_qp": same, "throughput": speed, "curves": curves}, indent=1))
+    results = {"same_qp": same, "throughput": speed, "decode": decode, "curves": curves}
+    (RESULTS / "nnr.json").write_text(json.dumps(results, indent=1))
     print(text)
 
 

@@ -28,7 +28,7 @@ from edgeprune.quant import (
     to_deploy_graph,
     with_quantized_weights,
 )
-from edgeprune.quant.calibrate import entropy_threshold
+from edgeprune.quant.calibrate import entropy_threshold, mse_range
 from edgeprune.quant.stage import run as run_quantize_stage
 
 
@@ -129,6 +129,9 @@ def test_calibration_ranges(trained_lenet5, digits):
     entropy = calibrate_activations(deploy, batch, "entropy")
     assert entropy.keys() == minmax.keys()
     assert all(minmax[k][0] <= entropy[k][0] <= entropy[k][1] <= minmax[k][1] for k in minmax)
+    mse = calibrate_activations(deploy, batch, "mse")
+    assert mse.keys() == minmax.keys()
+    assert all(min(minmax[k][0], 0) <= mse[k][0] <= 0 <= mse[k][1] <= max(minmax[k][1], 0) for k in minmax)
     with pytest.raises(DataError, match="unknown calibration method 'kl'"):
         calibrate_activations(deploy, batch, "kl")
 
@@ -144,6 +147,25 @@ def test_entropy_threshold_clips_rare_outliers_and_keeps_a_dense_range():
     threshold = entropy_threshold(gaussian)
     assert 2.5 < threshold < 10.0
     assert entropy_threshold(np.zeros(10)) == 0.0
+
+
+def _uint8_error(values: np.ndarray, low: float, high: float) -> float:
+    scale = (high - low) / 255
+    zero = np.round(-low / scale)
+    return float((((np.clip(np.round(values / scale) + zero, 0, 255) - zero) * scale - values) ** 2).sum())
+
+
+def test_mse_range_weighs_clipping_against_resolution():
+    """The chosen range reconstructs the values better than minmax does (measured on the values, not the
+    histogram the choice was made on), clips a long thin tail, and keeps a bounded distribution whole."""
+    rng = np.random.default_rng(0)
+    tailed = np.concatenate([rng.standard_normal(50_000), rng.standard_normal(200) * 12])
+    low, high = mse_range(*np.histogram(tailed, bins=2048))
+    assert tailed.min() < low < 0 < high < tailed.max()
+    assert _uint8_error(tailed, low, high) < _uint8_error(tailed, tailed.min(), tailed.max())
+    relu6 = np.clip(rng.standard_normal(50_000) * 3, 0, 6)
+    assert mse_range(*np.histogram(relu6, bins=2048)) == pytest.approx((0.0, 6.0), abs=6 / 2048)
+    assert mse_range(np.zeros(4), np.linspace(0, 1, 5)) == (0.0, 0.0)
 
 
 def test_quantize_stage_on_real_data(tmp_path, trained_lenet5):

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -164,8 +165,12 @@ def quantize_int8(
     batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     reader = _BatchReader(calibration, chunk=32 if batch_dim.dim_param else max(1, batch_dim.dim_value))
     extra: dict = {"WeightSymmetric": True, "CalibPercentile": percentile, "QDQDisableWeightAdjustForInt32Bias": True}
-    if weight_scales:
-        extra["TensorQuantOverrides"] = weight_scale_overrides(model, weight_scales)
+    overrides = weight_scale_overrides(model, weight_scales) if weight_scales else {}
+    if method == "mse":
+        chunk = 32 if batch_dim.dim_param else max(1, batch_dim.dim_value)
+        overrides.update(mse_activation_overrides(snapped_fp32, _BatchReader(calibration, chunk), dest.parent))
+    if overrides:
+        extra["TensorQuantOverrides"] = overrides
     with atomic_path(dest) as tmp, _quiet():
         quantize_static(
             str(snapped_fp32),
@@ -175,10 +180,37 @@ def quantize_int8(
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=ort_calibration_method(method),
+            calibrate_method=ort_calibration_method("minmax" if method == "mse" else method),
             extra_options=extra,
         )
     return dest
+
+
+def mse_activation_overrides(fp32: Path, reader: _BatchReader, scratch: Path) -> dict[str, list]:
+    """``TensorQuantOverrides`` giving every activation its least-squared-error uint8 range.
+
+    onnxruntime has no MSE calibrator, but its histogram calibrator collects the signed histogram of every
+    tensor it would quantise; :func:`edgeprune.quant.mse_range` picks each range from it and onnxruntime
+    builds its scale and zero point from that range as it would from a calibrated one.
+    """
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+    from edgeprune.quant.calibrate import HISTOGRAM_BINS, mse_range
+
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp, _quiet():
+        calibrator = create_calibrator(
+            fp32,
+            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=CalibrationMethod.Percentile,
+            extra_options={"symmetric": False, "num_bins": HISTOGRAM_BINS},
+        )
+        calibrator.collect_data(reader)
+        histograms = calibrator.collector.histogram_dict
+    overrides = {}
+    for name, (counts, edges, *_) in histograms.items():
+        low, high = mse_range(counts, edges)
+        overrides[name] = [{"rmin": np.float32(low), "rmax": np.float32(high)}]
+    return overrides
 
 
 def ort_calibration_method(method: str):  # noqa: ANN201 - onnxruntime.quantization.CalibrationMethod

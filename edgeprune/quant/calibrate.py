@@ -1,4 +1,4 @@
-"""Activation calibration: per-tensor ranges on real samples (``minmax``, ``percentile`` or ``entropy``)."""
+"""Activation calibration: per-tensor ranges on real samples (``minmax``, ``percentile``, ``entropy``, ``mse``)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ from torch import fx
 from edgeprune.artifact import Artifact
 from edgeprune.errors import DataError
 
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 # "best": the INT8 ONNX export quantises with every method and keeps the file whose exact INT8 outputs agree
 # most with the float model on the validation split (the methods' rank changes from model to model).
 CALIBRATION_CHOICES = (*CALIBRATION_METHODS, "best")
 HISTOGRAM_BINS = 2048  # of |x|, for the entropy threshold (TensorRT's choice)
 QUANTIZED_BINS = 128  # the levels one sign of an 8-bit grid has
 THRESHOLD_STRIDE = 16  # candidate thresholds every 16 bins (0.8 % of the range): 120 KL evaluations, not 1,920
+ACTIVATION_LEVELS = 255  # uint8 activations with a zero point: (high - low) / 255 per step
+MSE_CANDIDATES = np.linspace(0.2, 1.0, 81)  # shrink factors of the observed range tried by the mse method
 
 
 class _RangeRecorder(fx.Interpreter):
@@ -47,8 +49,10 @@ def calibrate_activations(
 
     ``minmax`` takes the extremes over the whole batch; ``percentile`` the ``100-p`` and ``p``
     percentiles, which ignores the few outliers that would otherwise stretch an 8-bit grid; ``entropy``
-    the clipping threshold whose 8-bit histogram keeps the most information (:func:`entropy_threshold`).
-    Percentile and entropy ranges are averaged over chunks of ``chunk`` samples.
+    the clipping threshold whose 8-bit histogram keeps the most information (:func:`entropy_threshold`);
+    ``mse`` the range whose uint8 grid reconstructs the values with the least squared error, clipping
+    included (:func:`mse_range`). Percentile, entropy and mse ranges are averaged over chunks of ``chunk``
+    samples.
     """
     if method not in CALIBRATION_METHODS:
         raise DataError(f"unknown calibration method {method!r}", f"choose one of {', '.join(CALIBRATION_METHODS)}")
@@ -60,6 +64,11 @@ def calibrate_activations(
             flat = value.detach().reshape(-1).numpy()
             threshold = entropy_threshold(flat)
             return max(float(flat.min()), -threshold), min(float(flat.max()), threshold)
+        if method == "mse":
+            flat = value.detach().reshape(-1).numpy().astype(np.float64)
+            low, high = min(float(flat.min()), 0.0), max(float(flat.max()), 0.0)
+            counts, edges = np.histogram(flat, bins=HISTOGRAM_BINS, range=(low, high) if high > low else None)
+            return mse_range(counts, edges)
         low, high = np.percentile(value.detach().reshape(-1).numpy(), [100.0 - percentile, percentile])
         return float(low), float(high)
 
@@ -105,6 +114,33 @@ def entropy_threshold(values: np.ndarray) -> float:
         if kl < best_kl:
             best, best_kl = stop, kl
     return float(edges[best])
+
+
+def mse_range(counts: np.ndarray, edges: np.ndarray) -> tuple[float, float]:
+    """The range ``(low, high)`` whose uint8 grid (255 steps, zero point on the grid, as onnxruntime builds
+    it) reconstructs a histogram's values with the least squared error, clipping included.
+
+    Candidates shrink the observed range (widened to contain 0) by MSE_CANDIDATES; a value is taken at its
+    bin's centre. Minmax wastes levels on rare outliers and percentile clips a fixed share whatever it costs;
+    this weighs the two errors against each other per tensor.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    edges = np.asarray(edges, dtype=np.float64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    occupied = counts > 0
+    if not occupied.any():
+        return 0.0, 0.0
+    low = min(float(edges[:-1][occupied].min()), 0.0)
+    high = max(float(edges[1:][occupied].max()), 0.0)
+    if high <= low:
+        return low, high
+    lows, highs = MSE_CANDIDATES[:, None] * low, MSE_CANDIDATES[:, None] * high
+    scale = (highs - lows) / ACTIVATION_LEVELS
+    zero = np.round(-lows / scale)
+    levels = np.clip(np.round(centres[None, :] / scale) + zero, 0, ACTIVATION_LEVELS)
+    error = ((levels - zero) * scale - centres[None, :]) ** 2 @ counts
+    best = int(np.argmin(error))
+    return float(lows[best, 0]), float(highs[best, 0])
 
 
 def calibration_inputs(art: Artifact, samples: int) -> torch.Tensor:

@@ -44,8 +44,9 @@ class QuantOptions:
         default="minmax",
         metadata=cli(
             "How INT8 activation ranges are calibrated: extremes (minmax), percentiles or the KL-optimal "
-            "threshold (entropy) that ignore outliers, or 'best': the INT8 ONNX export tries all three and "
-            "keeps the file that agrees most with the float model on the validation split.",
+            "threshold (entropy) that ignore outliers, the least-squared-error uint8 range per tensor (mse), "
+            "or 'best': the INT8 ONNX export tries all four and keeps the file that agrees most with the "
+            "float model on the validation split.",
             choices=CALIBRATION_CHOICES,
             prefixed=False,
         ),
