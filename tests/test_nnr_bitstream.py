@@ -310,7 +310,7 @@ def test_entry_point_lists_round_trip_through_the_syntax():
 
 def _big_stream(**kw) -> bytes:  # noqa: ANN003
     rng = np.random.default_rng(2)
-    big = (rng.standard_normal((256, 300)) * 0.05).astype(np.float32)
+    big = (rng.standard_normal((256, 4100)) * 0.05).astype(np.float32)  # 1.05 M weights: block scan by default
     tensors = {"big.weight": big, "bias": np.ones(3, np.float32)}
     return encode_tensors(tensors, **kw).data
 
