@@ -105,6 +105,14 @@ def auto_scan_order(shape: tuple[int, ...]) -> int:
     return next((order for order in range(4, 0, -1) if _cabac.block_rows(int(shape[0]), order) >= 2), 0)
 
 
+def resolve_scan_order(shape: tuple[int, ...], requested: int | None) -> int:
+    """The scan order a tensor is written in: ``requested`` (NNCodec's option, for tensors of two or more
+    dimensions; 1-D tensors have no scan-order field), or :func:`auto_scan_order` when None."""
+    if requested is None:
+        return auto_scan_order(shape)
+    return requested if len(shape) > 1 else 0
+
+
 def scan_positions(rows: int, width: int, scan_order: int) -> np.ndarray:
     """Flat positions in coding order: block rows, then blocks left to right, then rows in a block
     (NNCodec's Scan). The DQ trellis must run in this order: its states chain along the coded sequence."""
@@ -193,7 +201,7 @@ def cabac_payload(
     profile) - the one place the coder is called, so size estimates cost what files do. ``scan_order``
     None picks :func:`auto_scan_order`; a block scan is written without row skipping (see cabac.c)."""
     shape = tuple(shape) or (1,)
-    order = auto_scan_order(shape) if scan_order is None else (scan_order if len(shape) > 1 else 0)
+    order = resolve_scan_order(shape, scan_order)
     rows, width = coder_layout(shape, order)
     entry_points = np.zeros(max(_cabac.block_rows(rows, order) - 1, 0), dtype=np.uint64)
     data = _cabac.encode(
@@ -237,7 +245,7 @@ def _encode_job(
         return write_ndu(
             PROFILE, job.name, job.index, PayloadType.RAW_FLOAT, list(shape), False, NUM_GTX_FLAGS, payload
         ), flat
-    order = auto_scan_order(shape) if scan_order is None else (scan_order if len(shape) > 1 else 0)
+    order = resolve_scan_order(shape, scan_order)
     if job.mode == "qp":
         assert job.qp is not None, "qp-mode jobs carry their qp"
         try:
