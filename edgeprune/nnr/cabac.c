@@ -432,6 +432,51 @@ static void finish_entry_points(const encoder *e, uint64_t first, uint64_t *eps,
     }
 }
 
+/* The encoder's walk over the levels in scan order: with `search` the estimator-configuration search
+ * (NNCodec binarises the reconstruction index n there, not q, and uses it as the neighbour; reproduced so
+ * that the chosen configurations, hence the bytes, match), without it the coding itself. Every block row
+ * after the first starts at an entry point (whose contexts or candidate states restart). */
+static nnr_status walk_levels(const int32_t *levels, nnr_tensor_params *p, block_layout blocks, int row_skip,
+                              encoder *e, context *ctx, const uint8_t *cfg, context_search *search) {
+    const uint32_t ngtx = p->num_gtx_flags;
+    int state = 0;
+    int32_t prev = 0;
+    for (uint32_t br = 0; br < blocks.count; br++) {
+        const uint32_t r0 = br * blocks.height, r1 = min_u32(p->rows, r0 + blocks.height);
+        for (uint32_t c0 = 0; c0 < p->width; c0 += blocks.width) {
+            const uint32_t c1 = min_u32(p->width, c0 + blocks.width);
+            for (uint32_t r = r0; r < r1; r++) {
+                const int32_t *row = levels + (size_t)r * p->width;
+                if (row_skip && row_is_zero(row, p->width)) {
+                    if (p->dq) state = dq_after_zero_row(state, p->width);
+                    continue;
+                }
+                for (uint32_t i = c0; i < c1; i++) {
+                    const int32_t n = row[i];
+                    if (p->dq && n != 0 && (n & 1) != (state & 1)) return NNR_ERR_LEVEL_RANGE; /* off the DQ grid */
+                    const int32_t q = p->dq ? dq_coded(n, state) : n;
+                    if (search) {
+                        search_level(search, e, n, state, level_class(prev), ngtx);
+                        prev = n;
+                    } else {
+                        encode_level(ctx, e, q, state, level_class(prev), ngtx);
+                        prev = q;
+                    }
+                    if (p->dq) state = DQ_NEXT(state, q);
+                }
+            }
+        }
+        if (br + 1 < blocks.count) {
+            if (search)
+                for (int i = 0; i < (int)CTX_REM(ngtx) + 32; i++) search_restart(&search[i]);
+            else
+                p->entry_points[br] = enter_block_row(e, ctx, cfg, (int)CTX_COUNT(ngtx), state);
+            prev = 0;
+        }
+    }
+    return NNR_OK;
+}
+
 nnr_status nnr_encode_tensor(const int32_t *levels, nnr_tensor_params *p, uint8_t *out, size_t cap,
                              size_t *out_len) {
     nnr_status st = check_params(p);
@@ -469,34 +514,9 @@ nnr_status nnr_encode_tensor(const int32_t *levels, nnr_tensor_params *p, uint8_
     }
 
     if (p->estimator_search) {
-        /* NNCodec binarises the reconstruction index n here (not q) and uses it as the neighbour;
-         * reproduced so that the chosen configurations, hence the bytes, match. */
         for (int i = 0; i < (int)CTX_REM(ngtx) + 32; i++) search_init(&search[i]);
-        int state = 0;
-        int32_t prev = 0;
-        for (uint32_t br = 0; br < blocks.count; br++) {
-            const uint32_t r0 = br * blocks.height, r1 = min_u32(p->rows, r0 + blocks.height);
-            for (uint32_t c0 = 0; c0 < p->width; c0 += blocks.width) {
-                const uint32_t c1 = min_u32(p->width, c0 + blocks.width);
-                for (uint32_t r = r0; r < r1; r++) {
-                    const int32_t *row = levels + (size_t)r * p->width;
-                    if (row_skip && row_is_zero(row, p->width)) {
-                        if (p->dq) state = dq_after_zero_row(state, p->width);
-                        continue;
-                    }
-                    for (uint32_t i = c0; i < c1; i++) {
-                        int32_t q = p->dq ? dq_coded(row[i], state) : row[i];
-                        search_level(search, &e, row[i], state, level_class(prev), ngtx);
-                        prev = row[i];
-                        if (p->dq) state = DQ_NEXT(state, q);
-                    }
-                }
-            }
-            if (br + 1 < blocks.count) {
-                for (int i = 0; i < (int)CTX_REM(ngtx) + 32; i++) search_restart(&search[i]);
-                prev = 0;
-            }
-        }
+        st = walk_levels(levels, p, blocks, row_skip, &e, ctx, cfg, search);
+        if (st != NNR_OK) return st;
     }
     /* signalled configurations: sig, sign, greater flags, remainder prefixes 0..30 */
     const int cfg_ctx = CTX_CFG(ngtx);
@@ -506,36 +526,9 @@ nnr_status nnr_encode_tensor(const int32_t *levels, nnr_tensor_params *p, uint8_
     for (int i = 0; i < SIGNALLED_REM_CONTEXTS; i++)
         cfg[CTX_REM(ngtx) + i] = signal_configuration(&e, ctx, search, CTX_REM(ngtx) + i, cfg_ctx, p->estimator_search);
 
-    int state = 0;
-    int32_t prev = 0;
-    const uint64_t first = blocks.count > 1 ? enter_block_row(&e, ctx, cfg, nctx, state) : 0;
-    for (uint32_t br = 0; br < blocks.count; br++) {
-        const uint32_t r0 = br * blocks.height, r1 = min_u32(p->rows, r0 + blocks.height);
-        for (uint32_t c0 = 0; c0 < p->width; c0 += blocks.width) {
-            const uint32_t c1 = min_u32(p->width, c0 + blocks.width);
-            for (uint32_t r = r0; r < r1; r++) {
-                const int32_t *row = levels + (size_t)r * p->width;
-                if (row_skip && row_is_zero(row, p->width)) {
-                    if (p->dq) state = dq_after_zero_row(state, p->width);
-                    continue;
-                }
-                for (uint32_t i = c0; i < c1; i++) {
-                    int32_t q = row[i];
-                    if (p->dq) {
-                        if (q != 0 && ((q & 1) != (state & 1))) return NNR_ERR_LEVEL_RANGE; /* not on this quantiser's grid */
-                        q = dq_coded(q, state);
-                    }
-                    encode_level(ctx, &e, q, state, level_class(prev), ngtx);
-                    prev = q;
-                    if (p->dq) state = DQ_NEXT(state, q);
-                }
-            }
-        }
-        if (br + 1 < blocks.count) {
-            p->entry_points[br] = enter_block_row(&e, ctx, cfg, nctx, state);
-            prev = 0;
-        }
-    }
+    const uint64_t first = blocks.count > 1 ? enter_block_row(&e, ctx, cfg, nctx, 0) : 0;
+    st = walk_levels(levels, p, blocks, row_skip, &e, ctx, cfg, NULL);
+    if (st != NNR_OK) return st;
     enc_finish(&e);
     *out_len = e.pos;
     if (e.pos > cap) return NNR_ERR_OUTPUT_FULL;
