@@ -195,7 +195,7 @@ def mse_activation_overrides(fp32: Path, reader: _BatchReader, scratch: Path) ->
     """
     from onnxruntime.quantization import CalibrationMethod, create_calibrator
 
-    from edgeprune.quant.calibrate import HISTOGRAM_BINS, mse_range
+    from edgeprune.quant import HISTOGRAM_BINS, mse_range
 
     with tempfile.TemporaryDirectory(dir=scratch) as tmp, _quiet():
         calibrator = create_calibrator(

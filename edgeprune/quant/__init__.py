@@ -18,8 +18,8 @@ The scheme is the one both runtimes execute natively:
   conv before quantising, so quantising unfolded weights would produce levels that exist in no file.
   The quantize stage therefore replaces the pipeline's model by the folded graph (same outputs up to
   float rounding) and its parameter names are the keys of :class:`QuantizedWeights`.
-* **activations**: per-tensor ranges calibrated on real data (``minmax`` or ``percentile``). They are
-  recorded for the report and for coders; the exporters calibrate their activation quantisers with
+* **activations**: per-tensor ranges calibrated on real data (``minmax``, ``percentile``, ``entropy``,
+  ``mse``). They are recorded for the report and for coders; the exporters calibrate their activation quantisers with
   the same samples and method (onnxruntime) or MinMax observers (PT2E), so activation scales are
   equivalent but computed by each toolchain.
 
@@ -31,8 +31,10 @@ Modules: :mod:`~edgeprune.quant.levels` (the levels and their container), :mod:`
 from edgeprune.quant.calibrate import (
     CALIBRATION_CHOICES,
     CALIBRATION_METHODS,
+    HISTOGRAM_BINS,
     calibrate_activations,
     calibration_inputs,
+    mse_range,
 )
 from edgeprune.quant.deploy import to_deploy_graph, trace
 from edgeprune.quant.levels import (
@@ -53,6 +55,7 @@ from edgeprune.quant.stage import WEIGHT_MODES, QuantOptions
 __all__ = [
     "CALIBRATION_CHOICES",
     "CALIBRATION_METHODS",
+    "HISTOGRAM_BINS",
     "QMAX",
     "WEIGHT_BITS",
     "WEIGHT_MODES",
@@ -62,6 +65,7 @@ __all__ = [
     "calibrate_activations",
     "calibration_inputs",
     "load_quantized",
+    "mse_range",
     "quantize_tensor",
     "quantize_weights",
     "quantized_weight_names",
