@@ -33,7 +33,7 @@ class Artifact:
     to paths already written atomically into the output directory. ``quant`` (set by the quantize
     stage) holds the INT8 levels the encoder codes and the exporters carry; ``dense_model`` (set by
     the pipeline before any stage changes the model) is the model as loaded, for the dense baseline
-    exports.
+    exports; ``dense_test_accuracy`` its test accuracy once a stage has measured it (scored once).
     """
 
     model: nn.Module
@@ -43,6 +43,7 @@ class Artifact:
     meta: dict[str, Any] = field(default_factory=dict)
     quant: QuantizedWeights | None = None
     dense_model: nn.Module | None = None
+    dense_test_accuracy: float | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -117,7 +117,9 @@ def run_pipeline(
             record.nonzero_params = count_params(art.model, nonzero=True)
             record.macs = count_macs(art.model, art.example_input)
             record.size_bytes = stage_metrics.pop("size_bytes", 4 * record.params)
-            if art.data is not None:
+            # The loaded model's test accuracy waits until the end when a copy is kept, so that a long prune
+            # stage starts training at once (10k images through a ResNet-20 take 12 s on 2 cores).
+            if art.data is not None and not (name == "load" and art.dense_model is not None):
                 record.accuracy = evaluate(art.model, art.data.loader("test", 256))["accuracy"]
         else:
             record.size_bytes = stage_metrics.pop("size_bytes", None)
@@ -126,4 +128,9 @@ def run_pipeline(
         record.files = {k: os.path.relpath(v, ctx.out_dir) for k, v in art.files.items() if k not in report.all_files()}
         report.add(record)
         ctx.log.info("%s done in %.2fs: %s", name, seconds, stage_metrics)
+    loaded = report.stage("load")
+    if loaded is not None and loaded.accuracy is None and art.data is not None and art.dense_model is not None:
+        if art.dense_test_accuracy is None:  # the prune stage scores the same model
+            art.dense_test_accuracy = evaluate(art.dense_model, art.data.loader("test", 256))["accuracy"]
+        loaded.accuracy = art.dense_test_accuracy
     return art, report

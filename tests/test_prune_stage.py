@@ -13,7 +13,7 @@ from edgeprune.checkpoint import load_model
 from edgeprune.data import load_data
 from edgeprune.errors import DataError, EdgepruneError
 from edgeprune.metrics import evaluate
-from edgeprune.prune.pruner import PruneOptions, prune_model
+from edgeprune.prune.pruner import MIN_AUTO_EPOCHS, PruneOptions, auto_epochs, prune_model
 from edgeprune.prune.stage import run
 from edgeprune.simplify import simplify
 
@@ -79,6 +79,7 @@ def test_stage_prunes_saves_and_reports(trained_lenet5, tmp_path):
     assert art.files["pruned"] == tmp_path / "pruned.pt2"
     assert metrics["size_bytes"] == (tmp_path / "pruned.pt2").stat().st_size
     assert metrics["method"] == "serene" and metrics["lambda"] == 0.2 and metrics["epochs_run"] == 5
+    assert (metrics["epochs"], metrics["finetune_epochs"], metrics["epochs_auto"]) == (5, 1, False)
     assert [row["layers"] for row in metrics["channels"]] == ["conv1", "conv2", "fc1"]
     assert metrics["channels_kept"] < metrics["channels_total"] == 570
     assert metrics["rolled_back"] is False and metrics["preprocessing"].startswith("scaled to [0, 1], then")
@@ -87,6 +88,17 @@ def test_stage_prunes_saves_and_reports(trained_lenet5, tmp_path):
     saved = load_model(tmp_path / "pruned.pt2")
     x = art.data.test.tensors[0][:16]
     torch.testing.assert_close(saved.model(x), art.model(x))
+
+
+def test_epochs_default_to_a_compute_budget():
+    """No --epochs: the example keeps 40 epochs (10 fine-tuning); a ResNet-20 at 28x28 on Fashion-MNIST's
+    54k images gets what fits the budget; any model gets at least the minimum a pruning run needs."""
+    assert PruneOptions().with_epoch_budget(260_520, 1_437) == PruneOptions(epochs=40, finetune_epochs=10)
+    resnet = PruneOptions().with_epoch_budget(41_000_000, 54_000)
+    assert MIN_AUTO_EPOCHS <= resnet.epochs < 10 and resnet.finetune_epochs == resnet.epochs // 4
+    assert auto_epochs(10**12, 10**6) == MIN_AUTO_EPOCHS
+    assert PruneOptions(epochs=7).with_epoch_budget(10**12, 10**6) == PruneOptions(epochs=7, finetune_epochs=1)
+    assert PruneOptions(finetune_epochs=0).with_epoch_budget(1, 1).finetune_epochs == 0
 
 
 def test_stage_without_data_refuses_unless_method_none(trained_lenet5, tmp_path):

@@ -82,6 +82,22 @@ METHODS = ("serene", "l1", "none")
 _BN_STATISTICS = (".running_mean", ".running_var", ".num_batches_tracked")
 
 
+# The automatic epoch budget: forward MACs x training samples x epochs. Sized on the shared 2-core x86 VM
+# (BENCHMARKS.md, "Epoch budget"): ResNet-20 at 28x28 (41 M MACs) on Fashion-MNIST's 54k training images
+# gets AUTO_EPOCH_MIN.. epochs and `compress` stays under 45 minutes; LeNet-5 on digits keeps all 40.
+MAX_AUTO_EPOCHS = 40
+MIN_AUTO_EPOCHS = 4
+AUTO_EPOCH_SAMPLE_MACS = 1.2e13
+
+
+def auto_epochs(forward_macs: int, train_samples: int) -> int:
+    """Epochs when the user gives none: as many as fit AUTO_EPOCH_SAMPLE_MACS, between MIN_AUTO_EPOCHS
+    (pruning needs a warm-up, a few shrink epochs and fine-tuning) and MAX_AUTO_EPOCHS. A budget in MACs,
+    not seconds, so that the same command gives the same model on any machine."""
+    per_epoch = max(forward_macs, 1) * max(train_samples, 1)
+    return int(min(MAX_AUTO_EPOCHS, max(MIN_AUTO_EPOCHS, AUTO_EPOCH_SAMPLE_MACS // per_epoch)))
+
+
 @dataclass
 class PruneOptions:
     """Everything a pruning run can be told (defaults: the budget `compress --example lenet5` uses)."""
@@ -90,7 +106,14 @@ class PruneOptions:
         default="serene",
         metadata=cli("serene (sensitivity-driven), l1 (magnitude + fine-tuning) or none.", choices=METHODS),
     )
-    epochs: int = field(default=40, metadata=cli("Training epochs in all (pruning + fine-tuning).", low=1))
+    epochs: int | None = field(  # None: auto_epochs (the example's 40, fewer on big data)
+        default=None,
+        metadata=cli(
+            "Training epochs in all (pruning + fine-tuning).",
+            low=1,
+            default_text=f"up to {MAX_AUTO_EPOCHS}, fewer when model x data exceed a 2-core budget of ~40 min",
+        ),
+    )
     lr: float = field(default=0.05, metadata=cli("Learning rate.", low=0, low_open=True))
     optimizer: str = field(
         default="sgd", metadata=cli("Optimizer (SGD with Nesterov momentum, or Adam).", choices=OPTIMIZERS)
@@ -152,7 +175,9 @@ class PruneOptions:
     max_accuracy_drop: float | None = field(
         default=1.0, metadata=cli("Largest validation accuracy drop allowed, in points.", low=0)
     )
-    finetune_epochs: int = field(default=10, metadata=cli("Final epochs that only fine-tune.", low=0))
+    finetune_epochs: int | None = field(
+        default=None, metadata=cli("Final epochs that only fine-tune.", low=0, default_text="a quarter of the epochs")
+    )
     search_evaluations: int = 16
     bn_shrink: str = "gamma_beta"  # what the SeReNe shrink scales under a BatchNorm (regularizer.BN_SHRINK)
     # plain training before the first shrink; the accuracy floor is set after it
@@ -192,7 +217,14 @@ class PruneOptions:
                     "give a fraction of the model (e.g. 0.5) or an absolute count (e.g. 2e6)",
                 )
         if (
-            min(self.lmbda, self.twt, self.pwe, self.finetune_epochs, self.warmup_epochs, self.recalibration_samples)
+            min(
+                self.lmbda,
+                self.twt,
+                self.pwe,
+                self.finetune_epochs or 0,
+                self.warmup_epochs,
+                self.recalibration_samples,
+            )
             < 0
         ):
             raise EdgepruneError(
@@ -214,12 +246,19 @@ class PruneOptions:
             )
         resolve_device(self.device)  # refuse an unknown device, or cuda without a GPU, before any work
 
+    def with_epoch_budget(self, forward_macs: int, train_samples: int) -> PruneOptions:
+        """These options with ``epochs`` and ``finetune_epochs`` decided (see :func:`auto_epochs`)."""
+        epochs = self.epochs if self.epochs is not None else auto_epochs(forward_macs, train_samples)
+        finetune = self.finetune_epochs if self.finetune_epochs is not None else epochs // 4
+        return dataclasses.replace(self, epochs=epochs, finetune_epochs=finetune)
+
     def sensitivity_config(self) -> SensitivityConfig:
         return SensitivityConfig(
             variant=self.sensitivity, spatial=self.spatial, normalize=self.normalize, seed=self.seed
         )
 
     def train_config(self) -> TrainConfig:
+        assert self.epochs is not None, "with_epoch_budget decides the epochs before training"
         return TrainConfig(
             epochs=self.epochs,
             lr=self.lr,
@@ -257,6 +296,8 @@ class PruneResult:
     macs_remaining: float
     epochs_run: int
     seconds: float
+    epochs: int = 0  # the budget (given, or auto_epochs)
+    finetune_epochs: int = 0
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     rolled_back: bool = False  # the run ended below the floor and returned a state with fewer channels removed
     restored_epoch: int | None = None  # the epoch whose weights were returned, when not the last one
@@ -345,8 +386,10 @@ class _Controller:
         self.detector = PlateauDetector(options.pwe)
         self.events: list[PruneEvent] = []
         self.pruning = True
-        self.finetune_left = options.finetune_epochs
-        pruning_epochs = options.epochs - options.finetune_epochs
+        assert options.epochs is not None and options.finetune_epochs is not None, "decided by with_epoch_budget"
+        self.epochs, self.finetune_epochs = options.epochs, options.finetune_epochs
+        self.finetune_left = self.finetune_epochs
+        pruning_epochs = self.epochs - self.finetune_epochs
         # Warm up only when at least one pruning epoch is left after it.
         self.warmup_left = options.warmup_epochs if pruning_epochs - options.warmup_epochs >= 1 else 0
         self.reference = val_before["accuracy"]
@@ -408,7 +451,7 @@ class _Controller:
                     self.regularizer.lmbda = self.lmbda_step
                 self._new_cycle(epoch, opts.pwe + 1)
             return False
-        last_pruning_epoch = opts.epochs - opts.finetune_epochs - 1
+        last_pruning_epoch = self.epochs - self.finetune_epochs - 1
         fired = self.pruning and self.detector.update(metrics["loss"], self.model)
         # A budget is reached by the last pruning epoch even when the plateau does not fire there.
         if fired or (self.pruning and epoch >= last_pruning_epoch and self._budget_goals()):
@@ -464,7 +507,7 @@ class _Controller:
         goals = self._budget_goals()
         if not goals:
             return 0
-        pruning_epochs_left = self.options.epochs - self.options.finetune_epochs - epoch
+        pruning_epochs_left = self.epochs - self.finetune_epochs - epoch
         events_left = max(1, math.ceil(pruning_epochs_left / (self.options.pwe + 1)))
         params, macs = self.cost.remaining(self.masks)
         now = {"params": params, "macs": macs}
@@ -584,6 +627,7 @@ def _prune_model(
     masks = ChannelMasks(model, groups)
     masks.mark_dead()
     cost = CostModel(model, graph)
+    options = options.with_epoch_budget(cost.total_macs, len(data.train))
     val_before = evaluate(model, data.loader("val", 512))
     chance = 1.0 / max(data.num_classes, 2)
     if val_before["accuracy"] < 1.5 * chance:
@@ -676,6 +720,8 @@ def _prune_model(
         macs_remaining=macs,
         epochs_run=len(history),
         seconds=time.perf_counter() - start,
+        epochs=controller.epochs,
+        finetune_epochs=controller.finetune_epochs,
         masks={str(k): v.clone() for k, v in masks.keep.items()},
         rolled_back=rolled_back,
         restored_epoch=restored_epoch,

@@ -14,6 +14,7 @@ Under ``torchrun`` every process trains; only rank 0 writes files.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -38,14 +39,21 @@ def prune_artifact(art: Artifact, options: PruneOptions, dest: Path, progress: P
             f"{METHOD_NAMES[options.method]} needs data to train and validate while pruning",
             "pass --data (e.g. --data digits or a dataset directory) or --method none",
         )
-    test_before = evaluate(art.model, art.data.loader("test", 512))["accuracy"]
+    # The starting model's test accuracy is only reported: score a copy once training is over, so that the
+    # first training step is not kept waiting (10k Fashion-MNIST images through ResNet-20: 12 s on 2 cores).
+    dense = art.dense_model or copy.deepcopy(art.model)
     result = prune_model(art.model, art.example_input, art.data, options, progress)
+    test_before = evaluate(dense, art.data.loader("test", 512))["accuracy"]
+    art.dense_test_accuracy = test_before
     out: dict[str, Any] = {
         "method": options.method,
         "lambda": options.lmbda if options.method == "serene" else 0.0,
         "twt": options.twt,
         "pwe": options.pwe,
         "sensitivity": options.sensitivity if options.method == "serene" else None,
+        "epochs": result.epochs,
+        "finetune_epochs": result.finetune_epochs,
+        "epochs_auto": options.epochs is None,
         "epochs_run": result.epochs_run,
         "prune_seconds": round(result.seconds, 2),
         "accuracy_before": test_before,
