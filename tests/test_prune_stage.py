@@ -221,3 +221,13 @@ def test_compress_takes_the_prune_options(runner, cli, tmp_path):
     assert stage["metrics"]["epochs_run"] == 3
     assert "### prune: channels" in (out / "report.md").read_text()
     assert (out / "pruned.pt2").exists()
+
+
+def test_the_starting_validation_score_covers_the_whole_split_when_taken_after_training(trained_lenet5):
+    """With a warm-up the full validation score waits until after training (512 images before it only check
+    for a model near chance); the reported number is still the starting model's score on the whole split."""
+    art = _copy(trained_lenet5)
+    expected = evaluate(art.model, art.data.loader("val", 512))
+    result = prune_model(art.model, art.example_input, art.data, PruneOptions(epochs=3, finetune_epochs=1))
+    assert result.val_before == expected
+    assert result.val_reference is not None  # the floor came from the warm-up epoch

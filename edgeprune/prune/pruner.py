@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from edgeprune.data import DataBundle
 from edgeprune.errors import EdgepruneError
@@ -389,9 +389,7 @@ class _Controller:
         assert options.epochs is not None and options.finetune_epochs is not None, "decided by with_epoch_budget"
         self.epochs, self.finetune_epochs = options.epochs, options.finetune_epochs
         self.finetune_left = self.finetune_epochs
-        pruning_epochs = self.epochs - self.finetune_epochs
-        # Warm up only when at least one pruning epoch is left after it.
-        self.warmup_left = options.warmup_epochs if pruning_epochs - options.warmup_epochs >= 1 else 0
+        self.warmup_left = options.warmup_epochs if self.warms_up(options) else 0
         self.reference = val_before["accuracy"]
         self.floor: float | None = None
         self._set_floor(self.reference)
@@ -401,6 +399,12 @@ class _Controller:
         self.good: dict[str, Any] = {}
         self.good_epoch = 0
         self.remember(0)  # the starting point meets the accuracy floor by definition
+
+    @staticmethod
+    def warms_up(options: PruneOptions) -> bool:
+        """Warm up only when at least one pruning epoch is left after it (then the floor is set from it)."""
+        assert options.epochs is not None and options.finetune_epochs is not None, "decided by with_epoch_budget"
+        return options.warmup_epochs > 0 and options.epochs - options.finetune_epochs - options.warmup_epochs >= 1
 
     def _set_floor(self, reference: float) -> None:
         self.reference = reference
@@ -628,7 +632,13 @@ def _prune_model(
     masks.mark_dead()
     cost = CostModel(model, graph)
     options = options.with_epoch_budget(cost.total_macs, len(data.train))
-    val_before = evaluate(model, data.loader("val", 512))
+    # With a warm-up the floor is set after it: before the first step, 512 validation images are enough to
+    # warn about a model near chance, and the starting model's full validation score (for the report) is
+    # taken from a copy at the end - 6 s less before training on ResNet-20 / Fashion-MNIST.
+    dense = copy.deepcopy(model) if _Controller.warms_up(options) else None
+    val = data.split("val")
+    head = DataLoader(TensorDataset(*(t[:512] for t in val.tensors)), batch_size=512)
+    val_before = evaluate(model, head if dense is not None else data.loader("val", 512))
     chance = 1.0 / max(data.num_classes, 2)
     if val_before["accuracy"] < 1.5 * chance:
         warn(
@@ -698,6 +708,8 @@ def _prune_model(
                 f"kept the weights of epoch {restored_epoch}, which have the same channels removed and met it"
             )
     masks.apply()
+    if dense is not None:
+        val_before = evaluate(dense, data.loader("val", 512))
     params, macs = cost.remaining(masks)
     rows = [
         {
