@@ -5,16 +5,18 @@ from __future__ import annotations
 import base64
 import json
 import tracemalloc
+import zlib
 
+import numpy as np
 import pytest
 import torch
-from support.nnr_streams import with_topology
+from support.nnr_streams import with_ndu, with_topology
 
 from edgeprune import models
 from edgeprune.errors import BitstreamError
 from edgeprune.nnr.bitstream import UnitType, parse_units
 from edgeprune.nnr.model import ModelEncodeOptions, decode_model, encode_model
-from edgeprune.nnr.tensors import TPL_PREFIX, pack_topology_text
+from edgeprune.nnr.tensors import TPL_PREFIX, cabac_payload, decode_stream, pack_topology_text
 
 
 @pytest.fixture(scope="module")
@@ -107,27 +109,9 @@ def test_ndu_dimensions_whose_product_wraps_around(stream):
     from edgeprune.nnr.tensors import decode_stream
 
     for wrapped in ([1 << 32, 1 << 32, 1, 1], [1 << 32, 1 << 31, 1, 1]):
-        data = _with_dims(stream, ndu, wrapped)
+        data = with_ndu(stream, ndu.fields["topology_elem_id"], tensor_dimensions=wrapped)
         with pytest.raises(BitstreamError, match="elements"):
             decode_stream(data)
-
-
-def _with_dims(stream: bytes, ndu, dims: list[int]) -> bytes:  # noqa: ANN001
-    """Rewrite one NDU with other dimensions through the bitstream writer (valid syntax, bad sizes)."""
-    from edgeprune.nnr.bitstream import PayloadType, write_ndu
-
-    f = ndu.fields
-    unit = write_ndu(
-        1,
-        f["topology_elem_id"],
-        0,
-        PayloadType(f["nnr_compressed_data_unit_payload_type"]),
-        dims,
-        bool(f.get("dq_flag")),
-        f.get("cabac_unary_length_minus1", 10) + 1,
-        ndu.payload,
-    )
-    return stream[: ndu.offset] + unit + stream[ndu.offset + ndu.size :]
 
 
 @pytest.mark.parametrize(("packed", "message"), [(True, "inflates past"), (False, "larger or more deeply nested")])
@@ -137,3 +121,43 @@ def test_topology_json_is_not_parsed_when_too_large(stream, packed, message):
     big = with_topology(stream, lambda t: json.dumps({**t, "pad": "x" * (17 << 20)}), packed=packed)
     with pytest.raises(BitstreamError, match=message):
         decode_model(big)
+
+
+def _block_scanned(stream: bytes) -> tuple[bytes, list[int]]:
+    """The stream with fc1.weight (500 x 200) re-coded in 8x8 block scan (63 entry points), without DQ: the
+    same reconstruction indices, whose DQ parities follow raster order."""
+    decoded = decode_stream(stream)
+    levels = decoded.levels["fc1.weight"]
+    qp = next(s.qp for s in decoded.stats if s.name == "fc1.weight")
+    coded = cabac_payload(levels, levels.shape, dq=False, row_skip=False, qp_offset=qp, scan_order=1)
+    data = with_ndu(
+        stream, "fc1.weight", coded.data, dq_flag=0, scan_order=1, cabac_entry_point_list=coded.entry_points
+    )
+    return _with_crc(data), list(coded.entry_points)
+
+
+def _with_crc(data: bytes) -> bytes:
+    """``data`` with the topology's CRC-32 recomputed over its NDUs, so that a forged NDU is the only defect."""
+    ndus = b"".join(data[u.offset : u.offset + u.size] for u in parse_units(data) if u.unit_type == UnitType.NDU)
+    return with_topology(data, lambda t: {**t, "crc32": zlib.crc32(ndus)})
+
+
+ENTRY_POINT_CASES = {
+    "value bit": (lambda eps: [eps[0] ^ (1 << 3), *eps[1:]], "corrupt"),
+    "offset one bit late": (lambda eps: [eps[0] + (1 << 11), *eps[1:]], "corrupt"),
+    "offset past the payload": (lambda eps: [*eps[:-1], (1 << 40) << 11], "beyond its payload"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ENTRY_POINT_CASES))
+def test_damaged_entry_points_are_one_line(runner, cli, stream, tmp_path, case):
+    """A genuine block-scan NDU with one entry point damaged: refused by the decoder, not decoded to garbage."""
+    data, eps = _block_scanned(stream)
+    np.testing.assert_array_equal(decode_stream(data).levels["fc1.weight"], decode_stream(stream).levels["fc1.weight"])
+    edit, message = ENTRY_POINT_CASES[case]
+    src, out = tmp_path / "bad.nnr", tmp_path / "out"
+    src.write_bytes(_with_crc(with_ndu(data, "fc1.weight", cabac_entry_point_list=edit(eps))))
+    out.mkdir()
+    result = runner.invoke(cli, ["decode", str(src), "-o", str(out / "m.pt2")])
+    assert result.exit_code == 2 and result.output.startswith("error:") and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and list(out.iterdir()) == []

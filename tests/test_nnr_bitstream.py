@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.nnr_streams import entry_of, topology_of, with_topology
+from support.nnr_streams import entry_of, topology_of, with_ndu, with_topology
 
 from edgeprune.errors import BitstreamError
 from edgeprune.nnr import decode_stream, encode_tensors, read_int8_levels
@@ -331,25 +331,6 @@ def test_large_tensors_are_block_scanned_and_decode_alike_on_any_number_of_threa
     )  # same qp, trellis in another order: the same grid, within a step
 
 
-def _with_ndu_fields(stream: bytes, **fields) -> bytes:  # noqa: ANN003
-    """The stream with its first NDU's header fields replaced (payload kept)."""
-    ndu = next(u for u in parse_units(stream) if u.unit_type == UnitType.NDU)
-    f = {**ndu.fields, **fields}
-    unit = write_ndu(
-        f["general_profile_idc"],
-        f["topology_elem_id"],
-        f["parameter_id"],
-        f["nnr_compressed_data_unit_payload_type"],
-        f["tensor_dimensions"],
-        bool(f["dq_flag"]),
-        f["cabac_unary_length_minus1"] + 1,
-        ndu.payload,
-        f["scan_order"],
-        f["cabac_entry_point_list"],
-    )
-    return stream[: ndu.offset] + unit + stream[ndu.offset + ndu.size :]
-
-
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -361,7 +342,7 @@ def _with_ndu_fields(stream: bytes, **fields) -> bytes:  # noqa: ANN003
 def test_damaged_entry_points_are_one_line_errors(edit, message):
     stream = _big_stream()
     eps = next(u for u in parse_units(stream) if u.unit_type == UnitType.NDU).fields["cabac_entry_point_list"]
-    forged = _with_ndu_fields(stream, cabac_entry_point_list=edit(list(eps)))
+    forged = with_ndu(stream, "big.weight", cabac_entry_point_list=edit(list(eps)))
     for threads in (1, 4):
         with pytest.raises(BitstreamError, match=message) as err:
             decode_stream(forged, threads=threads)
@@ -371,9 +352,9 @@ def test_damaged_entry_points_are_one_line_errors(edit, message):
 def test_hostile_entry_point_headers_are_refused_before_decoding():
     stream = _big_stream()
     with pytest.raises(BitstreamError, match="scan order 9"):
-        parse_units(_with_ndu_fields(stream, scan_order=9, cabac_entry_point_list=[]))
+        parse_units(with_ndu(stream, "big.weight", scan_order=9, cabac_entry_point_list=[]))
     # a first dimension of 2^30 with 64-row blocks declares 2^24 entry points in a header of a few bytes
-    forged = _with_ndu_fields(stream, tensor_dimensions=[1 << 30, 1], cabac_entry_point_list=[1 << 3] * 3)
+    forged = with_ndu(stream, "big.weight", tensor_dimensions=[1 << 30, 1], cabac_entry_point_list=[1 << 3] * 3)
     with pytest.raises(BitstreamError, match="entry points, more than its header holds|truncated"):
         parse_units(forged)
     # a change of offset that puts an entry point before the previous one

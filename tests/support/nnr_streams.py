@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from edgeprune.nnr.bitstream import UnitType, parse_units, write_topology_unit
+from edgeprune.nnr.bitstream import PayloadType, UnitType, parse_units, write_ndu, write_topology_unit
 from edgeprune.nnr.tensors import pack_topology_text, topology_json
 
 
@@ -35,3 +35,23 @@ def with_topology(data: bytes, edit, packed: bool = True) -> bytes:  # noqa: ANN
     if packed:
         text = pack_topology_text(text)
     return data[: tpl.offset] + write_topology_unit(text) + data[tpl.offset + tpl.size :]
+
+
+def with_ndu(data: bytes, name: str, payload: bytes | None = None, **fields) -> bytes:  # noqa: ANN003
+    """``data`` with the NDU of tensor ``name`` rewritten through the bitstream writer: header ``fields``
+    replaced (valid syntax, possibly hostile values) and, when given, its payload."""
+    ndu = next(u for u in parse_units(data) if u.unit_type == UnitType.NDU and u.fields["topology_elem_id"] == name)
+    f = {**ndu.fields, **fields}
+    unit = write_ndu(
+        f["general_profile_idc"],
+        f["topology_elem_id"],
+        f.get("parameter_id", 0),
+        PayloadType(f["nnr_compressed_data_unit_payload_type"]),
+        f["tensor_dimensions"],
+        bool(f.get("dq_flag")),
+        f.get("cabac_unary_length_minus1", 10) + 1,
+        ndu.payload if payload is None else payload,
+        f.get("scan_order", 0),
+        f.get("cabac_entry_point_list", ()),
+    )
+    return data[: ndu.offset] + unit + data[ndu.offset + ndu.size :]
