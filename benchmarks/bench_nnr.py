@@ -250,6 +250,7 @@ def decode_scaling_rows(models: list[tuple[str, dict[str, np.ndarray]]], qp: int
             "edgeprune raster scan": encode_tensors(params, qps=qp, scan_order=0).data,
             "edgeprune decoding NNCodec's stream": theirs,
         }
+        first = len(rows)
         rows.append(
             {
                 "model": label,
@@ -274,7 +275,7 @@ def decode_scaling_rows(models: list[tuple[str, dict[str, np.ndarray]]], qp: int
                     "bytes": len(streams[name]),
                 }
             )
-        for r in rows[-7:]:
+        for r in rows[first:]:
             r["vs_nncodec"] = reference / r["wall_s"]
     return rows
 
