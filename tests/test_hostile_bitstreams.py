@@ -56,6 +56,17 @@ CASES = {
 }
 
 
+def _assert_decode_refuses(runner, cli, data: bytes, tmp_path) -> str:  # noqa: ANN001
+    """`edgeprune decode` of ``data``: one line, exit 2, nothing written; returns the line."""
+    src, out = tmp_path / "evil.nnr", tmp_path / "out"
+    src.write_bytes(data)
+    out.mkdir()
+    result = runner.invoke(cli, ["decode", str(src), "-o", str(out / "m.pt2")])
+    assert result.exit_code == 2 and result.output.startswith("error:"), result.output
+    assert len(result.output.strip().splitlines()) == 1 and list(out.iterdir()) == []
+    return result.output
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_crafted_topology_is_one_line(runner, cli, stream, tmp_path, case):
     edit, message = CASES[case]
@@ -68,12 +79,7 @@ def test_crafted_topology_is_one_line(runner, cli, stream, tmp_path, case):
     finally:
         tracemalloc.stop()
     assert peak < 256 << 20
-    src, out = tmp_path / "evil.nnr", tmp_path / "out"
-    src.write_bytes(data)
-    out.mkdir()
-    result = runner.invoke(cli, ["decode", str(src), "-o", str(out / "m.pt2")])
-    assert result.exit_code == 2 and result.output.startswith("error:"), result.output
-    assert len(result.output.strip().splitlines()) == 1 and list(out.iterdir()) == []
+    _assert_decode_refuses(runner, cli, data, tmp_path)
 
 
 PACKED_DAMAGE = {
@@ -93,12 +99,7 @@ def test_damaged_packed_topology_is_one_line(runner, cli, stream, tmp_path, case
     data = with_topology(stream, text, packed=False)  # the text goes into the unit as it is
     with pytest.raises(BitstreamError, match=message):
         decode_model(data)
-    src, out = tmp_path / "evil.nnr", tmp_path / "out"
-    src.write_bytes(data)
-    out.mkdir()
-    result = runner.invoke(cli, ["decode", str(src), "-o", str(out / "m.pt2")])
-    assert result.exit_code == 2 and result.output.startswith("error:"), result.output
-    assert len(result.output.strip().splitlines()) == 1 and list(out.iterdir()) == []
+    _assert_decode_refuses(runner, cli, data, tmp_path)
 
 
 def test_ndu_dimensions_whose_product_wraps_around(stream):
@@ -155,9 +156,5 @@ def test_damaged_entry_points_are_one_line(runner, cli, stream, tmp_path, case):
     data, eps = _block_scanned(stream)
     np.testing.assert_array_equal(decode_stream(data).levels["fc1.weight"], decode_stream(stream).levels["fc1.weight"])
     edit, message = ENTRY_POINT_CASES[case]
-    src, out = tmp_path / "bad.nnr", tmp_path / "out"
-    src.write_bytes(_with_crc(with_ndu(data, "fc1.weight", cabac_entry_point_list=edit(eps))))
-    out.mkdir()
-    result = runner.invoke(cli, ["decode", str(src), "-o", str(out / "m.pt2")])
-    assert result.exit_code == 2 and result.output.startswith("error:") and message in result.output, result.output
-    assert len(result.output.strip().splitlines()) == 1 and list(out.iterdir()) == []
+    forged = _with_crc(with_ndu(data, "fc1.weight", cabac_entry_point_list=edit(eps)))
+    assert message in _assert_decode_refuses(runner, cli, forged, tmp_path)
