@@ -109,6 +109,17 @@ def test_group_max_normalisation_puts_the_top_channel_at_one(tiny):
         torch.testing.assert_close(values, raw[gid] / raw[gid].max())
 
 
+def test_group_mean_normalisation_divides_by_the_mean_of_the_live_channels(tiny):
+    model, x, groups = tiny
+    raw = neuron_sensitivity(model, list(groups.values()), x, SensitivityConfig(normalize="none"))
+    by_mean = neuron_sensitivity(model, list(groups.values()), x, SensitivityConfig(normalize="group_mean"))
+    for gid, values in by_mean.items():
+        live = raw[gid][raw[gid] > 0]
+        torch.testing.assert_close(values, raw[gid] / live.mean())
+        # channels above the group's mean sensitivity get S > 1: the shrink max(0, 1 - S) spares them
+        assert (values > 1).any() and values[raw[gid] > 0].mean() == pytest.approx(1.0)
+
+
 def test_traced_pt2_model_gets_the_same_sensitivities_and_keeps_no_taps(tiny, tmp_path):
     model, x, groups = tiny
     save_model(model, x[:1], tmp_path / "tiny.pt2")
