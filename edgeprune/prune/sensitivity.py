@@ -278,10 +278,9 @@ class SensitivityProbe:
             for site in self.sites[g.id]:
                 values = site_sums[site.module].cpu()[site.index].float() / max(count, 1)
                 s.scatter_reduce_(0, site.channels, values, reduce="amax")
-            if self.config.normalize in ("group_max", "group_mean"):
-                live = s[s > 0]
-                peak = (live.max() if self.config.normalize == "group_max" else live.mean()) if live.numel() else 0
-                s = s / peak if peak > 0 else s
+            live = s[s > 0]  # pruned channels measure 0 and must not pull a group's mean down
+            if self.config.normalize != "none" and live.numel():
+                s = s / (live.max() if self.config.normalize == "group_max" else live.mean())
             result[g.id] = s
         return result
 
