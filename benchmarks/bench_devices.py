@@ -76,9 +76,9 @@ def measure(files: dict[str, Path], runs: int, repeats: int, ssh_profile) -> lis
     options = BenchOptions(runs=runs, warmup=20, threads=1)
     host = load_profile("host")
     models = [ModelFile(k, files[k]) for k in FILES]
-    device = {k: [] for k in FILES}
-    in_process = {k: [] for k in FILES}
-    over_ssh = {k: [] for k in FILES}
+    device: dict[str, list[float]] = {k: [] for k in FILES}
+    in_process: dict[str, list[float]] = {k: [] for k in FILES}
+    over_ssh: dict[str, list[float]] = {k: [] for k in FILES}
     runtime = {}
     for _ in range(repeats):
         for row in benchmark_files(host, models, options):

@@ -81,14 +81,22 @@ def channel_reduced_lenet5(dense: LeNet5, data: DataBundle, keep: float = 0.5, e
         n = max(1, round(keep * weight.shape[0]))
         return weight.abs().flatten(1).sum(1).topk(n).indices.sort().values
 
+    def kernel(conv: nn.Conv2d) -> tuple[int, int]:
+        """``conv.kernel_size``: typed ``tuple[int, ...]`` by torch, always (height, width) for a Conv2d."""
+        height, width = conv.kernel_size
+        return height, width
+
     k1, k2, kf = top(dense.conv1.weight), top(dense.conv2.weight), top(dense.fc1.weight)
     side = int(round((dense.fc1.in_features // dense.conv2.out_channels) ** 0.5))
     small = LeNet5(in_channels=dense.conv1.in_channels, num_classes=dense.fc2.out_features, input_size=28)
-    small.conv1 = nn.Conv2d(dense.conv1.in_channels, len(k1), dense.conv1.kernel_size)
-    small.conv2 = nn.Conv2d(len(k1), len(k2), dense.conv2.kernel_size)
+    small.conv1 = nn.Conv2d(dense.conv1.in_channels, len(k1), kernel(dense.conv1))
+    small.conv2 = nn.Conv2d(len(k1), len(k2), kernel(dense.conv2))
     small.fc1 = nn.Linear(len(k2) * side * side, len(kf))
     small.fc2 = nn.Linear(len(kf), dense.fc2.out_features)
     flat = (k2[:, None] * side * side + torch.arange(side * side)).flatten()
+    # LeNet5 and the convs built above all use nn.Conv2d's default bias=True.
+    assert dense.conv1.bias is not None and dense.conv2.bias is not None
+    assert small.conv1.bias is not None and small.conv2.bias is not None
     with torch.no_grad():
         small.conv1.weight.copy_(dense.conv1.weight[k1])
         small.conv1.bias.copy_(dense.conv1.bias[k1])
@@ -112,6 +120,7 @@ def build_models(names: list[str]) -> dict[str, Artifact]:
         if "lenet5-28" in names:
             models["lenet5-28"] = dense
         if "lenet5-28-reduced" in names:
+            assert isinstance(dense.model, LeNet5)  # trained() wraps the LeNet5 built above
             models["lenet5-28-reduced"] = channel_reduced_lenet5(dense.model, data28)
     if {"resnet20-32", "resnet20-32-half"} & set(names):
         data32 = upsampled_digits(32)
@@ -160,6 +169,7 @@ def paired_medians(fp32: Callable[[], object], int8: Callable[[], object], runs:
 
 
 def bench_model(name: str, art: Artifact, runs: int, out_dir: Path) -> list[dict]:
+    assert art.data is not None  # build_models: every artifact is trained here and keeps its data
     fp32_accuracy = evaluate(art.model, art.data.loader("test", 256))["accuracy"]
     params, macs = count_params(art.model), count_macs(art.model, art.example_input)
     ctx = StageContext(out_dir=out_dir)

@@ -239,7 +239,7 @@ def decode_scaling_rows(models: list[tuple[str, dict[str, np.ndarray]]], qp: int
     """Decode wall time against NNCodec (single-threaded; its CPU time, which is at most its wall time):
     edgeprune's default streams (large tensors in block scan with entry points) on 1 and 2 threads,
     the same weights in raster scan (parallel across tensors only), and NNCodec's own stream."""
-    rows = []
+    rows: list[dict] = []
     for label, params in models:
         n = sum(v.size for v in params.values())
         enc = oracle([{"op": "compress", "params": {k: arr(v) for k, v in params.items()}, "kwargs": {"qp": qp}}])[0]
@@ -297,12 +297,12 @@ def curve(name: str, model, data) -> dict:  # noqa: ANN001
     ours = []
     for bpw in (0.4, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0):
         allocation = allocate_qps(model, data, bits_per_weight=bpw)
-        stream = encode_tensors(model_tensors(model), qps=allocation.qps)
-        candidate = load_decoded(copy.deepcopy(model), decode_stream(stream.data))
+        encoded = encode_tensors(model_tensors(model), qps=allocation.qps)
+        candidate = load_decoded(copy.deepcopy(model), decode_stream(encoded.data))
         ours.append(
             {
                 "target_bpw": bpw,
-                "bytes": stream.weight_bytes + 18,
+                "bytes": encoded.weight_bytes + 18,
                 "accuracy": evaluate(candidate, data.loader("test", 256))["accuracy"],
             }
         )
@@ -347,12 +347,13 @@ def plot(curves: list[dict], dest: Path) -> None:
     fig.savefig(dest, dpi=110)
 
 
-def equal_accuracy_ratio(c: dict) -> tuple[float | None, dict | None]:
-    """Our smallest stream within 0.5 point of float, over NNCodec's default-qp (-38) stream."""
+def equal_accuracy_ratio(c: dict) -> tuple[float, dict] | None:
+    """Our smallest stream within 0.5 point of float, over NNCodec's default-qp (-38) stream, and that
+    stream's row; None when no allocation stays within 0.5 point."""
     ok = [r for r in c["edgeprune"] if r["accuracy"] >= c["float_accuracy"] - 0.005]
     default = next(r for r in c["nncodec"] if r["qp"] == -38)
     if not ok:
-        return None, None
+        return None
     best = min(ok, key=lambda r: r["bytes"])
     return best["bytes"] / default["bytes"], best
 
@@ -433,7 +434,14 @@ def markdown(
         "",
     ]
     for c in curves:
-        ratio, best = equal_accuracy_ratio(c)
+        found = equal_accuracy_ratio(c)
+        if found is None:
+            verdict = ". No allocation stayed within 0.5 point."
+        else:
+            ratio, best = found
+            verdict = (
+                f". **At <= 0.5 point below float: {best['bytes']:,} B = {ratio:.2f}x NNCodec's default-qp stream.**"
+            )
         lines.append(
             f"- {c['model']}: float {100 * c['float_accuracy']:.2f} %. NNCodec "
             + ", ".join(f"qp {r['qp']}: {r['bytes']:,} B / {100 * r['accuracy']:.1f} %" for r in c["nncodec"])
@@ -441,11 +449,7 @@ def markdown(
             + ", ".join(
                 f"{r['target_bpw']} b/w: {r['bytes']:,} B / {100 * r['accuracy']:.1f} %" for r in c["edgeprune"]
             )
-            + (
-                f". **At <= 0.5 point below float: {best['bytes']:,} B = {ratio:.2f}x NNCodec's default-qp stream.**"
-                if ratio is not None
-                else ". No allocation stayed within 0.5 point."
-            )
+            + verdict
         )
     return "\n".join(lines) + "\n"
 

@@ -352,13 +352,15 @@ def part_ablation() -> dict[str, Any]:
     fit(dense, data, TrainConfig(epochs=15, lr=0.05))
     x = data.test.tensors[0][:1].clone()
     rows = []
-    for setting in (
+    # PruneOptions keyword arguments (all strings here, though its fields are not)
+    settings: tuple[dict[str, Any], ...] = (
         {},
         {"normalize": "none"},
         {"normalize": "none", "spatial": "sum"},
         {"score": "maxabs"},
         {"sensitivity": "full"},
-    ):
+    )
+    for setting in settings:
         model = copy.deepcopy(dense)
         start = time.perf_counter()
         result = prune_model(model, x, data, PruneOptions(**setting))
@@ -531,8 +533,9 @@ def write_report(results: dict[str, Any]) -> None:
         summary = []
         if best["serene"]:
             for peer in ("l1", "torch-pruning"):
-                if best[peer]:
-                    ratio = {k: best[peer][k] / best["serene"][k] for k in ("params", "macs", "nnr_bytes")}
+                peer_best = best[peer]
+                if peer_best:
+                    ratio = {k: peer_best[k] / best["serene"][k] for k in ("params", "macs", "nnr_bytes")}
                     summary.append(
                         f"{peer} / SeReNe at equal accuracy: params {ratio['params']:.2f}x, "
                         f"MACs {ratio['macs']:.2f}x, NNR {ratio['nnr_bytes']:.2f}x"

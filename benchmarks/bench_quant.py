@@ -99,6 +99,7 @@ def bench(name: str, art) -> list[dict]:  # noqa: ANN001 - Artifact
         row = measure(deploy, quant.quantize_weights(deploy, dict.fromkeys(names, qp)), art.data, reference)
         if best is None or abs(row["bytes"] - spread["bytes"]) < abs(best[1]["bytes"] - spread["bytes"]):
             best = (qp, row)
+    assert best is not None  # the qp range is not empty, so its first step set best
     rows.append({"model": name, "scheme": f"uniform qp {best[0]} (NNCodec-style, equal size)", **best[1]})
     free = allocate_int8(deploy, names, None, 0.5, None, quant.quantize_weights)
     rows.append(
