@@ -583,17 +583,21 @@ def prune_model(
     data: DataBundle,
     options: PruneOptions,
     progress: Progress = QUIET,
+    starting_model: nn.Module | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place with ``options.method`` (see the module docstring).
 
     Training runs on ``options.device`` with the intra-op thread count of
     :func:`~edgeprune.prune.train.choose_threads`; the model is handed back on the CPU.
+    ``starting_model``: an untouched copy of ``model`` the caller already keeps (the prune stage does,
+    for the report); the starting model's full validation score is then taken from it instead of from
+    a second copy.
     """
     device = resolve_device(options.device)
     threads = torch.get_num_threads()
     torch.set_num_threads(choose_threads())
     try:
-        return _prune_model(model, example_input, data, options, progress, device)
+        return _prune_model(model, example_input, data, options, progress, device, starting_model)
     finally:
         torch.set_num_threads(threads)
         model.to("cpu")
@@ -616,6 +620,7 @@ def _prune_model(
     options: PruneOptions,
     progress: Progress,
     device: torch.device,
+    starting_model: nn.Module | None,
 ) -> PruneResult:
     start = time.perf_counter()
     graph = analyze(model, example_input)
@@ -635,7 +640,9 @@ def _prune_model(
     # With a warm-up the floor is set after it: before the first step, 512 validation images are enough to
     # warn about a model near chance, and the starting model's full validation score (for the report) is
     # taken from a copy at the end - 6 s less before training on ResNet-20 / Fashion-MNIST.
-    dense = copy.deepcopy(model) if _Controller.warms_up(options) else None
+    dense = None
+    if _Controller.warms_up(options):
+        dense = starting_model if starting_model is not None else copy.deepcopy(model)
     val = data.split("val")
     head = DataLoader(TensorDataset(*(t[:512] for t in val.tensors)), batch_size=512)
     val_before = evaluate(model, head if dense is not None else data.loader("val", 512))
@@ -709,7 +716,8 @@ def _prune_model(
             )
     masks.apply()
     if dense is not None:
-        val_before = evaluate(dense, data.loader("val", 512))
+        val_before = evaluate(dense.to(device), data.loader("val", 512))
+        dense.to("cpu")  # where the caller's copy was
     params, macs = cost.remaining(masks)
     rows = [
         {
