@@ -1,5 +1,5 @@
 """The code style the project keeps: ``ruff check`` and ``ruff format --check`` over everything it ships or runs,
-and ``mypy`` over the library (configured in pyproject.toml)."""
+and ``mypy`` over the library, the benchmarks and the tools (configured in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_ruff(command):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 
-def test_mypy_on_the_library():
+def test_mypy_on_the_library_benchmarks_and_tools():
     mypy = shutil.which("mypy")
     assert mypy, "mypy is missing: install the test extras (tools/install-test-deps.sh)"
     result = subprocess.run([mypy], cwd=ROOT, capture_output=True, text=True)
