@@ -19,6 +19,7 @@ import lzma
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -245,11 +246,15 @@ def decode_scaling_rows(models: list[tuple[str, dict[str, np.ndarray]]], qp: int
         enc = oracle([{"op": "compress", "params": {k: arr(v) for k, v in params.items()}, "kwargs": {"qp": qp}}])[0]
         theirs = base64.b64decode(enc["bitstream"])
         reference = oracle([{"op": "decompress", "bitstream": enc["bitstream"], "repeat": 5}])[0]["seconds"]
+        default, raster = encode_tensors(params, qps=qp), encode_tensors(params, qps=qp, scan_order=0)
         streams = {
-            "edgeprune default (block scan)": encode_tensors(params, qps=qp).data,
-            "edgeprune raster scan": encode_tensors(params, qps=qp, scan_order=0).data,
+            "edgeprune default (block scan)": default.data,
+            "edgeprune raster scan": raster.data,
             "edgeprune decoding NNCodec's stream": theirs,
         }
+        # NNCodec's stream codes the levels of the raster stream (byte-identical NDUs with its estimator
+        # search; without it only the few signalled configuration bins differ), so it has the same bins.
+        bins = {"edgeprune default (block scan)": default.bins, "edgeprune raster scan": raster.bins}
         first = len(rows)
         rows.append(
             {
@@ -260,6 +265,7 @@ def decode_scaling_rows(models: list[tuple[str, dict[str, np.ndarray]]], qp: int
                 "wall_s": reference,
                 "cpu_s": reference,
                 "bytes": len(theirs),
+                "bins": raster.bins,
             }
         )
         timings = _best_decodes(streams)
@@ -273,6 +279,7 @@ def decode_scaling_rows(models: list[tuple[str, dict[str, np.ndarray]]], qp: int
                     "wall_s": wall,
                     "cpu_s": cpu,
                     "bytes": len(streams[name]),
+                    "bins": bins.get(name, raster.bins),
                 }
             )
         for r in rows[first:]:
@@ -358,20 +365,39 @@ def equal_accuracy_ratio(c: dict) -> tuple[float, dict] | None:
     return best["bytes"] / default["bytes"], best
 
 
+def nominal_clock_hz() -> float | None:
+    """The CPU clock the kernel reports (``cpu MHz`` of /proc/cpuinfo), None where it reports none. On a VM
+    that is the nominal clock, not a measured one, so cycles derived from it are an estimate."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", text, re.MULTILINE)
+    return float(match.group(1)) * 1e6 if match else None
+
+
 def decode_markdown(rows: list[dict]) -> list[str]:
+    clock = nominal_clock_hz()
+    cycles = f"cycles/bin at {clock / 1e9:.2f} GHz" if clock else "cycles/bin (clock unknown)"
     lines = [
         "",
         "**Decode wall time vs NNCodec** (qp -32, DQ; dict -> bytes -> dict per call; best of 9 decodes, NNCodec "
-        "best of 5 in its own process; NNCodec decodes on one thread, so its CPU time stands for its wall time):",
+        "best of 5 in its own process; NNCodec decodes on one thread, so its CPU time stands for its wall time). "
+        "Bins: regular + bypass bins the encoder coded. ns/bin and cycles/bin divide the CPU time of the whole "
+        "decode call - NDU parsing and dequantisation included, NNCodec's Python layer included - by the bins, "
+        "so they bound the arithmetic decoder's own cost from above; cycles at the clock /proc/cpuinfo reports "
+        "(nominal on a VM):",
         "",
-        "| weights | decoder | threads | stream B | wall s | CPU s | Mparams/s (wall) | vs NNCodec (wall) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| weights | decoder | threads | stream B | bins | wall s | CPU s | Mparams/s (wall) | vs NNCodec (wall) "
+        f"| ns/bin (CPU) | {cycles} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        ns_per_bin = 1e9 * r["cpu_s"] / r["bins"]
         lines.append(
             f"| {r['model']} ({r['weights'] / 1e6:.1f} M) | {r['decoder']} | {r['threads']} | {r['bytes']:,} | "
-            f"{r['wall_s']:.3f} | {r['cpu_s']:.3f} | {r['weights'] / r['wall_s'] / 1e6:.1f} | "
-            f"{r['vs_nncodec']:.2f}x |"
+            f"{r['bins']:,} | {r['wall_s']:.3f} | {r['cpu_s']:.3f} | {r['weights'] / r['wall_s'] / 1e6:.1f} | "
+            f"{r['vs_nncodec']:.2f}x | {ns_per_bin:.2f} | {f'{ns_per_bin * clock / 1e9:.1f}' if clock else '-'} |"
         )
     return lines
 

@@ -27,7 +27,7 @@ def dq_levels_from_coded(q: np.ndarray) -> np.ndarray:
 
 
 def roundtrip(levels: np.ndarray, rows: int, width: int, **kw) -> tuple[np.ndarray, int | None]:
-    payload = _cabac.encode(levels, rows, width, **kw)
+    payload, _ = _cabac.encode(levels, rows, width, **kw)
     out = np.full(rows * width, 12345, dtype=np.int32)
     qp, used = _cabac.decode(
         payload,
@@ -84,15 +84,30 @@ def test_all_zero_tensor_costs_a_few_bytes_and_round_trips(dq):
     levels = np.zeros(64 * 100, dtype=np.int32)
     out, _ = roundtrip(levels, 64, 100, dq=dq, row_skip=True, qp_offset=-20)
     assert not out.any()
-    assert len(_cabac.encode(levels, 64, 100, dq=dq, row_skip=True)) < 40
+    assert len(_cabac.encode(levels, 64, 100, dq=dq, row_skip=True)[0]) < 40
+
+
+def test_the_encoder_counts_the_bins_it_codes():
+    """One bin per zero level (its significance flag); a level of +-1 adds its sign and its
+    "greater than 1" flag; a row of zeros under row skip costs one flag instead of a flag per level."""
+
+    def bins(levels: list[int], rows: int = 1, **kw) -> int:
+        return _cabac.encode(np.array(levels, dtype=np.int32), rows, len(levels) // rows, **kw)[1]
+
+    zeros = bins([0] * 64)
+    assert zeros > 64  # the flags plus the estimator configurations signalled up front
+    assert bins([0] * 65) == zeros + 1
+    assert bins([0] * 64 + [1]) == zeros + 3
+    assert bins([0] * 64 + [-1]) == zeros + 3
+    assert bins([0] * 64, rows=8, row_skip=True) < bins([0] * 64, rows=8, row_skip=False) - 40
 
 
 def test_row_skip_makes_pruned_rows_nearly_free():
     rng = np.random.default_rng(0)
     levels = rng.integers(-5, 6, size=(256, 64)).astype(np.int32)
     levels[::2] = 0
-    with_skip = _cabac.encode(levels.ravel(), 256, 64, row_skip=True)
-    without = _cabac.encode(levels.ravel(), 256, 64, row_skip=False)
+    with_skip, _ = _cabac.encode(levels.ravel(), 256, 64, row_skip=True)
+    without, _ = _cabac.encode(levels.ravel(), 256, 64, row_skip=False)
     assert len(with_skip) < len(without)
 
 
@@ -144,7 +159,7 @@ def test_encoder_rejects_levels_off_the_dq_grid_and_out_of_range():
 def test_truncated_payloads_raise_and_never_crash():
     rng = np.random.default_rng(3)
     levels = rng.integers(-40, 41, size=4096).astype(np.int32)
-    payload = _cabac.encode(levels, 64, 64, qp_offset=-30)
+    payload, _ = _cabac.encode(levels, 64, 64, qp_offset=-30)
     out = np.empty(4096, dtype=np.int32)
     for cut in (0, 1, 2, 10, len(payload) // 2, len(payload) - 8):
         with pytest.raises(_cabac.CabacError, match="truncated|corrupt"):
@@ -185,7 +200,7 @@ def test_gil_is_released_so_tensors_code_in_parallel():
     t.start()
     time.sleep(0.01)
     begin = time.perf_counter()
-    payload = _cabac.encode(levels, 1000, 1000, estimator_search=True)
+    payload, _ = _cabac.encode(levels, 1000, 1000, estimator_search=True)
     end = time.perf_counter()
     stop.set()
     t.join()
@@ -224,7 +239,7 @@ def test_rdoq_trades_distortion_for_rate_and_needs_uniform_quantisation():
     for lam in (0.0, 1.0, 4.0):
         levels = np.empty(w.size, dtype=np.int32)
         _cabac.quantize(w, levels, step, dq=False, rdoq=lam)
-        sizes.append(len(_cabac.encode(levels, 1, w.size)))
+        sizes.append(len(_cabac.encode(levels, 1, w.size)[0]))
         errors.append(float(np.mean((w - np.float32(step) * levels) ** 2)))
     assert sizes[0] > sizes[1] > sizes[2] and errors[0] < errors[1] < errors[2]
     with pytest.raises(_cabac.CabacError, match="disable DQ"):
@@ -295,7 +310,7 @@ def test_block_scan_arguments_are_checked():
         _cabac.encode(levels, 40, 8, dq=False, scan_order=1, row_skip=False, entry_points=np.zeros(2, np.uint64))
     with pytest.raises(_cabac.CabacError, match="inconsistent"):  # NNCodec's row skip in a block scan: not written
         _cabac.encode(levels, 40, 8, dq=False, scan_order=1, row_skip=True, entry_points=np.zeros(4, np.uint64))
-    payload = _cabac.encode(levels, 40, 8, dq=False, scan_order=1, row_skip=False, entry_points=np.zeros(4, np.uint64))
+    payload, _ = _cabac.encode(levels, 40, 8, dq=False, scan_order=1, row_skip=False, entry_points=np.zeros(4, np.uint64))
     eps = np.zeros(4, np.uint64)
     with pytest.raises(ValueError, match="block_rows"):
         _cabac.decode(payload, levels, 40, 8, dq=False, scan_order=1, entry_points=eps, block_rows=(3, 9))

@@ -106,8 +106,9 @@ static PyObject *py_block_rows(PyObject *self, PyObject *args) {
 
 PyDoc_STRVAR(encode_doc,
              "encode(levels, rows, width, *, dq, profile=1, row_skip=True, estimator_search=False, num_gtx_flags=11,\n"
-             "       qp_offset=None, qp_density=2, scan_order=0, entry_points=None) -> bytes\n\n"
-             "CABAC payload of one NDU holding one tensor. `levels` are int32 reconstruction indices. With a block\n"
+             "       qp_offset=None, qp_density=2, scan_order=0, entry_points=None) -> (payload, bins)\n\n"
+             "CABAC payload of one NDU holding one tensor, and the number of bins it codes (regular and bypass: the\n"
+             "unit of the coder's cost). `levels` are int32 reconstruction indices. With a block\n"
              "scan of several block rows, `entry_points` (writable uint64, block_rows - 1) receives NNCodec's packed\n"
              "entry points.");
 
@@ -166,7 +167,7 @@ static PyObject *py_encode(PyObject *self, PyObject *args, PyObject *kw) {
         return NULL;
     }
     if (_PyBytes_Resize(&out, (Py_ssize_t)out_len) < 0) return NULL;
-    return out;
+    return Py_BuildValue("(NK)", out, (unsigned long long)p.bins);
 }
 
 PyDoc_STRVAR(decode_doc,

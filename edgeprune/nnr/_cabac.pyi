@@ -22,7 +22,7 @@ def encode(
     qp_density: int = ...,
     scan_order: int = ...,
     entry_points: np.ndarray | None = ...,
-) -> bytes: ...
+) -> tuple[bytes, int]: ...
 def decode(
     payload: bytes,
     out: np.ndarray,

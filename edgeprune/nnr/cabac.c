@@ -133,6 +133,7 @@ typedef struct {
     uint32_t low, range;
     int32_t bits_left;
     uint64_t shifts; /* renormalisation shifts so far = the decoder's bit offset (for entry points) */
+    uint64_t bins;   /* regular + bypass bins coded: the unit the decoder's cost is measured in */
     uint32_t num_buffered;
     uint32_t buffered;
     uint8_t *out;
@@ -169,6 +170,7 @@ static void enc_start(encoder *e, uint8_t *out, size_t cap) {
     e->range = 510;
     e->bits_left = 23;
     e->shifts = 0;
+    e->bins = 0;
     e->num_buffered = 0;
     e->buffered = 0;
     e->out = out;
@@ -177,6 +179,7 @@ static void enc_start(encoder *e, uint8_t *out, size_t cap) {
 }
 
 static inline void enc_bin(encoder *e, context *c, int bin) {
+    e->bins++;
     uint32_t rlps = ctx_rlps(c, e->range);
     e->range -= rlps;
     if (bin == ctx_mps(c)) {
@@ -200,6 +203,7 @@ static inline void enc_bin(encoder *e, context *c, int bin) {
 
 static inline void enc_bypass(encoder *e, uint32_t value, int nbins) {
     e->shifts += (uint64_t)nbins;
+    e->bins += (uint64_t)nbins;
     for (int i = nbins - 1; i >= 0; i--) {
         e->low <<= 1;
         if ((value >> i) & 1) e->low += e->range;
@@ -531,6 +535,7 @@ nnr_status nnr_encode_tensor(const int32_t *levels, nnr_tensor_params *p, uint8_
     if (st != NNR_OK) return st;
     enc_finish(&e);
     *out_len = e.pos;
+    p->bins = e.bins;
     if (e.pos > cap) return NNR_ERR_OUTPUT_FULL;
     finish_entry_points(&e, first, p->entry_points, blocks.count - 1);
     return NNR_OK;

@@ -47,6 +47,7 @@ typedef struct {
                              * (bit-offset delta << 11 | top 8 value bits << 3 | DQ state): written by
                              * the encoder, read by the decoder; NULL when there is one block row */
     uint32_t first_block_row, end_block_row; /* decoder: decode block rows [first, end) only (0, 0: all) */
+    uint64_t bins;          /* encoder output: regular + bypass bins coded (for cycles per bin) */
 } nnr_tensor_params;
 
 /* Number of block rows (entry points + 1) of a tensor with these dimensions and scan order. */

@@ -139,6 +139,7 @@ class TensorStats:
     qp: int | None
     ndu_bytes: int
     elements: int
+    bins: int = 0  # CABAC bins coded (regular + bypass); known to the encoder only, 0 for raw float32
 
     @property
     def bits_per_weight(self) -> float:
@@ -158,6 +159,11 @@ class EncodedStream:
     @property
     def num_weights(self) -> int:
         return sum(t.elements for t in self.tensors)
+
+    @property
+    def bins(self) -> int:
+        """CABAC bins in the stream: what decoding costs, whatever the bytes (cycles per bin)."""
+        return sum(t.bins for t in self.tensors)
 
 
 @dataclass
@@ -186,6 +192,7 @@ class CabacPayload:
     data: bytes
     scan_order: int
     entry_points: tuple[int, ...]  # NNCodec's packed form, one per block row after the first
+    bins: int  # regular + bypass bins the payload codes
 
 
 def cabac_payload(
@@ -204,7 +211,7 @@ def cabac_payload(
     order = resolve_scan_order(shape, scan_order)
     rows, width = coder_layout(shape, order)
     entry_points = np.zeros(max(_cabac.block_rows(rows, order) - 1, 0), dtype=np.uint64)
-    data = _cabac.encode(
+    data, bins = _cabac.encode(
         np.ascontiguousarray(levels.reshape(-1), dtype=np.int32),
         rows,
         width,
@@ -218,7 +225,7 @@ def cabac_payload(
         scan_order=order,
         entry_points=entry_points if entry_points.size else None,
     )
-    return CabacPayload(data, order, tuple(int(ep) for ep in entry_points))
+    return CabacPayload(data, order, tuple(int(ep) for ep in entry_points), bins)
 
 
 def quantize_levels(weights: np.ndarray, step: float, dq: bool, rdoq: float, scan_order: int) -> np.ndarray:
@@ -237,14 +244,15 @@ def quantize_levels(weights: np.ndarray, step: float, dq: bool, rdoq: float, sca
 
 def _encode_job(
     job: _TensorJob, dq: bool, row_skip: bool, estimator_search: bool, rdoq: float, scan_order: int | None
-) -> tuple[bytes, np.ndarray]:
+) -> tuple[bytes, int]:
+    """One tensor's NDU and the CABAC bins it codes (0 for a raw float32 payload)."""
     shape = tuple(job.array.shape) or (1,)
     flat = np.ascontiguousarray(job.array.reshape(-1))
     if job.mode == "raw":
         payload = flat.astype("<f4").tobytes()
         return write_ndu(
             PROFILE, job.name, job.index, PayloadType.RAW_FLOAT, list(shape), False, NUM_GTX_FLAGS, payload
-        ), flat
+        ), 0
     order = resolve_scan_order(shape, scan_order)
     if job.mode == "qp":
         assert job.qp is not None, "qp-mode jobs carry their qp"
@@ -272,7 +280,7 @@ def _encode_job(
         coded.scan_order,
         coded.entry_points,
     )
-    return unit, levels
+    return unit, coded.bins
 
 
 def encode_tensors(
@@ -350,8 +358,8 @@ def encode_tensors(
     tpl = write_topology_unit(pack_topology(topology))
     head = write_start_unit(PROFILE) + write_model_parameter_set(PROFILE, QP_DENSITY) + tpl
     stats = [
-        TensorStats(j.name, list(j.array.shape), j.mode, j.qp, len(unit), int(j.array.size))
-        for j, unit in zip(jobs, units, strict=True)
+        TensorStats(j.name, list(j.array.shape), j.mode, j.qp, len(unit), int(j.array.size), bins)
+        for j, (unit, bins) in zip(jobs, coded, strict=True)
     ]
     return EncodedStream(head + b"".join(units), stats, len(tpl))
 
