@@ -162,14 +162,26 @@ def bind_groups(model: nn.Module, groups: Sequence[Any]) -> list[GroupTensors]:
 class ChannelMasks:
     """The keep-mask of every prunable group, and its enforcement.
 
-    A pruned channel's producer entries (and BN scales) are zeroed and kept at zero; its biases are left alone
-    (the channel then outputs a constant that simplify folds into the consumers, so removing it
-    is exact) and so are its consumers' columns (they carry that constant until simplify).
+    A pruned channel's producer entries (and BN scales) are zeroed and kept at zero. Its biases are left
+    alone by default (the channel then outputs a constant that simplify folds into the consumers, so
+    removing it is exact), and so are its consumers' columns (they carry that constant until simplify).
+    With ``cut_biases`` its learnable biases (BN shift, conv bias) are zeroed too, as a magnitude pruner
+    that deletes the channel does: the channel then outputs zero, and simplify needs neither a constant
+    fold nor, behind a zero-padded conv, the border-correction convs that make the fold exact - fewer
+    MACs and layers, at the price of a cut that also removes the constant (fine-tuning absorbs it).
     """
 
-    def __init__(self, model: nn.Module, groups: Sequence[Any]) -> None:
+    def __init__(self, model: nn.Module, groups: Sequence[Any], cut_biases: bool = False) -> None:
         self.groups = bind_groups(model, groups)
         self.keep: dict[Any, torch.Tensor] = {g.id: torch.ones(g.size, dtype=torch.bool) for g in self.groups}
+        self.cut_biases = cut_biases
+
+    def zeroed(self, group: GroupTensors) -> list[ResolvedSlice]:
+        """What cutting a channel of ``group`` zeroes: its producer entries and BN scales, plus its
+        learnable biases with ``cut_biases`` (running statistics are left to BN recalibration)."""
+        if not self.cut_biases:
+            return group.weights
+        return [*group.weights, *(s for s in group.biases if isinstance(s.tensor, nn.Parameter))]
 
     def mark_dead(self) -> None:
         """Adopt channels whose producer entries are already exactly zero as pruned."""
@@ -180,12 +192,12 @@ class ChannelMasks:
         self.keep[group_id][channels] = False
 
     def apply(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Zero the producer entries of pruned channels in the weights and the optimizer state."""
+        """Zero what a cut zeroes (:meth:`zeroed`) of pruned channels in the weights and the optimizer state."""
         for g in self.groups:
             dead = torch.nonzero(~self.keep[g.id]).flatten()
             if dead.numel() == 0:
                 continue
-            for s in g.weights:
+            for s in self.zeroed(g):
                 state = optimizer.state.get(s.tensor, {}) if optimizer is not None else {}
                 s.zero_channels(dead, [v for v in state.values() if isinstance(v, torch.Tensor)])
 

@@ -178,6 +178,14 @@ class PruneOptions:
     finetune_epochs: int | None = field(
         default=None, metadata=cli("Final epochs that only fine-tune.", low=0, default_text="a quarter of the epochs")
     )
+    cut_biases: bool = field(
+        default=False,
+        metadata=cli(
+            "A cut channel loses its bias too and outputs zero (no constant for simplify to fold, no "
+            "border-correction convs); --keep-biases keeps the cut exact up to the channel's gain.",
+            flag="cut-biases/keep-biases",
+        ),
+    )
     search_evaluations: int = 16
     bn_shrink: str = "gamma_beta"  # what the SeReNe shrink scales under a BatchNorm (regularizer.BN_SHRINK)
     # plain training before the first shrink; the accuracy floor is set after it
@@ -633,7 +641,7 @@ def _prune_model(
             "every channel is tied to the model input/output or to an operation edgeprune "
             "cannot prune; use --method none",
         )
-    masks = ChannelMasks(model, groups)
+    masks = ChannelMasks(model, groups, cut_biases=options.cut_biases)
     masks.mark_dead()
     cost = CostModel(model, graph)
     options = options.with_epoch_budget(cost.total_macs, len(data.train))

@@ -146,8 +146,8 @@ def threshold_search(
     candidates = channel_candidates(masks, score)
     if cost is not None:
         candidates.sort(key=lambda t: (t[0] / max(cost.get(t[1], 1.0), 1e-12), str(t[1]), t[2]))
-    backups = {s.name: s.tensor.detach().clone() for g in masks.groups for s in g.weights}
-    tensors = {s.name: s.tensor for g in masks.groups for s in g.weights}
+    backups = {s.name: s.tensor.detach().clone() for g in masks.groups for s in masks.zeroed(g)}
+    tensors = {s.name: s.tensor for g in masks.groups for s in masks.zeroed(g)}
     groups = {g.id: g for g in masks.groups}
     evaluations = 0
     accepted: list[tuple[float, Any, int]] = []
@@ -159,7 +159,7 @@ def threshold_search(
         for _, gid, c in [*accepted, *extra]:
             by_group.setdefault(gid, []).append(c)
         for gid, channels in by_group.items():
-            for s in groups[gid].weights:
+            for s in masks.zeroed(groups[gid]):
                 s.zero_channels(torch.tensor(channels))
         result = measure()
         with torch.no_grad():

@@ -1,0 +1,61 @@
+"""What a cut zeroes (ChannelMasks), and what that leaves for simplify to do."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from edgeprune.graph import analyze
+from edgeprune.metrics import count_macs
+from edgeprune.models import VGGCifar
+from edgeprune.prune.masks import ChannelMasks
+from edgeprune.simplify import simplify
+
+
+@pytest.fixture
+def vgg_with_shifts() -> nn.Module:
+    """A VGG-style net whose BatchNorms have positive shifts, so that a channel with a zero BN scale
+    still outputs a constant (ReLU of its shift)."""
+    torch.manual_seed(0)
+    model = VGGCifar((8, 8, "M", 16), 1, 10).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.bias, 0.1, 0.5)
+            nn.init.uniform_(m.running_mean, -0.2, 0.2)
+            nn.init.uniform_(m.running_var, 0.5, 2.0)
+    return model
+
+
+def _border_convs(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and name.endswith("_border")]
+
+
+@pytest.mark.parametrize("cut_biases", [False, True])
+def test_cut_biases_decides_whether_a_cut_channel_leaves_a_constant(vgg_with_shifts, cut_biases):
+    """Three channels of the first conv cut. Keeping biases (the default) leaves their BN shifts, a constant
+    that simplify folds into the next, zero-padded conv exactly - with a border-correction conv.
+    Cutting biases zeroes the shifts (not the running statistics), the channels output zero, and
+    simplify removes them with no correction conv and fewer MACs. Either way simplify's result computes
+    what the pruned model computes."""
+    model = copy.deepcopy(vgg_with_shifts)
+    x = torch.randn(4, 1, 8, 8)
+    masks = ChannelMasks(model, analyze(model, x[:1]).prunable_groups(), cut_biases=cut_biases)
+    group = masks.groups[0]
+    cut = torch.tensor([0, 1, 2])
+    masks.prune(group.id, cut)
+    masks.apply()
+    shift = model.features[1].bias.detach()
+    assert bool((shift[cut] == 0).all()) is cut_biases
+    assert (shift[3:] > 0).all() and (model.features[1].running_var > 0).all()
+    small = simplify(model, x[:1]).model
+    torch.testing.assert_close(small(x), model(x), atol=1e-5, rtol=1e-5)
+    assert bool(_border_convs(small)) is not cut_biases
+    kept = copy.deepcopy(vgg_with_shifts)
+    with torch.no_grad():
+        kept.features[0].weight[cut] = 0
+        kept.features[1].weight[cut] = 0
+    keep_macs = count_macs(simplify(kept, x[:1]).model, x[:1])
+    assert (count_macs(small, x[:1]) < keep_macs) is cut_biases
