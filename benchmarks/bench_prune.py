@@ -16,6 +16,7 @@ Parts (``--parts``, comma-separated; results accumulate in benchmarks/results/be
   residual-stream groups that once blocked the search);
 * ``digits-vgg-bn`` / ``digits-mobilenetv2`` - a VGG-style net with BatchNorm and a MobileNetV2-style
   net (depthwise, inverted residuals) on digits, same budget as ``digits-resnet20``;
+* ``digits-vgg-bn-24`` - the same VGG-BN and starting model with 24 epochs instead of 8 (3 seeds);
 * ``fmnist-lenet5``   - LeNet-5 (431k params) on Fashion-MNIST (54k train, 10k test);
 * ``fmnist-resnet20`` - ResNet-20 (projection shortcuts; Torch-Pruning cannot prune the zero-padding
   "A" shortcuts) on a 4k-sample Fashion-MNIST training subset (10k test) - a CPU budget, not a choice.
@@ -304,33 +305,48 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
         macs: tuple[float, ...],
         ratios: tuple[float, ...],
         seeds: tuple[int, ...] = (0,),
+        epochs: int = 8,
+        variants: bool = True,
     ) -> Experiment:
-        """The issue's other architectures at digits' 8x8, 8 epochs like ResNet-20: TWT defaults, MAC
-        budgets (no accuracy floor) for SeReNe and L1, and Torch-Pruning's magnitude ratios."""
+        """The issue's other architectures at digits' 8x8, 8 epochs like ResNet-20 (a quarter of them
+        fine-tuning only): TWT defaults, MAC budgets (no accuracy floor) for SeReNe and L1, and
+        Torch-Pruning's magnitude ratios. ``variants``: the defaults and the group-mean rows too."""
         budgets = [{"target_macs": m, "max_accuracy_drop": None} for m in macs]
         # the sensitivity normalised by the group's mean instead of its maximum (--sensitivity-norm)
-        by_mean = [{**budget, "normalize": "group_mean"} for budget in budgets[-2:]]
+        by_mean = [{**budget, "normalize": "group_mean"} for budget in budgets[-2:]] if variants else []
+        defaults: list[dict[str, Any]] = [{}] if variants else []
         return Experiment(
-            f"digits / {name} (8-epoch budget)",
+            f"digits / {name} ({epochs}-epoch budget)",
             factory,
             load_data("digits", normalize="standardize"),
             TrainConfig(epochs=4, lr=0.05),
-            epochs=8,
-            serene=[{}, *budgets, *by_mean],
-            l1=[{}, *budgets],
+            epochs=epochs,
+            serene=[*defaults, *budgets, *by_mean],
+            l1=[*defaults, *budgets],
             tp_ratios=[("magnitude", r) for r in ratios],
-            common={"lr": 0.05, "batch_size": 64, "finetune_epochs": 2},
+            common={"lr": 0.05, "batch_size": 64, "finetune_epochs": epochs // 4},
             seeds=seeds,
         )
+
+    def vgg_bn() -> nn.Module:
+        return VGGCifar((32, 32, "M", 64, 64, "M", 128, 128, "M"), 1, 10)
+
+    vgg_name = "VGG-style with BatchNorm (conv 32-32-M-64-64-M-128-128-M, Linear 512)"
 
     return {
         "digits": digits,
         "digits-vgg-bn": lambda: digits_small(
-            "VGG-style with BatchNorm (conv 32-32-M-64-64-M-128-128-M, Linear 512)",
-            lambda: VGGCifar((32, 32, "M", 64, 64, "M", 128, 128, "M"), 1, 10),
-            macs=(0.3, 0.12, 0.06, 0.04),
-            ratios=(0.5, 0.6, 0.7, 0.75, 0.8),
+            vgg_name, vgg_bn, macs=(0.3, 0.12, 0.06, 0.04), ratios=(0.5, 0.6, 0.7, 0.75, 0.8), seeds=(0, 1, 2)
+        ),
+        # the same model and starting point with three times the epochs: how the methods use a longer budget
+        "digits-vgg-bn-24": lambda: digits_small(
+            vgg_name,
+            vgg_bn,
+            macs=(0.04, 0.03, 0.02),
+            ratios=(0.75, 0.8, 0.85, 0.9),
             seeds=(0, 1, 2),
+            epochs=24,
+            variants=False,
         ),
         "digits-mobilenetv2": lambda: digits_small(
             "MobileNetV2-style (inverted residuals, depthwise, BatchNorm, ReLU6)",
@@ -469,6 +485,66 @@ def _best(points: list[dict[str, Any]], method: str, floor: float) -> dict[str, 
     return min(good, key=lambda p: p["params"]) if good else None
 
 
+def experiment_lines(exp: dict[str, Any]) -> list[str]:
+    """One experiment's table and its goal summary (BENCHMARKS.md markdown)."""
+    lines: list[str] = []
+    points = exp["points"]
+    dense = points[0]
+    floor = dense["test_accuracy"] - 0.01
+    seeds = exp.get("seeds", [0])
+    averaged = f"; every pruned row the mean of seeds {seeds}" if len(seeds) > 1 else ""
+    lines += [
+        f"**{exp['experiment']}** (pruning budget {exp['epochs']} epochs for every method; common "
+        f"options {exp['common']}{averaged}):",
+        "",
+        "| method | setting | test acc | per seed | drop | params | MACs | NNR bytes | time |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for p in points:
+        if not p["params"]:  # a run that failed: no numbers to show
+            lines.append(f"| {p['method']} | {p['setting']} | - | - | - | - | - | - | - |")
+            continue
+        drop = 100 * (dense["test_accuracy"] - p["test_accuracy"])
+        per_seed = " / ".join(f"{100 * a:.1f}" for a in p.get("accuracies", [])) or "-"
+        lines.append(
+            f"| {p['method']} | {p['setting']} | {100 * p['test_accuracy']:.2f} % | {per_seed} | {drop:+.2f} | "
+            f"{p['params']:,} | {p['macs']:,} | {p['nnr_bytes']:,} | {p['seconds']:.0f} s |"
+        )
+    best = {m: _best(points, m, floor) for m in ("serene", "l1", "torch-pruning")}
+    summary = []
+    if best["serene"]:
+        for peer in ("l1", "torch-pruning"):
+            peer_best = best[peer]
+            if peer_best:
+                ratio = {k: peer_best[k] / best["serene"][k] for k in ("params", "macs", "nnr_bytes")}
+                summary.append(
+                    f"{peer} / SeReNe at equal accuracy: params {ratio['params']:.2f}x, "
+                    f"MACs {ratio['macs']:.2f}x, NNR {ratio['nnr_bytes']:.2f}x"
+                )
+            elif any(p["method"] == peer and p["params"] for p in points):
+                summary.append(f"{peer}: no model within 1 point of the dense accuracy")
+            else:
+                summary.append(f"{peer}: not measured")
+        if best["torch-pruning"]:
+            macs = best["serene"]["macs"] / best["torch-pruning"]["macs"]
+            verdict = "met" if macs <= 0.8 else "**missed**"
+            summary.append(f"goal SeReNe MACs <= 0.8x Torch-Pruning's: {macs:.2f}x, {verdict}")
+        if best["l1"]:
+            params = best["l1"]["params"] / best["serene"]["params"]
+            verdict = "met" if params >= 1.3 else "**missed**"
+            summary.append(f"goal L1/SeReNe params >= 1.3x: {params:.2f}x, {verdict}")
+    else:
+        summary.append("SeReNe: no model within 1 point of the dense accuracy")
+    lines += [
+        "",
+        "Smallest model within 1 point of dense test accuracy (target: L1 / SeReNe >= 1.3x): "
+        + "; ".join(summary)
+        + ".",
+        "",
+    ]
+    return lines
+
+
 def write_report(results: dict[str, Any]) -> None:
     lines = [
         SECTION,
@@ -507,60 +583,7 @@ def write_report(results: dict[str, Any]) -> None:
         ]
         lines.append("")
     for exp in results.get("experiments", []):
-        points = exp["points"]
-        dense = points[0]
-        floor = dense["test_accuracy"] - 0.01
-        seeds = exp.get("seeds", [0])
-        averaged = f"; every pruned row the mean of seeds {seeds}" if len(seeds) > 1 else ""
-        lines += [
-            f"**{exp['experiment']}** (pruning budget {exp['epochs']} epochs for every method; common "
-            f"options {exp['common']}{averaged}):",
-            "",
-            "| method | setting | test acc | per seed | drop | params | MACs | NNR bytes | time |",
-            "|---|---|---:|---|---:|---:|---:|---:|---:|",
-        ]
-        for p in points:
-            if not p["params"]:  # a run that failed: no numbers to show
-                lines.append(f"| {p['method']} | {p['setting']} | - | - | - | - | - | - | - |")
-                continue
-            drop = 100 * (dense["test_accuracy"] - p["test_accuracy"])
-            per_seed = " / ".join(f"{100 * a:.1f}" for a in p.get("accuracies", [])) or "-"
-            lines.append(
-                f"| {p['method']} | {p['setting']} | {100 * p['test_accuracy']:.2f} % | {per_seed} | {drop:+.2f} | "
-                f"{p['params']:,} | {p['macs']:,} | {p['nnr_bytes']:,} | {p['seconds']:.0f} s |"
-            )
-        best = {m: _best(points, m, floor) for m in ("serene", "l1", "torch-pruning")}
-        summary = []
-        if best["serene"]:
-            for peer in ("l1", "torch-pruning"):
-                peer_best = best[peer]
-                if peer_best:
-                    ratio = {k: peer_best[k] / best["serene"][k] for k in ("params", "macs", "nnr_bytes")}
-                    summary.append(
-                        f"{peer} / SeReNe at equal accuracy: params {ratio['params']:.2f}x, "
-                        f"MACs {ratio['macs']:.2f}x, NNR {ratio['nnr_bytes']:.2f}x"
-                    )
-                elif any(p["method"] == peer and p["params"] for p in points):
-                    summary.append(f"{peer}: no model within 1 point of the dense accuracy")
-                else:
-                    summary.append(f"{peer}: not measured")
-            if best["torch-pruning"]:
-                macs = best["serene"]["macs"] / best["torch-pruning"]["macs"]
-                verdict = "met" if macs <= 0.8 else "**missed**"
-                summary.append(f"goal SeReNe MACs <= 0.8x Torch-Pruning's: {macs:.2f}x, {verdict}")
-            if best["l1"]:
-                params = best["l1"]["params"] / best["serene"]["params"]
-                verdict = "met" if params >= 1.3 else "**missed**"
-                summary.append(f"goal L1/SeReNe params >= 1.3x: {params:.2f}x, {verdict}")
-        else:
-            summary.append("SeReNe: no model within 1 point of the dense accuracy")
-        lines += [
-            "",
-            "Smallest model within 1 point of dense test accuracy (target: L1 / SeReNe >= 1.3x): "
-            + "; ".join(summary)
-            + ".",
-            "",
-        ]
+        lines += experiment_lines(exp)
     if "ablation" in results:
         ab = results["ablation"]
         lines += [
@@ -633,7 +656,8 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         default="",
-        help="steps,ablation,digits,digits-resnet20,digits-vgg-bn,digits-mobilenetv2,fmnist-lenet5,fmnist-resnet20",
+        help="steps,ablation,digits,digits-resnet20,digits-vgg-bn,digits-vgg-bn-24,digits-mobilenetv2,"
+        "fmnist-lenet5,fmnist-resnet20",
     )
     parser.add_argument("--report", action="store_true", help="rewrite the BENCHMARKS.md section and the plot")
     parser.add_argument("--methods", default="serene,l1,torch-pruning", help="methods to run (dense always)")

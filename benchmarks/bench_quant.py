@@ -14,7 +14,7 @@ Columns: coded weight bytes (CABAC INT payload, what model.nnr spends on them) v
 byte per weight), test accuracy with those INT8 weights (float activations), and the relative L2
 deviation of the logits from the float model on the test split.
 
-    python benchmarks/bench_quant.py [--models lenet5,resnet20]
+    python benchmarks/bench_quant.py [--models lenet5,resnet20,resnet20-pruned]
 """
 
 from __future__ import annotations
@@ -47,6 +47,20 @@ def _trained_resnet20():  # noqa: ANN202 - Artifact
     model = resnet20(in_channels=1)
     fit(model, data, TrainConfig(epochs=3, lr=0.05, batch_size=64), QUIET)
     return Artifact(model=model.eval(), example_input=data.test.tensors[0][:1].clone(), data=data)
+
+
+def _pruned_resnet20():  # noqa: ANN202 - Artifact
+    """The issue's second model: that ResNet-20 pruned by SeReNe to half its MACs (8 epochs) and simplified,
+    as ``compress`` hands it to the quantize stage."""
+    import dataclasses
+
+    from edgeprune.prune.pruner import PruneOptions, prune_model
+    from edgeprune.simplify import simplify
+
+    art = _trained_resnet20()
+    assert art.data is not None  # trained here, on its data
+    prune_model(art.model, art.example_input, art.data, PruneOptions(epochs=8, target_macs=0.5, max_accuracy_drop=None))
+    return dataclasses.replace(art, model=simplify(art.model, art.example_input).model.eval())
 
 
 def measure(deploy, qw, data, reference: torch.Tensor) -> dict:  # noqa: ANN001
@@ -131,10 +145,14 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="lenet5,resnet20")
+    parser.add_argument("--models", default="lenet5,resnet20,resnet20-pruned")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    builders = {"lenet5": lambda: build_example("lenet5", seed=0), "resnet20": _trained_resnet20}
+    builders = {
+        "lenet5": lambda: build_example("lenet5", seed=0),
+        "resnet20": _trained_resnet20,
+        "resnet20-pruned": _pruned_resnet20,
+    }
     rows: list[dict] = []
     for name in args.models.split(","):
         rows += bench(name, builders[name]())
