@@ -44,6 +44,14 @@ def test_pruning_runs_on_the_chosen_device_and_hands_the_model_back_on_the_cpu(t
 
 
 def test_thread_count_follows_the_cpus_the_process_may_use(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert usable_cpus() == len(os.sched_getaffinity(0))
     monkeypatch.setattr(os, "getloadavg", lambda: (usable_cpus() + 8.0, 0.0, 0.0))
     assert choose_threads() == usable_cpus()  # never load-dependent: same seed, same threads, same result
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", 1), ("1000", None), ("0", None), ("two", None), ("", None)])
+def test_omp_num_threads_caps_the_training_threads(monkeypatch, value, expected):
+    """A user running jobs side by side sets OMP_NUM_THREADS=1; a larger or unusable value changes nothing."""
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert choose_threads() == (expected or usable_cpus())

@@ -155,11 +155,15 @@ def usable_cpus() -> int:
 
 
 def choose_threads() -> int:
-    """Intra-op threads for training: one per CPU this process may use.
+    """Intra-op threads for training: one per CPU this process may use, or fewer when the user caps
+    them with ``OMP_NUM_THREADS`` (the variable every BLAS/OpenMP program honours; running several jobs
+    side by side with it set is how a shared machine is kept from spinning threads against each other).
 
     Not reduced when the machine is busy: the thread count changes the order of floating-point
     reductions, so a load-dependent choice made two runs with the same seed prune differently."""
-    return usable_cpus()
+    cpus = usable_cpus()
+    cap = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return min(cpus, int(cap)) if cap.isdigit() and int(cap) > 0 else cpus
 
 
 def init_distributed(backend: str = "gloo") -> tuple[int, int]:
