@@ -310,7 +310,8 @@ def test_block_scan_arguments_are_checked():
         _cabac.encode(levels, 40, 8, dq=False, scan_order=1, row_skip=False, entry_points=np.zeros(2, np.uint64))
     with pytest.raises(_cabac.CabacError, match="inconsistent"):  # NNCodec's row skip in a block scan: not written
         _cabac.encode(levels, 40, 8, dq=False, scan_order=1, row_skip=True, entry_points=np.zeros(4, np.uint64))
-    payload, _ = _cabac.encode(levels, 40, 8, dq=False, scan_order=1, row_skip=False, entry_points=np.zeros(4, np.uint64))
+    eps_out = np.zeros(4, np.uint64)
+    payload, _ = _cabac.encode(levels, 40, 8, dq=False, scan_order=1, row_skip=False, entry_points=eps_out)
     eps = np.zeros(4, np.uint64)
     with pytest.raises(ValueError, match="block_rows"):
         _cabac.decode(payload, levels, 40, 8, dq=False, scan_order=1, entry_points=eps, block_rows=(3, 9))
