@@ -51,6 +51,7 @@ def prune_artifact(art: Artifact, options: PruneOptions, dest: Path, progress: P
         "twt": options.twt,
         "pwe": options.pwe,
         "sensitivity": options.sensitivity if options.method == "serene" else None,
+        "cut_biases": options.cut_biases,
         "epochs": result.epochs,
         "finetune_epochs": result.finetune_epochs,
         "epochs_auto": options.epochs is None,
