@@ -41,7 +41,7 @@ def prune_artifact(art: Artifact, options: PruneOptions, dest: Path, progress: P
         )
     # The starting model's test accuracy is only reported: score a copy once training is over, so that the
     # first training step is not kept waiting (10k Fashion-MNIST images through ResNet-20: 12 s on 2 cores).
-    dense = art.dense_model or copy.deepcopy(art.model)
+    dense = art.dense_model if art.dense_model is not None else copy.deepcopy(art.model)
     result = prune_model(art.model, art.example_input, art.data, options, progress, starting_model=dense)
     test_before = evaluate(dense, art.data.loader("test", 512))["accuracy"]
     art.dense_test_accuracy = test_before
