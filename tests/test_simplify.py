@@ -408,6 +408,33 @@ def test_carrier_mode_folds_padded_constants_into_one_kept_dead_channel():
     assert border["border_corrections"] == 1 and border["channels_removed"] == 3
 
 
+def test_map_mode_adds_the_padded_constants_as_one_precomputed_map_at_a_fixed_resolution():
+    """No conv for the correction: one constant map, exact at the example's resolution only - and the
+    model says so (fixed_resolution) instead of silently computing something else at another size."""
+
+    class Chain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.next = nn.Conv2d(8, 6, 3, padding=(1, 2), stride=2, dilation=(1, 2))
+            self.fc = nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(F.silu(self.next(torch.sigmoid(self.conv(x)))).mean((2, 3)))
+
+    model = Chain().eval()
+    with torch.no_grad():
+        model.conv.weight[[1, 2, 6]] = 0
+    simplified, report = assert_simplified(model, (1, 3, 9, 11), options=SimplifyOptions(padded_constants="map"))
+    assert report["border_corrections"] == 0 and report["channels_removed"] == 3
+    assert report["fixed_resolution"] and report["resolutions"] == "9x11"
+    assert not any(isinstance(m, nn.Conv2d) and m.in_channels == 1 for m in simplified.modules())
+    with pytest.raises(RuntimeError):
+        simplified(torch.randn(1, 3, 16, 16))
+    _, border = assert_simplified(model, (1, 3, 9, 11))
+    assert border["border_corrections"] == 1 and not border["fixed_resolution"]
+
+
 def test_models_with_several_outputs_are_compared_output_by_output():
     class TwoHeads(nn.Module):
         def __init__(self) -> None:
@@ -432,7 +459,7 @@ def test_models_with_several_outputs_are_compared_output_by_output():
 
 
 @settings(max_examples=6, deadline=None, derandomize=True)
-@given(fraction=st.floats(0.05, 1.0), seed=st.integers(0, 10_000), mode=st.sampled_from(["border", "carrier"]))
+@given(fraction=st.floats(0.05, 1.0), seed=st.integers(0, 10_000), mode=st.sampled_from(["border", "carrier", "map"]))
 def test_random_structured_zeroing_of_a_zero_padding_resnet_stays_exact(fraction, seed, mode):
     """Any amount of dead channels, including all of them: still exact, never an empty tensor."""
     model = kill_channels(models.resnet20(shortcut="A"), fraction, seed)

@@ -128,3 +128,22 @@ def test_cli_takes_a_state_dict_with_its_architecture(runner, cli, tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(torch.export.load(tmp_path / "s.pt2").module()(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_cli_map_mode_replaces_the_border_convs_by_precomputed_maps(runner, cli, trained_lenet5, tmp_path):
+    """`--padded-constants map`: the same removals, no correction conv, the same outputs after a reload."""
+    model = pruned_lenet5(trained_lenet5)
+    save_model(model, trained_lenet5.example_input, tmp_path / "pruned.pt2")
+    reports = {}
+    for mode in ("border", "map"):
+        args = ["simplify", str(tmp_path / "pruned.pt2"), "-o", str(tmp_path / f"{mode}.pt2")]
+        result = runner.invoke(cli, [*args, "--padded-constants", mode, "--json"])
+        assert result.exit_code == 0, result.output
+        reports[mode] = json.loads(result.output)
+    assert reports["border"]["border_corrections"] > 0 and reports["map"]["border_corrections"] == 0
+    assert reports["map"]["channels_removed"] == reports["border"]["channels_removed"]
+    assert reports["map"]["fixed_resolution"]
+    test_x = trained_lenet5.data.test.tensors[0][:32]
+    reloaded = torch.export.load(tmp_path / "map.pt2").module()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(test_x), model(test_x), rtol=1e-4, atol=1e-4)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from edgeprune.options import cli
 
-PADDED_CONSTANT_MODES = ("border", "carrier", "refuse")
+PADDED_CONSTANT_MODES = ("border", "carrier", "map", "refuse")
 
 
 @dataclass
@@ -19,7 +19,11 @@ class SimplifyOptions:
     such dead channel per conv that needs it and folds the others into its weights (exact, no
     extra op, falls back to "border" where no carrier fits) - fewer ops, but the extra channel
     breaks multiple-of-8 widths, which made ResNet-32 slower on onnxruntime (BENCHMARKS.md,
-    Simplify), so it is not the default. "refuse" keeps all such channels instead.
+    Simplify), so it is not the default. "map" precomputes the correction at the example's
+    resolution and adds it as one constant (no conv, one add that also carries the layer's other
+    folded constants) - the fastest form, but the simplified model then accepts only that
+    resolution, so it is for deployments with a fixed input size. "refuse" keeps all such
+    channels instead.
     ``fold_batchnorm``: fold BN into the preceding Conv/Linear (exact in float64; BN that follows
     an add or a concat stays a per-channel BN module).
     ``tolerance``: the largest float64 output difference the equivalence proof accepts.
@@ -29,7 +33,8 @@ class SimplifyOptions:
         default="border",
         metadata=cli(
             "A removed channel's constant entering a zero-padded conv: add an exact border correction, "
-            "fold it into one kept dead channel (no extra op), or keep the channel.",
+            "fold it into one kept dead channel (no extra op), add it as one precomputed map (fixed "
+            "input resolution), or keep the channel.",
             choices=PADDED_CONSTANT_MODES,
             prefixed=False,
         ),

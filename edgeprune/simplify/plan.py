@@ -11,8 +11,8 @@ Everything is computed in float64 from the traced model:
    and at a second resolution where the model allows one. A channel whose value is not the same
    everywhere a consumer needs it to be is refused (kept), never approximated.
 4. The constants are folded into each consumer: Linear and unpadded convs get a bias change;
-   zero-padded convs get them through a kept "carrier" dead channel or a border-correction
-   kernel (see ``SimplifyOptions.padded_constants``).
+   zero-padded convs get them through a kept "carrier" dead channel, a border-correction
+   kernel or a precomputed correction map (see ``SimplifyOptions.padded_constants``).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class LayerPlan:
     folded_bn: str | None = None
     delta: torch.Tensor | None = None  # bias change from removed constant inputs
     border: torch.Tensor | None = None  # correction kernel (O, 1, *k) for a zero-padded conv
+    border_map: torch.Tensor | None = None  # the same correction at the example's resolution (1, O, *out)
 
 
 @dataclass
@@ -98,7 +99,9 @@ def make_plan(
     if options.padded_constants == "carrier":
         plan.carriers = _choose_carriers(plan, constants)
         plan.removed -= plan.carriers
-    _fold_constants(plan, constants)
+    _fold_constants(plan, constants, as_map=options.padded_constants == "map")
+    if any(lp.border_map is not None for lp in plan.layers.values()):
+        plan.shape_specialised = True
     return plan
 
 
@@ -274,8 +277,9 @@ def _choose_carriers(plan: Plan, constants: dict[str, dict[int, float]]) -> set[
         candidates = {n: classes for n, classes in candidates.items() if best not in classes}
 
 
-def _fold_constants(plan: Plan, constants: dict[str, dict[int, float]]) -> None:
-    """Turn each consumer's removed constant inputs into a bias change, a carrier column or a border kernel."""
+def _fold_constants(plan: Plan, constants: dict[str, dict[int, float]], as_map: bool = False) -> None:
+    """Turn each consumer's removed constant inputs into a bias change, a carrier column, a border
+    kernel or (``as_map``) a precomputed correction map."""
     ana = plan.graph.analysis
     shared = _shared_weights(plan)
     for name, per_position in constants.items():
@@ -303,5 +307,18 @@ def _fold_constants(plan: Plan, constants: dict[str, dict[int, float]]) -> None:
                 weight = lp.weight.clone()
                 weight[:, carrier] += contribution / per_position[carrier]
                 lp.weight = weight
+            elif as_map:
+                lp.border_map = _correction_map(plan.traced, lp.info, contribution)
             else:
                 lp.border = contribution.unsqueeze(1)
+
+
+def _correction_map(traced: TracedModel, info: LayerInfo, contribution: torch.Tensor) -> torch.Tensor:
+    """What removed constant inputs add to a zero-padded conv's output at the traced resolution:
+    the conv of a ones map - full inside, partial where the kernel overlaps the padding. Exact only
+    at that resolution, which is why the plan is then marked shape-specialised."""
+    spatial = traced.values[info.input_node].shape[2:]
+    ones = torch.ones((1, 1, *spatial), dtype=torch.float64)
+    convolve = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)[len(spatial) - 1]
+    kernel = contribution.unsqueeze(1).to(torch.float64)
+    return convolve(ones, kernel, None, info.stride, info.padding, info.dilation)

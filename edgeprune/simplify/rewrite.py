@@ -197,6 +197,9 @@ class _Builder:
             border = self.add_module(f"{target}_border", _make_conv(kernel, None, lp, groups=1))
             correction = self.graph.call_module(border, (self.ones_map(x, kernel.dim() - 2),))
             out = self.emit(aten.add.Tensor, (out, correction), None)
+        if lp.border_map is not None:
+            correction = self.constant(f"{target}_border_map", lp.border_map[:, out_keep].clone())
+            out = self.emit(aten.add.Tensor, (out, correction), None)
         if delta is not None:
             shape = (-1,) + (1,) * (weight.dim() - 2)
             out = self.emit(aten.add.Tensor, (out, self.constant(f"{target}_constant", delta.reshape(shape))), None)
