@@ -99,16 +99,6 @@ def show(row: dict) -> None:
     print({k: v for k, v in row.items() if k != "correct_exact"}, file=sys.stderr, flush=True)
 
 
-class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over the calibration images, 32 at a time."""
-
-    def __init__(self, batch: torch.Tensor) -> None:
-        self._chunks = iter([{onnx_export.INPUT_NAME: c.numpy()} for c in batch.split(32)])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._chunks, None)
-
-
 def peer_rows(name: str, art: Artifact, work: Path, x: torch.Tensor, y: np.ndarray, ref: np.ndarray) -> list[dict]:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -122,7 +112,7 @@ def peer_rows(name: str, art: Artifact, work: Path, x: torch.Tensor, y: np.ndarr
             quantize_static(
                 str(fp32),
                 str(dest),
-                _Reader(calibration),
+                onnx_export.BatchReader(calibration),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=QuantType.QUInt8,

@@ -119,8 +119,9 @@ def export_fp32(
     return dest
 
 
-class _BatchReader:
-    """onnxruntime ``CalibrationDataReader`` over the calibration batch, in chunks."""
+class BatchReader:
+    """onnxruntime's ``CalibrationDataReader`` protocol over a calibration batch, in chunks (the
+    exporter's and the calibration benchmark's peer runs read the same images the same way)."""
 
     def __init__(self, batch: torch.Tensor, chunk: int = 32) -> None:
         self._chunks = iter([{INPUT_NAME: c.numpy()} for c in batch.split(chunk)])
@@ -163,12 +164,12 @@ def quantize_int8(
 
     model = onnx.load(str(snapped_fp32), load_external_data=False)
     batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    reader = _BatchReader(calibration, chunk=32 if batch_dim.dim_param else max(1, batch_dim.dim_value))
+    reader = BatchReader(calibration, chunk=32 if batch_dim.dim_param else max(1, batch_dim.dim_value))
     extra: dict = {"WeightSymmetric": True, "CalibPercentile": percentile, "QDQDisableWeightAdjustForInt32Bias": True}
     overrides = weight_scale_overrides(model, weight_scales) if weight_scales else {}
     if method == "mse":
         chunk = 32 if batch_dim.dim_param else max(1, batch_dim.dim_value)
-        overrides.update(mse_activation_overrides(snapped_fp32, _BatchReader(calibration, chunk), dest.parent))
+        overrides.update(mse_activation_overrides(snapped_fp32, BatchReader(calibration, chunk), dest.parent))
     if overrides:
         extra["TensorQuantOverrides"] = overrides
     with atomic_path(dest) as tmp, _quiet():
@@ -186,7 +187,7 @@ def quantize_int8(
     return dest
 
 
-def mse_activation_overrides(fp32: Path, reader: _BatchReader, scratch: Path) -> dict[str, list]:
+def mse_activation_overrides(fp32: Path, reader: BatchReader, scratch: Path) -> dict[str, list]:
     """``TensorQuantOverrides`` giving every activation its least-squared-error uint8 range.
 
     onnxruntime has no MSE calibrator, but its histogram calibrator collects the signed histogram of every
