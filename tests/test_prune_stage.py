@@ -51,6 +51,21 @@ def test_targets_stop_pruning_early(trained_lenet5, target):
     assert result.events[-1].epoch == result.epochs_run - 1  # pruned, then one epoch of fine-tuning
 
 
+def test_a_budget_is_approached_geometrically(trained_lenet5):
+    """After the first event (where TWT may cut a lot for free) every prune event keeps about the same
+    share of the MACs that are left - a linear schedule would keep 0.80, 0.75, 0.66 and 0.49 of them
+    here, putting the largest cut where the least training is left to recover from it."""
+    art = _copy(trained_lenet5)
+    options = PruneOptions(
+        method="l1", epochs=6, finetune_epochs=1, warmup_epochs=0, twt=0.0, target_macs=0.1, max_accuracy_drop=None
+    )
+    result = prune_model(art.model, art.example_input, art.data, options)
+    left = [1.0] + [event.macs_remaining for event in result.events]
+    shares = [after / before for before, after in zip(left, left[1:])]
+    assert len(result.events) == 5 and result.macs_remaining <= 0.1
+    assert min(shares[1:]) >= 0.55 and max(shares[1:]) / min(shares[1:]) < 1.25, shares
+
+
 def test_accuracy_floor_restores_the_last_good_state_and_says_so(trained_lenet5, capsys):
     """A destructive lambda wrecks accuracy; with the floor the run ends on a state that meets it,
     with a warning on stderr and ``rolled_back`` set - never silently."""
