@@ -364,8 +364,9 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
         "digits-mobilenetv2": lambda: digits_small(
             "MobileNetV2-style (inverted residuals, depthwise, BatchNorm, ReLU6)",
             lambda: mobilenetv2_like(1, 10),
-            macs=(0.3,),
-            ratios=(0.3, 0.5),
+            macs=(0.3, 0.2),
+            ratios=(0.3, 0.4, 0.5),
+            variants=False,
         ),
         "digits-resnet20": digits_resnet20,
         "fmnist-lenet5": fmnist_lenet5,
