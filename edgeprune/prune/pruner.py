@@ -520,8 +520,8 @@ class _Controller:
         every event removes the same share of what is left and the target is reached by the last
         pruning epoch. Why not linear (1/k of the way each event, the first version): that leaves the
         large relative cuts to the last events, which have the least training left to recover - on
-        digits / VGG-BN at 2 % of the MACs the last event halved the remaining channels, and switching
-        to geometric gained 0.6 (SeReNe) and 0.9 (L1) points (BENCHMARKS.md, Pruning)."""
+        digits / VGG-BN at 2 % of the MACs the last event removed about half of the channels left, and
+        switching to geometric gained 0.6 (SeReNe) and 0.9 (L1) points (BENCHMARKS.md, Pruning)."""
         goals = self._budget_goals()
         if not goals:
             return 0
