@@ -364,7 +364,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
         "digits-mobilenetv2": lambda: digits_small(
             "MobileNetV2-style (inverted residuals, depthwise, BatchNorm, ReLU6)",
             lambda: mobilenetv2_like(1, 10),
-            macs=(0.3, 0.2),
+            macs=(0.3, 0.2, 0.15),
             ratios=(0.3, 0.4, 0.5),
             variants=False,
         ),
