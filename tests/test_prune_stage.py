@@ -61,7 +61,7 @@ def test_a_budget_is_approached_geometrically(trained_lenet5):
     )
     result = prune_model(art.model, art.example_input, art.data, options)
     left = [1.0] + [event.macs_remaining for event in result.events]
-    shares = [after / before for before, after in zip(left, left[1:])]
+    shares = [after / before for before, after in zip(left, left[1:], strict=False)]
     assert len(result.events) == 5 and result.macs_remaining <= 0.1
     assert min(shares[1:]) >= 0.55 and max(shares[1:]) / min(shares[1:]) < 1.25, shares
 
