@@ -366,6 +366,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             lambda: mobilenetv2_like(1, 10),
             macs=(0.3, 0.2, 0.15),
             ratios=(0.3, 0.4, 0.5),
+            seeds=(0, 1, 2),
             variants=False,
         ),
         "digits-resnet20": digits_resnet20,
