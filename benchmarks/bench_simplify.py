@@ -54,10 +54,10 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 NOTES = [
     "Reading the table: MACs count Conv/Linear multiply-accumulates of the simplified model without",
     "correction convs - what pruning removed; the border form adds them, the map form does not.",
-    "ResNet-32 and MobileNetV2 run in under a millisecond after simplification (narrow layers, 8 channels",
+    "ResNet-32 and MobileNetV2 run in about a millisecond after simplification (narrow layers, 8 channels",
     "and up), where per-op overhead and the element-wise ops (adds, ReLU6, correction maps) weigh",
-    "more, so their speedup stays below the MAC ratio; VGG-16's weights shrink from 60 MB to 15 MB and",
-    "start fitting the caches, so its speedup exceeds it. Every simplified model is float64-exact (column",
+    "more, so their speedup stays further below the MAC ratio than VGG-16's, whose wide layers keep the",
+    "kernels efficient after pruning. Every simplified model is float64-exact (column",
     "float64 max|d|, at 32x32 and 40x40 - the map form at 32x32 only -, batch 1 and 3); the price of",
     "exactness is the cost-of-exactness line.",
 ]
