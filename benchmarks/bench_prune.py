@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import statistics
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -647,8 +648,12 @@ def plot(results: dict[str, Any]) -> None:
     exps = results.get("experiments", [])
     if not exps:
         return
-    fig, axes = plt.subplots(1, len(exps), figsize=(5 * len(exps), 4), squeeze=False)
-    for ax, exp in zip(axes[0], exps, strict=True):
+    columns = min(3, len(exps))
+    rows = -(-len(exps) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4.5 * rows), squeeze=False)
+    for ax in axes.flat[len(exps) :]:
+        ax.set_visible(False)
+    for ax, exp in zip(axes.flat, exps, strict=False):
         for method, marker in (("dense", "*"), ("serene", "o"), ("l1", "s"), ("torch-pruning", "^")):
             pts = [p for p in exp["points"] if p["method"] == method and p["params"]]
             ax.scatter(
@@ -661,7 +666,7 @@ def plot(results: dict[str, Any]) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("parameters after simplification")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(exp["experiment"], fontsize=9)
+        ax.set_title(textwrap.fill(exp["experiment"], 60), fontsize=8)
         ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(PLOT) as tmp:
