@@ -384,22 +384,31 @@ def test_flattening_by_view_or_reshape_before_a_linear(flatten):
     assert simplified.get_submodule("fc").in_features == 6 * 36
 
 
-def test_carrier_mode_folds_padded_constants_into_one_kept_dead_channel():
-    """No border op at all: the kept carrier's column absorbs the others, exactly, at any resolution."""
+class _PaddedChain(nn.Module):
+    """conv -> sigmoid -> ``next`` (zero-padded) -> SiLU -> mean -> Linear: a dead conv channel sends
+    sigmoid(0) = 0.5 into the padded ``next``, the case the padded-constant modes are about."""
 
-    class Chain(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 8, 3, padding=1)
-            self.next = nn.Conv2d(8, 6, 3, padding=1, stride=2)
-            self.fc = nn.Linear(6, 2)
+    def __init__(self, next_conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.next = next_conv
+        self.fc = nn.Linear(next_conv.out_channels, 2)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(F.silu(self.next(torch.sigmoid(self.conv(x)))).mean((2, 3)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.silu(self.next(torch.sigmoid(self.conv(x)))).mean((2, 3)))
 
-    model = Chain().eval()
+
+def padded_chain(next_conv: nn.Conv2d) -> nn.Module:
+    """A _PaddedChain with conv channels 1, 2 and 6 dead."""
+    model = _PaddedChain(next_conv).eval()
     with torch.no_grad():
         model.conv.weight[[1, 2, 6]] = 0
+    return model
+
+
+def test_carrier_mode_folds_padded_constants_into_one_kept_dead_channel():
+    """No border op at all: the kept carrier's column absorbs the others, exactly, at any resolution."""
+    model = padded_chain(nn.Conv2d(8, 6, 3, padding=1, stride=2))
     simplified, report = assert_simplified(model, (1, 3, 9, 9), options=SimplifyOptions(padded_constants="carrier"))
     assert report["carrier_channels"] == 1 and report["border_corrections"] == 0
     assert report["channels_removed"] == 2 and simplified.get_submodule("next").in_channels == 6
@@ -411,20 +420,7 @@ def test_carrier_mode_folds_padded_constants_into_one_kept_dead_channel():
 def test_map_mode_adds_the_padded_constants_as_one_precomputed_map_at_a_fixed_resolution():
     """No conv for the correction: one constant map, exact at the example's resolution only - and the
     model says so (fixed_resolution) instead of silently computing something else at another size."""
-
-    class Chain(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 8, 3, padding=1)
-            self.next = nn.Conv2d(8, 6, 3, padding=(1, 2), stride=2, dilation=(1, 2))
-            self.fc = nn.Linear(6, 2)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(F.silu(self.next(torch.sigmoid(self.conv(x)))).mean((2, 3)))
-
-    model = Chain().eval()
-    with torch.no_grad():
-        model.conv.weight[[1, 2, 6]] = 0
+    model = padded_chain(nn.Conv2d(8, 6, 3, padding=(1, 2), stride=2, dilation=(1, 2)))
     simplified, report = assert_simplified(model, (1, 3, 9, 11), options=SimplifyOptions(padded_constants="map"))
     assert report["border_corrections"] == 0 and report["channels_removed"] == 3
     assert report["fixed_resolution"] and report["resolutions"] == "9x11"
