@@ -20,8 +20,8 @@ class SimplifyOptions:
     extra op, falls back to "border" where no carrier fits) - fewer ops, but the extra channel
     breaks multiple-of-8 widths, which made ResNet-32 slower on onnxruntime (BENCHMARKS.md,
     Simplify), so it is not the default. "map" precomputes the correction at the example's
-    resolution and adds it as one constant (no conv, one add that also carries the layer's other
-    folded constants) - the fastest form, but the simplified model then accepts only that
+    resolution and adds it as one constant (no correction conv) - faster on LiteRT, level on
+    onnxruntime (BENCHMARKS.md, Simplify) - but the simplified model then accepts only that
     resolution, so it is for deployments with a fixed input size. "refuse" keeps all such
     channels instead.
     ``fold_batchnorm``: fold BN into the preceding Conv/Linear (exact in float64; BN that follows
