@@ -164,11 +164,11 @@ def quantize_int8(
 
     model = onnx.load(str(snapped_fp32), load_external_data=False)
     batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    reader = BatchReader(calibration, chunk=32 if batch_dim.dim_param else max(1, batch_dim.dim_value))
+    chunk = 32 if batch_dim.dim_param else max(1, batch_dim.dim_value)  # a fixed-batch file takes exactly that size
+    reader = BatchReader(calibration, chunk)
     extra: dict = {"WeightSymmetric": True, "CalibPercentile": percentile, "QDQDisableWeightAdjustForInt32Bias": True}
     overrides = weight_scale_overrides(model, weight_scales) if weight_scales else {}
     if method == "mse":
-        chunk = 32 if batch_dim.dim_param else max(1, batch_dim.dim_value)
         overrides.update(mse_activation_overrides(snapped_fp32, BatchReader(calibration, chunk), dest.parent))
     if overrides:
         extra["TensorQuantOverrides"] = overrides

@@ -198,7 +198,7 @@ class _Builder:
             correction = self.graph.call_module(border, (self.ones_map(x, kernel.dim() - 2),))
             out = self.emit(aten.add.Tensor, (out, correction), None)
         if lp.border_map is not None:
-            correction = self.constant(f"{target}_border_map", lp.border_map[:, out_keep].clone())
+            correction = self.constant(f"{target}_border_map", lp.border_map[:, out_keep])
             out = self.emit(aten.add.Tensor, (out, correction), None)
         if delta is not None:
             shape = (-1,) + (1,) * (weight.dim() - 2)
