@@ -33,16 +33,18 @@ def _border_convs(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and name.endswith("_border")]
 
 
-@pytest.mark.parametrize("cut_biases", [False, True])
-def test_cut_biases_decides_whether_a_cut_channel_leaves_a_constant(vgg_with_shifts, cut_biases):
-    """Three channels of the first conv cut. Keeping biases (the default) leaves their BN shifts, a constant
+@pytest.mark.parametrize("mode", ["none", "all", "padded"])
+def test_cut_biases_decides_whether_a_cut_channel_leaves_a_constant(vgg_with_shifts, mode):
+    """Three channels of the first conv cut. Keeping biases ("none") leaves their BN shifts, a constant
     that simplify folds into the next, zero-padded conv exactly - with a border-correction conv.
-    Cutting biases zeroes the shifts (not the running statistics), the channels output zero, and
-    simplify removes them with no correction conv and fewer MACs. Either way simplify's result computes
-    what the pruned model computes."""
+    Cutting biases ("all", and "padded" since a zero-padded conv reads them) zeroes the shifts (not the
+    running statistics), the channels output zero, and simplify removes them with no correction conv
+    and fewer MACs. Either way simplify's result computes what the pruned model computes."""
     model = copy.deepcopy(vgg_with_shifts)
     x = torch.randn(4, 1, 8, 8)
-    masks = ChannelMasks(model, analyze(model, x[:1]).prunable_groups(), cut_biases=cut_biases)
+    graph = analyze(model, x[:1])
+    masks = ChannelMasks(model, graph.prunable_groups(), mode, graph.zero_padded_convs())
+    cut_biases = mode != "none"
     group = masks.groups[0]
     cut = torch.tensor([0, 1, 2])
     masks.prune(group.id, cut)
@@ -59,3 +61,27 @@ def test_cut_biases_decides_whether_a_cut_channel_leaves_a_constant(vgg_with_shi
         kept.features[1].weight[cut] = 0
     keep_macs = count_macs(simplify(kept, x[:1]).model, x[:1])
     assert (count_macs(small, x[:1]) < keep_macs) is cut_biases
+
+
+def test_padded_mode_keeps_the_biases_a_linear_reads(vgg_with_shifts):
+    """Where no zero-padded conv reads a group (the last conv before the classifier, the hidden Linear),
+    its constant folds into the Linear's bias for free, so "padded" keeps its biases and the cut stays
+    exact; the groups the next padded conv reads lose theirs."""
+    model = copy.deepcopy(vgg_with_shifts)
+    x = torch.randn(4, 1, 8, 8)
+    graph = analyze(model, x[:1])
+    masks = ChannelMasks(model, graph.prunable_groups(), "padded", graph.zero_padded_convs())
+    padded = graph.zero_padded_convs()
+    assert padded == {"features.0.weight", "features.3.weight", "features.7.weight"}
+    cuts = {g.id: masks.cuts_biases[g.id] for g in masks.groups}
+    read_by_padded = {g.id for g in masks.groups if any(s.name in padded for s in g.consumers)}
+    assert cuts == {g.id: g.id in read_by_padded for g in masks.groups}
+    assert 0 < len(read_by_padded) < len(masks.groups)
+    last = next(g for g in masks.groups if not masks.cuts_biases[g.id] and g.scales)  # the 16-channel conv
+    masks.prune(last.id, torch.tensor([0, 1]))
+    masks.apply()
+    shift = next(s for s in last.biases if isinstance(s.tensor, nn.Parameter)).tensor.detach()
+    assert (shift > 0).all()
+    small = simplify(model, x[:1]).model
+    torch.testing.assert_close(small(x), model(x), atol=1e-5, rtol=1e-5)
+    assert not _border_convs(small)

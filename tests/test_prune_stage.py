@@ -94,7 +94,7 @@ def test_stage_prunes_saves_and_reports(trained_lenet5, tmp_path):
     assert art.files["pruned"] == tmp_path / "pruned.pt2"
     assert metrics["size_bytes"] == (tmp_path / "pruned.pt2").stat().st_size
     assert metrics["method"] == "serene" and metrics["lambda"] == 0.2 and metrics["epochs_run"] == 5
-    assert metrics["cut_biases"] is False  # the default keeps a cut exact up to the channel gain
+    assert metrics["cut_biases"] == "none"  # the default keeps a cut exact up to the channel gain
     assert (metrics["epochs"], metrics["finetune_epochs"], metrics["epochs_auto"]) == (5, 1, False)
     assert [row["layers"] for row in metrics["channels"]] == ["conv1", "conv2", "fc1"]
     assert metrics["channels_kept"] < metrics["channels_total"] == 570

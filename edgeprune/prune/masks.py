@@ -14,7 +14,7 @@ broadcast multiplies rather than Python loops over channels.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,27 +159,50 @@ def bind_groups(model: nn.Module, groups: Sequence[Any]) -> list[GroupTensors]:
     ]
 
 
+# Which cut channels lose their learnable biases too (--cut-biases): none, those read by a zero-padded
+# conv, or every one
+BIAS_CUTS = ("none", "padded", "all")
+
+
 class ChannelMasks:
     """The keep-mask of every prunable group, and its enforcement.
 
-    A pruned channel's producer entries (and BN scales) are zeroed and kept at zero. Its biases are left
-    alone by default (the channel then outputs a constant that simplify folds into the consumers, so
-    removing it is exact), and so are its consumers' columns (they carry that constant until simplify).
-    With ``cut_biases`` its learnable biases (BN shift, conv bias) are zeroed too, as a magnitude pruner
-    that deletes the channel does: the channel then outputs zero, and simplify needs neither a constant
-    fold nor, behind a zero-padded conv, the border-correction convs that make the fold exact - fewer
-    MACs and layers, at the price of a cut that also removes the constant (fine-tuning absorbs it).
+    A pruned channel's producer entries (and BN scales) are zeroed and kept at zero, and so are its
+    consumers' columns left alone (they carry what the channel still outputs until simplify). Its
+    biases decide what that is (``cut_biases``, per group):
+
+    * kept: the channel outputs a constant that simplify folds into the consumers, so removing it is
+      exact. Behind a zero-padded conv the fold needs a border-correction conv per consumer to stay
+      exact - at 1 % of VGG-BN's MACs those convs were 17 % of the simplified model's MACs, which a MAC
+      budget (counted on the masks) does not see;
+    * cut (zeroed with the scales, as a magnitude pruner that deletes the channel does): the channel
+      outputs zero and simplify has nothing to fold - at the price of a cut that also drops the
+      constant, which the next BatchNorm's recalibration and fine-tuning absorb.
+
+    ``padded`` cuts exactly where keeping would cost a correction conv: for the groups a zero-padded
+    conv reads (``padded_convs``, weight names). The default stays ``none`` (every cut exact): on
+    digits / VGG-BN ``padded`` met MAC budgets in real MACs but its accuracy was mixed, 2 of 4
+    budgets better and 2 worse, each inside the seed noise (BENCHMARKS.md, Pruning).
     """
 
-    def __init__(self, model: nn.Module, groups: Sequence[Any], cut_biases: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        groups: Sequence[Any],
+        cut_biases: str = "none",
+        padded_convs: Collection[str] = (),
+    ) -> None:
         self.groups = bind_groups(model, groups)
         self.keep: dict[Any, torch.Tensor] = {g.id: torch.ones(g.size, dtype=torch.bool) for g in self.groups}
-        self.cut_biases = cut_biases
+        self.cuts_biases = {
+            g.id: cut_biases == "all" or (cut_biases == "padded" and any(s.name in padded_convs for s in g.consumers))
+            for g in self.groups
+        }
 
     def zeroed(self, group: GroupTensors) -> list[ResolvedSlice]:
         """What cutting a channel of ``group`` zeroes: its producer entries and BN scales, plus its
-        learnable biases with ``cut_biases`` (running statistics are left to BN recalibration)."""
-        if not self.cut_biases:
+        learnable biases where it cuts them (running statistics are left to BN recalibration)."""
+        if not self.cuts_biases[group.id]:
             return group.weights
         return [*group.weights, *(s for s in group.biases if isinstance(s.tensor, nn.Parameter))]
 

@@ -49,7 +49,7 @@ from edgeprune.graph import analyze
 from edgeprune.metrics import evaluate
 from edgeprune.options import cli
 from edgeprune.progress import QUIET, Progress, warn
-from edgeprune.prune.masks import ChannelMasks
+from edgeprune.prune.masks import BIAS_CUTS, ChannelMasks
 from edgeprune.prune.regularizer import BN_SHRINK, SereneRegularizer
 from edgeprune.prune.schedule import (
     SCORES,
@@ -178,12 +178,12 @@ class PruneOptions:
     finetune_epochs: int | None = field(
         default=None, metadata=cli("Final epochs that only fine-tune.", low=0, default_text="a quarter of the epochs")
     )
-    cut_biases: bool = field(
-        default=False,
+    cut_biases: str = field(
+        default="none",
         metadata=cli(
-            "A cut channel loses its bias too and outputs zero (no constant for simplify to fold, no "
-            "border-correction convs); --keep-biases keeps the cut exact up to the channel's gain.",
-            flag="cut-biases/keep-biases",
+            "Which cut channels lose their bias too and output zero: none (every cut exact up to the gain), "
+            "those a zero-padded conv reads (their constant would need border-correction convs), or all.",
+            choices=BIAS_CUTS,
         ),
     )
     search_evaluations: int = 16
@@ -248,6 +248,8 @@ class PruneOptions:
         if self.score is not None and self.score not in SCORES:
             raise EdgepruneError(f"unknown channel score {self.score!r}", f"choose one of {', '.join(SCORES)}")
         self.sensitivity_config()  # validate the sensitivity settings early
+        if self.cut_biases not in BIAS_CUTS:
+            raise EdgepruneError(f"unknown --cut-biases {self.cut_biases!r}", f"choose one of {', '.join(BIAS_CUTS)}")
         if self.bn_shrink not in BN_SHRINK:
             raise EdgepruneError(
                 f"unknown BatchNorm shrink {self.bn_shrink!r}", f"choose one of {', '.join(BN_SHRINK)}"
@@ -650,7 +652,7 @@ def _prune_model(
             "every channel is tied to the model input/output or to an operation edgeprune "
             "cannot prune; use --method none",
         )
-    masks = ChannelMasks(model, groups, cut_biases=options.cut_biases)
+    masks = ChannelMasks(model, groups, options.cut_biases, graph.zero_padded_convs())
     masks.mark_dead()
     cost = CostModel(model, graph)
     options = options.with_epoch_budget(cost.total_macs, len(data.train))
