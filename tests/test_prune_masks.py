@@ -70,14 +70,18 @@ def test_padded_mode_keeps_the_biases_a_linear_reads(vgg_with_shifts):
     model = copy.deepcopy(vgg_with_shifts)
     x = torch.randn(4, 1, 8, 8)
     graph = analyze(model, x[:1])
+    assert graph.zero_padded_convs() == {"features.0.weight", "features.3.weight", "features.7.weight"}
     masks = ChannelMasks(model, graph.prunable_groups(), "padded", graph.zero_padded_convs())
-    padded = graph.zero_padded_convs()
-    assert padded == {"features.0.weight", "features.3.weight", "features.7.weight"}
-    cuts = {g.id: masks.cuts_biases[g.id] for g in masks.groups}
-    read_by_padded = {g.id for g in masks.groups if any(s.name in padded for s in g.consumers)}
-    assert cuts == {g.id: g.id in read_by_padded for g in masks.groups}
-    assert 0 < len(read_by_padded) < len(masks.groups)
-    last = next(g for g in masks.groups if not masks.cuts_biases[g.id] and g.scales)  # the 16-channel conv
+    by_producer = {g.producers[0].name: g for g in masks.groups}
+    cuts = {name: masks.cuts_biases[g.id] for name, g in by_producer.items()}
+    # conv 0 and conv 3 feed the padded convs 3 and 7; conv 7 feeds the hidden Linear, which feeds the classifier
+    assert cuts == {
+        "features.0.weight": True,
+        "features.3.weight": True,
+        "features.7.weight": False,
+        "classifier.1.weight": False,
+    }
+    last = by_producer["features.7.weight"]
     masks.prune(last.id, torch.tensor([0, 1]))
     masks.apply()
     shift = next(s for s in last.biases if isinstance(s.tensor, nn.Parameter)).tensor.detach()

@@ -140,6 +140,7 @@ def test_stage_without_data_refuses_unless_method_none(trained_lenet5, tmp_path)
         ({"twt": -1}, "must not be negative"),
         ({"sensitivity": "exact"}, "unknown sensitivity setting"),
         ({"score": "l2"}, "unknown channel score"),
+        ({"cut_biases": True}, "unknown --cut-biases True"),  # the boolean of earlier versions
     ],
 )
 def test_bad_options_are_refused(kwargs, message):
@@ -226,6 +227,8 @@ def test_compress_takes_the_prune_options(runner, cli, tmp_path):
             "1",
             "--twt",
             "0.1",
+            "--prune-cut-biases",
+            "padded",
             "--json",
             "-o",
             str(out),
@@ -234,6 +237,7 @@ def test_compress_takes_the_prune_options(runner, cli, tmp_path):
     assert result.exit_code == 0, result.output
     stage = next(s for s in json.loads(result.stdout)["stages"] if s["name"] == "prune")
     assert stage["metrics"]["method"] == "l1" and stage["metrics"]["twt"] == 0.1
+    assert stage["metrics"]["cut_biases"] == "padded"
     assert stage["metrics"]["epochs_run"] == 3
     assert "### prune: channels" in (out / "report.md").read_text()
     assert (out / "pruned.pt2").exists()
