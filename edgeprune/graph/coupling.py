@@ -56,6 +56,12 @@ class LayerInfo:
     dilation: tuple[int, ...] = (1,)
     module: str | None = None
 
+    @property
+    def pads(self) -> bool:
+        """A conv that pads its input: a constant input channel is not constant at its output's border
+        (what simplify's border corrections repair, and what ``--cut-biases padded`` avoids)."""
+        return self.kind == "conv" and any(self.padding)
+
 
 @dataclass
 class Entry:

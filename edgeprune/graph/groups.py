@@ -98,10 +98,8 @@ class ChannelGraph:
         return [g for g in self.groups if g.prunable]
 
     def zero_padded_convs(self) -> set[str]:
-        """Weight names of the conv call sites that pad their input: a constant channel entering one
-        is no longer constant at its output's border (what simplify's border corrections repair)."""
-        layers = self.analysis.layers.values()
-        return {layer.weight for layer in layers if layer.kind == "conv" and any(layer.padding)}
+        """Weight names of the conv call sites that pad their input (``LayerInfo.pads``)."""
+        return {layer.weight for layer in self.analysis.layers.values() if layer.pads}
 
     def dead_channels(self, model: nn.Module) -> dict[int, torch.Tensor]:
         """Group id -> BoolTensor(size) of channels whose producer rows are all exactly zero."""

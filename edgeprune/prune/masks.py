@@ -181,7 +181,7 @@ class ChannelMasks:
 
     ``padded`` cuts exactly where keeping would cost a correction conv: for the groups a zero-padded
     conv reads (``padded_convs``, weight names). The default stays ``none`` (every cut exact): cutting
-    met MAC budgets in real MACs, but at each benchmark's smallest budget it cost 0.2-0.9 points - on
+    met MAC budgets in real MACs, but at each benchmark's smallest budget it cost 0.16-0.93 points - on
     Fashion-MNIST at 14x14, where the seed noise is small, more than the MACs it saved are worth
     (BENCHMARKS.md, Pruning).
     """

@@ -201,12 +201,7 @@ def _measure_constants(
             if value is None:
                 plan.refused.setdefault(cls, f"its value entering {lp.info.module or name} is not constant")
                 continue
-            if (
-                lp.info.kind == "conv"
-                and any(lp.info.padding)
-                and float(value) != 0.0
-                and options.padded_constants == "refuse"
-            ):
+            if lp.info.pads and float(value) != 0.0 and options.padded_constants == "refuse":
                 plan.refused.setdefault(cls, f"non-zero constant into zero-padded {lp.info.module or name}")
                 continue
             per_position[p] = value
@@ -240,7 +235,7 @@ def _padded_needs(plan: Plan, constants: dict[str, dict[int, float]]) -> dict[st
     needs = {}
     for name, per_position in constants.items():
         lp = plan.layers[name]
-        if lp.info.kind != "conv" or not any(lp.info.padding) or lp.info.weight in shared:
+        if not lp.info.pads or lp.info.weight in shared:
             continue
         nonzero = {p: v for p, v in per_position.items() if v != 0}
         if nonzero:
@@ -290,7 +285,7 @@ def _fold_constants(plan: Plan, constants: dict[str, dict[int, float]], as_map: 
         values = torch.tensor([per_position[p] for p in removed], dtype=torch.float64)
         columns = lp.weight[:, removed]  # (O, R, *k)
         contribution = (columns * values.reshape((1, -1) + (1,) * (columns.dim() - 2))).sum(1)
-        if not (lp.info.kind == "conv" and any(lp.info.padding)):
+        if not lp.info.pads:
             lp.delta = contribution.reshape(contribution.shape[0], -1).sum(1)
         elif bool(values.ne(0).any()):
             vector = ana.vectors[lp.info.input_node]
