@@ -325,7 +325,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
 
     standardized_digits = ("digits", functools.partial(load_data, "digits", normalize="standardize"))
 
-    def digits_small(
+    def budget_grid(
         name: str,
         factory: Callable[[], nn.Module],
         macs: tuple[float, ...],
@@ -373,11 +373,11 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
 
     return {
         "digits": digits,
-        "digits-vgg-bn": lambda: digits_small(
+        "digits-vgg-bn": lambda: budget_grid(
             vgg_name, vgg_bn, macs=(0.3, 0.12, 0.06, 0.04), ratios=(0.5, 0.6, 0.7, 0.75, 0.8), seeds=(0, 1, 2)
         ),
         # the same model and starting point with three times the epochs: how the methods use a longer budget
-        "digits-vgg-bn-24": lambda: digits_small(
+        "digits-vgg-bn-24": lambda: budget_grid(
             vgg_name,
             vgg_bn,
             macs=(0.02, 0.015, 0.01, 0.0075),
@@ -386,7 +386,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             epochs=24,
             variants=False,
         ),
-        "digits-mobilenetv2": lambda: digits_small(
+        "digits-mobilenetv2": lambda: budget_grid(
             "MobileNetV2-style (inverted residuals, depthwise, BatchNorm, ReLU6)",
             lambda: mobilenetv2_like(1, 10),
             macs=(0.3, 0.2, 0.15),
@@ -394,7 +394,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             seeds=(0, 1, 2),
             variants=False,
         ),
-        "fmnist14-vgg-bn": lambda: digits_small(
+        "fmnist14-vgg-bn": lambda: budget_grid(
             vgg_name,
             vgg_bn,
             macs=(0.3, 0.2, 0.12, 0.08),
