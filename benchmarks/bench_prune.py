@@ -397,7 +397,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
         "fmnist14-vgg-bn": lambda: budget_grid(
             vgg_name,
             vgg_bn,
-            macs=(0.3, 0.2, 0.12, 0.08),
+            macs=(0.3, 0.2, 0.12, 0.08, 0.065),
             ratios=(0.4, 0.5, 0.6, 0.7, 0.75),
             seeds=(0, 1, 2),
             variants=False,

@@ -12,7 +12,9 @@ from edgeprune.artifact import Artifact, StageContext
 from edgeprune.checkpoint import load_model
 from edgeprune.data import load_data
 from edgeprune.errors import DataError, EdgepruneError
+from edgeprune.graph import analyze
 from edgeprune.metrics import evaluate
+from edgeprune.prune.masks import ChannelMasks
 from edgeprune.prune.pruner import MIN_AUTO_EPOCHS, PruneOptions, auto_epochs, prune_model
 from edgeprune.prune.stage import run
 from edgeprune.simplify import simplify
@@ -64,6 +66,38 @@ def test_a_budget_is_approached_geometrically(trained_lenet5):
     shares = [after / before for before, after in zip(left, left[1:], strict=False)]
     assert len(result.events) == 5 and result.macs_remaining <= 0.1
     assert min(shares[1:]) >= 0.55 and max(shares[1:]) / min(shares[1:]) < 1.25, shares
+
+
+@pytest.mark.parametrize(
+    ("budget", "counts"),
+    [({"target_macs": 0.5}, ("macs",)), ({"target_sparsity": 0.5}, ("params",)), ({}, ("params", "macs"))],
+)
+def test_the_search_prices_channels_in_what_the_budget_counts(trained_lenet5, monkeypatch, budget, counts):
+    """The TWT search ranks by score per cost; with a MAC budget a channel costs its MAC share only (a
+    parameter-heavy, MAC-light channel is not what that budget needs removed), with a parameter budget
+    its parameter share, and without a budget both."""
+    import edgeprune.prune.pruner as pruner
+
+    seen: list[dict] = []
+
+    def spy(*args, cost, **kwargs):
+        seen.append(cost)
+        return search(*args, cost=cost, **kwargs)
+
+    search = pruner.threshold_search
+    monkeypatch.setattr(pruner, "threshold_search", spy)
+    art = _copy(trained_lenet5)
+    graph = analyze(art.model, art.example_input)
+    masks = ChannelMasks(art.model, graph.prunable_groups())
+    cost = pruner.CostModel(art.model, graph)
+    params, macs = cost.channel_cost(masks, ("params",)), cost.channel_cost(masks, ("macs",))
+    # LeNet-5's conv channels carry more of the MACs than of the parameters and the Linear's the reverse,
+    # so the two prices order the groups differently
+    assert sorted(params, key=params.get) != sorted(macs, key=macs.get)
+    assert cost.channel_cost(masks) == pytest.approx({g: params[g] + macs[g] for g in params})
+    options = PruneOptions(method="l1", epochs=3, finetune_epochs=1, warmup_epochs=0, max_accuracy_drop=None, **budget)
+    prune_model(art.model, art.example_input, art.data, options)
+    assert seen and seen[0] == pytest.approx(cost.channel_cost(masks, counts))
 
 
 def test_accuracy_floor_restores_the_last_good_state_and_says_so(trained_lenet5, capsys):

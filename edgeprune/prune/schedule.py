@@ -10,12 +10,12 @@ epochs: time to cut what it has shrunk".
 The threshold search (TWT) then removes channels while the validation loss stays
 <= (1 + TWT) * current loss (and the accuracy floor holds). Channels, not parameters, are
 removed, so everything pruned is removable by simplify. Candidates are ranked by score (by
-default the largest |w| of the channel relative to its group) per cost (the parameters and MACs
-the channel carries in every layer it spans), and a greedy walk with galloping and bisection
-accepts the longest acceptable runs, closing a group whose next channel breaks the bound and
-moving on with the others (see :func:`threshold_search`); the number of evaluations is capped
-by ``max_evaluations``. Only measured states are ever accepted, so the bound holds even where
-the loss is not monotone. At least one channel of every group is always kept.
+default the largest |w| of the channel relative to its group) per cost (the MACs or parameters -
+what the budget counts, both without one - the channel carries in every layer it spans), and a
+greedy walk with galloping and bisection accepts the longest acceptable runs, closing a group
+whose next channel breaks the bound and moving on with the others (see :func:`threshold_search`);
+the number of evaluations is capped by ``max_evaluations``. Only measured states are ever
+accepted, so the bound holds even where the loss is not monotone. At least one channel of every group is always kept.
 """
 
 from __future__ import annotations
@@ -131,8 +131,8 @@ def threshold_search(
     the masks (to weights and optimizer state) afterwards.
 
     The search is a greedy walk over the candidates ranked by score per cost (``cost``: what one
-    channel of a group carries - parameters and MACs over every layer it spans; without it every
-    channel costs 1). Each round gallops (1, 2, 4, ... more candidates on top of what is already
+    channel of a group carries over every layer it spans, see ``CostModel.channel_cost``; without it
+    every channel costs 1). Each round gallops (1, 2, 4, ... more candidates on top of what is already
     accepted) and bisects to the longest acceptable run; the candidate that broke the bound is
     the "blocker": its group is closed (its remaining channels score higher still) and the walk
     moves on with the other groups. One channel that hurts - say, of a residual stream shared by
