@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import importlib.util
 import json
 import os
 import platform
@@ -720,6 +721,11 @@ def main() -> None:
     parser.add_argument("--methods", default="serene,l1,torch-pruning", help="methods to run (dense always)")
     args = parser.parse_args()
     METHODS.intersection_update(args.methods.split(","))
+    if "torch-pruning" in METHODS and importlib.util.find_spec("torch_pruning") is None:
+        # without this the peer's rows were recorded as "failed (ModuleNotFoundError)" and merged into the JSON
+        parser.error(
+            "torch-pruning is not installed: pip install torch-pruning -c constraints.txt, or leave it out (--methods)"
+        )
     torch.set_num_threads(1)
     known = experiments()
     for part in [p for p in args.parts.split(",") if p]:

@@ -203,8 +203,7 @@ def render(run: Run) -> str:
             f"{run.peak_rss_gib:.2f} GiB peak RSS; timings differ on every machine). The run trains, and float"
             " kernels round differently per CPU: this is the output at AVX2, which any x86-64 CPU with AVX2"
             f" reproduces with `{' '.join(f'{k}={v}' for k, v in AVX2_KERNELS.items())}` in front of the"
-            " command; without it an AVX-512 CPU ends a few percent away (37,843 weights kept after pruning"
-            " instead of 41,283 on the one tried, 98.61 % in INT8):",
+            " command; without them a CPU with AVX-512 trains to numbers a few percent away:",
             "",
             "```text",
             f"$ edgeprune {' '.join(COMMAND)}",

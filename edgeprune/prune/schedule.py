@@ -15,7 +15,8 @@ what the budget counts, both without one - the channel carries in every layer it
 greedy walk with galloping and bisection accepts the longest acceptable runs, closing a group
 whose next channel breaks the bound and moving on with the others (see :func:`threshold_search`);
 the number of evaluations is capped by ``max_evaluations``. Only measured states are ever
-accepted, so the bound holds even where the loss is not monotone. At least one channel of every group is always kept.
+accepted, so the bound holds even where the loss is not monotone. At least one channel of every
+group is always kept.
 """
 
 from __future__ import annotations
