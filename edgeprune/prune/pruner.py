@@ -316,6 +316,10 @@ class PruneResult:
     floor: float | None = None
 
 
+# What a budget can count; a channel is priced in all of them when no budget is set.
+BUDGET_COUNTS = ("params", "macs")
+
+
 class CostModel:
     """Fractions of parameters and MACs that survive simplification, computed from the masks.
 
@@ -344,7 +348,7 @@ class CostModel:
             return target
         return target / max(self.total_params if what == "params" else self.total_macs, 1)
 
-    def channel_cost(self, masks: ChannelMasks, counts: Collection[str] = ("params", "macs")) -> dict[Any, float]:
+    def channel_cost(self, masks: ChannelMasks, counts: Collection[str] = BUDGET_COUNTS) -> dict[Any, float]:
         """Per group, what one of its channels carries: its share of the parameters and/or of the
         MACs (``counts``), summed over every slice it owns (producer rows, BN entries, consumer
         columns) - a residual-stream channel spans many layers and so costs many times a leaf channel.
@@ -501,7 +505,7 @@ class _Controller:
             score,
             opts.search_evaluations,
             self.floor,
-            cost=self.cost.channel_cost(self.masks, self._budget_goals() or ("params", "macs")),
+            cost=self.cost.channel_cost(self.masks, self._budget_goals() or BUDGET_COUNTS),
         )
         forced = self._follow_budget(epoch, score)
         self.masks.apply(self.optimizer)
