@@ -10,8 +10,9 @@ from torch import nn
 
 from edgeprune.graph import analyze
 from edgeprune.metrics import count_macs
-from edgeprune.models import VGGCifar
-from edgeprune.prune.masks import ChannelMasks
+from edgeprune.models import VGGCifar, mobilenetv2_like, resnet20
+from edgeprune.prune.masks import BIAS_CUTS, ChannelMasks
+from edgeprune.prune.pruner import CostModel
 from edgeprune.simplify import simplify
 
 
@@ -89,3 +90,30 @@ def test_padded_mode_keeps_the_biases_a_linear_reads(vgg_with_shifts):
     small = simplify(model, x[:1]).model
     torch.testing.assert_close(small(x), model(x), atol=1e-5, rtol=1e-5)
     assert not _border_convs(small)
+
+
+@pytest.mark.parametrize("cut_biases", BIAS_CUTS)
+@pytest.mark.parametrize(
+    "make",
+    [lambda: VGGCifar((8, 8, "M", 16, 16, "M"), 1, 10), lambda: resnet20(1, 10, "B"), lambda: mobilenetv2_like(1, 10)],
+    ids=["vgg-bn", "resnet20", "mobilenetv2"],
+)
+def test_the_cost_model_counts_the_macs_simplify_leaves(make, cut_biases):
+    """What a MAC budget is checked against during training (the CostModel, on the masks) is what the
+    simplified model computes, border-correction convs included: a budget is a promise about the result.
+    Half of every group cut at random, BN shifts positive so every cut channel leaves a constant."""
+    torch.manual_seed(0)
+    model = make().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.bias, 0.1, 0.5)
+    x = torch.randn(1, 1, 8, 8)
+    graph = analyze(model, x)
+    masks = ChannelMasks(model, graph.prunable_groups(), cut_biases, graph.zero_padded_convs())
+    cost = CostModel(model, graph)
+    assert cost.total_macs == count_macs(model, x)
+    for group in masks.groups:
+        masks.prune(group.id, torch.randperm(group.size)[: group.size // 2])
+    masks.apply()
+    _, macs = cost.remaining(masks)
+    assert round(macs * cost.total_macs) == count_macs(simplify(model, x).model, x)

@@ -174,7 +174,7 @@ class ChannelMasks:
     * kept: the channel outputs a constant that simplify folds into the consumers, so removing it is
       exact. Behind a zero-padded conv the fold needs a border-correction conv per consumer to stay
       exact - at 1 % of VGG-BN's MACs those convs were 17 % of the simplified model's MACs, which a MAC
-      budget (counted on the masks) does not see;
+      budget pays for (``CostModel`` counts them);
     * cut (zeroed with the scales, as a magnitude pruner that deletes the channel does): the channel
       outputs zero and simplify has nothing to fold - at the price of a cut that also drops the
       constant, which the next BatchNorm's recalibration and fine-tuning absorb.
