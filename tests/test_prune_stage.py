@@ -100,6 +100,19 @@ def test_the_search_prices_channels_in_what_the_budget_counts(trained_lenet5, mo
     assert seen and seen[0] == pytest.approx(cost.channel_cost(masks, counts))
 
 
+@pytest.mark.parametrize(("floor", "first_event"), [(1.0, 2), (None, 1)])
+def test_the_warm_up_epoch_is_there_to_set_the_floor(trained_lenet5, floor, first_event):
+    """By default one epoch trains before pruning when there is an accuracy floor to set from it; without
+    a floor the first epoch already ends with a prune event (one more event for the budget)."""
+    assert PruneOptions(max_accuracy_drop=floor).warmup_epochs == (0 if floor is None else 1)
+    assert PruneOptions(max_accuracy_drop=None, warmup_epochs=2).warmup_epochs == 2
+    art = _copy(trained_lenet5)
+    options = PruneOptions(method="l1", epochs=4, finetune_epochs=1, twt=0.0, target_macs=0.05, max_accuracy_drop=floor)
+    result = prune_model(art.model, art.example_input, art.data, options)
+    assert result.events[0].epoch == first_event
+    assert len(result.events) == 4 - first_event
+
+
 def test_accuracy_floor_restores_the_last_good_state_and_says_so(trained_lenet5, capsys):
     """A destructive lambda wrecks accuracy; with the floor the run ends on a state that meets it,
     with a warning on stderr and ``rolled_back`` set - never silently."""
