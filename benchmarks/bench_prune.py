@@ -381,8 +381,8 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
         "digits-vgg-bn-24": lambda: budget_grid(
             vgg_name,
             vgg_bn,
-            macs=(0.02, 0.015, 0.01, 0.0075),
-            ratios=(0.8, 0.85, 0.875, 0.9),
+            macs=(0.06, 0.04, 0.025, 0.015),
+            ratios=(0.7, 0.75, 0.8, 0.85, 0.875),
             seeds=(0, 1, 2),
             epochs=24,
             variants=False,
