@@ -180,10 +180,10 @@ class ChannelMasks:
       constant, which the next BatchNorm's recalibration and fine-tuning absorb.
 
     ``padded`` cuts exactly where keeping would cost a correction conv: for the groups a zero-padded
-    conv reads (``padded_convs``, weight names). The default stays ``none`` (every cut exact): cutting
-    met MAC budgets in real MACs, but at each benchmark's smallest budget it cost 0.16-0.93 points - on
-    Fashion-MNIST at 14x14, where the seed noise is small, more than the MACs it saved are worth
-    (BENCHMARKS.md, Pruning).
+    conv reads (``padded_convs``, weight names). The default stays ``none`` (every cut exact): now that a
+    MAC budget counts the corrections, both modes end at the same real MACs, and there cutting scored
+    -0.17 and +0.33 points (SeReNe, Fashion-MNIST 14x14 at 8 and 6.5 % of the MACs) - no consistent
+    gain to trade exactness for (BENCHMARKS.md, Pruning, seventh round).
     """
 
     def __init__(
