@@ -40,8 +40,8 @@ AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 # And on every CPU with two threads. Why: the prune stage trains with one thread per usable CPU (capped by
 # OMP_NUM_THREADS), and the thread count changes the order of float reductions - with OMP_NUM_THREADS=1 on
-# the 2-core machine that made the block the prune stage kept 41,263 weights instead of 41,283 and
-# simplified to 15,474 instead of 14,840. Pinned, a CI machine with more cores prints the same block.
+# the 2-core machine the prune stage kept 41,263 weights instead of 41,283, and simplify left 15,474
+# instead of 14,840. Pinned, a CI machine with more cores prints the same block.
 TWO_THREADS = {"OMP_NUM_THREADS": "2"}
 # Columns that measure this machine's speed, not the pipeline's result: never compared.
 TIMING_COLUMNS = re.compile(r"\b(time|latency|µs|ms|s|p10|p90)\b", re.IGNORECASE)

@@ -22,11 +22,11 @@ the same share of what is left), the next-ranked channels are cut anyway and fin
 the ``finetune_epochs`` of the epoch budget are left; those epochs fine-tune with the masks fixed.
 The first ``warmup_epochs`` (by default one when there is a floor, none without) train without
 shrinking or pruning; the accuracy floor (``max_accuracy_drop`` points) is then set from the
-validation accuracy after them. Every
-prune/fine-tune cycle has its own learning-rate cycle (warm-up + cosine). lambda is per epoch
-(what a fully insensitive channel loses in one epoch), so the shrink does not depend on the
-dataset or batch size. If the final validation accuracy is below the floor, the last state that
-met it is restored, a warning goes to stderr and the result says ``rolled_back``.
+validation accuracy after them. Every prune/fine-tune cycle has its own learning-rate cycle
+(warm-up + cosine). lambda is per epoch (what a fully insensitive channel loses in one epoch), so
+the shrink does not depend on the dataset or batch size. If the final validation accuracy is below
+the floor, the last state that met it is restored, a warning goes to stderr and the result says
+``rolled_back``.
 """
 
 from __future__ import annotations
@@ -192,8 +192,8 @@ class PruneOptions:
     bn_shrink: str = "gamma_beta"  # what the SeReNe shrink scales under a BatchNorm (regularizer.BN_SHRINK)
     # Plain training before the first shrink; the accuracy floor is set after it. Without a floor there
     # is nothing to set, and the epoch is worth more as one more prune event: on Fashion-MNIST 14x14 /
-    # VGG-BN under MAC budgets of 8 and 6.5 %, no warm-up scored +0.08 to +0.41 points on each of two
-    # 3-seed sets (BENCHMARKS.md, Pruning, seventh round).
+    # VGG-BN under MAC budgets of 8 and 6.5 %, no warm-up was never worse over three 3-seed sets, +0.15
+    # and +0.25 points on average (BENCHMARKS.md, Pruning, seventh round).
     warmup_epochs: int | None = field(
         default=None,
         metadata=cli(
