@@ -104,8 +104,12 @@ def test_the_search_prices_channels_in_what_the_budget_counts(trained_lenet5, mo
 def test_the_warm_up_epoch_is_there_to_set_the_floor(trained_lenet5, floor, first_event):
     """By default one epoch trains before pruning when there is an accuracy floor to set from it; without
     a floor the first epoch already ends with a prune event (one more event for the budget)."""
-    assert PruneOptions(max_accuracy_drop=floor).warmup_epochs == (0 if floor is None else 1)
-    assert PruneOptions(max_accuracy_drop=None, warmup_epochs=2).warmup_epochs == 2
+
+    def warmup(**options) -> int | None:
+        return PruneOptions(**options).with_epoch_budget(10**6, 1000).warmup_epochs
+
+    assert warmup(max_accuracy_drop=floor) == (0 if floor is None else 1)
+    assert warmup(max_accuracy_drop=None, warmup_epochs=2) == 2
     art = _copy(trained_lenet5)
     options = PruneOptions(method="l1", epochs=4, finetune_epochs=1, twt=0.0, target_macs=0.05, max_accuracy_drop=floor)
     result = prune_model(art.model, art.example_input, art.data, options)
@@ -156,11 +160,14 @@ def test_stage_prunes_saves_and_reports(trained_lenet5, tmp_path):
 def test_epochs_default_to_a_compute_budget():
     """No --epochs: the example keeps 40 epochs (10 fine-tuning); a ResNet-20 at 28x28 on Fashion-MNIST's
     54k images gets what fits the budget; any model gets at least the minimum a pruning run needs."""
-    assert PruneOptions().with_epoch_budget(260_520, 1_437) == PruneOptions(epochs=40, finetune_epochs=10)
+    decided = PruneOptions(epochs=40, finetune_epochs=10, warmup_epochs=1)
+    assert PruneOptions().with_epoch_budget(260_520, 1_437) == decided
     resnet = PruneOptions().with_epoch_budget(41_000_000, 54_000)
     assert MIN_AUTO_EPOCHS <= resnet.epochs < 10 and resnet.finetune_epochs == resnet.epochs // 4
     assert auto_epochs(10**12, 10**6) == MIN_AUTO_EPOCHS
-    assert PruneOptions(epochs=7).with_epoch_budget(10**12, 10**6) == PruneOptions(epochs=7, finetune_epochs=1)
+    assert PruneOptions(epochs=7).with_epoch_budget(10**12, 10**6) == PruneOptions(
+        epochs=7, finetune_epochs=1, warmup_epochs=1
+    )
     assert PruneOptions(finetune_epochs=0).with_epoch_budget(1, 1).finetune_epochs == 0
 
 

@@ -159,6 +159,11 @@ def bind_groups(model: nn.Module, groups: Sequence[Any]) -> list[GroupTensors]:
     ]
 
 
+def _learnable(slices: Iterable[ResolvedSlice]) -> list[ResolvedSlice]:
+    """The slices of learnable parameters (not running statistics)."""
+    return [s for s in slices if isinstance(s.tensor, nn.Parameter)]
+
+
 # Which cut channels lose their learnable biases too (--cut-biases): none, those read by a zero-padded
 # conv, or every one
 BIAS_CUTS = ("none", "padded", "all")
@@ -205,7 +210,12 @@ class ChannelMasks:
         learnable biases where it cuts them (running statistics are left to BN recalibration)."""
         if not self.cuts_biases[group.id]:
             return group.weights
-        return [*group.weights, *(s for s in group.biases if isinstance(s.tensor, nn.Parameter))]
+        return [*group.weights, *_learnable(group.biases)]
+
+    def leaves_constant(self, group: GroupTensors) -> bool:
+        """Whether a cut channel of ``group`` may still output a non-zero constant (a learnable bias
+        it keeps) - what simplify folds, with a border correction behind a zero-padded conv."""
+        return not self.cuts_biases[group.id] and bool(_learnable(group.biases))
 
     def mark_dead(self) -> None:
         """Adopt channels whose producer entries are already exactly zero as pruned."""

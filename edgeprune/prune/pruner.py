@@ -267,14 +267,14 @@ class PruneOptions:
                 f"unknown BatchNorm shrink {self.bn_shrink!r}", f"choose one of {', '.join(BN_SHRINK)}"
             )
         resolve_device(self.device)  # refuse an unknown device, or cuda without a GPU, before any work
-        if self.warmup_epochs is None:
-            self.warmup_epochs = 0 if self.max_accuracy_drop is None else 1
 
     def with_epoch_budget(self, forward_macs: int, train_samples: int) -> PruneOptions:
-        """These options with ``epochs`` and ``finetune_epochs`` decided (see :func:`auto_epochs`)."""
+        """These options with ``epochs``, ``finetune_epochs`` and ``warmup_epochs`` decided (see
+        :func:`auto_epochs`; a warm-up epoch only where there is a floor to set from it)."""
         epochs = self.epochs if self.epochs is not None else auto_epochs(forward_macs, train_samples)
         finetune = self.finetune_epochs if self.finetune_epochs is not None else epochs // 4
-        return dataclasses.replace(self, epochs=epochs, finetune_epochs=finetune)
+        warmup = self.warmup_epochs if self.warmup_epochs is not None else int(self.max_accuracy_drop is not None)
+        return dataclasses.replace(self, epochs=epochs, finetune_epochs=finetune, warmup_epochs=warmup)
 
     def sensitivity_config(self) -> SensitivityConfig:
         return SensitivityConfig(
@@ -410,7 +410,7 @@ class CostModel:
         (say, a ReLU of a negative shift) needs no correction, so this can over-count, never under-count."""
         out = set()
         for g in masks.groups:
-            if masks.cuts_biases[g.id] or not any(isinstance(s.tensor, nn.Parameter) for s in g.biases):
+            if not masks.leaves_constant(g):
                 continue
             dead = torch.nonzero(~masks.keep[g.id]).flatten()
             if dead.numel():
@@ -470,7 +470,7 @@ class _Controller:
     def warms_up(options: PruneOptions) -> bool:
         """Warm up only when at least one pruning epoch is left after it (then the floor is set from it)."""
         assert options.epochs is not None and options.finetune_epochs is not None, "decided by with_epoch_budget"
-        assert options.warmup_epochs is not None, "decided in __post_init__"
+        assert options.warmup_epochs is not None, "decided by with_epoch_budget"
         return options.warmup_epochs > 0 and options.epochs - options.finetune_epochs - options.warmup_epochs >= 1
 
     def _set_floor(self, reference: float) -> None:
