@@ -171,6 +171,16 @@ def test_epochs_default_to_a_compute_budget():
     assert PruneOptions(finetune_epochs=0).with_epoch_budget(1, 1).finetune_epochs == 0
 
 
+@pytest.mark.parametrize("budget", [{"target_macs": 0.1}, {"target_params": 0.2}, {"target_sparsity": 0.5}])
+def test_a_budget_gets_one_more_fine_tune_epoch(budget):
+    """Cuts a budget forces past TWT need more recovery: one fine-tune epoch more than the quarter, none
+    taken from a one-epoch run, and an explicit --finetune-epochs still wins."""
+    for epochs, finetune in ((8, 3), (24, 7), (40, 11), (2, 1), (1, 0)):
+        assert PruneOptions(epochs=epochs, **budget).with_epoch_budget(1, 1).finetune_epochs == finetune
+    assert PruneOptions(epochs=8).with_epoch_budget(1, 1).finetune_epochs == 2
+    assert PruneOptions(epochs=8, finetune_epochs=2, **budget).with_epoch_budget(1, 1).finetune_epochs == 2
+
+
 def test_stage_without_data_refuses_unless_method_none(trained_lenet5, tmp_path):
     art = Artifact(model=copy.deepcopy(trained_lenet5.model), example_input=trained_lenet5.example_input)
     with pytest.raises(DataError, match=r"SeReNe needs data .* \(pass --data .* or --method none\)"):
