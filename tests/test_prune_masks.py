@@ -14,6 +14,7 @@ from edgeprune.models import VGGCifar, mobilenetv2_like, resnet20
 from edgeprune.prune.masks import BIAS_CUTS, ChannelMasks
 from edgeprune.prune.pruner import CostModel
 from edgeprune.simplify import simplify
+from edgeprune.simplify.options import SimplifyOptions
 
 
 @pytest.fixture
@@ -98,10 +99,12 @@ def test_padded_mode_keeps_the_biases_a_linear_reads(vgg_with_shifts):
     [lambda: VGGCifar((8, 8, "M", 16, 16, "M"), 1, 10), lambda: resnet20(1, 10, "B"), lambda: mobilenetv2_like(1, 10)],
     ids=["vgg-bn", "resnet20", "mobilenetv2"],
 )
-def test_the_cost_model_counts_the_macs_simplify_leaves(make, cut_biases):
+@pytest.mark.parametrize("padded_constants", ["border", "map"])
+def test_the_cost_model_counts_the_macs_simplify_leaves(make, cut_biases, padded_constants):
     """What a MAC budget is checked against during training (the CostModel, on the masks) is what the
-    simplified model computes, border-correction convs included: a budget is a promise about the result.
-    Half of every group cut at random, BN shifts positive so every cut channel leaves a constant."""
+    simplified model computes, border-correction convs included (none under ``map``): a budget is a
+    promise about the result. Half of every group cut at random, BN shifts positive so every cut
+    channel leaves a constant."""
     torch.manual_seed(0)
     model = make().eval()
     for m in model.modules():
@@ -110,10 +113,11 @@ def test_the_cost_model_counts_the_macs_simplify_leaves(make, cut_biases):
     x = torch.randn(1, 1, 8, 8)
     graph = analyze(model, x)
     masks = ChannelMasks(model, graph.prunable_groups(), cut_biases, graph.zero_padded_convs())
-    cost = CostModel(model, graph)
+    cost = CostModel(model, graph, padded_constants)
     assert cost.total_macs == count_macs(model, x)
     for group in masks.groups:
         masks.prune(group.id, torch.randperm(group.size)[: group.size // 2])
     masks.apply()
     _, macs = cost.remaining(masks)
-    assert round(macs * cost.total_macs) == count_macs(simplify(model, x).model, x)
+    small = simplify(model, x, options=SimplifyOptions(padded_constants=padded_constants)).model
+    assert round(macs * cost.total_macs) == count_macs(small, x)

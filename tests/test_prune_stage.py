@@ -14,10 +14,12 @@ from edgeprune.data import load_data
 from edgeprune.errors import DataError, EdgepruneError
 from edgeprune.graph import analyze
 from edgeprune.metrics import evaluate
+from edgeprune.prune import stage as prune_stage
 from edgeprune.prune.masks import ChannelMasks
 from edgeprune.prune.pruner import MIN_AUTO_EPOCHS, PruneOptions, auto_epochs, prune_model
 from edgeprune.prune.stage import run
 from edgeprune.simplify import simplify
+from edgeprune.simplify.options import SimplifyOptions
 
 
 def _copy(art: Artifact) -> Artifact:
@@ -146,6 +148,7 @@ def test_stage_prunes_saves_and_reports(trained_lenet5, tmp_path):
     assert metrics["size_bytes"] == (tmp_path / "pruned.pt2").stat().st_size
     assert metrics["method"] == "serene" and metrics["lambda"] == 0.2 and metrics["epochs_run"] == 5
     assert metrics["cut_biases"] == "none"  # the default keeps a cut exact up to the channel gain
+    assert metrics["padded_constants"] == "border"  # simplify's default, what the MAC estimate assumed
     assert (metrics["epochs"], metrics["finetune_epochs"], metrics["epochs_auto"]) == (5, 1, False)
     assert [row["layers"] for row in metrics["channels"]] == ["conv1", "conv2", "fc1"]
     assert metrics["channels_kept"] < metrics["channels_total"] == 570
@@ -181,6 +184,21 @@ def test_a_budget_gets_one_more_fine_tune_epoch(budget):
     assert PruneOptions(epochs=8, finetune_epochs=2, **budget).with_epoch_budget(1, 1).finetune_epochs == 2
 
 
+@pytest.mark.parametrize(("simplify_options", "expected"), [(None, "border"), (SimplifyOptions("map"), "map")])
+def test_the_stage_prunes_for_the_padded_constants_simplify_will_use(
+    trained_lenet5, tmp_path, monkeypatch, simplify_options, expected
+):
+    """A MAC budget pays for border-correction convs only where simplify builds them, so the prune stage
+    takes simplify's --padded-constants from the run (compress passes both); alone, simplify's default."""
+    seen: list[PruneOptions] = []
+    monkeypatch.setattr(prune_stage, "prune_artifact", lambda art, options, dest, progress: seen.append(options) or {})
+    options = {"prune": PruneOptions(epochs=1, target_macs=0.5)}
+    if simplify_options is not None:
+        options["simplify"] = simplify_options
+    run(_copy(trained_lenet5), StageContext(out_dir=tmp_path, options=options, seed=0))
+    assert seen[0].padded_constants == expected
+
+
 def test_stage_without_data_refuses_unless_method_none(trained_lenet5, tmp_path):
     art = Artifact(model=copy.deepcopy(trained_lenet5.model), example_input=trained_lenet5.example_input)
     with pytest.raises(DataError, match=r"SeReNe needs data .* \(pass --data .* or --method none\)"):
@@ -205,6 +223,7 @@ def test_stage_without_data_refuses_unless_method_none(trained_lenet5, tmp_path)
         ({"sensitivity": "exact"}, "unknown sensitivity setting"),
         ({"score": "l2"}, "unknown channel score"),
         ({"cut_biases": True}, "unknown --cut-biases True"),  # the boolean of earlier versions
+        ({"padded_constants": "zero"}, "unknown --padded-constants 'zero'"),
     ],
 )
 def test_bad_options_are_refused(kwargs, message):
@@ -315,3 +334,19 @@ def test_the_starting_validation_score_covers_the_whole_split_when_taken_after_t
     result = prune_model(art.model, art.example_input, art.data, PruneOptions(epochs=3, finetune_epochs=1))
     assert result.val_before == expected
     assert result.val_reference is not None  # the floor came from the warm-up epoch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("padded_constants", ["border", "map"])
+def test_compress_holds_a_mac_budget_for_the_model_simplify_builds(runner, cli, tmp_path, padded_constants):
+    """End to end: under either --padded-constants the prune stage's MAC estimate is what the simplified
+    model computes (to the report's rounding), and it is within the budget."""
+    out = tmp_path / "out"
+    args = ["--quiet", "compress", "--example", "lenet5", "--stages", "prune,simplify", "--prune-epochs", "3"]
+    args += ["--target-macs", "0.3", "--padded-constants", padded_constants, "-o", str(out), "--json"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    stages = {s["name"]: s for s in json.loads(result.stdout)["stages"]}
+    real = stages["simplify"]["macs"] / stages["load"]["macs"]
+    assert stages["prune"]["metrics"]["macs_remaining_estimate"] == pytest.approx(real, abs=5e-5)
+    assert real <= 0.3

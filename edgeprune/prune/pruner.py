@@ -79,6 +79,7 @@ from edgeprune.prune.train import (
     recalibrate_batchnorm,
     resolve_device,
 )
+from edgeprune.simplify.options import PADDED_CONSTANT_MODES
 
 METHODS = ("serene", "l1", "none")
 # the state_dict entries recalibration rewrites
@@ -207,6 +208,10 @@ class PruneOptions:
         ),
     )
     search_evaluations: int = 16
+    # How simplify will deliver a cut channel's constant to zero-padded convs (its --padded-constants): the
+    # budget pays for border-correction convs only where simplify builds them. The pipeline sets it from the
+    # simplify stage's options; a standalone prune assumes simplify's default.
+    padded_constants: str = "border"
     bn_shrink: str = "gamma_beta"  # what the SeReNe shrink scales under a BatchNorm (regularizer.BN_SHRINK)
     # Plain training before the first shrink; the accuracy floor is set after it. Without a floor there
     # is nothing to set, and the epoch is worth more as one more prune event: on Fashion-MNIST 14x14 /
@@ -280,6 +285,11 @@ class PruneOptions:
         self.sensitivity_config()  # validate the sensitivity settings early
         if self.cut_biases not in BIAS_CUTS:
             raise EdgepruneError(f"unknown --cut-biases {self.cut_biases!r}", f"choose one of {', '.join(BIAS_CUTS)}")
+        if self.padded_constants not in PADDED_CONSTANT_MODES:
+            raise EdgepruneError(
+                f"unknown --padded-constants {self.padded_constants!r}",
+                f"choose one of {', '.join(PADDED_CONSTANT_MODES)}",
+            )
         if self.bn_shrink not in BN_SHRINK:
             raise EdgepruneError(
                 f"unknown BatchNorm shrink {self.bn_shrink!r}", f"choose one of {', '.join(BN_SHRINK)}"
@@ -362,11 +372,15 @@ class CostModel:
     recorded outputs); an entry goes away when it is a producer row or consumer column of a
     pruned channel. A zero-padded conv that reads a pruned channel's constant gets simplify's
     border correction (a one-input-channel conv with its kernel, per kept output channel), which
-    is counted too. Used for ``target_sparsity`` / ``target_macs`` during training, when the real
-    simplified model does not exist yet.
+    is counted too - unless simplify will add the constant as one precomputed map
+    (``padded_constants="map"``: no conv, no MACs). Exact for ``border`` and ``map``; ``carrier``
+    keeps one dead channel instead (its consumer columns cost what a correction costs, its producer
+    row a little more) and ``refuse`` keeps the channels, so those two are estimates. Used for
+    ``target_sparsity`` / ``target_macs`` during training, when the real simplified model does not
+    exist yet.
     """
 
-    def __init__(self, model: nn.Module, graph: Any) -> None:
+    def __init__(self, model: nn.Module, graph: Any, padded_constants: str = "border") -> None:
         parameters = dict(model.named_parameters())
         self.param_names = set(parameters)
         self.total_params = sum(p.numel() for p in parameters.values())
@@ -378,7 +392,7 @@ class CostModel:
             out = values.get(layer.node)
             if isinstance(out, torch.Tensor) and out.dim() >= 2:
                 self.mac_weight[layer.weight] = out[0].numel() // out.shape[1]
-                if layer.pads and not layer.depthwise and layer.weight in parameters:
+                if padded_constants != "map" and layer.pads and not layer.depthwise and layer.weight in parameters:
                     kernel = parameters[layer.weight][0, 0].numel()
                     self.correction_macs[layer.weight] = kernel * self.mac_weight[layer.weight]
         self.total_macs = sum(parameters[n].numel() * m for n, m in self.mac_weight.items() if n in parameters)
@@ -733,7 +747,7 @@ def _prune_model(
         )
     masks = ChannelMasks(model, groups, options.cut_biases, graph.zero_padded_convs())
     masks.mark_dead()
-    cost = CostModel(model, graph)
+    cost = CostModel(model, graph, options.padded_constants)
     options = options.with_epoch_budget(cost.total_macs, len(data.train))
     # With a warm-up the floor is set after it: before the first step, 512 validation images are enough to
     # warn about a model near chance, and the starting model's full validation score (for the report) is

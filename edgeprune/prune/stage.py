@@ -26,6 +26,7 @@ from edgeprune.metrics import evaluate
 from edgeprune.progress import QUIET, Progress
 from edgeprune.prune.pruner import PruneOptions, prune_model
 from edgeprune.prune.train import is_main_process
+from edgeprune.simplify.options import SimplifyOptions
 
 METHOD_NAMES = {"serene": "SeReNe", "l1": "L1-magnitude pruning"}
 
@@ -52,6 +53,7 @@ def prune_artifact(art: Artifact, options: PruneOptions, dest: Path, progress: P
         "pwe": options.pwe,
         "sensitivity": options.sensitivity if options.method == "serene" else None,
         "cut_biases": options.cut_biases,
+        "padded_constants": options.padded_constants,  # what the MAC estimate assumed simplify will build
         "epochs": result.epochs,
         "finetune_epochs": result.finetune_epochs,
         "epochs_auto": options.epochs is None,
@@ -98,5 +100,9 @@ def _save(art: Artifact, dest: Path) -> dict[str, Any]:
 
 def run(art: Artifact, ctx: StageContext) -> dict[str, Any]:
     """Pipeline entry point (see the module docstring)."""
-    options = dataclasses.replace(ctx.options_for("prune", PruneOptions), seed=ctx.seed)
+    # a MAC budget pays for what simplify will build from the cut channels' constants
+    simplify = ctx.options_for("simplify", SimplifyOptions)
+    options = dataclasses.replace(
+        ctx.options_for("prune", PruneOptions), seed=ctx.seed, padded_constants=simplify.padded_constants
+    )
     return prune_artifact(art, options, ctx.out_dir / "pruned.pt2", ctx.progress or QUIET)
