@@ -79,7 +79,7 @@ from edgeprune.prune.train import (
     recalibrate_batchnorm,
     resolve_device,
 )
-from edgeprune.simplify.options import PADDED_CONSTANT_MODES
+from edgeprune.simplify import PADDED_CONSTANT_MODES
 
 METHODS = ("serene", "l1", "none")
 # the state_dict entries recalibration rewrites
@@ -108,7 +108,7 @@ def default_finetune_epochs(epochs: int, budgeted: bool) -> int:
     A budget forces cuts past what the loss bound (TWT) would allow, and those cuts need a longer
     recovery: at 8 epochs, three fine-tune epochs instead of two scored +0.12 points (SeReNe) on
     Fashion-MNIST 14x14 / VGG-BN and +0.50 on digits / MobileNetV2 under MAC budgets, and helped L1
-    on every part (BENCHMARKS.md, Pruning, eighth round). One more epoch, not a larger share: at 24
+    on every 8-epoch part (BENCHMARKS.md, Pruning, eighth round). One more epoch, not a larger share: at 24
     epochs nine fine-tune epochs instead of six cost SeReNe 0.28 points - its shrink needs the pruning
     epochs. Without a budget every pruning epoch is a chance for TWT to cut, and the extra epoch cost
     one prune event (3.56 M instead of 3.04 M MACs at the same accuracy). A one-epoch run keeps its

@@ -26,7 +26,7 @@ from edgeprune.metrics import evaluate
 from edgeprune.progress import QUIET, Progress
 from edgeprune.prune.pruner import PruneOptions, prune_model
 from edgeprune.prune.train import is_main_process
-from edgeprune.simplify.options import SimplifyOptions
+from edgeprune.simplify import SimplifyOptions
 
 METHOD_NAMES = {"serene": "SeReNe", "l1": "L1-magnitude pruning"}
 
