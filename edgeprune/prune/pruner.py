@@ -296,6 +296,11 @@ class PruneOptions:
             )
         resolve_device(self.device)  # refuse an unknown device, or cuda without a GPU, before any work
 
+    @property
+    def budgeted(self) -> bool:
+        """Whether a budget (sparsity, parameters or MACs) forces cuts beyond what TWT allows."""
+        return any(t is not None for t in (self.target_sparsity, self.target_params, self.target_macs))
+
     def with_epoch_budget(self, forward_macs: int, train_samples: int) -> PruneOptions:
         """These options with ``epochs``, ``finetune_epochs`` and ``warmup_epochs`` decided (see
         :func:`auto_epochs` and :func:`default_finetune_epochs`; a warm-up epoch only where there is a
@@ -303,8 +308,7 @@ class PruneOptions:
         epochs = self.epochs if self.epochs is not None else auto_epochs(forward_macs, train_samples)
         finetune = self.finetune_epochs
         if finetune is None:
-            budgets = (self.target_sparsity, self.target_params, self.target_macs)
-            finetune = default_finetune_epochs(epochs, budgeted=any(b is not None for b in budgets))
+            finetune = default_finetune_epochs(epochs, self.budgeted)
         warmup = self.warmup_epochs if self.warmup_epochs is not None else int(self.max_accuracy_drop is not None)
         return dataclasses.replace(self, epochs=epochs, finetune_epochs=finetune, warmup_epochs=warmup)
 
