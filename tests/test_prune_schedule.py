@@ -15,10 +15,10 @@ from edgeprune.metrics import evaluate
 from edgeprune.prune.masks import ChannelMasks
 from edgeprune.prune.schedule import (
     PlateauDetector,
-    balanced_order,
     budget_cut,
     channel_candidates,
     threshold_search,
+    uniform_width_order,
 )
 
 
@@ -174,11 +174,23 @@ def test_budget_cut_takes_the_shortest_ranked_prefix_that_meets_the_budget(lenet
     assert all(masks.kept(g.id) == 1 for g in masks.groups)
 
 
-def test_balanced_order_removes_the_same_fraction_of_every_group_first():
-    a = [(0.1 * i, "a", i) for i in range(4)]  # four candidates in group a
-    b = [(0.01 * i, "b", i) for i in range(2)]  # two, all weaker than a's
-    order = balanced_order(a + b)
-    # at equal fractions the weaker channel goes first: a quarter of a, then half of b and of a, ...
-    assert [(g, c) for _, g, c in order] == [("a", 0), ("b", 0), ("a", 1), ("a", 2), ("b", 1), ("a", 3)]
-    within = {g: [c for _, gg, c in order if gg == g] for g in "ab"}
-    assert within == {"a": [0, 1, 2, 3], "b": [0, 1]}  # weakest first inside each group
+def test_uniform_width_order_levels_the_groups_before_it_narrows_one_further(lenet):
+    _, masks, _ = lenet
+    narrowed = masks.groups[0]  # a group TWT has already cut to half its width
+    masks.prune(narrowed.id, torch.arange(narrowed.size // 2))
+    candidates = channel_candidates(masks, "maxabs_relative")
+    order = uniform_width_order(masks, candidates)
+    assert sorted(order) == sorted(candidates)
+    for gid in {g for _, g, _ in candidates}:  # weakest first inside each group
+        scores = [score for score, g, _ in order if g == gid]
+        assert scores == sorted(scores)
+    kept = {g.id: masks.kept(g.id) for g in masks.groups}
+    left = {gid: sum(1 for _, g, _ in candidates if g == gid) for gid in kept}
+    sizes = {g.id: g.size for g in masks.groups}
+    for _, gid, _ in order:  # every cut comes from a widest group (relative to its size) that can still lose one
+        widest = max(kept[g] / sizes[g] for g in kept if left[g])
+        assert kept[gid] / sizes[gid] == pytest.approx(widest)
+        kept[gid] -= 1
+        left[gid] -= 1
+    first_narrowed = next(i for i, (_, g, _) in enumerate(order) if g == narrowed.id)
+    assert first_narrowed > 0 and all(g != narrowed.id for _, g, _ in order[:first_narrowed])

@@ -57,10 +57,10 @@ from edgeprune.prune.regularizer import BN_SHRINK, SereneRegularizer
 from edgeprune.prune.schedule import (
     SCORES,
     PlateauDetector,
-    balanced_order,
     budget_cut,
     channel_candidates,
     threshold_search,
+    uniform_width_order,
 )
 from edgeprune.prune.sensitivity import NORMALIZE as SENSITIVITY_NORMS
 from edgeprune.prune.sensitivity import SPATIAL as SPATIAL_REDUCTIONS
@@ -638,7 +638,7 @@ class _Controller:
             left = {"params": p, "macs": m}
             return all(left[what] <= goal + 1e-12 for what, goal in step.items())
 
-        return budget_cut(self.masks, balanced_order(channel_candidates(self.masks, score)), within)
+        return budget_cut(self.masks, uniform_width_order(self.masks, channel_candidates(self.masks, score)), within)
 
     def _budget_goals(self) -> dict[str, float]:
         """The fractions of parameters / MACs the user asked to end at (none without a target)."""
