@@ -221,8 +221,8 @@ def uniform_width_order(masks: ChannelMasks, candidates: list[tuple[float, Any, 
     Why for the cuts a budget forces: a global ranking can empty whole layers down to their last
     channel, which fine-tuning cannot recover (digits/ResNet-20 at 25 % of the parameters: 90.8 % test
     accuracy globally ranked). Removing the same fraction of what each group had *left* (the previous
-    order) still compounded TWT's cuts: the first convs, which TWT narrows most, ended at 5 of 32
-    channels while the fc layer kept 31 %. Levelling the widths - the uniform ratio magnitude pruners
+    order) still compounded TWT's cuts: the first convs, which TWT narrows most, ended at 4-8 of 32
+    channels while the fc layer kept 29-36 %. Levelling the widths - the uniform ratio magnitude pruners
     use, reached from wherever TWT left the groups - scored +0.33 and +0.32 points on Fashion-MNIST
     14x14 / VGG-BN at 8 and 6.5 % of the MACs (3 seeds; BENCHMARKS.md, Pruning, ninth round)."""
     kept = {g.id: masks.kept(g.id) for g in masks.groups}
