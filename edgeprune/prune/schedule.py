@@ -224,7 +224,8 @@ def uniform_width_order(masks: ChannelMasks, candidates: list[tuple[float, Any, 
     order) still compounded TWT's cuts: the first convs, which TWT narrows most, ended at 4-8 of 32
     channels while the fc layer kept 29-36 %. Levelling the widths - the uniform ratio magnitude pruners
     use, reached from wherever TWT left the groups - scored +0.33 and +0.32 points on Fashion-MNIST
-    14x14 / VGG-BN at 8 and 6.5 % of the MACs (3 seeds; BENCHMARKS.md, Pruning, ninth round)."""
+    14x14 / VGG-BN at 8 and 6.5 % of the MACs (3 seeds); digits / MobileNetV2 lost 0.56, the one part
+    where it looked worse (BENCHMARKS.md, Pruning, ninth round)."""
     kept = {g.id: masks.kept(g.id) for g in masks.groups}
     width = {g.id: max(g.size, 1) for g in masks.groups}
     by_group: dict[Any, list[tuple[float, Any, int]]] = {}
