@@ -223,7 +223,7 @@ def test_stage_without_data_refuses_unless_method_none(trained_lenet5, tmp_path)
         ({"sensitivity": "exact"}, "unknown sensitivity setting"),
         ({"score": "l2"}, "unknown channel score"),
         ({"cut_biases": True}, "unknown --cut-biases True"),  # the boolean of earlier versions
-        ({"padded_constants": "zero"}, "unknown --padded-constants 'zero'"),
+        ({"padded_constants": "zero"}, "unknown padded-constant mode 'zero'"),
     ],
 )
 def test_bad_options_are_refused(kwargs, message):

@@ -79,7 +79,7 @@ from edgeprune.prune.train import (
     recalibrate_batchnorm,
     resolve_device,
 )
-from edgeprune.simplify import PADDED_CONSTANT_MODES
+from edgeprune.simplify import SimplifyOptions
 
 METHODS = ("serene", "l1", "none")
 # the state_dict entries recalibration rewrites
@@ -285,11 +285,7 @@ class PruneOptions:
         self.sensitivity_config()  # validate the sensitivity settings early
         if self.cut_biases not in BIAS_CUTS:
             raise EdgepruneError(f"unknown --cut-biases {self.cut_biases!r}", f"choose one of {', '.join(BIAS_CUTS)}")
-        if self.padded_constants not in PADDED_CONSTANT_MODES:
-            raise EdgepruneError(
-                f"unknown --padded-constants {self.padded_constants!r}",
-                f"choose one of {', '.join(PADDED_CONSTANT_MODES)}",
-            )
+        SimplifyOptions(padded_constants=self.padded_constants)  # simplify's own check of the mode
         if self.bn_shrink not in BN_SHRINK:
             raise EdgepruneError(
                 f"unknown BatchNorm shrink {self.bn_shrink!r}", f"choose one of {', '.join(BN_SHRINK)}"

@@ -20,14 +20,14 @@ from torch import fx, nn
 from edgeprune.graph import analyze_traced
 from edgeprune.graph.coupling import ChannelVector
 from edgeprune.graph.trace import run_graph, trace
-from edgeprune.simplify.options import PADDED_CONSTANT_MODES, SimplifyOptions
+from edgeprune.simplify.options import SimplifyOptions
 from edgeprune.simplify.plan import Plan, make_plan
 from edgeprune.simplify.rewrite import SOURCE_KEY, build_model
 from edgeprune.verify import accepted_shapes, assert_equivalent, verification_inputs, worst_abs_diff
 
 MAX_REFUSALS_LISTED = 20
 
-__all__ = ["PADDED_CONSTANT_MODES", "SimplifyOptions", "SimplifyResult", "simplify"]
+__all__ = ["SimplifyOptions", "SimplifyResult", "simplify"]
 
 
 @dataclass
