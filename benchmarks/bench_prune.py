@@ -11,6 +11,8 @@ Parts (``--parts``, comma-separated; results accumulate in benchmarks/results/be
 
 * ``steps``     - cost of one SeReNe training step vs a plain step, side by side (median of rounds);
 * ``ablation``  - digits: sensitivity normalisation / spatial reduction / channel score defaults;
+* ``round-to``  - Fashion-MNIST 14x14 / VGG-BN under MAC budgets with widths free or rounded to 8 or 16
+  channels (``--round-to``): accuracy, MACs and onnxruntime / LiteRT latency of the simplified models;
 * ``digits``    - LeNet-5 on scikit-learn digits (the quick set);
 * ``digits-resnet20`` - ResNet-20 with BatchNorm and projection shortcuts on digits (quick, 3 seeds;
   the residual-stream groups that once blocked the search);
@@ -37,12 +39,15 @@ import copy
 import functools
 import importlib.util
 import json
+import multiprocessing
 import os
 import platform
 import statistics
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,11 +55,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from bench_simplify import onnx_runner, tflite_runner, time_alternating
 from sections import replace_section
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from edgeprune.data import DataBundle, load_data
+from edgeprune.export import onnx as onnx_export
+from edgeprune.export import tflite as tflite_export
 from edgeprune.fileio import atomic_path, write_json
 from edgeprune.graph import analyze
 from edgeprune.metrics import count_macs, count_params, evaluate
@@ -481,6 +489,69 @@ def part_bn_ablation() -> dict[str, Any]:
     return {"rows": rows, "dense_test_accuracy": evaluate(dense, data.loader("test", 1000))["accuracy"]}
 
 
+def _round_to_run(
+    data: DataBundle,
+    dense: nn.Module,
+    x: torch.Tensor,
+    common: dict[str, Any],
+    work: Path,
+    job: tuple[float, int, int],
+) -> dict[str, Any]:
+    """One pruning run of :func:`part_round_to` (in a worker process): prune, simplify, measure, and
+    export the simplified model for the latency runs."""
+    budget, multiple, seed = job
+    torch.set_num_threads(1)
+    model = copy.deepcopy(dense)
+    options = PruneOptions(target_macs=budget, max_accuracy_drop=None, round_to=multiple, seed=seed, **common)
+    prune_model(model, x, data, options)
+    small = simplify(model, x).model
+    stem = work / f"permille{round(1000 * budget)}_round{multiple}_seed{seed}"  # no dot: paths add suffixes
+    onnx_export.export_fp32(small, x, Path(f"{stem}.onnx"), dynamic_batch=False)
+    tflite_export.export_fp32(small, x, Path(f"{stem}.tflite"))
+    widths = [m.out_channels for name, m in small.named_modules() if isinstance(m, nn.Conv2d) and "border" not in name]
+    row = {"budget": budget, "round_to": multiple, "seed": seed, "stem": str(stem), "widths": widths}
+    return {**row, **measure(small, x, data)}
+
+
+def part_round_to(
+    budgets: tuple[float, ...] = (0.2, 0.12, 0.08),
+    multiples: tuple[int, ...] = (1, 8, 16),
+    seeds: tuple[int, ...] = (0, 1, 2),
+    runs: int = 300,
+) -> dict[str, Any]:
+    """Widths rounded to the SIMD block (``--round-to``): Fashion-MNIST 14x14 / VGG-BN, SeReNe under MAC
+    budgets, every layer's width left free (1) or a multiple of 8 or 16; test accuracy, MACs, and the
+    batch-1 latency of the simplified model on onnxruntime and LiteRT (1 thread, every model of the part
+    timed in alternating blocks in one process, after the pruning runs). The pruning runs go two at a
+    time in worker processes (one thread each, spawned: a forked child of a process that has run the
+    LiteRT converter deadlocks); their results do not depend on that."""
+    exp = experiments()["fmnist14-vgg-bn"]()
+    torch.manual_seed(0)
+    dense = exp.factory()
+    fit(dense, exp.data, exp.dense)
+    dense.eval()
+    x = exp.data.test.tensors[0][:1].clone()
+    jobs = [(b, m, s) for b in budgets for m in multiples for s in seeds]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        onnx_export.export_fp32(dense, x, work / "dense.onnx", dynamic_batch=False)
+        tflite_export.export_fp32(dense, x, work / "dense.tflite")
+        run = functools.partial(_round_to_run, exp.data, dense, x, {**exp.common, "epochs": exp.epochs}, work)
+        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = list(pool.map(run, jobs))
+        stems = {"dense": str(work / "dense"), **{r["stem"]: r["stem"] for r in rows}}
+        latency = {}
+        for runtime, suffix, runner in (("onnxruntime", ".onnx", onnx_runner), ("LiteRT", ".tflite", tflite_runner)):
+            runners = {k: runner(Path(stem + suffix), x.numpy()) for k, stem in stems.items()}
+            latency[runtime] = time_alternating(runners, runs)
+    for row in rows:
+        stem = row.pop("stem")
+        row.update({f"{runtime}_ms": medians[stem] for runtime, medians in latency.items()})
+        print(row, flush=True)
+    dense_row = {**measure(dense, x, exp.data), **{f"{rt}_ms": medians["dense"] for rt, medians in latency.items()}}
+    return {"experiment": exp.name, "common": exp.common, "epochs": exp.epochs, "dense": dense_row, "rows": rows}
+
+
 def _step_timings(model: nn.Module, x: torch.Tensor, rounds: int, steps: int) -> dict[str, list[float]]:
     """Seconds per step of a plain SGD step and of a SeReNe step, measured in interleaved rounds."""
     y = torch.randint(0, 10, (len(x),))
@@ -609,6 +680,39 @@ def experiment_lines(exp: dict[str, Any]) -> list[str]:
     return lines
 
 
+def round_to_lines(part: dict[str, Any]) -> list[str]:
+    """The ``round-to`` part's table: per MAC budget and width multiple, the seeds' mean test accuracy,
+    MACs and latencies, the speedup over the dense model and that speedup per MAC ratio (the issue's
+    latency goal: >= 0.8)."""
+    dense = part["dense"]
+    lines = [
+        "| MAC budget | round to | test acc | per seed | conv widths (seed 0) | MACs | MAC ratio | "
+        "onnxruntime ms | speedup | speedup / MAC ratio | LiteRT ms | speedup | speedup / MAC ratio |",
+        "|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| dense | - | {100 * dense['test_accuracy']:.2f} % | | 32/32/64/64/128/128 | {dense['macs']:,} | 1.00 | "
+        f"{dense['onnxruntime_ms']:.3f} | 1.00 | | {dense['LiteRT_ms']:.3f} | 1.00 | |",
+    ]
+    settings = dict.fromkeys((r["budget"], r["round_to"]) for r in part["rows"])
+    for budget, multiple in settings:
+        rows = [r for r in part["rows"] if (r["budget"], r["round_to"]) == (budget, multiple)]
+        macs = statistics.mean(r["macs"] for r in rows)
+        cells = [
+            f"{budget:g}",
+            str(multiple),
+            f"{100 * statistics.mean(r['test_accuracy'] for r in rows):.2f} %",
+            " / ".join(f"{100 * r['test_accuracy']:.2f}" for r in rows),
+            "/".join(map(str, rows[0]["widths"])),
+            f"{macs:,.0f}",
+            f"{dense['macs'] / macs:.2f}",
+        ]
+        for runtime in ("onnxruntime", "LiteRT"):
+            ms = statistics.mean(r[f"{runtime}_ms"] for r in rows)
+            speedup = dense[f"{runtime}_ms"] / ms
+            cells += [f"{ms:.3f}", f"{speedup:.2f}", f"{speedup / (dense['macs'] / macs):.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def write_report(results: dict[str, Any]) -> None:
     lines = [
         SECTION,
@@ -680,6 +784,9 @@ def write_report(results: dict[str, Any]) -> None:
             for r in ab["rows"]
         ]
         lines.append("")
+    if "round-to" in results:
+        lines += [f"**Widths rounded to the SIMD block** ({results['round-to']['experiment']}, SeReNe):", ""]
+        lines += round_to_lines(results["round-to"])
     if PLOT.exists():
         lines += [f"![accuracy vs size]({PLOT.relative_to(ROOT).as_posix()})", ""]
     replace_section(SECTION, "\n".join(lines))
@@ -724,7 +831,7 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         default="",
-        help="steps,ablation,digits,digits-resnet20,digits-vgg-bn,digits-vgg-bn-24,digits-mobilenetv2,fmnist14-vgg-bn,"
+        help="steps,ablation,round-to,digits,digits-resnet20,digits-vgg-bn,digits-vgg-bn-24,digits-mobilenetv2,fmnist14-vgg-bn,"
         "fmnist-lenet5,fmnist-resnet20",
     )
     parser.add_argument("--report", action="store_true", help="rewrite the BENCHMARKS.md section and the plot")
@@ -739,7 +846,12 @@ def main() -> None:
     torch.set_num_threads(1)
     known = experiments()
     for part in [p for p in args.parts.split(",") if p]:
-        measured = {"steps": part_steps, "ablation": part_ablation, "bn-ablation": part_bn_ablation}
+        measured = {
+            "steps": part_steps,
+            "ablation": part_ablation,
+            "bn-ablation": part_bn_ablation,
+            "round-to": part_round_to,
+        }
         outcome = measured[part]() if part in measured else run_experiment(known[part]())
         # re-read: parts may run in separate processes side by side
         results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}

@@ -63,8 +63,11 @@ NOTES = [
 ]
 
 
-def kill_half_of_every_group(model: nn.Module, example: torch.Tensor, seed: int = 0) -> nn.Module:
-    """Zero all producer rows of a random half of each prunable group's channels; randomise BN/bias."""
+def kill_half_of_every_group(model: nn.Module, example: torch.Tensor, seed: int = 0, round_to: int = 1) -> nn.Module:
+    """Zero all producer rows of a random half of each prunable group's channels; randomise BN/bias.
+
+    ``round_to`` N: the number left alive is the half rounded down to a multiple of N, at least N (a
+    group no wider than N stays whole) - the widths ``prune --round-to N`` leaves."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
@@ -77,7 +80,10 @@ def kill_half_of_every_group(model: nn.Module, example: torch.Tensor, seed: int 
         state = model.state_dict()
         for group in analyze(model, example).prunable_groups():
             doomed = torch.zeros(group.size, dtype=torch.bool)
-            doomed[torch.randperm(group.size, generator=gen)[: group.size // 2]] = True
+            alive = group.size - group.size // 2
+            if round_to > 1:
+                alive = min(group.size, max(round_to, alive // round_to * round_to))
+            doomed[torch.randperm(group.size, generator=gen)[: group.size - alive]] = True
             for ps in group.producers:
                 rows = ps.index[doomed[ps.channels]].flatten()
                 state[ps.name].index_fill_(ps.dim, rows, 0.0)
@@ -124,13 +130,13 @@ def tflite_runner(path: Path, x: np.ndarray) -> Callable[[], object]:
     return run
 
 
-def bench_model(name: str, runs: int, work: Path) -> dict[str, object]:
+def bench_model(name: str, runs: int, work: Path, round_to: int = 1) -> dict[str, object]:
     """One row: sizes, and per runtime the latency of the dense model and of each simplified form -
     the resolution-free border corrections and, where the model needs corrections, the fixed-resolution
     precomputed maps (``--padded-constants map``); the faster form is the one to deploy."""
     torch.manual_seed(0)
     x = torch.randn(1, 3, 32, 32)
-    dense = kill_half_of_every_group(MODELS[name](), x)
+    dense = kill_half_of_every_group(MODELS[name](), x, round_to=round_to)
     forms = {"border": simplify(dense, x)}
     if forms["border"].report["border_corrections"]:
         forms["map"] = simplify(dense, x, options=SimplifyOptions(padded_constants="map"))
@@ -140,7 +146,7 @@ def bench_model(name: str, runs: int, work: Path) -> dict[str, object]:
     pruned_macs = min(count_macs(f.model, x) for f in forms.values())
     mac_ratio = dense_macs / pruned_macs
     row: dict[str, object] = {
-        "model": name,
+        "model": name if round_to == 1 else f"{name}, widths rounded to {round_to}",
         "params": f"{count_params(dense):,} -> {count_params(result.model):,}",
         "MACs": f"{dense_macs / 1e6:.1f}M -> {pruned_macs / 1e6:.1f}M",
         "MAC ratio": mac_ratio,
@@ -156,7 +162,7 @@ def bench_model(name: str, runs: int, work: Path) -> dict[str, object]:
     ):
         suffix = ".onnx" if runtime == "onnxruntime" else ".tflite"
         models_by_label = {"dense": dense, **{label: f.model for label, f in forms.items()}}
-        paths = {k: export(m, work / f"{name}_{k}{suffix}") for k, m in models_by_label.items()}
+        paths = {k: export(m, work / f"{name}_{round_to}_{k}{suffix}") for k, m in models_by_label.items()}
         medians = time_alternating({k: runner(p, xn) for k, p in paths.items()}, runs)
         speedups = {label: medians["dense"] / medians[label] for label in forms}
         best = max(speedups, key=lambda label: speedups[label])
@@ -232,14 +238,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=240)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--round-to",
+        default="1",
+        help="comma-separated: each model with its live widths rounded down to a multiple of N (prune --round-to)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     vgg_times = time_simplify_vgg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
-            rows.append(bench_model(name, args.runs, Path(tmp)))
-            print(rows[-1], flush=True)
+        for round_to in map(int, args.round_to.split(",")):
+            for name in args.models.split(","):
+                rows.append(bench_model(name, args.runs, Path(tmp), round_to))
+                print(rows[-1], flush=True)
         ablation = cost_of_exactness(args.runs, Path(tmp))
     lines = [
         f"Machine: {platform.machine()} {platform.processor() or ''} ({os.cpu_count()} cores, shared), "

@@ -79,7 +79,7 @@ def test_search_finds_the_largest_count_within_the_bound(lenet):
     # galloping + bisection to the blocker, then one failed try per other group
     assert result.evaluations <= 2 * math.ceil(math.log2(masks.total_channels())) + len(masks.groups)
     assert sorted((gid, int(c)) for gid, cs in result.pruned.items() for c in cs) == sorted(
-        (gid, c) for _, gid, c in expected
+        (gid, c) for _, gid, (c,) in expected
     )
     assert _dead_count(masks) == 0  # the search leaves the weights as it found them
     masks.apply()
@@ -93,7 +93,7 @@ def test_one_channel_that_hurts_does_not_block_the_other_groups(lenet):
     group and keep pruning the others."""
     _, masks, _ = lenet
     candidates = channel_candidates(masks, "l1_relative")
-    _, blocker_group, blocker = candidates[0]
+    _, blocker_group, (blocker,) = candidates[0]
     group = next(g for g in masks.groups if g.id == blocker_group)
 
     def measure():
@@ -167,7 +167,7 @@ def test_budget_cut_takes_the_shortest_ranked_prefix_that_meets_the_budget(lenet
     cut = budget_cut(masks, candidates, lambda m: m.total_kept() <= total - 25)
     assert cut == 25 and masks.total_kept() == total - 25
     dead = {(str(g), int(c)) for g in masks.keep for c in torch.nonzero(~masks.keep[g]).flatten()}
-    assert dead == {(str(gid), c) for _, gid, c in candidates[:25]}  # exactly the best-ranked 25
+    assert dead == {(str(gid), c) for _, gid, (c,) in candidates[:25]}  # exactly the best-ranked 25
     assert budget_cut(masks, channel_candidates(masks, "maxabs_relative"), lambda m: True) == 0
     # an unreachable budget cuts every candidate and still keeps one channel per group
     budget_cut(masks, channel_candidates(masks, "maxabs_relative"), lambda m: False)
@@ -194,3 +194,37 @@ def test_uniform_width_order_levels_the_groups_before_it_narrows_one_further(len
         left[gid] -= 1
     first_narrowed = next(i for i, (_, g, _) in enumerate(order) if g == narrowed.id)
     assert first_narrowed > 0 and all(g != narrowed.id for _, g, _ in order[:first_narrowed])
+
+
+def test_round_to_cuts_whole_blocks_that_keep_every_width_a_multiple(lenet):
+    """``round_to`` = 4 on LeNet-5 (6, 16 and 120 channels): a group's first cut takes it to the
+    multiple below its width, every further cut removes four channels, weakest first, its strongest
+    four never go - so every prefix of the (budget-ordered) list leaves each width a multiple of 4 or
+    whole, and a budget that cannot be met stops at four channels per group."""
+    _, masks, _ = lenet
+    sizes = {g.id: g.size for g in masks.groups}
+    cuts = channel_candidates(masks, "maxabs_relative", round_to=4)
+    singles = channel_candidates(masks, "maxabs_relative")
+    for gid, size in sizes.items():
+        blocks = [channels for _, g, channels in sorted(cuts, key=lambda t: t[0]) if g == gid]
+        assert [len(b) for b in blocks] == [(size - 1) % 4 + 1] + [4] * ((size - 1) // 4 - 1)
+        weakest = [c for _, g, (c,) in singles if g == gid]  # ascending by score
+        assert [c for b in blocks for c in b] == weakest[: size - 4]
+    order = uniform_width_order(masks, cuts)
+    kept = dict(sizes)
+    for _, gid, channels in order:
+        kept[gid] -= len(channels)
+        assert all(k % 4 == 0 or k == sizes[g] for g, k in kept.items())
+    assert budget_cut(masks, order, lambda m: False) == sum(sizes.values()) - 4 * len(sizes)
+    assert all(masks.kept(g.id) == 4 for g in masks.groups)
+
+
+def test_round_to_search_accepts_whole_blocks_only(lenet):
+    """A bound that admits five dead channels accepts whole cuts only: at most five channels, and
+    every width still a multiple of four or whole."""
+    _, masks, _ = lenet
+    result = threshold_search(
+        masks, lambda: {"loss": 1 + 0.01 * _dead_count(masks), "accuracy": 1.0}, 0.05, "l1_relative", round_to=4
+    )
+    assert 0 < result.channels <= 5
+    assert all(masks.kept(g.id) % 4 == 0 or masks.kept(g.id) == g.size for g in masks.groups)

@@ -224,6 +224,7 @@ def test_stage_without_data_refuses_unless_method_none(trained_lenet5, tmp_path)
         ({"score": "l2"}, "unknown channel score"),
         ({"cut_biases": True}, "unknown --cut-biases True"),  # the boolean of earlier versions
         ({"padded_constants": "zero"}, "unknown padded-constant mode 'zero'"),
+        ({"round_to": 0}, "round-to must be at least 1"),
     ],
 )
 def test_bad_options_are_refused(kwargs, message):
@@ -350,3 +351,19 @@ def test_compress_holds_a_mac_budget_for_the_model_simplify_builds(runner, cli, 
     real = stages["simplify"]["macs"] / stages["load"]["macs"]
     assert stages["prune"]["metrics"]["macs_remaining_estimate"] == pytest.approx(real, abs=5e-5)
     assert real <= 0.3
+
+
+@pytest.mark.slow
+def test_compress_round_to_leaves_widths_that_are_multiples(runner, cli, tmp_path):
+    """End to end: ``--prune-round-to 4`` under a MAC budget leaves every pruned layer of the simplified
+    model a multiple of four channels wide or whole (the example LeNet-5's 20-, 50- and 500-wide layers)."""
+    out = tmp_path / "out"
+    args = ["--quiet", "compress", "--example", "lenet5", "--stages", "prune,simplify", "--prune-epochs", "3"]
+    result = runner.invoke(cli, [*args, "--target-macs", "0.3", "--prune-round-to", "4", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    weights = torch.export.load(out / "simplified.pt2").state_dict
+    widths = {k: v.shape[0] for k, v in weights.items() if k.endswith("weight") and "border" not in k}
+    widths.pop("fc2.weight")  # the classifier's ten outputs are not a prunable group
+    whole = {"conv1.weight": 20, "conv2.weight": 50, "fc1.weight": 500}
+    assert widths.keys() == whole.keys() and sum(widths.values()) < sum(whole.values())
+    assert all(w % 4 == 0 or w == whole[k] for k, w in widths.items()), widths

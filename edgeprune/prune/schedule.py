@@ -88,29 +88,57 @@ class ThresholdResult:
         return sum(int(v.numel()) for v in self.pruned.values())
 
 
-def channel_candidates(masks: ChannelMasks, score: str) -> list[tuple[float, Any, int]]:
-    """(score, group id, channel) of every live channel that may go, ascending by score.
+Cut = tuple[float, Any, tuple[int, ...]]
+"""One unit the searches may remove: (score, group id, channels). One channel, or with ``round_to`` > 1
+the channels that take the group's width down to the next multiple of it (``score``: their mean)."""
+
+
+def channel_candidates(masks: ChannelMasks, score: str, round_to: int = 1) -> list[Cut]:
+    """The cuts that may remove live channels, ascending by score; one channel each by default.
 
     ``score`` is ``maxabs`` (the largest |w| of the channel's producer entries) or ``l1`` (their
     summed |w|), compared across groups as they are or, with the ``_relative`` suffix, divided by
     the mean over the group's live channels so that layers with different fan-in and weight scale
     compete fairly. The strongest live channel of each group is never a candidate.
+
+    ``round_to`` > 1 keeps every group's width a multiple of it: a group's weakest channels are
+    bundled, weakest first, into cuts that each end on the next lower multiple, and its strongest
+    ``round_to`` channels never go (a group no wider than that is left whole). Why: CPU kernels
+    compute channels in SIMD blocks - onnxruntime's NCHWc convolutions in blocks of 16 floats with
+    AVX-512, 8 with AVX2 - so a conv with 12 or 9 output channels costs what one with 16 costs, and
+    MACs removed inside a block never show up as latency (BENCHMARKS.md, Pruning, widths rounded to
+    the SIMD block). Torch-Pruning calls the same option ``round_to``. It rounds what a group keeps: a
+    group that spans layers of different widths - a residual stream that zero-pads into the wider
+    stages, ResNet's shortcut option A - keeps a multiple, but its narrower layers hold whatever part
+    of it falls inside them.
     """
     if score not in SCORES:
         raise EdgepruneError(f"unknown channel score {score!r}", f"choose one of {', '.join(SCORES)}")
-    out = []
+    out: list[Cut] = []
     for g in masks.groups:
         keep = masks.keep[g.id]
-        if int(keep.sum()) <= 1:
+        kept = int(keep.sum())
+        if kept <= round_to:
             continue
         values = g.channel_scores(score.removesuffix("_relative")).double()
         if score.endswith("_relative"):
             values = values / values[keep].mean().clamp_min(1e-30)
         live = torch.nonzero(keep).flatten()
-        strongest = live[values[live].argmax()]
-        out += [(float(values[c]), g.id, int(c)) for c in live if c != strongest]
+        # weakest first; at equal scores the lower index is kept (as argmax keeps the first maximum)
+        ranked = sorted(((float(values[c]), int(c)) for c in live), key=lambda vc: (vc[0], -vc[1]))[: kept - round_to]
+        first = (kept - 1) % round_to + 1  # down to the multiple below the current width
+        while ranked:
+            block, ranked, first = ranked[:first], ranked[first:], round_to
+            out.append((sum(v for v, _ in block) / len(block), g.id, tuple(c for _, c in block)))
     out.sort(key=lambda t: (t[0], str(t[1]), t[2]))
     return out
+
+
+def _by_group(cuts: list[Cut]) -> dict[Any, list[int]]:
+    by_group: dict[Any, list[int]] = {}
+    for _, gid, channels in cuts:
+        by_group.setdefault(gid, []).extend(channels)
+    return by_group
 
 
 def threshold_search(
@@ -121,6 +149,7 @@ def threshold_search(
     max_evaluations: int = 16,
     min_accuracy: float | None = None,
     cost: dict[Any, float] | None = None,
+    round_to: int = 1,
 ) -> ThresholdResult:
     """Find and mark (in ``masks``) a large set of low-score channels within the loss bound.
 
@@ -144,22 +173,19 @@ def threshold_search(
     bound = base["loss"] * (1 + twt)
     if min_accuracy is not None:
         min_accuracy = min(min_accuracy, base["accuracy"])
-    candidates = channel_candidates(masks, score)
+    candidates = channel_candidates(masks, score, round_to)
     if cost is not None:
         candidates.sort(key=lambda t: (t[0] / max(cost.get(t[1], 1.0), 1e-12), str(t[1]), t[2]))
     backups = {s.name: s.tensor.detach().clone() for g in masks.groups for s in masks.zeroed(g)}
     tensors = {s.name: s.tensor for g in masks.groups for s in masks.zeroed(g)}
     groups = {g.id: g for g in masks.groups}
     evaluations = 0
-    accepted: list[tuple[float, Any, int]] = []
+    accepted: list[Cut] = []
     loss_after = base["loss"]
 
-    def trial(extra: list[tuple[float, Any, int]]) -> tuple[bool, float]:
+    def trial(extra: list[Cut]) -> tuple[bool, float]:
         nonlocal evaluations
-        by_group: dict[Any, list[int]] = {}
-        for _, gid, c in [*accepted, *extra]:
-            by_group.setdefault(gid, []).append(c)
-        for gid, channels in by_group.items():
+        for gid, channels in _by_group([*accepted, *extra]).items():
             for s in masks.zeroed(groups[gid]):
                 s.zero_channels(torch.tensor(channels))
         result = measure()
@@ -197,9 +223,7 @@ def threshold_search(
             break
         blocked = remaining[lo][1]
         remaining = [t for t in remaining[lo + 1 :] if t[1] != blocked]
-    pruned: dict[Any, list[int]] = {}
-    for _, gid, c in accepted:
-        pruned.setdefault(gid, []).append(c)
+    pruned = _by_group(accepted)
     for gid, channels in pruned.items():
         masks.prune(gid, torch.tensor(channels))
     return ThresholdResult(
@@ -212,7 +236,7 @@ def threshold_search(
     )
 
 
-def uniform_width_order(masks: ChannelMasks, candidates: list[tuple[float, Any, int]]) -> list[tuple[float, Any, int]]:
+def uniform_width_order(masks: ChannelMasks, candidates: list[Cut]) -> list[Cut]:
     """``candidates`` ordered so that every prefix levels the groups towards one kept fraction of their
     original width: the next cut always comes from the group that is widest relative to its original
     size (weakest channel first inside a group, the weaker channel first at equal widths). A group the
@@ -228,18 +252,18 @@ def uniform_width_order(masks: ChannelMasks, candidates: list[tuple[float, Any, 
     where it looked worse (BENCHMARKS.md, Pruning, ninth round)."""
     kept = {g.id: masks.kept(g.id) for g in masks.groups}
     width = {g.id: max(g.size, 1) for g in masks.groups}
-    by_group: dict[Any, list[tuple[float, Any, int]]] = {}
-    for c in sorted(candidates, key=lambda t: (t[0], str(t[1]), t[2])):
-        by_group.setdefault(c[1], []).append(c)
-    # cutting a group's i-th weakest candidate leaves it kept - i - 1 channels: take the widest first
-    keyed = [(-(kept[gid] - i) / width[gid], c) for gid, members in by_group.items() for i, c in enumerate(members)]
+    keyed: list[tuple[float, Cut]] = []
+    for cut in sorted(candidates, key=lambda t: (t[0], str(t[1]), t[2])):  # weakest first inside a group
+        gid = cut[1]
+        keyed.append((-kept[gid] / width[gid], cut))  # the group's width before this cut: widest first
+        kept[gid] -= len(cut[2])
     keyed.sort(key=lambda kc: (kc[0], kc[1][0], str(kc[1][1]), kc[1][2]))
     return [c for _, c in keyed]
 
 
 def budget_cut(
     masks: ChannelMasks,
-    candidates: list[tuple[float, Any, int]],
+    candidates: list[Cut],
     within_budget: Callable[[ChannelMasks], bool],
 ) -> int:
     """Mark the shortest prefix of ``candidates`` (best-to-cut first) that makes ``within_budget``
@@ -249,7 +273,8 @@ def budget_cut(
     search alone only cuts what costs nothing before fine-tuning - in a short run, far less than a
     user asks for. The prune events therefore follow a schedule towards the budget and cut the
     next-ranked channels where TWT stops short, leaving the loss to the fine-tuning that follows
-    (what magnitude pruners do at every step). All candidates still leave one channel per group.
+    (what magnitude pruners do at every step). All candidates still leave one channel per group (``round_to``
+    channels with that option).
     """
     if not candidates or within_budget(masks):
         return 0
@@ -257,19 +282,19 @@ def budget_cut(
 
     def cut(k: int) -> None:
         masks.load_state_dict(saved)
-        by_group: dict[Any, list[int]] = {}
-        for _, gid, c in candidates[:k]:
-            by_group.setdefault(gid, []).append(c)
-        for gid, channels in by_group.items():
+        for gid, channels in _by_group(candidates[:k]).items():
             masks.prune(gid, torch.tensor(channels))
+
+    def channels_in(k: int) -> int:
+        return sum(len(channels) for _, _, channels in candidates[:k])
 
     lo, hi = 0, len(candidates)  # within_budget fails at lo; at hi it may still fail (all cut)
     cut(hi)
     if not within_budget(masks):
-        return hi
+        return channels_in(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         cut(mid)
         lo, hi = (lo, mid) if within_budget(masks) else (mid, hi)
     cut(hi)
-    return hi
+    return channels_in(hi)
