@@ -98,6 +98,29 @@ def test_table_comparison_flags_a_changed_count_and_tolerates_timings():
     assert len(readme_example.compare_tables(old, far, samples=359)) == 1
 
 
+def test_a_run_that_pruned_to_another_model_is_held_to_the_other_cpu_bands():
+    """Another CPU prunes the example to another model: within the bands the table still agrees (the
+    AMD EPYC README against an Intel Xeon run), a stage that stopped working does not."""
+    header = ["| stage | non-zero | file | accuracy |", "|---|---:|---:|---:|"]
+    readme = readme_example.parse_table(
+        [*header, "| prune | 41,283 | 476.3 KiB | 98.33 % |", "| quantize | - | 5.7 KiB | 97.77 % |"]
+    )
+    other_cpu = readme_example.parse_table(
+        [*header, "| prune | 40,463 | 476.3 KiB | 98.05 % |", "| quantize | - | 8.1 KiB | 98.05 % |"]
+    )
+    assert readme_example.compare_tables(readme, other_cpu, samples=359) == []
+    nothing_pruned = readme_example.parse_table(
+        [*header, "| prune | 114,760 | 476.3 KiB | 98.33 % |", "| quantize | - | 5.7 KiB | 97.77 % |"]
+    )
+    collapsed = readme_example.parse_table(
+        [*header, "| prune | 40,463 | 476.3 KiB | 90.25 % |", "| quantize | - | 5.7 KiB | 90.25 % |"]
+    )
+    assert readme_example.compare_tables(readme, nothing_pruned, samples=359) == [
+        "prune: non-zero is '114,760', README says '41,283'"
+    ]
+    assert len(readme_example.compare_tables(readme, collapsed, samples=359)) == 2
+
+
 @pytest.mark.slow
 def test_readme_worked_example_is_what_the_command_prints(tmp_path):
     """Rerun `edgeprune compress --example lenet5 -o out/`; its table must be the README's."""

@@ -34,8 +34,8 @@ COMMAND = ["compress", "--example", "lenet5", "-o", "out/"]
 # On x86-64 the example runs with PyTorch's, oneDNN's and MKL's kernels capped at AVX2. Why: float kernels
 # round differently per instruction set and 40 epochs of training amplify it - on an AVX-512 CPU the command
 # as written kept 37,843 weights after pruning instead of 41,283 and scored 98.61 % in INT8 instead of
-# 97.77 %; with these caps its table was the AVX2 machine's to the digit. So the block is the same on every
-# x86-64 CPU with AVX2 (CI's may have AVX-512 or not), and the README says how to reproduce it.
+# 97.77 %; with these caps its table was the AVX2 machine's to the digit. So the block is the same on CPUs of
+# one model with or without AVX-512, and the README says how to reproduce it (not on every CPU: OTHER_CPU).
 AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 # And on every CPU with two threads. Why: the prune stage trains with one thread per usable CPU (capped by
@@ -43,6 +43,16 @@ X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 # the 2-core machine the prune stage kept 41,263 weights instead of 41,283, and simplify left 15,474
 # instead of 14,840. Pinned, a CI machine with more cores prints the same block.
 TWO_THREADS = {"OMP_NUM_THREADS": "2"}
+# And still not on every CPU: another vendor or cache size trains the example to another pruned model with the
+# kernels capped at AVX2 (oneDNN's brgemm convolutions, which the training uses, size their blocks from the
+# CPU's caches). The README's table from an AMD EPYC and a run on an Intel Xeon (both AVX-512, capped at AVX2)
+# differed by 2-4 % in the pruned counts (41,283 / 40,463 non-zero after prune, 38,052 / 39,422 MACs after
+# simplify) and by two test images, and the bit allocator then kept 8.1 KiB of INT8 levels instead of 5.7 KiB.
+# A run that pruned to another model is held to these bands instead: fractions of the larger value for counts
+# and sizes, held-out samples for accuracies - loose enough for another CPU, tight enough to catch a stage that
+# stopped working (nothing pruned, an encoder that stopped compressing, an accuracy collapse).
+OTHER_CPU = {"count": 0.10, "size": 0.5, "samples": 4}
+SAME_MODEL = {"count": 0.0, "size": 0.01, "samples": 2}  # the README's own model: see compare_tables
 # Columns that measure this machine's speed, not the pipeline's result: never compared.
 TIMING_COLUMNS = re.compile(r"\b(time|latency|µs|ms|s|p10|p90)\b", re.IGNORECASE)
 
@@ -123,9 +133,11 @@ def _number(cell: str) -> float | None:
 def compare_tables(documented: list[dict[str, str]], fresh: list[dict[str, str]], samples: int | None) -> list[str]:
     """Differences between the README's table and a fresh run's, one line each (empty: they agree).
 
-    Timing columns are skipped (they measure the machine). Counts must match exactly. Accuracies
-    may differ by two held-out samples and sizes by 1 %: float summation order differs between
-    CPUs (SIMD width), which can move a borderline prediction or a compressed byte, not the result.
+    Timing columns are skipped (they measure the machine). Where the fresh run pruned to the README's
+    model (the prune row's non-zero count agrees), counts must match exactly, accuracies may differ by
+    two held-out samples and sizes by 1 %: summation order can still move a borderline prediction or a
+    compressed byte. Where it pruned to another model - another CPU, see ``OTHER_CPU`` - the run is
+    held to ``OTHER_CPU``'s bands instead.
     """
     problems = []
     was_stages, now_stages = [r.get("stage") for r in documented], [r.get("stage") for r in fresh]
@@ -133,17 +145,21 @@ def compare_tables(documented: list[dict[str, str]], fresh: list[dict[str, str]]
         return [f"stages differ: README {was_stages} vs run {now_stages}"]
     if documented and set(documented[0]) != set(fresh[0]):
         return [f"columns differ: README {list(documented[0])} vs run {list(fresh[0])}"]
-    accuracy_tol = 100.0 * 2 / samples if samples else 0.6
-    for old, new in zip(documented, fresh, strict=True):
+    rows = list(zip(documented, fresh, strict=True))
+    same_model = all(old.get("non-zero") == new.get("non-zero") for old, new in rows if old.get("stage") == "prune")
+    bands = SAME_MODEL if same_model else OTHER_CPU
+    accuracy_tol = 100.0 * bands["samples"] / samples if samples else 0.6
+    for old, new in rows:
         for column, was in old.items():
             now = new[column]
             if TIMING_COLUMNS.search(column) or was == now:
                 continue
             a, b = _number(was), _number(now)
             if a is not None and b is not None:
-                if was.endswith("%") and abs(a - b) <= accuracy_tol + 1e-9:
-                    continue
-                if was.endswith(("KiB", "MiB", " B")) and abs(a - b) <= 0.01 * max(a, b):
+                if was.endswith("%"):
+                    if abs(a - b) <= accuracy_tol + 1e-9:
+                        continue
+                elif abs(a - b) <= bands["size" if was.endswith(("KiB", "MiB", " B")) else "count"] * max(a, b):
                     continue
             problems.append(f"{old.get('stage')}: {column} is {now!r}, README says {was!r}")
     return problems
@@ -207,10 +223,11 @@ def render(run: Run) -> str:
             BEGIN,
             f"Real output of the command above ({machine()}; {run.wall_s:.0f} s wall, "
             f"{run.peak_rss_gib:.2f} GiB peak RSS; timings differ on every machine). The run trains, and float"
-            " kernels round differently per CPU and thread count: this is the output at AVX2 on two threads,"
-            " which any x86-64 CPU with AVX2 and two or more cores reproduces with"
-            f" `{' '.join(f'{k}={v}' for k, v in {**TWO_THREADS, **AVX2_KERNELS}.items())}` in front of the"
-            " command; without them a CPU with AVX-512 or another core count trains to numbers a few percent away:",
+            " kernels round differently per CPU and thread count: this is the output at AVX2 on two threads"
+            f" (`{' '.join(f'{k}={v}' for k, v in {**TWO_THREADS, **AVX2_KERNELS}.items())}` in front of the"
+            " command reproduces it on this CPU model with two or more cores); other CPUs, or no caps, train to"
+            " numbers a few percent away, and the INT8 sizes can differ more where the bit allocator decides"
+            " differently:",
             "",
             "```text",
             f"$ edgeprune {' '.join(COMMAND)}",
