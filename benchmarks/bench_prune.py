@@ -11,8 +11,9 @@ Parts (``--parts``, comma-separated; results accumulate in benchmarks/results/be
 
 * ``steps``     - cost of one SeReNe training step vs a plain step, side by side (median of rounds);
 * ``ablation``  - digits: sensitivity normalisation / spatial reduction / channel score defaults;
-* ``round-to``  - Fashion-MNIST 14x14 / VGG-BN under MAC budgets with widths free or rounded to 8 or 16
-  channels (``--round-to``): accuracy, MACs and onnxruntime / LiteRT latency of the simplified models;
+* ``round-to``  - Fashion-MNIST 14x14 / VGG-BN, SeReNe under MAC budgets and Torch-Pruning at ratios, with
+  widths free or rounded to 8 or 16 channels (``--round-to``; Torch-Pruning's own ``round_to``): accuracy,
+  MACs and onnxruntime / LiteRT latency of the simplified models;
 * ``digits``    - LeNet-5 on scikit-learn digits (the quick set);
 * ``digits-resnet20`` - ResNet-20 with BatchNorm and projection shortcuts on digits (quick, 3 seeds;
   the residual-stream groups that once blocked the search);
@@ -146,33 +147,52 @@ def run_edgeprune(
 def run_torch_pruning(
     exp: Experiment, dense: nn.Module, x: torch.Tensor, ratio: float, kind: str, seed: int = 0
 ) -> Point:
+    """Torch-Pruning's run (:func:`torch_pruned`), timed and measured."""
+    start = time.perf_counter()
+    model = torch_pruned(exp.data, exp.common, exp.epochs, dense, x, ratio, kind, seed)
+    seconds = time.perf_counter() - start
+    return Point("torch-pruning", f"{kind}, ratio={ratio}", seconds=seconds, **measure(model, x, exp.data))
+
+
+def torch_pruned(
+    data: DataBundle,
+    common: dict[str, Any],
+    epochs: int,
+    dense: nn.Module,
+    x: torch.Tensor,
+    ratio: float,
+    kind: str,
+    seed: int = 0,
+    round_to: int = 1,
+) -> nn.Module:
     """Torch-Pruning, iterative: one pruning step per epoch, each followed by an epoch of fine-tuning,
     then the remaining epochs of fine-tuning - the same epochs and the same learning-rate cycles
     (warm-up + cosine per prune/fine-tune cycle) as edgeprune's methods. ``kind``: ``magnitude``
     (MagnitudePruner, L1 group importance) or ``groupnorm`` (GroupNormPruner, group L2 importance
-    with its sparsity regulariser applied after every backward). ``seed`` shifts the data order."""
+    with its sparsity regulariser applied after every backward). ``seed`` shifts the data order;
+    ``round_to`` is Torch-Pruning's own (widths kept a multiple of it)."""
     import torch_pruning as tp
 
     model = copy.deepcopy(dense)
-    start = time.perf_counter()
     classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     # a pruning ratio is a budget: the fine-tune share edgeprune gives a budgeted run unless the part sets one
-    finetune = exp.common.get("finetune_epochs", default_finetune_epochs(exp.epochs, budgeted=True))
-    steps = max(1, exp.epochs - finetune)
+    finetune = common.get("finetune_epochs", default_finetune_epochs(epochs, budgeted=True))
+    steps = max(1, epochs - finetune)
+    rounding = {"round_to": round_to} if round_to > 1 else {}
     if kind == "groupnorm":
         pruner = tp.pruner.GroupNormPruner(
             model, x, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=ratio,
-            iterative_steps=steps, ignored_layers=[classifier],
+            iterative_steps=steps, ignored_layers=[classifier], **rounding,
         )  # fmt: skip
     else:
         pruner = tp.pruner.MagnitudePruner(
             model, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
-            iterative_steps=steps, ignored_layers=[classifier],
+            iterative_steps=steps, ignored_layers=[classifier], **rounding,
         )  # fmt: skip
     cfg = TrainConfig(
         epochs=1,
-        lr=exp.common.get("lr", 0.05),
-        batch_size=exp.common.get("batch_size", 64),
+        lr=common.get("lr", 0.05),
+        batch_size=common.get("batch_size", 64),
         lr_schedule="cycle",
         weight_decay=0.0,
         seed=1000 * seed,
@@ -181,10 +201,9 @@ def run_torch_pruning(
     for step in range(steps):
         pruner.step()
         step_cfg = TrainConfig(**{**asdict(cfg), "seed": cfg.seed + step})
-        _fit_tp(model, exp.data, step_cfg, pruner if regularize else None)
-    _fit_tp(model, exp.data, TrainConfig(**{**asdict(cfg), "epochs": exp.epochs - steps}), None)
-    seconds = time.perf_counter() - start
-    return Point("torch-pruning", f"{kind}, ratio={ratio}", seconds=seconds, **measure(model, x, exp.data))
+        _fit_tp(model, data, step_cfg, pruner if regularize else None)
+    _fit_tp(model, data, TrainConfig(**{**asdict(cfg), "epochs": epochs - steps}), None)
+    return model
 
 
 def _fit_tp(model: nn.Module, data: DataBundle, cfg: TrainConfig, pruner: Any) -> None:
@@ -494,33 +513,44 @@ def _round_to_run(
     dense: nn.Module,
     x: torch.Tensor,
     common: dict[str, Any],
+    epochs: int,
     work: Path,
-    job: tuple[float, int, int],
+    job: tuple[str, float, int, int],
 ) -> dict[str, Any]:
-    """One pruning run of :func:`part_round_to` (in a worker process): prune, simplify, measure, and
-    export the simplified model for the latency runs."""
-    budget, multiple, seed = job
+    """One pruning run of :func:`part_round_to` (in a worker process): prune (SeReNe to a MAC budget or
+    Torch-Pruning's magnitude pruner at a ratio), simplify, measure, and export the simplified model for
+    the latency runs."""
+    method, strength, multiple, seed = job
     torch.set_num_threads(1)
-    model = copy.deepcopy(dense)
-    options = PruneOptions(target_macs=budget, max_accuracy_drop=None, round_to=multiple, seed=seed, **common)
-    prune_model(model, x, data, options)
-    small = simplify(model, x).model
-    stem = work / f"permille{round(1000 * budget)}_round{multiple}_seed{seed}"  # no dot: paths add suffixes
+    if method == "serene":
+        model = copy.deepcopy(dense)
+        options = PruneOptions(
+            target_macs=strength, max_accuracy_drop=None, round_to=multiple, seed=seed, epochs=epochs, **common
+        )
+        prune_model(model, x, data, options)
+        small = simplify(model, x).model
+        setting = f"MACs {strength:g}"
+    else:
+        small = torch_pruned(data, common, epochs, dense, x, strength, "magnitude", seed, multiple)
+        setting = f"ratio {strength:g}"
+    stem = work / f"{method}_{round(1000 * strength)}_round{multiple}_seed{seed}"  # no dot: paths add suffixes
     onnx_export.export_fp32(small, x, Path(f"{stem}.onnx"), dynamic_batch=False)
     tflite_export.export_fp32(small, x, Path(f"{stem}.tflite"))
     widths = [m.out_channels for name, m in small.named_modules() if isinstance(m, nn.Conv2d) and "border" not in name]
-    row = {"budget": budget, "round_to": multiple, "seed": seed, "stem": str(stem), "widths": widths}
-    return {**row, **measure(small, x, data)}
+    row = {"method": method, "setting": setting, "round_to": multiple, "seed": seed, "stem": str(stem)}
+    return {**row, "widths": widths, **measure(small, x, data)}
 
 
 def part_round_to(
     budgets: tuple[float, ...] = (0.2, 0.12, 0.08),
+    ratios: tuple[float, ...] = (0.5, 0.6, 0.7),
     multiples: tuple[int, ...] = (1, 8, 16),
     seeds: tuple[int, ...] = (0, 1, 2),
     runs: int = 300,
 ) -> dict[str, Any]:
     """Widths rounded to the SIMD block (``--round-to``): Fashion-MNIST 14x14 / VGG-BN, SeReNe under MAC
-    budgets, every layer's width left free (1) or a multiple of 8 or 16; test accuracy, MACs, and the
+    budgets and Torch-Pruning's magnitude pruner at ratios (its own ``round_to``), every layer's width
+    left free (1) or a multiple of 8 or 16; test accuracy, MACs, and the
     batch-1 latency of the simplified model on onnxruntime and LiteRT (1 thread, every model of the part
     timed in alternating blocks in one process, after the pruning runs). The pruning runs go two at a
     time in worker processes (one thread each, spawned: a forked child of a process that has run the
@@ -531,12 +561,14 @@ def part_round_to(
     fit(dense, exp.data, exp.dense)
     dense.eval()
     x = exp.data.test.tensors[0][:1].clone()
-    jobs = [(b, m, s) for b in budgets for m in multiples for s in seeds]
+    jobs = [("serene", b, m, s) for b in budgets for m in multiples for s in seeds]
+    if "torch-pruning" in METHODS:
+        jobs += [("torch-pruning", r, m, s) for r in ratios for m in multiples for s in seeds]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         onnx_export.export_fp32(dense, x, work / "dense.onnx", dynamic_batch=False)
         tflite_export.export_fp32(dense, x, work / "dense.tflite")
-        run = functools.partial(_round_to_run, exp.data, dense, x, {**exp.common, "epochs": exp.epochs}, work)
+        run = functools.partial(_round_to_run, exp.data, dense, x, exp.common, exp.epochs, work)
         with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
             rows = list(pool.map(run, jobs))
         stems = {"dense": str(work / "dense"), **{r["stem"]: r["stem"] for r in rows}}
@@ -681,24 +713,22 @@ def experiment_lines(exp: dict[str, Any]) -> list[str]:
 
 
 def round_to_lines(part: dict[str, Any]) -> list[str]:
-    """The ``round-to`` part's table: per MAC budget and width multiple, the seeds' mean test accuracy,
-    MACs and latencies, the speedup over the dense model and that speedup per MAC ratio (the issue's
-    latency goal: >= 0.8)."""
+    """The ``round-to`` part's table: per method, setting and width multiple, the seeds' mean test
+    accuracy, MACs and latencies, the speedup over the dense model and that speedup per MAC ratio (the
+    issue's latency goal: >= 0.8)."""
     dense = part["dense"]
     lines = [
-        "| MAC budget | round to | test acc | per seed | conv widths (seed 0) | MACs | MAC ratio | "
+        "| method | setting | round to | test acc | per seed | conv widths (seed 0) | MACs | MAC ratio | "
         "onnxruntime ms | speedup | speedup / MAC ratio | LiteRT ms | speedup | speedup / MAC ratio |",
-        "|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| dense | - | {100 * dense['test_accuracy']:.2f} % | | 32/32/64/64/128/128 | {dense['macs']:,} | 1.00 | "
+        "|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| dense | - | - | {100 * dense['test_accuracy']:.2f} % | | 32/32/64/64/128/128 | {dense['macs']:,} | 1.00 | "
         f"{dense['onnxruntime_ms']:.3f} | 1.00 | | {dense['LiteRT_ms']:.3f} | 1.00 | |",
     ]
-    settings = dict.fromkeys((r["budget"], r["round_to"]) for r in part["rows"])
-    for budget, multiple in settings:
-        rows = [r for r in part["rows"] if (r["budget"], r["round_to"]) == (budget, multiple)]
+    for key in dict.fromkeys((r["method"], r["setting"], r["round_to"]) for r in part["rows"]):
+        rows = [r for r in part["rows"] if (r["method"], r["setting"], r["round_to"]) == key]
         macs = statistics.mean(r["macs"] for r in rows)
         cells = [
-            f"{budget:g}",
-            str(multiple),
+            *map(str, key),
             f"{100 * statistics.mean(r['test_accuracy'] for r in rows):.2f} %",
             " / ".join(f"{100 * r['test_accuracy']:.2f}" for r in rows),
             "/".join(map(str, rows[0]["widths"])),
@@ -785,7 +815,7 @@ def write_report(results: dict[str, Any]) -> None:
         ]
         lines.append("")
     if "round-to" in results:
-        lines += [f"**Widths rounded to the SIMD block** ({results['round-to']['experiment']}, SeReNe):", ""]
+        lines += [f"**Widths rounded to the SIMD block** ({results['round-to']['experiment']}):", ""]
         lines += round_to_lines(results["round-to"])
     if PLOT.exists():
         lines += [f"![accuracy vs size]({PLOT.relative_to(ROOT).as_posix()})", ""]
