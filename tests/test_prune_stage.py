@@ -359,8 +359,10 @@ def test_compress_round_to_leaves_widths_that_are_multiples(runner, cli, tmp_pat
     model a multiple of four channels wide or whole (the example LeNet-5's 20-, 50- and 500-wide layers)."""
     out = tmp_path / "out"
     args = ["--quiet", "compress", "--example", "lenet5", "--stages", "prune,simplify", "--prune-epochs", "3"]
-    result = runner.invoke(cli, [*args, "--target-macs", "0.3", "--prune-round-to", "4", "-o", str(out)])
+    result = runner.invoke(cli, [*args, "--target-macs", "0.3", "--prune-round-to", "4", "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
+    stages = {s["name"]: s for s in json.loads(result.stdout)["stages"]}
+    assert stages["prune"]["metrics"]["round_to"] == 4  # the report says how the widths were chosen
     weights = torch.export.load(out / "simplified.pt2").state_dict
     widths = {k: v.shape[0] for k, v in weights.items() if k.endswith("weight") and "border" not in k}
     widths.pop("fc2.weight")  # the classifier's ten outputs are not a prunable group

@@ -53,6 +53,7 @@ def prune_artifact(art: Artifact, options: PruneOptions, dest: Path, progress: P
         "pwe": options.pwe,
         "sensitivity": options.sensitivity if options.method == "serene" else None,
         "cut_biases": options.cut_biases,
+        "round_to": options.round_to,
         "padded_constants": options.padded_constants,  # what the MAC estimate assumed simplify will build
         "epochs": result.epochs,
         "finetune_epochs": result.finetune_epochs,
