@@ -56,6 +56,7 @@ def prune(ctx: click.Context, model: str, output: Path, force: bool, as_json: bo
       edgeprune prune model.pt --arch edgeprune.models:lenet5 --arch-kwargs '{"input_size": 8}' \\
           --data digits -o pruned.pt2
       edgeprune prune model.pt2 --data /usr/share/datasets/fashion-mnist --method l1 --epochs 20 -o l1.pt2
+      edgeprune prune model.pt2 --data digits --target-macs 0.2 --round-to 16 -o fast-on-avx512.pt2
       torchrun --nproc-per-node 2 -m edgeprune prune model.pt2 --data digits -o pruned.pt2
     """
     refuse_existing_file(output, force)
