@@ -342,14 +342,18 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
 
     def fmnist_resnet20() -> Experiment:
         full = load_data("fashion-mnist")
+        budget = [{"target_macs": 0.25, "max_accuracy_drop": None, "finetune_epochs": None}]
         return Experiment(
             "Fashion-MNIST / ResNet-20 (projection shortcuts; 2k train subset, 500 val, 2k test; 5-epoch budget)",
             lambda: ResNetCifar((3, 3, 3), (16, 32, 64), "B", 1, 10),
             subset(full, 2000, 500, test=2000),
             TrainConfig(epochs=4, lr=0.05, batch_size=128),
             epochs=5,
-            serene=[{"lmbda": 0.5, "twt": 0.2}],
-            l1=[{"twt": 0.2}],
+            # TWT alone, and a MAC budget at Torch-Pruning 0.5's quarter of the MACs with edgeprune's default
+            # fine-tuning under a budget (2 of 5 epochs): two epochs after the last cut, as Torch-Pruning's
+            # last step (pruned, trained an epoch) plus its one fine-tune epoch
+            serene=[{"lmbda": 0.5, "twt": 0.2}, *budget],
+            l1=[{"twt": 0.2}, *budget],
             tp_ratios=[("magnitude", 0.5), ("groupnorm", 0.5)],
             common={"lr": 0.05, "batch_size": 128, "finetune_epochs": 1, "search_evaluations": 16},
         )
