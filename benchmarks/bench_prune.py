@@ -134,14 +134,29 @@ def over_seeds(exp: Experiment, run: Callable[[int], Point]) -> Point:
 def run_edgeprune(
     exp: Experiment, dense: nn.Module, x: torch.Tensor, method: str, setting: dict[str, Any], seed: int = 0
 ) -> Point:
-    model = copy.deepcopy(dense)
+    """edgeprune's run (:func:`edgeprune_pruned`), timed, simplified and measured."""
     start = time.perf_counter()
-    options = PruneOptions(method=method, epochs=exp.epochs, **{**exp.common, **setting, "seed": seed})
-    prune_model(model, x, exp.data, options)
+    model = edgeprune_pruned(exp.data, exp.common, exp.epochs, dense, x, method, setting, seed)
     seconds = time.perf_counter() - start
     small = simplify(model, x).model
     label = ", ".join(f"{k}={v}" for k, v in setting.items()) or "defaults"
     return Point(method, label, seconds=seconds, **measure(small, x, exp.data))
+
+
+def edgeprune_pruned(
+    data: DataBundle,
+    common: dict[str, Any],
+    epochs: int,
+    dense: nn.Module,
+    x: torch.Tensor,
+    method: str,
+    setting: dict[str, Any],
+    seed: int = 0,
+) -> nn.Module:
+    """A copy of ``dense`` pruned by ``method`` with the part's ``common`` options and this row's ``setting``."""
+    model = copy.deepcopy(dense)
+    prune_model(model, x, data, PruneOptions(method=method, epochs=epochs, **{**common, **setting, "seed": seed}))
+    return model
 
 
 def run_torch_pruning(
@@ -527,12 +542,8 @@ def _round_to_run(
     method, strength, multiple, seed = job
     torch.set_num_threads(1)
     if method == "serene":
-        model = copy.deepcopy(dense)
-        options = PruneOptions(
-            target_macs=strength, max_accuracy_drop=None, round_to=multiple, seed=seed, epochs=epochs, **common
-        )
-        prune_model(model, x, data, options)
-        small = simplify(model, x).model
+        budget = {"target_macs": strength, "max_accuracy_drop": None, "round_to": multiple}
+        small = simplify(edgeprune_pruned(data, common, epochs, dense, x, method, budget, seed), x).model
         setting = f"MACs {strength:g}"
     else:
         small = torch_pruned(data, common, epochs, dense, x, strength, "magnitude", seed, multiple)
