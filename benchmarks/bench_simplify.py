@@ -39,6 +39,7 @@ from edgeprune.export import onnx as onnx_export
 from edgeprune.export import tflite as tflite_export
 from edgeprune.graph import analyze
 from edgeprune.metrics import count_macs, count_params
+from edgeprune.prune.masks import bind_groups
 from edgeprune.simplify import SimplifyOptions, simplify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +68,8 @@ def kill_half_of_every_group(model: nn.Module, example: torch.Tensor, seed: int 
     """Zero all producer rows of a random half of each prunable group's channels; randomise BN/bias.
 
     ``round_to`` N: the number left alive is the half rounded down to a multiple of N, at least N (a
-    group no wider than N stays whole) - the widths ``prune --round-to N`` leaves."""
+    group no wider than N stays whole) - the widths ``prune --round-to N`` leaves. Like the pruner, it
+    rounds per width segment, so a zero-padded residual stream's narrower stages keep multiples too."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
@@ -78,12 +80,14 @@ def kill_half_of_every_group(model: nn.Module, example: torch.Tensor, seed: int 
                 module.running_var.uniform_(0.5, 2.0, generator=gen)
                 module.bias.uniform_(-0.3, 0.3, generator=gen)
         state = model.state_dict()
-        for group in analyze(model, example).prunable_groups():
+        groups = analyze(model, example).prunable_groups()
+        for group, tensors in zip(groups, bind_groups(model, groups), strict=True):
             doomed = torch.zeros(group.size, dtype=torch.bool)
-            alive = group.size - group.size // 2
-            if round_to > 1:
-                alive = min(group.size, max(round_to, alive // round_to * round_to))
-            doomed[torch.randperm(group.size, generator=gen)[: group.size - alive]] = True
+            for segment in tensors.width_segments():
+                alive = len(segment) - len(segment) // 2
+                if round_to > 1:
+                    alive = min(len(segment), max(round_to, alive // round_to * round_to))
+                doomed[segment[torch.randperm(len(segment), generator=gen)[: len(segment) - alive]]] = True
             for ps in group.producers:
                 rows = ps.index[doomed[ps.channels]].flatten()
                 state[ps.name].index_fill_(ps.dim, rows, 0.0)

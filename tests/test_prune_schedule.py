@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from edgeprune import models
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import analyze
 from edgeprune.metrics import evaluate
@@ -20,6 +21,7 @@ from edgeprune.prune.schedule import (
     threshold_search,
     uniform_width_order,
 )
+from edgeprune.simplify import simplify
 
 
 def _weight(model: nn.Linear, value: float) -> None:
@@ -217,6 +219,34 @@ def test_round_to_cuts_whole_blocks_that_keep_every_width_a_multiple(lenet):
         assert all(k % 4 == 0 or k == sizes[g] for g, k in kept.items())
     assert budget_cut(masks, order, lambda m: False) == sum(sizes.values()) - 4 * len(sizes)
     assert all(masks.kept(g.id) == 4 for g in masks.groups)
+
+
+@pytest.mark.parametrize("round_to", [1, 8])
+def test_no_layer_of_a_zero_padded_stream_is_emptied_and_each_keeps_multiples(round_to):
+    """ResNet-20 with option-A shortcuts: the residual stream is one 64-channel group whose stage-1
+    layers hold 16 of its channels and stage-2 layers 32. Cut per width segment, every prefix of the
+    budget order keeps every layer's width a multiple of ``round_to``, and cutting everything leaves
+    ``round_to`` channels per segment - no emptied stage-1 layer (cut as one group, the stream could
+    lose all 16 of them) - and a simplified model with those widths."""
+    model = models.resnet20(shortcut="A").eval()
+    x = torch.randn(1, 3, 32, 32)
+    masks = ChannelMasks(model, analyze(model, x).prunable_groups())
+    stream = next(g for g in masks.groups if len(g.width_segments()) > 1)
+    assert sorted(len(s) for s in stream.width_segments()) == [16, 16, 32]
+
+    def layer_widths() -> list[int]:
+        keep = masks.keep
+        return [int(keep[g.id][s.channel_of.unique()].sum()) for g in masks.groups for s in g.producers]
+
+    for _, gid, channels in uniform_width_order(masks, channel_candidates(masks, "maxabs_relative", round_to)):
+        masks.prune(gid, torch.tensor(channels))
+        assert all(w % round_to == 0 for w in layer_widths())
+    assert sorted(set(layer_widths())) == [round_to, 2 * round_to, 3 * round_to]  # stream: stages 1, 2, 3
+    masks.apply()
+    small = simplify(model, x).model
+    convs = [m for name, m in small.named_modules() if isinstance(m, nn.Conv2d) and name != "conv1"]
+    assert len(convs) == 18 and all(m.out_channels % round_to == 0 and m.in_channels % round_to == 0 for m in convs)
+    assert min(m.in_channels for m in convs) == round_to
 
 
 def test_round_to_search_accepts_whole_blocks_only(lenet):

@@ -114,6 +114,22 @@ class GroupTensors:
         """What the shrink scales and the masks zero: producer rows and BN scales."""
         return [*self.producers, *self.scales]
 
+    def width_segments(self) -> list[torch.Tensor]:
+        """The group's channels partitioned by which producer layers write them, in first-channel order.
+
+        One segment - every channel - in the usual group, where every producer writes every channel.
+        A residual stream that zero-pads into wider stages (ResNet's shortcut option A) writes its
+        16-channel stage-1 part in every stage, the next 16 from stage 2 on, the last 32 in stage 3
+        only: three segments. A layer's width is the sum of the kept counts of the segments it holds,
+        so keeping each segment's count a multiple of N keeps every layer's width one."""
+        holders = torch.zeros(len(self.producers), self.size, dtype=torch.bool)
+        for row, s in enumerate(self.producers):
+            holders[row, s.channel_of.unique()] = True
+        by_signature: dict[tuple[bool, ...], list[int]] = {}
+        for channel in range(self.size):
+            by_signature.setdefault(tuple(holders[:, channel].tolist()), []).append(channel)
+        return [torch.tensor(channels) for channels in by_signature.values()]
+
     def channel_scores(self, reduce: str = "maxabs") -> torch.Tensor:
         """Per-channel magnitude: the largest |w| over all producer rows ("maxabs", so a channel is
         below T only when *every* producer entry is) or their summed |w| ("l1"), times the largest

@@ -99,7 +99,9 @@ def channel_candidates(masks: ChannelMasks, score: str, round_to: int = 1) -> li
     ``score`` is ``maxabs`` (the largest |w| of the channel's producer entries) or ``l1`` (their
     summed |w|), compared across groups as they are or, with the ``_relative`` suffix, divided by
     the mean over the group's live channels so that layers with different fan-in and weight scale
-    compete fairly. The strongest live channel of each group is never a candidate.
+    compete fairly. The strongest live channel of each width segment (:meth:`GroupTensors.width_segments`:
+    the whole group, unless it spans layers of different widths) is never a candidate, so no layer is
+    ever emptied - a zero-padded residual stream's stage-1 layers included.
 
     ``round_to`` > 1 keeps every group's width a multiple of it: a group's weakest channels are
     bundled, weakest first, into cuts that each end on the next lower multiple, and its strongest
@@ -107,29 +109,31 @@ def channel_candidates(masks: ChannelMasks, score: str, round_to: int = 1) -> li
     compute channels in SIMD blocks - onnxruntime's NCHWc convolutions in blocks of 16 floats with
     AVX-512, 8 with AVX2 - so a conv with 12 or 9 output channels costs what one with 16 costs, and
     MACs removed inside a block never show up as latency (BENCHMARKS.md, Pruning, widths rounded to
-    the SIMD block). Torch-Pruning calls the same option ``round_to``. It rounds what a group keeps: a
-    group that spans layers of different widths - a residual stream that zero-pads into the wider
-    stages, ResNet's shortcut option A - keeps a multiple, but its narrower layers hold whatever part
-    of it falls inside them.
+    the SIMD block). Torch-Pruning calls the same option ``round_to``. A group that spans layers of
+    different widths - a residual stream that zero-pads into the wider stages, ResNet's shortcut
+    option A - is rounded per width segment, so its narrower layers keep multiples too.
     """
     if score not in SCORES:
         raise EdgepruneError(f"unknown channel score {score!r}", f"choose one of {', '.join(SCORES)}")
     out: list[Cut] = []
     for g in masks.groups:
         keep = masks.keep[g.id]
-        kept = int(keep.sum())
-        if kept <= round_to:
+        if int(keep.sum()) <= 1:
             continue
         values = g.channel_scores(score.removesuffix("_relative")).double()
         if score.endswith("_relative"):
             values = values / values[keep].mean().clamp_min(1e-30)
-        live = torch.nonzero(keep).flatten()
-        # weakest first; at equal scores the lower index is kept (as argmax keeps the first maximum)
-        ranked = sorted(((float(values[c]), int(c)) for c in live), key=lambda vc: (vc[0], -vc[1]))[: kept - round_to]
-        first = (kept - 1) % round_to + 1  # down to the multiple below the current width
-        while ranked:
-            block, ranked, first = ranked[:first], ranked[first:], round_to
-            out.append((sum(v for v, _ in block) / len(block), g.id, tuple(c for _, c in block)))
+        for part in g.width_segments():
+            live = part[keep[part]]
+            if len(live) <= round_to:
+                continue
+            # weakest first; at equal scores the lower index is kept (as argmax keeps the first maximum)
+            ranked = sorted(((float(values[c]), int(c)) for c in live), key=lambda vc: (vc[0], -vc[1]))
+            ranked = ranked[: len(live) - round_to]
+            first = (len(live) - 1) % round_to + 1  # down to the multiple below the current width
+            while ranked:
+                block, ranked, first = ranked[:first], ranked[first:], round_to
+                out.append((sum(v for v, _ in block) / len(block), g.id, tuple(c for _, c in block)))
     out.sort(key=lambda t: (t[0], str(t[1]), t[2]))
     return out
 
@@ -273,8 +277,8 @@ def budget_cut(
     search alone only cuts what costs nothing before fine-tuning - in a short run, far less than a
     user asks for. The prune events therefore follow a schedule towards the budget and cut the
     next-ranked channels where TWT stops short, leaving the loss to the fine-tuning that follows
-    (what magnitude pruners do at every step). All candidates still leave one channel per group (``round_to``
-    channels with that option).
+    (what magnitude pruners do at every step). All candidates still leave one channel per width segment
+    (``round_to`` channels with that option; see :func:`channel_candidates`).
     """
     if not candidates or within_budget(masks):
         return 0
