@@ -370,10 +370,11 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             # TWT alone, and a MAC budget at Torch-Pruning 0.5's quarter of the MACs with edgeprune's default
             # fine-tuning under a budget (2 of 5 epochs): two epochs after the last cut, as Torch-Pruning's
             # last step (pruned, trained an epoch) plus its one fine-tune epoch
-            serene=[{"lmbda": 0.5, "twt": 0.2}, *budget],
+            serene=[{"twt": 0.2}, {"lmbda": 0.5, "twt": 0.2}, *budget],  # the default shrink and a stronger one
             l1=[{"twt": 0.2}, *budget],
             tp_ratios=[("magnitude", 0.5), ("groupnorm", 0.5)],
             common={"lr": 0.05, "batch_size": 128, "finetune_epochs": 1, "search_evaluations": 16},
+            seeds=(0, 1, 2),
         )
 
     standardized_digits = ("digits", functools.partial(load_data, "digits", normalize="standardize"))
