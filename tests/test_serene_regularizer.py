@@ -128,7 +128,7 @@ def test_coupled_groups_share_one_shrink_and_simplify_cleanly_once_pruned(name):
     tensors = {s.name: s.tensor.detach() for s in slices}  # conv rows under a BN must stay as they were
     for g in masks.groups:
         factor = 1 - 0.5 * torch.relu(1 - reg.sensitivity[g.id])
-        for s in reg.targets[g.id]:  # under BatchNorm: gamma and beta (BN-output space)
+        for s in reg.targets[g.id]:  # under BatchNorm: gamma (the BN output's scale)
             expected[s.name] = expected[s.name] * s.channel_view(factor)
     for name, tensor in tensors.items():
         torch.testing.assert_close(tensor, expected[name])
@@ -145,3 +145,20 @@ def test_coupled_groups_share_one_shrink_and_simplify_cleanly_once_pruned(name):
     assert result.report["channels_removed"] == pruned
     assert sum(p.numel() for p in result.model.parameters()) < sum(p.numel() for p in model.parameters())
     torch.testing.assert_close(result.model(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cut_biases", ["none", "all"])
+def test_bn_shift_shrinks_only_where_the_cut_removes_it(cut_biases):
+    """``bn_shrink="auto"`` (the default): under a BatchNorm gamma always shrinks, beta only when a cut
+    channel loses it too (``cut_biases``) - kept, it is the constant simplify folds, so shrinking it would
+    move the channel away from what the cut leaves. Conv rows and running statistics never shrink."""
+    model, x = _coupled("resnet20")
+    groups = analyze(model, x[:1]).prunable_groups()
+    reg = SereneRegularizer(model, ChannelMasks(model, groups, cut_biases=cut_biases), lmbda=0.5)
+    bn_groups = [g for g in reg.masks.groups if g.scales]
+    assert bn_groups
+    for g in bn_groups:
+        names = {s.name for s in reg.targets[g.id]}
+        scales = {s.name for s in g.scales}
+        shifts = {name.removesuffix(".weight") + ".bias" for name in scales}
+        assert names == (scales | shifts if cut_biases == "all" else scales)

@@ -222,7 +222,7 @@ class PruneOptions:
     # budget pays for border-correction convs only where simplify builds them. The pipeline sets it from the
     # simplify stage's options; a standalone prune assumes simplify's default.
     padded_constants: str = "border"
-    bn_shrink: str = "gamma_beta"  # what the SeReNe shrink scales under a BatchNorm (regularizer.BN_SHRINK)
+    bn_shrink: str = "auto"  # what the SeReNe shrink scales under a BatchNorm (regularizer.BN_SHRINK)
     # Plain training before the first shrink; the accuracy floor is set after it. Without a floor there
     # is nothing to set, and the epoch is worth more as one more prune event: on Fashion-MNIST 14x14 /
     # VGG-BN under MAC budgets of 8 and 6.5 %, no warm-up was never worse over three 3-seed sets, +0.15
