@@ -502,8 +502,9 @@ def part_ablation() -> dict[str, Any]:
 
 def part_bn_ablation() -> dict[str, Any]:
     """What the SeReNe shrink scales under BatchNorm (digits / ResNet-20 with projection shortcuts,
-    same dense model): gamma and beta (BN-output space, the default), gamma only, or conv rows and
-    gamma (the earlier behaviour) - TWT alone under a strong shrink (6 epochs, lambda 0.5), and under a
+    same dense model): gamma and beta (the default until the eleventh round), gamma only (what the
+    default ``auto`` does without ``--cut-biases``), or conv rows and gamma (the earliest) - TWT alone
+    under a strong shrink (6 epochs, lambda 0.5), and under a
     MAC budget with the default shrink (8 epochs, the digits-resnet20 part's budget row); seeds 0-2."""
     data = load_data("digits")
     torch.manual_seed(0)

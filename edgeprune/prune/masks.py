@@ -126,8 +126,8 @@ class GroupTensors:
         for row, s in enumerate(self.producers):
             holders[row, s.channel_of.unique()] = True
         by_signature: dict[tuple[bool, ...], list[int]] = {}
-        for channel in range(self.size):
-            by_signature.setdefault(tuple(holders[:, channel].tolist()), []).append(channel)
+        for channel, signature in enumerate(holders.T.tolist()):
+            by_signature.setdefault(tuple(signature), []).append(channel)
         return [torch.tensor(channels) for channels in by_signature.values()]
 
     def channel_scores(self, reduce: str = "maxabs") -> torch.Tensor:
