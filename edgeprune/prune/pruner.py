@@ -209,6 +209,20 @@ class PruneOptions:
             choices=BIAS_CUTS,
         ),
     )
+    # Why: a budget cut that removes a channel still carrying signal costs accuracy that the next epoch
+    # must recover; fading the channels the schedule will cut next lets the network move their work
+    # elsewhere while they go (as growing-regularisation pruners do), and the cut itself is then nearly
+    # free. Measured in BENCHMARKS.md, Pruning, twelfth round.
+    fade_to: float = field(
+        default=0.01,
+        metadata=cli(
+            "SeReNe under a budget: what a channel the next budget cut will remove keeps of its scale by "
+            "then - it fades out over the epoch before (1: off).",
+            low=0,
+            low_open=True,
+            high=1,
+        ),
+    )
     round_to: int = field(
         default=1,
         metadata=cli(
@@ -568,6 +582,7 @@ class _Controller:
                 self.remember(epoch + 1)
                 if self.regularizer is not None:
                     self.regularizer.lmbda = self.lmbda_step
+                self._schedule_fade(epoch + 1)
                 self._new_cycle(epoch, opts.pwe + 1)
             return False
         last_pruning_epoch = self.epochs - self.finetune_epochs - 1
@@ -576,6 +591,7 @@ class _Controller:
         if fired or (self.pruning and epoch >= last_pruning_epoch and self._budget_goals()):
             self._prune(epoch)
             metrics = self.measure()
+            self._schedule_fade(epoch + opts.pwe + 1)
             self._new_cycle(epoch, opts.pwe + 1)
         if self.floor is None or metrics["accuracy"] >= self.floor:
             self.remember(epoch + 1)
@@ -619,6 +635,26 @@ class _Controller:
                 macs_remaining=macs,
             )
         )
+
+    def _schedule_fade(self, epoch: int) -> None:
+        """Hand the regulariser the channels the budget would cut at an event at ``epoch`` (none when
+        pruning ends before it), to fade out until then (``fade_to``). The cut is planned as if the TWT
+        search took nothing for free; what it does take there only makes the budget's cut smaller."""
+        reg = self.regularizer
+        if reg is None:
+            return
+        reg.fading = {}
+        if self.options.fade_to >= 1 or epoch > self.epochs - self.finetune_epochs - 1:
+            return
+        saved = self.masks.state_dict()
+        self._follow_budget(epoch, self.options.score or "maxabs_relative")
+        for g in self.masks.groups:
+            cut = saved["keep"][str(g.id)] & ~self.masks.keep[g.id]
+            if cut.any():
+                reg.fading[g.id] = cut
+        self.masks.load_state_dict(saved)
+        steps = self.steps_per_epoch * (self.options.pwe + 1)
+        reg.fade_rate = 1.0 - self.options.fade_to ** (1.0 / max(steps, 1))
 
     def _follow_budget(self, epoch: int, score: str) -> int:
         """Cut towards the budget where the TWT search stopped short; returns the channels cut.
@@ -674,6 +710,7 @@ class _Controller:
         self.pruning = False
         if self.regularizer is not None:
             self.regularizer.lmbda = 0.0
+            self.regularizer.fading = {}
 
     def restore_good(self) -> None:
         self.model.load_state_dict(self.good["model"])
@@ -691,6 +728,8 @@ class _Controller:
             "good_epoch": self.good_epoch,
             "events": [e.__dict__ for e in self.events],
             "lmbda": self.regularizer.lmbda if self.regularizer is not None else 0.0,
+            "fading": {str(k): v.clone() for k, v in self.regularizer.fading.items()} if self.regularizer else {},
+            "fade_rate": self.regularizer.fade_rate if self.regularizer is not None else 0.0,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -701,6 +740,9 @@ class _Controller:
         self.events = [PruneEvent(**e) for e in state["events"]]
         if self.regularizer is not None:
             self.regularizer.lmbda = state["lmbda"]
+            fading = state.get("fading", {})  # absent from checkpoints written before the fade existed
+            self.regularizer.fading = {g.id: fading[str(g.id)] for g in self.masks.groups if str(g.id) in fading}
+            self.regularizer.fade_rate = state.get("fade_rate", 0.0)
 
 
 def prune_model(
