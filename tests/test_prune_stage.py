@@ -236,6 +236,7 @@ def test_stage_without_data_refuses_unless_method_none(trained_lenet5, tmp_path)
         ({"lmbda": 1.0}, "must be below 1"),
         ({"device": "tpu"}, "unknown device 'tpu'"),
         ({"bn_shrink": "beta"}, "unknown BatchNorm shrink"),
+        ({"fade_to": 0}, r"fade-to .* must be in \(0, 1\]"),
         ({"twt": -1}, "must not be negative"),
         ({"sensitivity": "exact"}, "unknown sensitivity setting"),
         ({"score": "l2"}, "unknown channel score"),

@@ -18,7 +18,10 @@ and the masks pin them at zero. A budget - ``target_sparsity`` (fraction of para
 simplified), ``target_params`` / ``target_macs`` (fraction or count left) - is reached by the last
 pruning epoch: where TWT cuts less than the schedule towards it asks (geometric: every event removes
 the same share of what is left), the next-ranked channels are cut anyway and fine-tuning recovers
-(:func:`~edgeprune.prune.schedule.budget_cut`). Pruning stops once the budget is met or when only
+(:func:`~edgeprune.prune.schedule.budget_cut`). SeReNe sees those cuts coming: during the epoch before
+an event its regulariser fades out the channels the schedule will cut there (to ``fade_to`` of their
+scale), so that the network moves their work elsewhere first and the TWT search takes them within its
+bound; L1, which has no regulariser, meets them at the cut. Pruning stops once the budget is met or when only
 the ``finetune_epochs`` of the epoch budget are left; those epochs fine-tune with the masks fixed
 (by default a quarter of the epochs, one more under a budget: :func:`default_finetune_epochs`).
 The first ``warmup_epochs`` (by default one when there is a floor, none without) train without
@@ -303,6 +306,11 @@ class PruneOptions:
                 "lambda is the fraction an insensitive channel shrinks per epoch "
                 f"and must be below 1 (got {self.lmbda})",
                 "e.g. --lmbda 0.2",
+            )
+        if not 0 < self.fade_to <= 1:
+            raise EdgepruneError(
+                f"fade-to is what a channel keeps of its scale by its cut and must be in (0, 1] (got {self.fade_to})",
+                "e.g. --prune-fade-to 0.01, or 1 to turn the fade off",
             )
         if self.round_to < 1:
             raise EdgepruneError(f"round-to must be at least 1 (got {self.round_to})", "e.g. --round-to 8")
