@@ -332,8 +332,6 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
                 {"twt": 0.2},
                 {"target_params": 0.25, "max_accuracy_drop": None},
                 {"target_macs": 0.2, "max_accuracy_drop": None},
-                {"target_params": 0.25, "max_accuracy_drop": None, "fade_to": 0.01},
-                {"target_macs": 0.2, "max_accuracy_drop": None, "fade_to": 0.01},
             ],
             l1=[{}, {"twt": 0.2}, {"target_params": 0.25, "max_accuracy_drop": None}],
             # magnitude 0.7 aborts the process inside torch's backward ("corrupted double-linked list")
@@ -372,8 +370,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             # TWT alone, and a MAC budget at Torch-Pruning 0.5's quarter of the MACs with edgeprune's default
             # fine-tuning under a budget (2 of 5 epochs): two epochs after the last cut, as Torch-Pruning's
             # last step (pruned, trained an epoch) plus its one fine-tune epoch
-            # the default shrink and a stronger one; the budget, also with the fade (--prune-fade-to)
-            serene=[{"twt": 0.2}, {"lmbda": 0.5, "twt": 0.2}, *budget, {**budget[0], "fade_to": 0.01}],
+            serene=[{"twt": 0.2}, {"lmbda": 0.5, "twt": 0.2}, *budget],  # the default shrink and a stronger one
             l1=[{"twt": 0.2}, *budget],
             tp_ratios=[("magnitude", 0.5), ("groupnorm", 0.5)],
             common={"lr": 0.05, "batch_size": 128, "finetune_epochs": 1, "search_evaluations": 16},
@@ -405,15 +402,13 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
         # the sensitivity normalised by the group's mean instead of its maximum (--sensitivity-norm)
         by_mean = [{**budget, "normalize": "group_mean"} for budget in budgets[-2:]] if variants else []
         defaults: list[dict[str, Any]] = [{}] if variants else []
-        # SeReNe fading out the channels each budget cut will remove (--prune-fade-to, off by default)
-        faded = [{**budget, "fade_to": 0.01} for budget in budgets]
         return Experiment(
             f"{dataset[0]} / {name} ({epochs}-epoch budget)",
             factory,
             dataset[1](),
             TrainConfig(epochs=dense_epochs, lr=0.05),
             epochs=epochs,
-            serene=[*defaults, *budgets, *by_mean, *cut, *faded],
+            serene=[*defaults, *budgets, *by_mean, *cut],
             l1=[*defaults, *budgets, *cut],
             tp_ratios=[("magnitude", r) for r in ratios],
             common={"lr": 0.05, "batch_size": 64},

@@ -70,25 +70,6 @@ def test_a_budget_is_approached_geometrically(trained_lenet5):
     assert min(shares[1:]) >= 0.55 and max(shares[1:]) / min(shares[1:]) < 1.25, shares
 
 
-def test_fading_makes_the_budgets_cuts_free_and_keeps_its_schedule(trained_lenet5):
-    """With ``fade_to`` the channels each budget cut will remove fade out during the epoch before it: at
-    every later event they are all that is cut (nothing forced on top), the cut costs no more loss than
-    the TWT search would have accepted, and the budget is reached as without the fade. Without it the
-    same events force channels that still carry signal."""
-    events = {}
-    for fade_to in (1.0, 0.01):
-        art = _copy(trained_lenet5)
-        options = PruneOptions(epochs=6, finetune_epochs=1, target_macs=0.2, max_accuracy_drop=None, fade_to=fade_to)
-        result = prune_model(art.model, art.example_input, art.data, options)
-        assert len(result.events) == 5 and result.macs_remaining <= 0.2
-        events[fade_to] = result.events
-    assert all(e.channels_forced > 0 and e.channels_faded == 0 for e in events[1.0])
-    assert events[0.01][0].channels_faded == 0  # nothing has faded before the first event
-    for e in events[0.01][1:]:
-        assert e.channels_faded == e.channels_pruned > 0 and e.channels_forced == 0
-        assert e.val_loss_after <= e.loss_bound, e
-
-
 @pytest.mark.parametrize(
     ("budget", "counts"),
     [({"target_macs": 0.5}, ("macs",)), ({"target_sparsity": 0.5}, ("params",)), ({}, ("params", "macs"))],
@@ -238,7 +219,6 @@ def test_stage_without_data_refuses_unless_method_none(trained_lenet5, tmp_path)
         ({"lmbda": 1.0}, "must be below 1"),
         ({"device": "tpu"}, "unknown device 'tpu'"),
         ({"bn_shrink": "beta"}, "unknown BatchNorm shrink"),
-        ({"fade_to": 0}, r"fade-to .* must be in \(0, 1\]"),
         ({"twt": -1}, "must not be negative"),
         ({"sensitivity": "exact"}, "unknown sensitivity setting"),
         ({"score": "l2"}, "unknown channel score"),

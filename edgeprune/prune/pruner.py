@@ -18,10 +18,7 @@ and the masks pin them at zero. A budget - ``target_sparsity`` (fraction of para
 simplified), ``target_params`` / ``target_macs`` (fraction or count left) - is reached by the last
 pruning epoch: where TWT cuts less than the schedule towards it asks (geometric: every event removes
 the same share of what is left), the next-ranked channels are cut anyway and fine-tuning recovers
-(:func:`~edgeprune.prune.schedule.budget_cut`). SeReNe sees those cuts coming: during the epoch before
-an event its regulariser fades out the channels the schedule will cut there (to ``fade_to`` of their
-scale), so that the network moves their work elsewhere first and the TWT search takes them within its
-bound; L1, which has no regulariser, meets them at the cut. Pruning stops once the budget is met or when only
+(:func:`~edgeprune.prune.schedule.budget_cut`). Pruning stops once the budget is met or when only
 the ``finetune_epochs`` of the epoch budget are left; those epochs fine-tune with the masks fixed
 (by default a quarter of the epochs, one more under a budget: :func:`default_finetune_epochs`).
 The first ``warmup_epochs`` (by default one when there is a floor, none without) train without
@@ -212,21 +209,6 @@ class PruneOptions:
             choices=BIAS_CUTS,
         ),
     )
-    # Why: a budget cut that removes a channel still carrying signal costs accuracy that the next epoch
-    # must recover; fading the channels the schedule will cut next lets the network move their work
-    # elsewhere while they go (as growing-regularisation pruners do). Off by default: on the VGG and
-    # MobileNetV2 parts it gained, on the ResNets it was level or worse (BENCHMARKS.md, Pruning, twelfth
-    # round), and a default must be measured on every table.
-    fade_to: float = field(
-        default=1.0,
-        metadata=cli(
-            "SeReNe under a budget: what a channel the next budget cut will remove keeps of its scale by "
-            "then - it fades out over the epoch before (1: off; 0.01 gained on VGG and MobileNetV2 nets).",
-            low=0,
-            low_open=True,
-            high=1,
-        ),
-    )
     round_to: int = field(
         default=1,
         metadata=cli(
@@ -308,11 +290,6 @@ class PruneOptions:
                 f"and must be below 1 (got {self.lmbda})",
                 "e.g. --lmbda 0.2",
             )
-        if not 0 < self.fade_to <= 1:
-            raise EdgepruneError(
-                f"fade-to is what a channel keeps of its scale by its cut and must be in (0, 1] (got {self.fade_to})",
-                "e.g. --prune-fade-to 0.01, or 1 to turn the fade off",
-            )
         if self.round_to < 1:
             raise EdgepruneError(f"round-to must be at least 1 (got {self.round_to})", "e.g. --round-to 8")
         if self.score is not None and self.score not in SCORES:
@@ -373,9 +350,6 @@ class PruneEvent:
     params_remaining: float
     macs_remaining: float
     channels_forced: int = 0  # of channels_pruned, those cut beyond TWT to follow the budget
-    # of channels_pruned, those that had faded out before the cut (fade_to); at such an event no TWT search
-    # runs and loss_bound is what one would have allowed, for comparison
-    channels_faded: int = 0
 
 
 @dataclass
@@ -538,7 +512,6 @@ class _Controller:
             regularizer.lmbda = 0.0 if self.warmup_left else self.lmbda_step
         self.good: dict[str, Any] = {}
         self.good_epoch = 0
-        self.fade_step: dict[str, float] = {}  # the budget's step the fading channels were planned for
         self.remember(0)  # the starting point meets the accuracy floor by definition
 
     @staticmethod
@@ -595,7 +568,6 @@ class _Controller:
                 self.remember(epoch + 1)
                 if self.regularizer is not None:
                     self.regularizer.lmbda = self.lmbda_step
-                self._schedule_fade(epoch + 1)
                 self._new_cycle(epoch, opts.pwe + 1)
             return False
         last_pruning_epoch = self.epochs - self.finetune_epochs - 1
@@ -604,7 +576,6 @@ class _Controller:
         if fired or (self.pruning and epoch >= last_pruning_epoch and self._budget_goals()):
             self._prune(epoch)
             metrics = self.measure()
-            self._schedule_fade(epoch + opts.pwe + 1)
             self._new_cycle(epoch, opts.pwe + 1)
         if self.floor is None or metrics["accuracy"] >= self.floor:
             self.remember(epoch + 1)
@@ -620,9 +591,6 @@ class _Controller:
     def _prune(self, epoch: int) -> None:
         opts = self.options
         score = opts.score or ("maxabs_relative" if opts.method == "serene" else "l1_relative")
-        if self.regularizer is not None and self.regularizer.fading:
-            self._cut_faded(epoch, score)
-            return
         result = threshold_search(
             self.masks,
             self.measure_recalibrated,
@@ -636,83 +604,24 @@ class _Controller:
         forced = self._follow_budget(epoch, score)
         self.masks.apply(self.optimizer)
         self.recalibrate()
-        pruned = result.channels + forced
-        self._record_event(epoch, pruned, forced, result.threshold, result.loss_before, result.loss_after, result.bound)
-
-    def _cut_faded(self, epoch: int, score: str) -> None:
-        """A prune event after a fade: cut what faded, then whatever the budget's step still asks for.
-
-        Why no TWT search here: the faded channels cost (almost) nothing by now, so the search would
-        accept them and then spend its whole loss bound on further channels, and the budget's step,
-        computed from what is left after the search, would cut another step on top - two steps per
-        event instead of one. On digits / ResNet-20 at 20 % of the MACs that ended 10 % under the
-        budget and 0.4 points worse, on Fashion-MNIST / ResNet-20 one seed collapsed to 37 %; cutting
-        just the faded set kept the schedule (BENCHMARKS.md, Pruning, twelfth round)."""
-        assert self.regularizer is not None
-        before = self.measure_recalibrated()["loss"]
-        faded = 0
-        for gid, cut in self.regularizer.fading.items():
-            channels = torch.nonzero(cut & self.masks.keep[gid]).flatten()
-            self.masks.prune(gid, channels)
-            faded += len(channels)
-        forced = self._follow_budget(epoch, score, self.fade_step)
-        self.masks.apply(self.optimizer)
-        self.recalibrate()
-        after = self.measure()["loss"]
-        self._record_event(epoch, faded + forced, forced, 0.0, before, after, before * (1 + self.options.twt), faded)
-
-    def _record_event(
-        self,
-        epoch: int,
-        pruned: int,
-        forced: int,
-        threshold: float,
-        before: float,
-        after: float,
-        bound: float,
-        faded: int = 0,
-    ) -> None:
         params, macs = self.cost.remaining(self.masks)
         self.events.append(
             PruneEvent(
                 epoch=epoch + 1,
-                threshold=threshold,
-                channels_pruned=pruned,
+                threshold=result.threshold,
+                channels_pruned=result.channels + forced,
                 channels_forced=forced,
-                channels_faded=faded,
                 channels_kept=self.masks.total_kept(),
-                val_loss_before=before,
-                val_loss_after=after,
-                loss_bound=bound,
+                val_loss_before=result.loss_before,
+                val_loss_after=result.loss_after,
+                loss_bound=result.bound,
                 params_remaining=params,
                 macs_remaining=macs,
             )
         )
 
-    def _schedule_fade(self, epoch: int) -> None:
-        """Hand the regulariser the channels the budget would cut at an event at ``epoch`` (none when
-        pruning ends before it), to fade out until then (``fade_to``). The cut is planned as if the TWT
-        search took nothing for free; what it does take there only makes the budget's cut smaller."""
-        reg = self.regularizer
-        if reg is None:
-            return
-        reg.fading = {}
-        if self.options.fade_to >= 1 or epoch > self.epochs - self.finetune_epochs - 1:
-            return
-        saved = self.masks.state_dict()
-        self.fade_step = self._budget_step(epoch)
-        self._follow_budget(epoch, self.options.score or "maxabs_relative", self.fade_step)
-        for g in self.masks.groups:
-            cut = saved["keep"][str(g.id)] & ~self.masks.keep[g.id]
-            if cut.any():
-                reg.fading[g.id] = cut
-        self.masks.load_state_dict(saved)
-        steps = self.steps_per_epoch * (self.options.pwe + 1)
-        reg.fade_rate = 1.0 - self.options.fade_to ** (1.0 / max(steps, 1))
-
-    def _follow_budget(self, epoch: int, score: str, step: dict[str, float] | None = None) -> int:
-        """Cut towards the budget where the TWT search stopped short (to ``step``, by default
-        :meth:`_budget_step`); returns the channels cut.
+    def _follow_budget(self, epoch: int, score: str) -> int:
+        """Cut towards the budget where the TWT search stopped short; returns the channels cut.
 
         The schedule is geometric: after this event each budgeted fraction must be at most
         ``now * (goal / now) ** (1 / k)``, k being the prune events left (one per pruning epoch), so
@@ -721,9 +630,17 @@ class _Controller:
         large relative cuts to the last events, which have the least training left to recover - on
         digits / VGG-BN at 2 % of the MACs the last event removed about half of the channels left, and
         switching to geometric gained 0.6 (SeReNe) and 0.9 (L1) points (BENCHMARKS.md, Pruning)."""
-        step = self._budget_step(epoch) if step is None else step
-        if not step:
+        goals = self._budget_goals()
+        if not goals:
             return 0
+        pruning_epochs_left = self.epochs - self.finetune_epochs - epoch
+        events_left = max(1, math.ceil(pruning_epochs_left / (self.options.pwe + 1)))
+        params, macs = self.cost.remaining(self.masks)
+        now = {"params": params, "macs": macs}
+        step = {
+            what: now[what] * (min(goal, now[what]) / max(now[what], 1e-12)) ** (1 / events_left)
+            for what, goal in goals.items()
+        }
 
         def within(masks: ChannelMasks) -> bool:
             p, m = self.cost.remaining(masks)
@@ -732,19 +649,6 @@ class _Controller:
 
         candidates = channel_candidates(self.masks, score, self.options.round_to)
         return budget_cut(self.masks, uniform_width_order(self.masks, candidates), within)
-
-    def _budget_step(self, epoch: int) -> dict[str, float]:
-        """What each budgeted fraction must be at most after an event at ``epoch`` (see
-        :meth:`_follow_budget`); empty without a budget."""
-        goals = self._budget_goals()
-        pruning_epochs_left = self.epochs - self.finetune_epochs - epoch
-        events_left = max(1, math.ceil(pruning_epochs_left / (self.options.pwe + 1)))
-        params, macs = self.cost.remaining(self.masks)
-        now = {"params": params, "macs": macs}
-        return {
-            what: now[what] * (min(goal, now[what]) / max(now[what], 1e-12)) ** (1 / events_left)
-            for what, goal in goals.items()
-        }
 
     def _budget_goals(self) -> dict[str, float]:
         """The fractions of parameters / MACs the user asked to end at (none without a target)."""
@@ -770,7 +674,6 @@ class _Controller:
         self.pruning = False
         if self.regularizer is not None:
             self.regularizer.lmbda = 0.0
-            self.regularizer.fading = {}
 
     def restore_good(self) -> None:
         self.model.load_state_dict(self.good["model"])
@@ -788,9 +691,6 @@ class _Controller:
             "good_epoch": self.good_epoch,
             "events": [e.__dict__ for e in self.events],
             "lmbda": self.regularizer.lmbda if self.regularizer is not None else 0.0,
-            "fading": {str(k): v.clone() for k, v in self.regularizer.fading.items()} if self.regularizer else {},
-            "fade_rate": self.regularizer.fade_rate if self.regularizer is not None else 0.0,
-            "fade_step": self.fade_step,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -801,10 +701,6 @@ class _Controller:
         self.events = [PruneEvent(**e) for e in state["events"]]
         if self.regularizer is not None:
             self.regularizer.lmbda = state["lmbda"]
-            fading = state.get("fading", {})  # absent from checkpoints written before the fade existed
-            self.regularizer.fading = {g.id: fading[str(g.id)] for g in self.masks.groups if str(g.id) in fading}
-            self.regularizer.fade_rate = state.get("fade_rate", 0.0)
-        self.fade_step = state.get("fade_step", {})
 
 
 def prune_model(

@@ -79,7 +79,6 @@ def prune_artifact(art: Artifact, options: PruneOptions, dest: Path, progress: P
                 "threshold": e.threshold,
                 "pruned": e.channels_pruned,
                 "forced": e.channels_forced,
-                "faded": e.channels_faded,
                 "kept": e.channels_kept,
                 "val_loss": round(e.val_loss_after, 5),
                 "bound": round(e.loss_bound, 5),
