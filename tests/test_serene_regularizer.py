@@ -42,6 +42,17 @@ def test_update_rule_on_a_hand_computed_example(shrink_biases, bias):
     assert torch.equal(model[2].weight.detach(), head)
 
 
+def test_fading_channels_shrink_by_the_extra_factor_on_top_of_the_sensitivity_rule():
+    model, groups = _mlp()
+    reg = SereneRegularizer(model, ChannelMasks(model, groups), lmbda=0.1)
+    reg.sensitivity = {groups[0].id: torch.tensor([1.5, 0.2, 0.0])}
+    reg.fading, reg.fade_rate = {groups[0].id: torch.tensor([True, False, True])}, 0.5
+    reg.shrink()
+    # a fading channel gets x 0.5 whatever its sensitivity (1.5: no SeReNe shrink); the others the rule alone
+    expected = torch.tensor([[0.5, 1.0], [2.76, 3.68], [2.25, 2.7]])
+    torch.testing.assert_close(model[0].weight.detach(), expected)
+
+
 def test_shrink_uses_pre_step_sensitivity_and_leaves_momentum_alone():
     torch.manual_seed(0)
     model, groups = _mlp()

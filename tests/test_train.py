@@ -127,8 +127,16 @@ class _InterruptAt(Progress):
         return super().track(items, description, total)
 
 
-def test_pruning_resumed_from_checkpoint_matches_an_uninterrupted_run(trained_lenet5, tmp_path):
-    options = dict(epochs=5, finetune_epochs=1, lmbda=0.01)
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(epochs=5, finetune_epochs=1, lmbda=0.01),
+        # interrupted while channels fade towards the next budget cut: the fading set must survive
+        dict(epochs=5, finetune_epochs=1, target_macs=0.3, max_accuracy_drop=None, fade_to=0.01),
+    ],
+    ids=["twt", "budget-fading"],
+)
+def test_pruning_resumed_from_checkpoint_matches_an_uninterrupted_run(trained_lenet5, tmp_path, options):
     straight = copy.deepcopy(trained_lenet5.model)
     expected = prune_model(straight, trained_lenet5.example_input, trained_lenet5.data, PruneOptions(**options))
     assert expected.events, "the run must prune something for this test to mean anything"

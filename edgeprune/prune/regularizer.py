@@ -10,6 +10,10 @@ Per step (the order the paper's rule implies, and the one that does not crash):
 4. :meth:`SereneRegularizer.shrink` - for every channel c of every group, all its producer entries
    w <- w - lambda * w * max(0, 1 - S_c), then the masks (weights and optimizer state).
 
+Under a budget, the channels the next prune event will cut (``fading``) are shrunk by a further
+factor ``1 - fade_rate`` per step, so that they fade out before the cut instead of vanishing at it
+(the pruner sets both; see ``PruneOptions.fade_to`` for why and what it measured).
+
 Biases are not shrunk by default (as in the reference): a channel's bias is what simplify folds
 into the next layer once the channel's weights are gone, so shrinking it buys no removability.
 
@@ -66,6 +70,10 @@ class SereneRegularizer:
         self.targets = {g.id: self._targets(g, bn_shrink) for g in masks.groups}
         self.probe = SensitivityProbe(model, masks.groups, config)
         self.sensitivity: dict[Any, torch.Tensor] = {}
+        # the channels the next budget cut will remove (group id -> bool mask) and their extra per-step
+        # shrink (set by the pruner's schedule, see PruneOptions.fade_to)
+        self.fading: dict[Any, torch.Tensor] = {}
+        self.fade_rate = 0.0
 
     def _targets(self, group: Any, bn_shrink: str) -> list[Any]:
         """The slices the shrink scales: producer rows (and biases with ``shrink_biases``); under a
@@ -109,6 +117,8 @@ class SereneRegularizer:
         if self.lmbda != 0 and self.sensitivity:
             for g in self.masks.groups:
                 factor = 1.0 - self.lmbda * torch.relu(1.0 - self.sensitivity[g.id])
+                if g.id in self.fading:
+                    factor = torch.where(self.fading[g.id], factor * (1.0 - self.fade_rate), factor)
                 for s in self.targets[g.id]:
                     s.tensor.mul_(s.channel_view(factor))
         self.masks.apply(self.optimizer)
