@@ -540,6 +540,8 @@ class _Controller:
         self.streams = set(streams)  # ids of the groups that are residual streams (see residual_streams)
         self.options, self.cost, self.regularizer = options, cost, regularizer
         self.steps_per_epoch = steps_per_epoch
+        # the channel score of the search and the budget cuts: the option, else the method's own
+        self.score = options.score or ("maxabs_relative" if options.method == "serene" else "l1_relative")
         self.calibration_inputs = data.train.tensors[0][: options.recalibration_samples]
         self.lmbda_step = per_step_lambda(options.lmbda, steps_per_epoch)
         self.detector = PlateauDetector(options.pwe)
@@ -637,18 +639,17 @@ class _Controller:
 
     def _prune(self, epoch: int) -> None:
         opts = self.options
-        score = opts.score or ("maxabs_relative" if opts.method == "serene" else "l1_relative")
         result = threshold_search(
             self.masks,
             self.measure_recalibrated,
             opts.twt,
-            score,
+            self.score,
             opts.search_evaluations,
             self.floor,
             cost=self.cost.channel_cost(self.masks, self._budget_goals() or BUDGET_COUNTS),
             round_to=opts.round_to,
         )
-        forced = self._follow_budget(epoch, score)
+        forced = self._follow_budget(epoch)
         self.masks.apply(self.optimizer)
         self.recalibrate()
         params, macs = self.cost.remaining(self.masks)
@@ -685,10 +686,10 @@ class _Controller:
         fade_to = self.options.fade_to
         if fade_to is None:  # the default: models without residual streams only
             fade_to = 1.0 if self.streams else DEFAULT_FADE_TO
-        if fade_to >= 1 or epoch > self.epochs - self.finetune_epochs - 1:
+        if fade_to >= 1 or not self._budget_goals() or epoch > self.epochs - self.finetune_epochs - 1:
             return
         saved = self.masks.state_dict()
-        self._follow_budget(epoch, self.options.score or "maxabs_relative")
+        self._follow_budget(epoch)
         for g in self.masks.groups:
             cut = saved["keep"][str(g.id)] & ~self.masks.keep[g.id]
             if cut.any() and g.id not in self.streams:
@@ -697,7 +698,7 @@ class _Controller:
         steps = self.steps_per_epoch * (self.options.pwe + 1)
         reg.fade_rate = 1.0 - fade_to ** (1.0 / max(steps, 1))
 
-    def _follow_budget(self, epoch: int, score: str) -> int:
+    def _follow_budget(self, epoch: int) -> int:
         """Cut towards the budget where the TWT search stopped short; returns the channels cut.
 
         The schedule is geometric: after this event each budgeted fraction must be at most
@@ -724,7 +725,7 @@ class _Controller:
             left = {"params": p, "macs": m}
             return all(left[what] <= goal + 1e-12 for what, goal in step.items())
 
-        candidates = channel_candidates(self.masks, score, self.options.round_to)
+        candidates = channel_candidates(self.masks, self.score, self.options.round_to)
         return budget_cut(self.masks, uniform_width_order(self.masks, candidates), within)
 
     def _budget_goals(self) -> dict[str, float]:
