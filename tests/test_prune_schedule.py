@@ -18,6 +18,7 @@ from edgeprune.prune.schedule import (
     PlateauDetector,
     budget_cut,
     channel_candidates,
+    default_evaluations,
     threshold_search,
     uniform_width_order,
 )
@@ -107,6 +108,36 @@ def test_one_channel_that_hurts_does_not_block_the_other_groups(lenet):
     assert blocker_group not in result.pruned  # its group closed at the blocker ...
     # ... and every other group loses all but its strongest channel (5e-5 per channel fits 5 %)
     assert all(masks.kept(g.id) == 1 for g in others)
+
+
+def test_a_larger_evaluation_cap_walks_past_a_blocker_deep_in_the_ranking(trained_lenet5):
+    """What ``--prune-search-evaluations`` buys: with a blocker ranked ~100th, 16 evaluations run out while
+    bisecting to it and nothing after it is pruned; 64 - or the cap sized by the candidate count, two
+    rounds of the walk - close the blocker's group and take every other group's free channels, as an
+    unlimited search does."""
+    model = copy.deepcopy(trained_lenet5.model)
+    groups = analyze(model, trained_lenet5.example_input).prunable_groups()
+    candidates = channel_candidates(ChannelMasks(model, groups), "l1_relative")
+    _, blocker_group, (blocker,) = candidates[100]
+
+    def search(cap: int | None) -> tuple[dict, int]:
+        masks = ChannelMasks(model, groups)
+        group = next(g for g in masks.groups if g.id == blocker_group)
+
+        def measure():
+            hurt = bool((group.channel_scores("l1")[blocker] == 0).item())
+            return {"loss": 10.0 if hurt else 1.0, "accuracy": 1.0}
+
+        result = threshold_search(masks, measure, 0.05, "l1_relative", max_evaluations=cap)
+        return {gid: sorted(c.tolist()) for gid, c in result.pruned.items()}, result.evaluations
+
+    unlimited, needed = search(10_000)
+    assert 16 < needed <= 64 and blocker not in unlimited[blocker_group]
+    assert search(64)[0] == unlimited
+    assert default_evaluations(len(candidates)) == 4 * math.ceil(math.log2(len(candidates))) >= needed
+    assert search(None)[0] == unlimited
+    short, spent = search(16)
+    assert spent == 16 and sum(map(len, short.values())) < sum(map(len, unlimited.values()))
 
 
 def test_cost_ranks_channels_that_carry_more_first(lenet):

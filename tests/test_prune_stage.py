@@ -182,7 +182,7 @@ def test_stage_prunes_saves_and_reports(trained_lenet5, tmp_path):
 def test_epochs_default_to_a_compute_budget():
     """No --epochs: the example keeps 40 epochs (10 fine-tuning); a ResNet-20 at 28x28 on Fashion-MNIST's
     54k images gets what fits the budget; any model gets at least the minimum a pruning run needs."""
-    decided = PruneOptions(epochs=40, finetune_epochs=10, warmup_epochs=1)
+    decided = PruneOptions(epochs=40, finetune_epochs=10, warmup_epochs=1, search_evaluations=16)
     assert PruneOptions().with_epoch_budget(260_520, 1_437) == decided
     resnet = PruneOptions().with_epoch_budget(41_000_000, 54_000)
     assert MIN_AUTO_EPOCHS <= resnet.epochs < 10 and resnet.finetune_epochs == resnet.epochs // 4
@@ -201,6 +201,22 @@ def test_a_budget_gets_one_more_fine_tune_epoch(budget):
         assert PruneOptions(epochs=epochs, **budget).with_epoch_budget(1, 1).finetune_epochs == finetune
     assert PruneOptions(epochs=8).with_epoch_budget(1, 1).finetune_epochs == 2
     assert PruneOptions(epochs=8, finetune_epochs=2, **budget).with_epoch_budget(1, 1).finetune_epochs == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "cap"),
+    [
+        ({"epochs": 6}, None),  # 4 prune events (1 warm-up, 1 fine-tune): sized by the search
+        ({"epochs": 14}, None),  # 10 events
+        ({"epochs": 15}, 16),  # 11 events: later events go on where one stopped
+        ({"epochs": 40}, 16),  # the README's example
+        ({"epochs": 6, "target_macs": 0.2}, 16),  # the budget's schedule sets each event's share
+        ({"epochs": 6, "target_sparsity": 0.5}, 16),
+        ({"epochs": 40, "search_evaluations": 48}, 48),  # given: kept
+    ],
+)
+def test_the_search_cap_is_sized_only_in_short_runs_without_a_budget(options, cap):
+    assert PruneOptions(**options).with_epoch_budget(1, 1).search_evaluations == cap
 
 
 @pytest.mark.parametrize(("simplify_options", "expected"), [(None, "border"), (SimplifyOptions("map"), "map")])
@@ -245,6 +261,7 @@ def test_stage_without_data_refuses_unless_method_none(trained_lenet5, tmp_path)
         ({"cut_biases": True}, "unknown --cut-biases True"),  # the boolean of earlier versions
         ({"padded_constants": "zero"}, "unknown padded-constant mode 'zero'"),
         ({"round_to": 0}, "round-to must be at least 1"),
+        ({"search_evaluations": 0}, "search-evaluations must be at least 1"),
     ],
 )
 def test_bad_options_are_refused(kwargs, message):
@@ -285,6 +302,8 @@ def test_cli_prunes_a_state_dict_end_to_end(runner, cli, lenet_state, tmp_path):
             "4",
             "--finetune-epochs",
             "1",
+            "--search-evaluations",
+            "3",
             "--json",
             "-o",
             str(out),
@@ -294,6 +313,7 @@ def test_cli_prunes_a_state_dict_end_to_end(runner, cli, lenet_state, tmp_path):
     report = json.loads(result.stdout)
     assert report["method"] == "l1" and report["output"] == str(out) and report["epochs_run"] == 4
     assert report["channels_kept"] < report["channels_total"]
+    assert report["events"] and all(e["evaluations"] <= 3 for e in report["events"])  # the cap reached the search
     assert load_model(out).model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
     again = runner.invoke(cli, ["prune", *lenet_state, "--data", "digits", "-o", str(out)])
     assert again.exit_code == 2 and "already exists" in again.output

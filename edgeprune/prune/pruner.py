@@ -92,6 +92,11 @@ METHODS = ("serene", "l1", "none")
 _BN_STATISTICS = (".running_mean", ".running_var", ".num_batches_tracked")
 
 
+# The TWT search's cap per event under a budget or in a long run, and the most pruning epochs (prune
+# events, with PWE 0) for which it is sized by the candidate count instead (PruneOptions.search_evaluations).
+FIXED_SEARCH_EVALUATIONS = 16
+SIZED_SEARCH_MAX_EVENTS = 10
+
 # The automatic epoch budget: forward MACs x training samples x epochs. Sized on the shared 2-core x86 VM
 # (BENCHMARKS.md, "Epoch budget"): ResNet-20 at 28x28 (41 M MACs) on Fashion-MNIST's 54k training images
 # gets 7 epochs and `compress` takes 32 minutes (goal: 45); LeNet-5 on digits keeps all 40.
@@ -240,7 +245,24 @@ class PruneOptions:
             low=1,
         ),
     )
-    search_evaluations: int = 16
+    # Why sized: one gallop-and-bisect round over n candidates takes about 2 log2(n) evaluations, so a
+    # fixed 16 cannot finish one on a 500-wide layer and the event stops short of its bound. In a short
+    # run without a budget a few events are all the pruning there is, and what an event leaves is never
+    # pruned: sized by the candidate count (schedule.default_evaluations), the benchmark's 8 no-budget
+    # SeReNe rows of 3-5 events kept 0.68-1.00x the MACs at +0.09 points on average (BENCHMARKS.md,
+    # Pruning, thirteenth round). With many events the next goes on where one stopped - the README's
+    # 40-epoch example needed 16 or fewer after its first, whose bigger cut cost it 0.28 points and a
+    # third more weights - and under a budget the schedule sets each event's share: the longer search
+    # lost accuracy on 7 of 9 budgets (-0.17 points). Both keep 16.
+    search_evaluations: int | None = field(
+        default=None,
+        metadata=cli(
+            "Validation passes the TWT search may spend per prune event; more prune further per event.",
+            low=1,
+            default_text=f"two search rounds over the channels without a budget and with at most "
+            f"{SIZED_SEARCH_MAX_EVENTS} pruning epochs, else {FIXED_SEARCH_EVALUATIONS}",
+        ),
+    )
     # How simplify will deliver a cut channel's constant to zero-padded convs (its --padded-constants): the
     # budget pays for border-correction convs only where simplify builds them. The pipeline sets it from the
     # simplify stage's options; a standalone prune assumes simplify's default.
@@ -320,6 +342,10 @@ class PruneOptions:
             )
         if self.round_to < 1:
             raise EdgepruneError(f"round-to must be at least 1 (got {self.round_to})", "e.g. --round-to 8")
+        if self.search_evaluations is not None and self.search_evaluations < 1:
+            raise EdgepruneError(
+                f"search-evaluations must be at least 1 (got {self.search_evaluations})", "e.g. --search-evaluations 40"
+            )
         if self.score is not None and self.score not in SCORES:
             raise EdgepruneError(f"unknown channel score {self.score!r}", f"choose one of {', '.join(SCORES)}")
         self.sensitivity_config()  # validate the sensitivity settings early
@@ -338,15 +364,21 @@ class PruneOptions:
         return any(t is not None for t in (self.target_sparsity, self.target_params, self.target_macs))
 
     def with_epoch_budget(self, forward_macs: int, train_samples: int) -> PruneOptions:
-        """These options with ``epochs``, ``finetune_epochs`` and ``warmup_epochs`` decided (see
-        :func:`auto_epochs` and :func:`default_finetune_epochs`; a warm-up epoch only where there is a
-        floor to set from it)."""
+        """These options with ``epochs``, ``finetune_epochs``, ``warmup_epochs`` and ``search_evaluations``
+        decided (see :func:`auto_epochs` and :func:`default_finetune_epochs`; a warm-up epoch only where
+        there is a floor to set from it; the search cap left to the search - None - only in a short run
+        without a budget)."""
         epochs = self.epochs if self.epochs is not None else auto_epochs(forward_macs, train_samples)
         finetune = self.finetune_epochs
         if finetune is None:
             finetune = default_finetune_epochs(epochs, self.budgeted)
         warmup = self.warmup_epochs if self.warmup_epochs is not None else int(self.max_accuracy_drop is not None)
-        return dataclasses.replace(self, epochs=epochs, finetune_epochs=finetune, warmup_epochs=warmup)
+        evaluations = self.search_evaluations
+        if evaluations is None and (self.budgeted or epochs - finetune - warmup > SIZED_SEARCH_MAX_EVENTS):
+            evaluations = FIXED_SEARCH_EVALUATIONS
+        return dataclasses.replace(
+            self, epochs=epochs, finetune_epochs=finetune, warmup_epochs=warmup, search_evaluations=evaluations
+        )
 
     def sensitivity_config(self) -> SensitivityConfig:
         return SensitivityConfig(
@@ -378,6 +410,7 @@ class PruneEvent:
     params_remaining: float
     macs_remaining: float
     channels_forced: int = 0  # of channels_pruned, those cut beyond TWT to follow the budget
+    evaluations: int = 0  # validation passes the TWT search spent (its cap: search_evaluations)
 
 
 @dataclass
@@ -659,6 +692,7 @@ class _Controller:
                 threshold=result.threshold,
                 channels_pruned=result.channels + forced,
                 channels_forced=forced,
+                evaluations=result.evaluations,
                 channels_kept=self.masks.total_kept(),
                 val_loss_before=result.loss_before,
                 val_loss_after=result.loss_after,

@@ -14,7 +14,8 @@ default the largest |w| of the channel relative to its group) per cost (the MACs
 what the budget counts, both without one - the channel carries in every layer it spans), and a
 greedy walk with galloping and bisection accepts the longest acceptable runs, closing a group
 whose next channel breaks the bound and moving on with the others (see :func:`threshold_search`);
-the number of evaluations is capped by ``max_evaluations``. Only measured states are ever
+the number of evaluations is capped by ``max_evaluations`` (when not given, sized by the candidate
+count: :func:`default_evaluations`). Only measured states are ever
 accepted, so the bound holds even where the loss is not monotone. At least one channel of every
 group is always kept.
 """
@@ -145,12 +146,22 @@ def _by_group(cuts: list[Cut]) -> dict[Any, list[int]]:
     return by_group
 
 
+def default_evaluations(candidates: int) -> int:
+    """An evaluation cap for ``candidates`` channels: two full rounds of the walk, at least 16.
+
+    One round gallops to the first run that breaks the bound and bisects back, about 2 log2(n)
+    evaluations over n candidates, so a fixed cap of 16 cannot finish even one round on a layer 500
+    wide; two let the walk close the first blocker's group and go on with the others.
+    """
+    return max(16, 4 * math.ceil(math.log2(max(candidates, 2))))
+
+
 def threshold_search(
     masks: ChannelMasks,
     measure: Callable[[], dict[str, float]],
     twt: float,
     score: str = "maxabs",
-    max_evaluations: int = 16,
+    max_evaluations: int | None = None,
     min_accuracy: float | None = None,
     cost: dict[Any, float] | None = None,
     round_to: int = 1,
@@ -178,6 +189,8 @@ def threshold_search(
     if min_accuracy is not None:
         min_accuracy = min(min_accuracy, base["accuracy"])
     candidates = channel_candidates(masks, score, round_to)
+    if max_evaluations is None:
+        max_evaluations = default_evaluations(len(candidates))
     if cost is not None:
         candidates.sort(key=lambda t: (t[0] / max(cost.get(t[1], 1.0), 1e-12), str(t[1]), t[2]))
     backups = {s.name: s.tensor.detach().clone() for g in masks.groups for s in masks.zeroed(g)}

@@ -79,6 +79,7 @@ def prune_artifact(art: Artifact, options: PruneOptions, dest: Path, progress: P
                 "threshold": e.threshold,
                 "pruned": e.channels_pruned,
                 "forced": e.channels_forced,
+                "evaluations": e.evaluations,
                 "kept": e.channels_kept,
                 "val_loss": round(e.val_loss_after, 5),
                 "bound": round(e.loss_bound, 5),
