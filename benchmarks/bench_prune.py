@@ -354,7 +354,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             serene=[{"twt": 0.2}, {"lmbda": 0.5, "twt": 0.2}],
             l1=[{"twt": 0.2}],
             tp_ratios=[("groupnorm", 0.75), ("magnitude", 0.75)],
-            common={"lr": 0.05, "batch_size": 128, "finetune_epochs": 1, "search_evaluations": 16},
+            common={"lr": 0.05, "batch_size": 128, "finetune_epochs": 1},
             seeds=(0, 1, 2),
         )
 
@@ -373,7 +373,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             serene=[{"twt": 0.2}, {"lmbda": 0.5, "twt": 0.2}, *budget],  # the default shrink and a stronger one
             l1=[{"twt": 0.2}, *budget],
             tp_ratios=[("magnitude", 0.5), ("groupnorm", 0.5)],
-            common={"lr": 0.05, "batch_size": 128, "finetune_epochs": 1, "search_evaluations": 16},
+            common={"lr": 0.05, "batch_size": 128, "finetune_epochs": 1},
             seeds=(0, 1, 2),
         )
 
