@@ -92,10 +92,9 @@ METHODS = ("serene", "l1", "none")
 _BN_STATISTICS = (".running_mean", ".running_var", ".num_batches_tracked")
 
 
-# The TWT search's cap per event under a budget or in a long run, and the most pruning epochs (prune
-# events, with PWE 0) for which it is sized by the candidate count instead (PruneOptions.search_evaluations).
-FIXED_SEARCH_EVALUATIONS = 16
-SIZED_SEARCH_MAX_EVENTS = 10
+# The TWT search's cap per event under a budget (PruneOptions.search_evaluations); without one it is sized
+# by the candidate count.
+BUDGET_SEARCH_EVALUATIONS = 16
 
 # The automatic epoch budget: forward MACs x training samples x epochs. Sized on the shared 2-core x86 VM
 # (BENCHMARKS.md, "Epoch budget"): ResNet-20 at 28x28 (41 M MACs) on Fashion-MNIST's 54k training images
@@ -246,22 +245,19 @@ class PruneOptions:
         ),
     )
     # Why sized: one gallop-and-bisect round over n candidates takes about 2 log2(n) evaluations, so a
-    # fixed 16 cannot finish one on a 500-wide layer and the event stops short of its bound. In a short
-    # run without a budget a few events are all the pruning there is, and what an event leaves is never
-    # pruned: sized by the candidate count (schedule.default_evaluations), the benchmark's 8 no-budget
-    # SeReNe rows of 3-5 events kept 0.68-1.00x the MACs at +0.09 points on average (BENCHMARKS.md,
-    # Pruning, thirteenth round). With many events the next goes on where one stopped - the README's
-    # 40-epoch example needed 16 or fewer after its first, whose bigger cut cost it 0.28 points and a
-    # third more weights - and under a budget the schedule sets each event's share: the longer search
-    # lost accuracy on 7 of 9 budgets (-0.17 points). Both keep 16. In between (Fashion-MNIST LeNet-5 at
-    # 5-18 events) it pruned 10-29 % more MACs for 0.5-0.9 points: the limit of 10 is a judgment there.
+    # fixed 16 cannot finish one on a 500-wide layer and each event stops short of the bound --twt sets.
+    # Without a budget, sized by the candidate count (schedule.default_evaluations): the benchmark's 8
+    # no-budget SeReNe rows (3-5 events) kept 0.68-1.00x the MACs at +0.09 points; digits ResNet-20 at
+    # 20 / 40 epochs 0.59x / 0.42x at +0.19; the README example (40 epochs, 5 seeds) 0.84x the weights
+    # at -0.16; Fashion-MNIST LeNet-5 at 7-20 epochs 0.71-0.90x for 0.46-0.88 points, still far above
+    # dense (BENCHMARKS.md, Pruning, thirteenth round). Under a budget the schedule sets each event's
+    # share and the longer search lost accuracy on 7 of 9 budgets (-0.17 points), so it keeps 16 there.
     search_evaluations: int | None = field(
         default=None,
         metadata=cli(
             "Validation passes the TWT search may spend per prune event; more prune further per event.",
             low=1,
-            default_text=f"two search rounds over the channels without a budget and with at most "
-            f"{SIZED_SEARCH_MAX_EVENTS} pruning epochs, else {FIXED_SEARCH_EVALUATIONS}",
+            default_text=f"two search rounds over the channels; {BUDGET_SEARCH_EVALUATIONS} under a budget",
         ),
     )
     # How simplify will deliver a cut channel's constant to zero-padded convs (its --padded-constants): the
@@ -367,16 +363,15 @@ class PruneOptions:
     def with_epoch_budget(self, forward_macs: int, train_samples: int) -> PruneOptions:
         """These options with ``epochs``, ``finetune_epochs``, ``warmup_epochs`` and ``search_evaluations``
         decided (see :func:`auto_epochs` and :func:`default_finetune_epochs`; a warm-up epoch only where
-        there is a floor to set from it; the search cap left to the search - None - only in a short run
-        without a budget)."""
+        there is a floor to set from it; the search cap left to the search - None - without a budget)."""
         epochs = self.epochs if self.epochs is not None else auto_epochs(forward_macs, train_samples)
         finetune = self.finetune_epochs
         if finetune is None:
             finetune = default_finetune_epochs(epochs, self.budgeted)
         warmup = self.warmup_epochs if self.warmup_epochs is not None else int(self.max_accuracy_drop is not None)
         evaluations = self.search_evaluations
-        if evaluations is None and (self.budgeted or epochs - finetune - warmup > SIZED_SEARCH_MAX_EVENTS):
-            evaluations = FIXED_SEARCH_EVALUATIONS
+        if evaluations is None and self.budgeted:
+            evaluations = BUDGET_SEARCH_EVALUATIONS
         return dataclasses.replace(
             self, epochs=epochs, finetune_epochs=finetune, warmup_epochs=warmup, search_evaluations=evaluations
         )
