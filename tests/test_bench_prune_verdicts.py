@@ -1,0 +1,55 @@
+"""benchmarks/bench_prune.py's goal lines: a verdict is only as good as the grid behind it."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def bench_prune(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the benchmark imports its sibling modules by name
+    return importlib.import_module("bench_prune")
+
+
+def row(method: str, accuracy: float, macs: int, params: int | None = None) -> dict:
+    return {
+        "method": method,
+        "setting": f"{macs}",
+        "test_accuracy": accuracy,
+        "params": params or macs // 10,
+        "macs": macs,
+        "nnr_bytes": macs // 20,
+        "seconds": 1.0,
+    }
+
+
+def experiment(points: list[dict]) -> dict:
+    return {"experiment": "toy", "epochs": 4, "common": {"finetune_epochs": 1}, "points": points}
+
+
+def test_a_grid_that_stops_inside_the_line_is_named_in_the_verdict(bench_prune):
+    dense = row("dense", 0.90, 1_000_000)
+    inside = [row("serene", 0.895, 200_000), row("l1", 0.894, 210_000), row("torch-pruning", 0.893, 240_000)]
+    summary = bench_prune.experiment_lines(experiment([dense, *inside]))[-2]
+    assert "goal SeReNe MACs <= 0.8x Torch-Pruning's: 0.83x, **missed**" in summary
+    assert "grid short of the line for serene (macs), torch-pruning (macs), serene (params), l1 (params)" in summary
+
+
+def test_a_grid_with_a_smaller_row_below_the_line_reaches_its_frontier(bench_prune):
+    dense = row("dense", 0.90, 1_000_000)
+    points = [
+        dense,
+        row("serene", 0.895, 200_000),
+        row("serene", 0.85, 100_000),  # below the line (0.89): the 200k row is SeReNe's frontier
+        row("l1", 0.894, 210_000),
+        row("l1", 0.70, 300_000),  # below the line but larger: says nothing about a smaller L1 model
+        row("torch-pruning", 0.893, 240_000),
+        row("torch-pruning", 0.80, 120_000),
+    ]
+    summary = bench_prune.experiment_lines(experiment(points))[-2]
+    assert "grid short of the line for l1 (params):" in summary
