@@ -305,6 +305,9 @@ def downsample(data: DataBundle, factor: int) -> DataBundle:
 def experiments() -> dict[str, Callable[[], Experiment]]:
     """Reduced settings: the development machine has 2 cores shared by several jobs, so the
     Fashion-MNIST runs use training subsets and a few epochs (stated in every table title)."""
+    # digits' 359 test images make one image in one seed 0.09 points of a three-seed mean, and the fourteenth
+    # round's verdicts hung on rows that close to the line: five seeds on the parts that cost little per seed
+    FIVE_SEEDS = (0, 1, 2, 3, 4)
 
     def digits() -> Experiment:
         return Experiment(
@@ -321,7 +324,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
 
     def digits_resnet20() -> Experiment:
         # the smaller budgets carry the grids past the 1-point line
-        macs_budgets = [{"target_macs": m, "max_accuracy_drop": None} for m in (0.2, 0.12, 0.08, 0.05, 0.03)]
+        macs_budgets = [{"target_macs": m, "max_accuracy_drop": None} for m in (0.2, 0.12, 0.08, 0.05, 0.03, 0.02)]
         return Experiment(
             "digits / ResNet-20 (projection shortcuts, BatchNorm; 8-epoch budget)",
             lambda: ResNetCifar((3, 3, 3), (16, 32, 64), "B", 1, 10),
@@ -338,7 +341,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             l1=[{}, {"twt": 0.2}, {"target_params": 0.25, "max_accuracy_drop": None}, *macs_budgets],
             tp_ratios=[("magnitude", r) for r in (0.3, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8)] + [("groupnorm", 0.5)],
             common={"lr": 0.05, "batch_size": 64},  # fine-tuning: edgeprune's default, as the budget grids
-            seeds=(0, 1, 2),  # one test image is 0.28 points: a one-seed verdict flipped between rounds
+            seeds=FIVE_SEEDS,
         )
 
     def fmnist_lenet5() -> Experiment:
@@ -351,13 +354,13 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             TrainConfig(epochs=4, lr=0.05, batch_size=128),
             epochs=6,
             # edgeprune's default shrink (0.2 per epoch) and a stronger one; one seed moved SeReNe's kept
-            # parameters between 77k and 256k, so every row is the mean of three
+            # parameters between 77k and 256k, so every row is the mean of several
             # and two MAC budgets that carry the grids past the 1-point line
             serene=[{"twt": 0.2}, {"lmbda": 0.5, "twt": 0.2}, *past_line],
             l1=[{"twt": 0.2}, *past_line],
             tp_ratios=[("groupnorm", 0.75), ("magnitude", 0.75), ("magnitude", 0.85), ("magnitude", 0.9)],
             common={"lr": 0.05, "batch_size": 128, "finetune_epochs": 1},
-            seeds=(0, 1, 2),
+            seeds=FIVE_SEEDS,
         )
 
     def fmnist_resnet20() -> Experiment:
@@ -439,7 +442,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             vgg_bn,
             macs=(0.3, 0.12, 0.06, 0.04),
             ratios=(0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9),
-            seeds=(0, 1, 2),
+            seeds=FIVE_SEEDS,
             beyond=(0.025, 0.015),
         ),
         # the same model and starting point with three times the epochs: how the methods use a longer budget
@@ -448,7 +451,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             vgg_bn,
             macs=(0.06, 0.04, 0.025, 0.015),
             ratios=(0.7, 0.75, 0.8, 0.85, 0.875, 0.9, 0.925),
-            seeds=(0, 1, 2),
+            seeds=FIVE_SEEDS,
             epochs=24,
             variants=False,
             beyond=(0.01, 0.006),
@@ -458,9 +461,9 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             lambda: mobilenetv2_like(1, 10),
             macs=(0.3, 0.2, 0.15),
             ratios=(0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8),
-            seeds=(0, 1, 2),
+            seeds=FIVE_SEEDS,
             variants=False,
-            beyond=(0.1, 0.07),
+            beyond=(0.1, 0.07, 0.05),
         ),
         "fmnist14-vgg-bn": lambda: budget_grid(
             vgg_name,
