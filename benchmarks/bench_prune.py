@@ -359,9 +359,9 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             subset(full, 6000, 1000),
             TrainConfig(epochs=4, lr=0.05, batch_size=128),
             epochs=6,
-            # edgeprune's default shrink (0.2 per epoch) and a stronger one; one seed moved SeReNe's kept
-            # parameters between 77k and 256k, so every row is the mean of several
-            # and two MAC budgets that carry the grids past the 1-point line
+            # edgeprune's default shrink (0.2 per epoch) and a stronger one (one seed moved SeReNe's kept
+            # parameters between 77k and 256k, so every row is a mean over seeds), and two MAC budgets that
+            # carry the grids past the 1-point line
             serene=[{"twt": 0.2}, {"lmbda": 0.5, "twt": 0.2}, *past_line],
             l1=[{"twt": 0.2}, *past_line],
             tp_ratios=[(kind, r) for kind in ("groupnorm", "magnitude") for r in (0.75, 0.85, 0.9)],
@@ -409,7 +409,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
         """The issue's other architectures at digits' 8x8 (or ``dataset``: its title and loader), 8
         epochs like ResNet-20 with edgeprune's default fine-tune epochs (a quarter of them, one more
         under a budget - Torch-Pruning's ratios count as one): TWT defaults, MAC budgets (no
-        accuracy floor) for SeReNe and L1, and Torch-Pruning's magnitude ratios, from a dense model
+        accuracy floor) for SeReNe and L1, and both Torch-Pruning pruners at ``ratios``, from a dense model
         trained ``dense_epochs``. ``variants``: the defaults and the group-mean rows too; ``cut_padded``: the
         two smallest budgets again with ``--cut-biases padded``, for SeReNe and L1; ``beyond``: smaller MAC
         budgets without variants, which carry every method's grid past the 1-point line."""
