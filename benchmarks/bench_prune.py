@@ -306,6 +306,12 @@ def downsample(data: DataBundle, factor: int) -> DataBundle:
     return data
 
 
+def mac_budgets(fractions: tuple[float, ...], **extra: Any) -> list[dict[str, Any]]:
+    """One setting per MAC fraction: a budget with no accuracy floor (the budget alone decides the size),
+    plus ``extra`` options; the key order is the rows' labels in the JSON."""
+    return [{"target_macs": m, "max_accuracy_drop": None, **extra} for m in fractions]
+
+
 def experiments() -> dict[str, Callable[[], Experiment]]:
     """Reduced settings: the development machine has 2 cores shared by several jobs, so the
     Fashion-MNIST runs use training subsets and a few epochs (stated in every table title)."""
@@ -328,7 +334,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
 
     def digits_resnet20() -> Experiment:
         # the smaller budgets carry the grids past the 1-point line
-        macs_budgets = [{"target_macs": m, "max_accuracy_drop": None} for m in (0.2, 0.12, 0.08, 0.05, 0.03, 0.02)]
+        macs_budgets = mac_budgets((0.2, 0.12, 0.08, 0.05, 0.03, 0.02))
         return Experiment(
             "digits / ResNet-20 (projection shortcuts, BatchNorm; 8-epoch budget)",
             lambda: ResNetCifar((3, 3, 3), (16, 32, 64), "B", 1, 10),
@@ -352,7 +358,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
 
     def fmnist_lenet5() -> Experiment:
         full = load_data("fashion-mnist")
-        past_line = [{"target_macs": m, "max_accuracy_drop": None} for m in (0.04, 0.02)]
+        past_line = mac_budgets((0.04, 0.02))
         return Experiment(
             "Fashion-MNIST / LeNet-5 (6k train subset, 1k val, 10k test; 6-epoch budget)",
             lambda: LeNet5(1, 10, 28),
@@ -374,9 +380,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
         # MAC budgets at Torch-Pruning 0.3 / 0.4 / 0.5's shares of the MACs (47 / 34 / 25 %), with edgeprune's
         # default fine-tuning under a budget (2 of 5 epochs: two epochs after the last cut, as Torch-Pruning's
         # last step, pruned and trained an epoch, plus its one fine-tune epoch); L1 one smaller, past the line
-        budgets = [
-            {"target_macs": m, "max_accuracy_drop": None, "finetune_epochs": None} for m in (0.45, 0.35, 0.25, 0.15)
-        ]
+        budgets = mac_budgets((0.45, 0.35, 0.25, 0.15), finetune_epochs=None)
         return Experiment(
             "Fashion-MNIST / ResNet-20 (projection shortcuts; 2k train subset, 500 val, 2k test; 5-epoch budget)",
             lambda: ResNetCifar((3, 3, 3), (16, 32, 64), "B", 1, 10),
@@ -413,8 +417,8 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
         trained ``dense_epochs``. ``variants``: the defaults and the group-mean rows too; ``cut_padded``: the
         two smallest budgets again with ``--cut-biases padded``, for SeReNe and L1; ``beyond``: smaller MAC
         budgets without variants, which carry every method's grid past the 1-point line."""
-        budgets = [{"target_macs": m, "max_accuracy_drop": None} for m in macs]
-        past = [{"target_macs": m, "max_accuracy_drop": None} for m in beyond]
+        budgets = mac_budgets(macs)
+        past = mac_budgets(beyond)
         cut = [{**budget, "cut_biases": "padded"} for budget in budgets[-2:]] if cut_padded else []
         # the sensitivity normalised by the group's mean instead of its maximum (--sensitivity-norm)
         by_mean = [{**budget, "normalize": "group_mean"} for budget in budgets[-2:]] if variants else []
