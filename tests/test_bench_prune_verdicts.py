@@ -53,3 +53,26 @@ def test_a_grid_with_a_smaller_row_below_the_line_reaches_its_frontier(bench_pru
     ]
     summary = bench_prune.experiment_lines(experiment(points))[-2]
     assert "grid short of the line for l1 (params):" in summary
+
+
+def test_the_verdict_shows_the_ratio_at_the_line_without_the_grid_steps(bench_prune):
+    """SeReNe's 200k row is just inside the line and its next row just below it; Torch-Pruning's 240k row
+    is inside with a far worse 120k row: the rows say 0.83x, the curves cross the line at
+    sqrt(200k * 100k) = 141k and 120k * 2^(0.09 / 0.093) = 234.8k - 0.60x."""
+    points = [
+        row("dense", 0.90, 1_000_000),
+        row("serene", 0.895, 200_000),
+        row("serene", 0.885, 100_000),
+        row("serene", 0.70, 50_000),  # less accurate than the 100k row: not the next point of the curve
+        row("torch-pruning", 0.893, 240_000),
+        row("torch-pruning", 0.80, 120_000),
+    ]
+    summary = bench_prune.experiment_lines(experiment(points))[-2]
+    assert "goal SeReNe MACs <= 0.8x Torch-Pruning's: 0.83x, **missed** (at the line, interpolated: 0.60x)" in summary
+
+
+def test_no_interpolation_without_a_row_on_each_side_of_the_line(bench_prune):
+    dense = row("dense", 0.90, 1_000_000)
+    inside = [row("serene", 0.895, 200_000), row("torch-pruning", 0.893, 240_000), row("torch-pruning", 0.8, 1e5)]
+    summary = bench_prune.experiment_lines(experiment([dense, *inside]))[-2]
+    assert "0.83x, **missed**;" in summary and "interpolated" not in summary
