@@ -728,8 +728,10 @@ def _at_line(points: list[dict[str, Any]], method: str, floor: float, size: str)
     ratio is the same comparison without the steps; it is shown beside the verdict, which stays on
     measured rows."""
     best = _best(points, method, floor, size)
-    smaller = [p for p in points if p["method"] == method and p["params"] and best and p[size] < best[size]]
-    if best is None or not smaller:
+    if best is None:
+        return None
+    smaller = [p for p in points if p["method"] == method and p["params"] and p[size] < best[size]]
+    if not smaller:
         return None
     below = max(smaller, key=lambda p: (p["test_accuracy"], p[size]))
     t = (floor - below["test_accuracy"]) / (best["test_accuracy"] - below["test_accuracy"])
