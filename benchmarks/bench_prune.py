@@ -950,6 +950,7 @@ def plot(results: dict[str, Any]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     exps = results.get("experiments", [])
     if not exps:
@@ -970,6 +971,8 @@ def plot(results: dict[str, Any]) -> None:
             )
         ax.axhline(100 * exp["points"][0]["test_accuracy"] - 1, ls="--", c="grey", lw=0.8)
         ax.set_xscale("log")
+        # a panel spanning about a decade labels its minor ticks too, and they run into each other
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("parameters after simplification")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(textwrap.fill(exp["experiment"], 60), fontsize=8)
