@@ -1,4 +1,4 @@
-"""Pruning benchmark: SeReNe vs the L1-magnitude baseline vs Torch-Pruning's magnitude pruner.
+"""Pruning benchmark: SeReNe vs the L1-magnitude baseline vs Torch-Pruning's magnitude and group-norm pruners.
 
 For every experiment a dense model is trained once, then each method prunes a copy of it at a few
 strengths with the *same* epoch budget. Every pruned model is simplified (SeReNe and L1 through
@@ -6,7 +6,8 @@ strengths with the *same* epoch budget. Every pruned model is simplified (SeReNe
 parameters, MACs and the size of its NNR bitstream (``edgeprune.nnr.encode_model``, default
 per-tensor qp). "Equal accuracy" = test accuracy at most 1 point below the dense model; for each
 method the smallest such model is compared - a verdict only where each method's grid also has a smaller
-row below that line (the goal line names a grid that stops short of it).
+row below that line (the goal line names a grid that stops short of it), shown beside the same ratio
+interpolated at the line.
 
 Parts (``--parts``, comma-separated; results accumulate in benchmarks/results/bench_prune.json):
 
@@ -23,9 +24,9 @@ Parts (``--parts``, comma-separated; results accumulate in benchmarks/results/be
 * ``digits-vgg-bn-24`` - the same VGG-BN and starting model with 24 epochs instead of 8;
 * ``fmnist14-vgg-bn`` - the same VGG-BN on Fashion-MNIST halved to 14x14 (6k train subset, 10k test):
   a harder task and a test split large enough that the 1-point line is not inside the seed noise;
-* ``fmnist-lenet5``   - LeNet-5 (431k params) on Fashion-MNIST (54k train, 10k test);
+* ``fmnist-lenet5``   - LeNet-5 (431k params) on Fashion-MNIST (6k train subset, 1k val, 10k test);
 * ``fmnist-resnet20`` - ResNet-20 (projection shortcuts; Torch-Pruning cannot prune the zero-padding
-  "A" shortcuts) on a 4k-sample Fashion-MNIST training subset (10k test) - a CPU budget, not a choice.
+  "A" shortcuts) on a 2k-sample Fashion-MNIST training subset (500 val, 2k test) - a CPU budget, not a choice.
 
 ``--report`` rewrites the "Pruning" section of BENCHMARKS.md and benchmarks/prune_accuracy_size.png
 from the JSON. Needs ``apt-get install dataset-fashion-mnist`` and
@@ -719,6 +720,17 @@ def _best(points: list[dict[str, Any]], method: str, floor: float, size: str = "
     return min(good, key=lambda p: (p[size], -p["test_accuracy"])) if good else None
 
 
+def _smaller_than_best(
+    points: list[dict[str, Any]], method: str, floor: float, size: str
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """``method``'s smallest row within the line (:func:`_best`) and its rows smaller than it - all below the
+    line, since the best row is the smallest within it."""
+    best = _best(points, method, floor, size)
+    if best is None:
+        return None, []
+    return best, [p for p in points if p["method"] == method and p["params"] and p[size] < best[size]]
+
+
 def _at_line(points: list[dict[str, Any]], method: str, floor: float, size: str) -> float | None:
     """``method``'s ``size`` where its accuracy crosses ``floor``: log size interpolated linearly in accuracy
     between its smallest row within the line and the most accurate smaller row (None without both).
@@ -727,11 +739,8 @@ def _at_line(points: list[dict[str, Any]], method: str, floor: float, size: str)
     method whose row lands just inside the line wins by the whole step to the next one. The interpolated
     ratio is the same comparison without the steps; it is shown beside the verdict, which stays on
     measured rows."""
-    best = _best(points, method, floor, size)
-    if best is None:
-        return None
-    smaller = [p for p in points if p["method"] == method and p["params"] and p[size] < best[size]]
-    if not smaller:
+    best, smaller = _smaller_than_best(points, method, floor, size)
+    if best is None or not smaller:
         return None
     below = max(smaller, key=lambda p: (p["test_accuracy"], p[size]))
     t = (floor - below["test_accuracy"]) / (best["test_accuracy"] - below["test_accuracy"])
@@ -742,10 +751,8 @@ def _frontier_reached(points: list[dict[str, Any]], method: str, floor: float, s
     """Whether ``method``'s grid has a row below ``floor`` that is smaller by ``size`` than its smallest row
     above it: only then is that row the smallest model within the line, not just the grid's last row (a grid
     that stops inside the line would decide a verdict by where it stops)."""
-    best = _best(points, method, floor, size)
-    return best is None or any(
-        p["method"] == method and p["params"] and p["test_accuracy"] < floor and p[size] < best[size] for p in points
-    )
+    best, smaller = _smaller_than_best(points, method, floor, size)
+    return best is None or bool(smaller)
 
 
 def _interpolated(points: list[dict[str, Any]], pair: tuple[str, str], floor: float, size: str) -> str:
