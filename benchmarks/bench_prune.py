@@ -418,11 +418,12 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
         under a budget - Torch-Pruning's ratios count as one): TWT defaults, MAC budgets (no
         accuracy floor) for SeReNe and L1, and both Torch-Pruning pruners at ``ratios``, from a dense model
         trained ``dense_epochs``. ``variants``: the defaults and the group-mean rows too; ``cut_padded``: the
-        two smallest budgets again with ``--cut-biases padded``, for SeReNe and L1; ``beyond``: smaller MAC
-        budgets without variants, which carry every method's grid past the 1-point line."""
+        two smallest budgets and those ``beyond`` again with ``--cut-biases padded``, for SeReNe and L1, so
+        that the padded rows too reach past the 1-point line; ``beyond``: smaller MAC budgets without the
+        other variants, which carry every method's grid past the 1-point line."""
         budgets = mac_budgets(macs)
         past = mac_budgets(beyond)
-        cut = [{**budget, "cut_biases": "padded"} for budget in budgets[-2:]] if cut_padded else []
+        padded = [{**budget, "cut_biases": "padded"} for budget in budgets[-2:] + past] if cut_padded else []
         # the sensitivity normalised by the group's mean instead of its maximum (--sensitivity-norm)
         by_mean = [{**budget, "normalize": "group_mean"} for budget in budgets[-2:]] if variants else []
         defaults: list[dict[str, Any]] = [{}] if variants else []
@@ -432,8 +433,8 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             dataset[1](),
             TrainConfig(epochs=dense_epochs, lr=0.05),
             epochs=epochs,
-            serene=[*defaults, *budgets, *by_mean, *cut, *past],
-            l1=[*defaults, *budgets, *cut, *past],
+            serene=[*defaults, *budgets, *by_mean, *padded[:2], *past, *padded[2:]],
+            l1=[*defaults, *budgets, *padded[:2], *past, *padded[2:]],
             tp_ratios=[(kind, r) for kind in ("magnitude", "groupnorm") for r in ratios],
             common={"lr": 0.05, "batch_size": 64},
             seeds=seeds,
