@@ -266,7 +266,10 @@ def uniform_width_order(masks: ChannelMasks, candidates: list[Cut]) -> list[Cut]
     channels while the fc layer kept 29-36 %. Levelling the widths - the uniform ratio magnitude pruners
     use, reached from wherever TWT left the groups - scored +0.33 and +0.32 points on Fashion-MNIST
     14x14 / VGG-BN at 8 and 6.5 % of the MACs (3 seeds); digits / MobileNetV2 lost 0.56, the one part
-    where it looked worse (BENCHMARKS.md, Pruning, ninth round)."""
+    where it looked worse (BENCHMARKS.md, Pruning, ninth round). Why one level and not one weighted by
+    what a channel costs (under a MAC budget a channel of a 14x14 layer carries up to 8x the MACs of one at
+    3x3): kept fractions proportional to that cost to the power -0.5, -0.25, 0.25 or 0.5 all lost 0.2-0.9
+    points at equal MACs on the same part at 5 and 4 % (5 seeds; sixteenth round)."""
     kept = {g.id: masks.kept(g.id) for g in masks.groups}
     width = {g.id: max(g.size, 1) for g in masks.groups}
     keyed: list[tuple[float, Cut]] = []
