@@ -424,10 +424,10 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
         other variants, which carry every method's grid past the 1-point line."""
         budgets = mac_budgets(macs)
         past = mac_budgets(beyond)
-        padded_inside = [{**budget, "cut_biases": "padded"} for budget in budgets[-2:]] if cut_padded else []
-        padded_past = [{**budget, "cut_biases": "padded"} for budget in past] if cut_padded else []
+        padded_inside = mac_budgets(macs[-2:], cut_biases="padded") if cut_padded else []
+        padded_past = mac_budgets(beyond, cut_biases="padded") if cut_padded else []
         # the sensitivity normalised by the group's mean instead of its maximum (--sensitivity-norm)
-        by_mean = [{**budget, "normalize": "group_mean"} for budget in budgets[-2:]] if variants else []
+        by_mean = mac_budgets(macs[-2:], normalize="group_mean") if variants else []
         defaults: list[dict[str, Any]] = [{}] if variants else []
         return Experiment(
             f"{dataset[0]} / {name} ({epochs}-epoch budget)",
