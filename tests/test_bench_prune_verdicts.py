@@ -76,3 +76,33 @@ def test_no_interpolation_without_a_row_on_each_side_of_the_line(bench_prune):
     inside = [row("serene", 0.895, 200_000), row("torch-pruning", 0.893, 240_000), row("torch-pruning", 0.8, 100_000)]
     summary = bench_prune.experiment_lines(experiment([dense, *inside]))[-2]
     assert "0.83x, **missed**;" in summary and "interpolated" not in summary
+
+
+def test_a_peer_run_that_ends_in_nan_weights_is_named_as_such(bench_prune, monkeypatch):
+    """Torch-Pruning's GroupNormPruner leaves NaN weights once a group is down to one channel; the row must
+    say so rather than name the exception edgeprune's encoder raises on such a model."""
+    import torch
+    from torch import nn
+
+    def nan_model(*args, **kwargs):
+        model = nn.Linear(2, 2)
+        with torch.no_grad():
+            model.weight[0, 0] = float("nan")
+        return model
+
+    monkeypatch.setattr(bench_prune, "torch_pruned", nan_model)
+    exp = bench_prune.Experiment(
+        name="toy",
+        factory=nn.Module,
+        data=None,
+        dense=None,
+        epochs=2,
+        serene=[],
+        l1=[],
+        tp_ratios=[],
+        common={},
+        seeds=(0, 1),
+    )
+    point = bench_prune.torch_pruning_row(exp, nn.Linear(2, 2), torch.zeros(1, 2), "groupnorm", 0.9)
+    assert point.setting == "groupnorm, ratio=0.9: failed (NaN weights)"
+    assert (point.params, point.macs, point.test_accuracy) == (0, 0, 0)
