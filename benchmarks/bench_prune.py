@@ -351,7 +351,8 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
 
     def digits_resnet20() -> Experiment:
         # the smaller budgets carry the grids past the 1-point line
-        macs_budgets = mac_budgets((0.2, 0.12, 0.08, 0.05, 0.03, 0.02))
+        # (2.5 % and Torch-Pruning's 0.825 split the steps where SeReNe and Torch-Pruning cross the line)
+        macs_budgets = mac_budgets((0.2, 0.12, 0.08, 0.05, 0.03, 0.025, 0.02))
         return Experiment(
             "digits / ResNet-20 (projection shortcuts, BatchNorm; 8-epoch budget)",
             lambda: ResNetCifar((3, 3, 3), (16, 32, 64), "B", 1, 10),
@@ -367,7 +368,9 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             ],
             l1=[{}, {"twt": 0.2}, {"target_params": 0.25, "max_accuracy_drop": None}, *macs_budgets],
             tp_ratios=[
-                (kind, r) for kind in ("magnitude", "groupnorm") for r in (0.3, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85)
+                (kind, r)
+                for kind in ("magnitude", "groupnorm")
+                for r in (0.3, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.825, 0.85)
             ],
             common={"lr": 0.05, "batch_size": 64},  # fine-tuning: edgeprune's default, as the budget grids
             seeds=FIVE_SEEDS,
@@ -482,11 +485,12 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             vgg_name,
             vgg_bn,
             macs=(0.06, 0.04, 0.025, 0.015),
-            ratios=(0.7, 0.75, 0.8, 0.85, 0.875, 0.9, 0.925),
+            # 1.2 % and 0.91 split the steps where SeReNe and Torch-Pruning cross the line
+            ratios=(0.7, 0.75, 0.8, 0.85, 0.875, 0.9, 0.91, 0.925),
             seeds=FIVE_SEEDS,
             epochs=24,
             variants=False,
-            beyond=(0.01, 0.006),
+            beyond=(0.012, 0.01, 0.006),
         ),
         "digits-mobilenetv2": lambda: budget_grid(
             "MobileNetV2-style (inverted residuals, depthwise, BatchNorm, ReLU6)",
