@@ -68,7 +68,21 @@ def test_the_verdict_shows_the_ratio_at_the_line_without_the_grid_steps(bench_pr
         row("torch-pruning", 0.80, 120_000),
     ]
     summary = bench_prune.experiment_lines(experiment(points))[-2]
-    assert "goal SeReNe MACs <= 0.8x Torch-Pruning's: 0.83x, **missed** (at the line, interpolated: 0.60x)" in summary
+    assert "Torch-Pruning's: 0.83x, **missed** (at the line, interpolated: 0.60x, met)" in summary
+
+
+def test_the_ratio_at_the_line_says_missed_where_two_decimals_would_read_as_met(bench_prune):
+    """Both curves cross the line halfway (in accuracy) between their rows, so the ratio at the line is
+    sqrt(200k * 100k) / sqrt(250k * 124.7k) = 0.8010x: printed 0.80x, which alone reads as meeting <= 0.8x."""
+    points = [
+        row("dense", 0.90, 1_000_000),
+        row("serene", 0.895, 200_000),
+        row("serene", 0.885, 100_000),
+        row("torch-pruning", 0.895, 250_000),
+        row("torch-pruning", 0.885, 124_700),
+    ]
+    summary = bench_prune.experiment_lines(experiment(points))[-2]
+    assert "Torch-Pruning's: 0.80x, met (at the line, interpolated: 0.80x, missed)" in summary
 
 
 def test_no_interpolation_without_a_row_on_each_side_of_the_line(bench_prune):
