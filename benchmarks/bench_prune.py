@@ -115,7 +115,17 @@ class Experiment:
     seeds: tuple[int, ...] = (0,)
 
 
+class UnusableModel(Exception):
+    """A pruned model that cannot be measured; the message is the table's reason when a peer's row fails."""
+
+
 def measure(model: nn.Module, x: torch.Tensor, data: DataBundle) -> dict[str, Any]:
+    """Test accuracy, parameters, MACs and .nnr bytes. NaN weights are named here rather than left to the
+    encoder's BitstreamError, which read in a table as if edgeprune's encoder had failed: Torch-Pruning's
+    GroupNormPruner scales a group's gradient by alpha ** ((max - imp) / (max - min)) of its channels'
+    importances, 0 / 0 once a group is down to one channel (Fashion-MNIST LeNet-5 at ratio 0.9, every seed)."""
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise UnusableModel("NaN weights")
     model.eval()
     nnr = encode_model(model, x, ModelEncodeOptions(embed_architecture=False))
     return {
@@ -164,10 +174,6 @@ def edgeprune_pruned(
     return model
 
 
-class PeerFailure(Exception):
-    """A Torch-Pruning run that ended without a usable model; the message is the table's reason."""
-
-
 def run_torch_pruning(
     exp: Experiment, dense: nn.Module, x: torch.Tensor, ratio: float, kind: str, seed: int = 0
 ) -> Point:
@@ -175,11 +181,6 @@ def run_torch_pruning(
     start = time.perf_counter()
     model = torch_pruned(exp.data, exp.common, exp.epochs, dense, x, ratio, kind, seed)
     seconds = time.perf_counter() - start
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
-        # GroupNormPruner scales each group's gradient by alpha ** ((max - imp) / (max - min)) of its channels'
-        # importances: 0 / 0 once a group is down to one channel (Fashion-MNIST LeNet-5 at ratio 0.9, every seed).
-        # Named here, the row said "failed (BitstreamError)", as if edgeprune's encoder had failed.
-        raise PeerFailure("NaN weights")
     return Point("torch-pruning", f"{kind}, ratio={ratio}", seconds=seconds, **measure(model, x, exp.data))
 
 
@@ -189,7 +190,7 @@ def torch_pruning_row(exp: Experiment, dense: nn.Module, x: torch.Tensor, kind: 
     try:
         return over_seeds(exp, functools.partial(run_torch_pruning, exp, dense, x, ratio, kind))
     except Exception as exc:  # noqa: BLE001 - see the docstring
-        reason = str(exc) if isinstance(exc, PeerFailure) else type(exc).__name__
+        reason = str(exc) if isinstance(exc, UnusableModel) else type(exc).__name__
         return Point("torch-pruning", f"{kind}, ratio={ratio}: failed ({reason})", 0, 0, 0, 0, 0)
 
 
@@ -788,15 +789,22 @@ def _meets_param_goal(ratio: float) -> bool:
     return ratio >= PARAM_GOAL
 
 
-def _interpolated(
-    points: list[dict[str, Any]], pair: tuple[str, str], floor: float, size: str, meets: Callable[[float], bool]
+def _goal_line(
+    goal: str,
+    ratio: float,
+    meets: Callable[[float], bool],
+    points: list[dict[str, Any]],
+    pair: tuple[str, str],
+    floor: float,
+    size: str,
 ) -> str:
-    """The goal's ratio between the two methods' sizes at the line (:func:`_at_line`), as a verdict's suffix,
-    with its own met / missed: shown to two decimals alone, 0.801x read as meeting a 0.8x goal."""
+    """A goal's verdict on the rows (``ratio``), then the same ratio between ``pair``'s sizes at the line
+    (:func:`_at_line`) with its own met / missed - shown to two decimals alone, 0.801x read as meeting 0.8x."""
+    line = f"goal {goal}: {ratio:.2f}x, {'met' if meets(ratio) else '**missed**'}"
     top, bottom = (_at_line(points, m, floor, size) for m in pair)
-    if not (top and bottom):
-        return ""
-    return f" (at the line, interpolated: {top / bottom:.2f}x, {'met' if meets(top / bottom) else 'missed'})"
+    if top and bottom:
+        line += f" (at the line, interpolated: {top / bottom:.2f}x, {'met' if meets(top / bottom) else 'missed'})"
+    return line
 
 
 def experiment_lines(exp: dict[str, Any]) -> list[str]:
@@ -848,14 +856,12 @@ def experiment_lines(exp: dict[str, Any]) -> list[str]:
         fewest_macs = {m: _best(points, m, floor, "macs") for m in ("serene", "torch-pruning")}
         if fewest_macs["serene"] and fewest_macs["torch-pruning"]:  # the MAC goal compares the fewest MACs
             macs = fewest_macs["serene"]["macs"] / fewest_macs["torch-pruning"]["macs"]
-            verdict = "met" if _meets_mac_goal(macs) else "**missed**"
-            between = _interpolated(points, ("serene", "torch-pruning"), floor, "macs", _meets_mac_goal)
-            summary.append(f"goal SeReNe MACs <= {MAC_GOAL}x Torch-Pruning's: {macs:.2f}x, {verdict}{between}")
+            goal = f"SeReNe MACs <= {MAC_GOAL}x Torch-Pruning's"
+            summary.append(_goal_line(goal, macs, _meets_mac_goal, points, ("serene", "torch-pruning"), floor, "macs"))
         if best["l1"]:
             params = best["l1"]["params"] / best["serene"]["params"]
-            verdict = "met" if _meets_param_goal(params) else "**missed**"
-            between = _interpolated(points, ("l1", "serene"), floor, "params", _meets_param_goal)
-            summary.append(f"goal L1/SeReNe params >= {PARAM_GOAL}x: {params:.2f}x, {verdict}{between}")
+            goal = f"L1/SeReNe params >= {PARAM_GOAL}x"
+            summary.append(_goal_line(goal, params, _meets_param_goal, points, ("l1", "serene"), floor, "params"))
     else:
         summary.append("SeReNe: no model within 1 point of the dense accuracy")
     # the MAC goal compares SeReNe with Torch-Pruning by MACs, the parameter goal SeReNe with L1 by parameters
