@@ -84,6 +84,9 @@ PLOT = ROOT / "benchmarks" / "prune_accuracy_size.png"
 SECTION = "## Pruning (SeReNe vs L1 vs Torch-Pruning)"
 # issue 10's goals: SeReNe's MACs at most 0.8x Torch-Pruning's, L1's parameters at least 1.3x SeReNe's
 MAC_GOAL, PARAM_GOAL = 0.8, 1.3
+# rows this close to the 1-point line (in accuracy) set a method's seed error; rows far below it include collapsed
+# seeds whose spread says nothing about the noise where the verdicts are read
+NEAR_LINE = 0.02
 METHODS = {"serene", "l1", "torch-pruning"}  # --methods runs a subset (e.g. one peer in a second process)
 
 
@@ -789,6 +792,45 @@ def _meets_param_goal(ratio: float) -> bool:
     return ratio >= PARAM_GOAL
 
 
+def _seed_error(points: list[dict[str, Any]], method: str, floor: float) -> float | None:
+    """Standard error of a ``method`` row's seed mean near the line: the per-seed accuracy variances of its rows
+    within :data:`NEAR_LINE` of ``floor``, each over its number of seeds, pooled (None without such a row).
+
+    Why: the seeds' spread comes from training (data order, which channels the cuts take), not from the test
+    split, and a five-seed mean still carries it; the curves are flat near the line, so a tenth of a point of
+    accuracy can move a size ratio at the line by a fifth."""
+    near = [
+        p
+        for p in points
+        if p["method"] == method
+        and p["params"]
+        and len(p.get("accuracies", [])) > 1
+        and abs(p["test_accuracy"] - floor) <= NEAR_LINE
+    ]
+    if not near:
+        return None
+    return math.sqrt(statistics.fmean(statistics.variance(p["accuracies"]) / len(p["accuracies"]) for p in near))
+
+
+def _noise_band(
+    points: list[dict[str, Any]], pair: tuple[str, str], floor: float, size: str
+) -> tuple[tuple[float, float], tuple[float | None, float | None]] | None:
+    """Each method's seed error and the ratio at the line (``pair[0]`` over ``pair[1]``) with each curve moved by
+    its own seed error, in opposite directions both ways: the range one standard error of noise in each
+    method's rows could give, ``pair[0]``'s best case first. An end is None where a moved line leaves a
+    method's grid."""
+    first, second = (_seed_error(points, m, floor) for m in pair)
+    if first is None or second is None:
+        return None
+
+    def ratio(shift: float) -> float | None:
+        top = _at_line(points, pair[0], floor + shift * first, size)
+        bottom = _at_line(points, pair[1], floor - shift * second, size)
+        return top / bottom if top and bottom else None
+
+    return (first, second), (ratio(-1.0), ratio(1.0))
+
+
 def _goal_line(
     goal: str,
     ratio: float,
@@ -799,12 +841,31 @@ def _goal_line(
     size: str,
 ) -> str:
     """A goal's verdict on the rows (``ratio``), then the same ratio between ``pair``'s sizes at the line
-    (:func:`_at_line`) with its own met / missed - shown to two decimals alone, 0.801x read as meeting 0.8x."""
+    (:func:`_at_line`) with its own met / missed - shown to two decimals alone, 0.801x read as meeting 0.8x -
+    and whether that reading survives one seed standard error either way (:func:`_noise_band`): "within
+    noise" where the band holds both verdicts, "not decided" where it leaves the grid."""
     line = f"goal {goal}: {ratio:.2f}x, {'met' if meets(ratio) else '**missed**'}"
     top, bottom = (_at_line(points, m, floor, size) for m in pair)
-    if top and bottom:
-        line += f" (at the line, interpolated: {top / bottom:.2f}x, {'met' if meets(top / bottom) else 'missed'})"
-    return line
+    if not (top and bottom):
+        return line
+    at_line = top / bottom
+    verdict = "met" if meets(at_line) else "missed"
+    line += f" (at the line, interpolated: {at_line:.2f}x, {verdict}"
+    band = _noise_band(points, pair, floor, size)
+    if band:
+        (first, second), ends = band
+        shown = "-".join(f"{end:.2f}x" if end else "off the grid" for end in ends)
+        if None in ends:
+            firmness = "not decided"
+        elif all(meets(end) == meets(at_line) for end in ends if end):
+            firmness = f"{verdict} either way"
+        else:
+            firmness = "within noise"
+        line += (
+            f"; one seed standard error either way (+-{100 * first:.2f} / +-{100 * second:.2f} points): "
+            f"{shown}, {firmness}"
+        )
+    return line + ")"
 
 
 def experiment_lines(exp: dict[str, Any]) -> list[str]:

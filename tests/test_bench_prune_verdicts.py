@@ -120,3 +120,46 @@ def test_a_peer_run_that_ends_in_nan_weights_is_named_as_such(bench_prune, monke
     point = bench_prune.torch_pruning_row(exp, nn.Linear(2, 2), torch.zeros(1, 2), "groupnorm", 0.9)
     assert point.setting == "groupnorm, ratio=0.9: failed (NaN weights)"
     assert (point.params, point.macs, point.test_accuracy) == (0, 0, 0)
+
+
+def seeded(method: str, accuracy: float, macs: int, spread: float) -> dict:
+    """A row whose two seeds lie ``spread`` either side of its mean: its seed mean's standard error is ``spread``."""
+    return {**row(method, accuracy, macs), "accuracies": [accuracy - spread, accuracy + spread]}
+
+
+@pytest.mark.parametrize(
+    ("spread", "reading"),
+    [
+        # SeReNe crosses the line at 141k MACs, Torch-Pruning at 283k: 0.50x. One seed standard error of 0.1
+        # point moves them to 100k * 2^0.6 / (200k * 2^0.4) = 0.57x and back to 0.44x: met either way
+        (0.001, "(+-0.10 / +-0.10 points): 0.44x-0.57x, met either way)"),
+        # 0.4 point: 100k * 2^0.9 / (200k * 2^0.1) = 0.87x at the worse end, over the goal
+        (0.004, "(+-0.40 / +-0.40 points): 0.29x-0.87x, within noise)"),
+        # 0.6 point lifts SeReNe's line over its best row (89.5 %): that end leaves the grid; the other end
+        # reads SeReNe at 50k * 2^(0.084 / 0.085) = 99.2k and Torch-Pruning at 400k * 2^0.2 = 459.5k
+        (0.006, "(+-0.60 / +-0.60 points): 0.22x-off the grid, not decided)"),
+    ],
+)
+def test_the_reading_at_the_line_says_whether_one_seed_standard_error_can_turn_it(bench_prune, spread, reading):
+    points = [
+        row("dense", 0.90, 1_000_000),
+        seeded("serene", 0.895, 200_000, spread),
+        seeded("serene", 0.885, 100_000, spread),
+        seeded("serene", 0.80, 50_000, spread),  # far below: out of the seed error; only a line moved down reaches it
+        seeded("torch-pruning", 0.90, 800_000, spread),
+        seeded("torch-pruning", 0.895, 400_000, spread),
+        seeded("torch-pruning", 0.885, 200_000, spread),
+    ]
+    summary = bench_prune.experiment_lines(experiment(points))[-2]
+    assert f"(at the line, interpolated: 0.50x, met; one seed standard error either way {reading}" in summary
+
+
+def test_rows_far_from_the_line_do_not_set_the_seed_error(bench_prune):
+    """A collapsed row 20 points under the line has a huge seed spread that says nothing about the rows the
+    verdict is read from."""
+    points = [
+        row("dense", 0.90, 1_000_000),
+        seeded("serene", 0.895, 200_000, 0.001),
+        seeded("serene", 0.70, 50_000, 0.2),
+    ]
+    assert bench_prune._seed_error(points, "serene", 0.89) == pytest.approx(0.001)
