@@ -17,10 +17,10 @@ Parts (``--parts``, comma-separated; results accumulate in benchmarks/results/be
   widths free or rounded to 8 or 16 channels (``--round-to``; Torch-Pruning's own ``round_to``): accuracy,
   MACs and onnxruntime / LiteRT latency of the simplified models;
 * ``digits``    - LeNet-5 on scikit-learn digits (the quick set);
-* ``digits-resnet20`` - ResNet-20 with BatchNorm and projection shortcuts on digits (quick, 5 seeds;
+* ``digits-resnet20`` - ResNet-20 with BatchNorm and projection shortcuts on digits (quick, 10 seeds;
   the residual-stream groups that once blocked the search);
 * ``digits-vgg-bn`` / ``digits-mobilenetv2`` - a VGG-style net with BatchNorm and a MobileNetV2-style
-  net (depthwise, inverted residuals) on digits, same budget and seeds as ``digits-resnet20``;
+  net (depthwise, inverted residuals) on digits, same budget as ``digits-resnet20`` (10 / 5 seeds);
 * ``digits-vgg-bn-24`` - the same VGG-BN and starting model with 24 epochs instead of 8;
 * ``fmnist14-vgg-bn`` - the same VGG-BN on Fashion-MNIST halved to 14x14 (6k train subset, 10k test):
   a harder task and a test split large enough that the 1-point line is not inside the seed noise;
@@ -341,6 +341,10 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
     # round's verdicts hung on rows that close to the line: five seeds on every part (the two Fashion-MNIST
     # parts with minutes per run since the fifteenth round)
     FIVE_SEEDS = (0, 1, 2, 3, 4)
+    # ten on the two digits parts where, by the eighteenth round's estimate from the seed error, five more seeds
+    # could take a verdict at the line out of the noise (ResNet-20's MACs, VGG-BN's parameters); the other
+    # parts' readings would need from 15 to hundreds, or have the minutes-long runs of Fashion-MNIST
+    TEN_SEEDS = tuple(range(10))
 
     def digits() -> Experiment:
         return Experiment(
@@ -379,7 +383,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
                 for r in (0.3, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.825, 0.85)
             ],
             common={"lr": 0.05, "batch_size": 64},  # fine-tuning: edgeprune's default, as the budget grids
-            seeds=FIVE_SEEDS,
+            seeds=TEN_SEEDS,
         )
 
     def fmnist_lenet5() -> Experiment:
@@ -483,7 +487,7 @@ def experiments() -> dict[str, Callable[[], Experiment]]:
             vgg_bn,
             macs=(0.3, 0.12, 0.06, 0.04),
             ratios=(0.5, 0.6, 0.7, 0.75, 0.8, 0.825, 0.85, 0.9),  # 2 % and 0.825: where the methods cross the line
-            seeds=FIVE_SEEDS,
+            seeds=TEN_SEEDS,
             beyond=(0.025, 0.02, 0.015),
         ),
         # the same model and starting point with three times the epochs: how the methods use a longer budget
@@ -792,6 +796,12 @@ def _meets_param_goal(ratio: float) -> bool:
     return ratio >= PARAM_GOAL
 
 
+def _row_seed_error(point: dict[str, Any]) -> float:
+    """Standard error of one row's seed mean, as a fraction like its accuracy (0 for a single run)."""
+    accuracies = point.get("accuracies", [])
+    return math.sqrt(statistics.variance(accuracies) / len(accuracies)) if len(accuracies) > 1 else 0.0
+
+
 def _seed_error(points: list[dict[str, Any]], method: str, floor: float) -> float | None:
     """Standard error of a ``method`` row's seed mean near the line: the per-seed accuracy variances of its rows
     within :data:`NEAR_LINE` of ``floor``, each over its number of seeds, pooled (None without such a row).
@@ -809,7 +819,7 @@ def _seed_error(points: list[dict[str, Any]], method: str, floor: float) -> floa
     ]
     if not near:
         return None
-    return math.sqrt(statistics.fmean(statistics.variance(p["accuracies"]) / len(p["accuracies"]) for p in near))
+    return math.sqrt(statistics.fmean(_row_seed_error(p) ** 2 for p in near))
 
 
 def _noise_band(
@@ -1075,10 +1085,15 @@ def plot(results: dict[str, Any]) -> None:
     for ax, exp in zip(axes.flat, exps, strict=False):
         for method, marker in (("dense", "*"), ("serene", "o"), ("l1", "s"), ("torch-pruning", "^")):
             pts = [p for p in exp["points"] if p["method"] == method and p["params"]]
-            ax.scatter(
+            # bars: the row's seed standard error - rows closer than that are not ordered (eighteenth round)
+            ax.errorbar(
                 [p["params"] for p in pts],
                 [100 * p["test_accuracy"] for p in pts],
-                marker=marker,
+                yerr=[100 * _row_seed_error(p) for p in pts],
+                fmt=marker,
+                markersize=5,
+                elinewidth=0.8,
+                capsize=2,
                 label=method,
             )
         ax.axhline(100 * exp["points"][0]["test_accuracy"] - 1, ls="--", c="grey", lw=0.8)
@@ -1086,7 +1101,7 @@ def plot(results: dict[str, Any]) -> None:
         # a panel spanning about a decade labels its minor ticks too, and they run into each other
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("parameters after simplification")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel("test accuracy (%), bars: one seed standard error")
         ax.set_title(textwrap.fill(exp["experiment"], 60), fontsize=8)
         ax.legend(fontsize=7)
     fig.tight_layout()
