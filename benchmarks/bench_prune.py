@@ -807,9 +807,9 @@ def _seed_error(points: list[dict[str, Any]], method: str, floor: float) -> floa
     """Standard error of a ``method`` row's seed mean near the line: the per-seed accuracy variances of its rows
     within :data:`NEAR_LINE` of ``floor``, each over its number of seeds, pooled (None without such a row).
 
-    Why: the seeds' spread comes from training (data order, which channels the cuts take), not from the test
-    split, and a five-seed mean still carries it; the curves are flat near the line, so a tenth of a point of
-    accuracy can move a size ratio at the line by a fifth."""
+    Why: every seed is scored on the same test split, so the seeds' spread is training's (data order, which
+    channels the cuts take), and a mean over five or ten seeds still carries it; the curves are flat near the
+    line, so a tenth of a point of accuracy can move a size ratio at the line by a fifth."""
     near = [
         p
         for p in points
