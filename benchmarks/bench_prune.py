@@ -854,7 +854,7 @@ def _goal_line(
     """A goal's verdict on the rows (``ratio``), then the same ratio between ``pair``'s sizes at the line
     (:func:`_at_line`) with its own met / missed - shown to two decimals alone, 0.801x read as meeting 0.8x -
     and whether that reading survives one seed standard error either way (:func:`_noise_band`): "within
-    noise" where the band holds both verdicts, "not decided" where it leaves the grid."""
+    noise" where the band holds both verdicts, "not decided" where it holds one and leaves the grid."""
     line = f"goal {goal}: {ratio:.2f}x, {'met' if meets(ratio) else '**missed**'}"
     top, bottom = (_at_line(points, m, floor, size) for m in pair)
     if not (top and bottom):
@@ -866,12 +866,13 @@ def _goal_line(
     if band:
         (first, second), ends = band
         shown = "-".join(f"{end:.2f}x" if end else "off the grid" for end in ends)
-        if None in ends:
-            firmness = "not decided"
-        elif all(meets(end) == meets(at_line) for end in ends if end):
-            firmness = f"{verdict} either way"
-        else:
+        # one end on the other side settles it even where the other end leaves the grid
+        if any(end is not None and meets(end) != meets(at_line) for end in ends):
             firmness = "within noise"
+        elif None in ends:
+            firmness = "not decided"
+        else:
+            firmness = f"{verdict} either way"
         line += (
             f"; one seed standard error either way (+-{100 * first:.2f} / +-{100 * second:.2f} points): "
             f"{shown}, {firmness}"

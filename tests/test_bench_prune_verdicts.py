@@ -154,6 +154,26 @@ def test_the_reading_at_the_line_says_whether_one_seed_standard_error_can_turn_i
     assert f"(at the line, interpolated: 0.50x, met; one seed standard error either way {reading}" in summary
 
 
+def test_one_end_across_the_goal_is_noise_even_where_the_other_leaves_the_grid(bench_prune):
+    """SeReNe crosses the line at 141k MACs, Torch-Pruning at 167k: 0.85x, missed. With 0.6 point either way,
+    SeReNe's best case (line at 88.4 %: 50k * 2^(0.084 / 0.085) = 99.2k) over Torch-Pruning's worst (line at
+    89.6 %: 200k * 2^(0.001 / 0.005) = 229.7k) is 0.43x, met; the other end lifts SeReNe's line over its best row.
+    One end on the other side of the goal already says the reading is within noise."""
+    spread = 0.006
+    points = [
+        row("dense", 0.90, 1_000_000),
+        seeded("serene", 0.895, 200_000, spread),
+        seeded("serene", 0.885, 100_000, spread),
+        seeded("serene", 0.80, 50_000, spread),
+        seeded("torch-pruning", 0.90, 400_000, spread),
+        seeded("torch-pruning", 0.895, 200_000, spread),
+        seeded("torch-pruning", 0.885, 140_000, spread),
+    ]
+    summary = bench_prune.experiment_lines(experiment(points))[-2]
+    assert "(at the line, interpolated: 0.85x, missed; one seed standard error either way" in summary
+    assert "0.43x-off the grid, within noise)" in summary
+
+
 def test_rows_far_from_the_line_do_not_set_the_seed_error(bench_prune):
     """A collapsed row 20 points under the line has a huge seed spread that says nothing about the rows the
     verdict is read from."""
